@@ -1,0 +1,1 @@
+"""The BPF C program and its shared header, installed as package data."""

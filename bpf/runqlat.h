@@ -1,0 +1,58 @@
+/*
+ * What the BPF program and gsender_bcc must agree on.
+ *
+ * gsender_bcc reads the "#define NAME number" lines of this file, so keep each
+ * constant a plain decimal literal on one line.
+ *
+ * Histogram layout: latencies in whole microseconds. Values below
+ * HIST_SUB_COUNT each have a slot of their own. Above that, every power of two
+ * [2^e, 2^(e+1)) is split into HIST_SUB_COUNT equal slots, so a slot's width is
+ * at most 1/HIST_SUB_COUNT of its lower bound. Values of 2^HIST_LOG2_MAX and more
+ * share the last slot. Every slot lies inside one log2 bucket, so the slots sum
+ * exactly into the classic [0], [1], [2,4), [4,8), ... buckets.
+ */
+#ifndef GSENDER_RUNQLAT_H
+#define GSENDER_RUNQLAT_H
+
+#define HIST_SUB_BITS 3
+#define HIST_SUB_COUNT 8
+#define HIST_LOG2_MAX 32
+#define HIST_SLOTS 241
+
+/*
+ * One per CPU. The number of samples is the sum of the slots, which stays exact
+ * even when a read catches a CPU between two of these increments.
+ */
+struct latency_stats {
+	u64 slots[HIST_SLOTS];
+	u64 sum_ns;
+	u64 lost;
+};
+
+/* floor(log2(v)) for v >= 1, in five branch-free halving steps. */
+static inline u32 floor_log2(u64 v)
+{
+	u32 r = 0, shift;
+
+	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xFFFFULL) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFFULL) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xFULL) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3ULL) << 1; v >>= shift; r |= shift;
+	return r | (u32)(v >> 1);
+}
+
+static inline u32 latency_slot(u64 us)
+{
+	u32 e;
+
+	if (us < HIST_SUB_COUNT)
+		return (u32)us;
+	e = floor_log2(us);
+	if (e >= HIST_LOG2_MAX)
+		return HIST_SLOTS - 1;
+	return (e - HIST_SUB_BITS + 1) * HIST_SUB_COUNT +
+	       (u32)((us >> (e - HIST_SUB_BITS)) & (HIST_SUB_COUNT - 1));
+}
+
+#endif

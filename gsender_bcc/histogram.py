@@ -1,0 +1,167 @@
+"""Pure statistics over the BPF program's cumulative counters.
+
+The slot layout mirrors ``latency_slot()`` in bpf/runqlat.h: values below
+``sub_count`` microseconds have one slot each; above that every power of two is
+split into ``sub_count`` equal slots; the last slot holds everything from
+``2**log2_max`` up. A slot covers the integer microsecond values [low, high),
+and since the kernel truncates nanoseconds to whole microseconds, the real
+latencies in it lie in [low, high) microseconds as well.
+
+Percentiles and the maximum are reported as the midpoint of their slot, so they
+are off by at most half a slot: 0.5 µs below ``sub_count`` µs, and at most
+1 / (2 * sub_count) of the value above it (6.25 % with 8 sub-slots). The last slot
+has no upper bound and reports its lower bound. The mean is exact: the kernel
+keeps the sum of latencies in nanoseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The histogram's slot layout, as defined by the shared header."""
+
+    sub_bits: int
+    log2_max: int
+
+    @property
+    def sub_count(self) -> int:
+        return 1 << self.sub_bits
+
+    @property
+    def slots(self) -> int:
+        return (self.log2_max - self.sub_bits + 1) * self.sub_count + 1
+
+    @property
+    def overflow_slot(self) -> int:
+        return self.slots - 1
+
+
+def slot_of(layout: Layout, us: int) -> int:
+    """Return the slot a latency of ``us`` whole microseconds falls in."""
+    if us < layout.sub_count:
+        return us
+    exponent = us.bit_length() - 1
+    if exponent >= layout.log2_max:
+        return layout.overflow_slot
+    shift = exponent - layout.sub_bits
+    return (shift + 1) * layout.sub_count + ((us >> shift) & (layout.sub_count - 1))
+
+
+def slot_bounds(layout: Layout, slot: int) -> Tuple[int, Optional[int]]:
+    """Return the [low, high) microseconds of a slot; high is None for the last one."""
+    if not 0 <= slot < layout.slots:
+        raise ValueError(f"slot {slot} outside 0..{layout.slots - 1}")
+    if slot == layout.overflow_slot:
+        return 1 << layout.log2_max, None
+    if slot < layout.sub_count:
+        return slot, slot + 1
+    group, sub = divmod(slot, layout.sub_count)
+    shift = group - 1
+    low = (layout.sub_count + sub) << shift
+    return low, low + (1 << shift)
+
+
+def log2_bucket(layout: Layout, slot: int) -> int:
+    """Return the lower bound of the classic log2 bucket holding a slot: 0, 1, 2, 4, ..."""
+    low, _ = slot_bounds(layout, slot)
+    return 0 if low == 0 else 1 << (low.bit_length() - 1)
+
+
+def slot_value(layout: Layout, slot: int) -> float:
+    """Return the figure reported for a slot: its midpoint, or the lower bound of the last one."""
+    low, high = slot_bounds(layout, slot)
+    return float(low) if high is None else (low + high) / 2
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Cumulative kernel counters at one moment, summed over CPUs."""
+
+    slots: Tuple[int, ...]
+    sum_ns: int
+    lost: int
+
+    @property
+    def count(self) -> int:
+        return sum(self.slots)
+
+
+def delta(previous: Snapshot, current: Snapshot) -> Snapshot:
+    """Return what was counted between two snapshots of the same program."""
+    if len(previous.slots) != len(current.slots):
+        raise ValueError("snapshots have different slot counts")
+    diff = Snapshot(
+        slots=tuple(c - p for p, c in zip(previous.slots, current.slots)),
+        sum_ns=current.sum_ns - previous.sum_ns,
+        lost=current.lost - previous.lost,
+    )
+    if diff.sum_ns < 0 or diff.lost < 0 or min(diff.slots, default=0) < 0:
+        raise ValueError("counters went backwards: the snapshots are not from one program, in order")
+    return diff
+
+
+@dataclass(frozen=True)
+class IntervalStats:
+    """What one interval measured. Latencies are in microseconds."""
+
+    seconds: float
+    count: int
+    lost: int
+    mean_us: Optional[float]
+    percentiles_us: Tuple[Tuple[int, float], ...]
+    max_us: Optional[float]
+    log2_rates: Tuple[Tuple[int, float], ...]
+
+
+def percentile_slot(slots: Sequence[int], total: int, percent: float) -> int:
+    """Return the first slot whose running count reaches ``percent`` % of ``total``."""
+    rank = max(1, math.ceil(total * percent / 100))
+    running = 0
+    for slot, n in enumerate(slots):
+        running += n
+        if running >= rank:
+            return slot
+    raise ValueError("slots hold fewer samples than total")
+
+
+def log2_counts(layout: Layout, slots: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
+    """Sum slots into classic log2 buckets, from 0 up to the highest non-empty one."""
+    counts: dict = {}
+    for slot, n in enumerate(slots):
+        if n:
+            bucket = log2_bucket(layout, slot)
+            counts[bucket] = counts.get(bucket, 0) + n
+    if not counts:
+        return ()
+    top = max(counts)
+    bounds = [0] + [1 << e for e in range(top.bit_length())]
+    return tuple((b, counts.get(b, 0)) for b in bounds)
+
+
+def interval_stats(layout: Layout, counted: Snapshot, seconds: float) -> IntervalStats:
+    """Summarise one interval's counts; ``seconds`` is how long the interval lasted."""
+    if seconds <= 0:
+        raise ValueError("an interval must last longer than zero seconds")
+    count = counted.count
+    if count == 0:
+        return IntervalStats(seconds, 0, counted.lost, None, (), None, ())
+    highest = max(slot for slot, n in enumerate(counted.slots) if n)
+    return IntervalStats(
+        seconds=seconds,
+        count=count,
+        lost=counted.lost,
+        mean_us=counted.sum_ns / count / 1000,
+        percentiles_us=tuple(
+            (p, slot_value(layout, percentile_slot(counted.slots, count, p)))
+            for p in PERCENTILES
+        ),
+        max_us=slot_value(layout, highest),
+        log2_rates=tuple((b, n / seconds) for b, n in log2_counts(layout, counted.slots)),
+    )

@@ -1,0 +1,65 @@
+"""The BPF program as installed with the package: its files, its constants, its compile flags."""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Tuple
+
+from .histogram import Layout
+
+SOURCE_NAME = "runqlat.c"
+HEADER_NAME = "runqlat.h"
+
+# The map of enqueue timestamps holds one entry per thread seen recently; the
+# LRU policy evicts the least recently woken. 65536 entries (about 5 MiB of
+# kernel memory) exceed the threads a host normally has alive, so a thread
+# still waiting to run is never the least recently woken one.
+DEFAULT_START_ENTRIES = 65536
+
+_DEFINE = re.compile(r"^#define\s+([A-Z_][A-Z0-9_]*)\s+(\d+)\s*$", re.MULTILINE)
+
+
+def source_dir() -> Path:
+    """Return the folder holding the installed BPF source and header."""
+    return Path(str(importlib.resources.files("gsender_bcc.bpf")))
+
+
+def header_constants(header_text: str) -> Dict[str, int]:
+    """Return the ``#define NAME number`` constants of the shared header."""
+    return {name: int(value) for name, value in _DEFINE.findall(header_text)}
+
+
+def layout_from_constants(constants: Dict[str, int]) -> Layout:
+    """Build the histogram layout, checking the header's constants agree with each other."""
+    try:
+        layout = Layout(sub_bits=constants["HIST_SUB_BITS"], log2_max=constants["HIST_LOG2_MAX"])
+        declared = (constants["HIST_SUB_COUNT"], constants["HIST_SLOTS"])
+    except KeyError as missing:
+        raise ValueError(f"{HEADER_NAME} does not define {missing.args[0]}") from None
+    if declared != (layout.sub_count, layout.slots):
+        raise ValueError(f"{HEADER_NAME}: HIST_SUB_COUNT/HIST_SLOTS {declared} do not match "
+                         f"HIST_SUB_BITS/HIST_LOG2_MAX, which give {(layout.sub_count, layout.slots)}")
+    return layout
+
+
+def installed_layout() -> Layout:
+    """Return the layout of the installed program."""
+    return layout_from_constants(header_constants((source_dir() / HEADER_NAME).read_text()))
+
+
+@dataclass(frozen=True)
+class ProgramSettings:
+    """What the BPF program is compiled with."""
+
+    preempted_state: int
+    start_entries: int = DEFAULT_START_ENTRIES
+
+    def cflags(self, include_dir: Path) -> Tuple[str, ...]:
+        return (
+            f"-I{include_dir}",
+            f"-DPREEMPTED_STATE={self.preempted_state:#x}",
+            f"-DSTART_ENTRIES={self.start_entries}",
+        )

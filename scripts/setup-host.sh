@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Make this host able to build, run and test gsender-bcc. Safe to run again:
+# every step checks first and changes only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3-bpfcc python3-venv bpftool gcc make)
+release=$(uname -r)
+modules=/lib/modules/$release
+
+say() { printf 'setup: %s\n' "$*"; }
+need_root() {
+	[ "$(id -u)" -eq 0 ] || { echo "setup: $1 needs root: run 'sudo make setup'" >&2; exit 77; }
+}
+
+apt_updated=""
+apt_install() {
+	need_root "installing $*"
+	if [ -z "$apt_updated" ]; then
+		apt-get update -qq
+		apt_updated=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}" "$@"; do
+	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	say "installing ${missing[*]}"
+	apt_install "${missing[@]}"
+fi
+
+# Kernel headers for BCC's compile: the exact package when the distro has one,
+# otherwise the distro's generic headers linked where BCC looks.
+if [ ! -e "$modules/build/include" ] && [ -z "${BCC_KERNEL_SOURCE:-}" ]; then
+	need_root "linking kernel headers"
+	[ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
+	if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
+		say "installing linux-headers-$release"
+		apt_install "linux-headers-$release"
+	else
+		arch=$(dpkg --print-architecture)
+		say "no headers package for kernel $release; using linux-headers-cloud-$arch"
+		apt_install "linux-headers-cloud-$arch"
+		flavour=$(ls -d /usr/src/linux-headers-*-cloud-"$arch" | sort -V | tail -n 1)
+		common=${flavour%-cloud-$arch}-common
+		mkdir -p "$modules"
+		[ -e "$modules/build" ] || ln -sfn "$flavour" "$modules/build"
+		[ -e "$modules/source" ] || ln -sfn "$common" "$modules/source"
+		say "linked $modules/build -> $flavour and $modules/source -> $common"
+	fi
+fi
+
+if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/events ]; then
+	need_root "mounting tracefs"
+	mount -t tracefs nodev /sys/kernel/tracing
+	say "mounted tracefs on /sys/kernel/tracing"
+fi
+
+# The venv sees the distro's bcc through the system site packages.
+stamp=.venv/.installed-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+	say "preparing .venv"
+	[ -x .venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages .venv
+	.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	rm -f .venv/.installed-*
+	touch "$stamp"
+fi

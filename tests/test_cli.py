@@ -1,0 +1,132 @@
+"""The command line as an operator meets it, run as a real process."""
+
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import AGENT, loaded_program_ids
+from gsender_bcc import __version__
+
+LINE = re.compile(r"^(\S+) (\S+) (\d+)$")
+
+
+def agent(*args, timeout=60):
+    return subprocess.run(AGENT + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+class TestUsage:
+    def test_version(self):
+        result = agent("--version")
+        assert (result.returncode, result.stdout) == (0, f"gsender-bcc {__version__}\n")
+
+    @pytest.mark.parametrize("args, message", [
+        (["--frequency", "abc"], "argument --frequency: 'abc' is not a whole number of seconds"),
+        (["--frequency", "0"], "argument --frequency: 0 is outside 1..3600 seconds"),
+        (["--graphite-port", "70000"], "argument --graphite-port: '70000' is not a port number"),
+        (["--once", "--check"], "argument --check: not allowed with argument --once"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ])
+    def test_bad_arguments_get_one_line_and_exit_64(self, args, message):
+        result = agent(*args)
+        assert result.returncode == 64
+        assert result.stdout == ""
+        assert result.stderr.count("\n") == 1 and message in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_bad_prefix_is_one_line(self):
+        result = agent("--prefix", "a b", "--once")
+        assert result.returncode == 64
+        assert result.stderr == ("gsender-bcc: --prefix: metric prefix 'a b' must be "
+                                 "dot-separated parts of letters, digits, '_' and '-'\n")
+
+
+@pytest.mark.bpf
+class TestWithBpf:
+    def test_once_stdout_prints_every_series_for_one_interval(self, busy_cpu):
+        result = agent("--once", "--stdout", "--frequency", "2", "--prefix", "t.cpu-lat")
+        assert result.returncode == 0, result.stderr
+        lines = [LINE.match(line) for line in result.stdout.splitlines()]
+        assert all(lines), result.stdout
+        values = {m.group(1): float(m.group(2)) for m in lines}
+        stamps = {int(m.group(3)) for m in lines}
+        assert len(stamps) == 1 and stamps.pop() % 2 == 0
+        for name in ("count", "mean", "p50", "p90", "p99", "max", "0", "1", "2", "4",
+                     "agent.samples_lost"):
+            assert f"t.cpu-lat.{name}" in values
+        assert values["t.cpu-lat.count"] > 100
+        assert 0 < values["t.cpu-lat.p50"] <= values["t.cpu-lat.p90"] <= values["t.cpu-lat.p99"] \
+            <= values["t.cpu-lat.max"]
+        buckets = [v for k, v in values.items() if re.fullmatch(r"t\.cpu-lat\.\d+", k)]
+        # Rates are per second over an interval of 1 to 2 s (the first interval starts at attach).
+        assert values["t.cpu-lat.count"] / 2.05 <= sum(buckets) <= values["t.cpu-lat.count"] / 0.95
+
+    def test_check_attaches_reads_and_detaches(self):
+        before = loaded_program_ids()
+        result = agent("--check")
+        assert result.returncode == 0, result.stderr
+        assert re.fullmatch(r"OK: BPF program attached to sched:sched_wakeup, "
+                            r"sched:sched_wakeup_new and sched:sched_switch; \d+ samples in "
+                            r"0\.25s; detached\n", result.stdout)
+        assert loaded_program_ids() <= before
+
+    def test_dump_bpf_shows_source_and_flags(self):
+        result = agent("--dump-bpf")
+        assert result.returncode == 0
+        assert re.search(r"compile flags: -I\S+/bpf -DPREEMPTED_STATE=0x100 -DSTART_ENTRIES=65536",
+                         result.stdout)
+        assert "TRACEPOINT_PROBE(sched, sched_switch)" in result.stdout
+        assert "#define HIST_SLOTS 241" in result.stdout
+
+    @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+    def test_stop_signal_detaches_and_exits_0_promptly(self, stop):
+        before = loaded_program_ids()
+        proc = subprocess.Popen(AGENT + ["--stdout", "--frequency", "1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            first = proc.stdout.readline()
+            assert LINE.match(first.strip()), first
+            assert len(loaded_program_ids() - before) == 3
+            proc.send_signal(stop)
+            sent = time.monotonic()
+            assert proc.wait(timeout=5) == 0
+            assert time.monotonic() - sent < 2.0
+        finally:
+            proc.kill()
+            proc.wait()
+        assert loaded_program_ids() <= before
+
+
+@pytest.mark.bpf
+class TestHostProblems:
+    """Each missing prerequisite gets one line naming it and the fix; nothing stays attached."""
+
+    def run_in_private_mounts(self, shell_setup):
+        """Run --check in a private mount namespace after ``shell_setup`` hides something."""
+        command = f"{shell_setup} && exec {' '.join(AGENT)} --check"
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               command], capture_output=True, text=True, timeout=60)
+
+    def assert_one_line(self, result, code, text):
+        assert result.returncode == code, result.stderr
+        assert result.stderr.count("\n") == 1 and text in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_not_root(self):
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 "--inh-caps=-all"] + AGENT + ["--check"],
+                                capture_output=True, text=True, timeout=60)
+        self.assert_one_line(result, 77, "needs root (or CAP_BPF and CAP_PERFMON): run it with sudo")
+
+    def test_kernel_headers_missing(self):
+        result = self.run_in_private_mounts("mount -t tmpfs none /lib/modules")
+        self.assert_one_line(result, 69, "kernel headers for ")
+
+    def test_tracefs_not_mounted(self):
+        result = self.run_in_private_mounts(
+            "mount -t tmpfs none /sys/kernel/tracing && "
+            "{ ! [ -d /sys/kernel/debug/tracing ] || mount -t tmpfs none /sys/kernel/debug/tracing; }")
+        self.assert_one_line(result, 69, "tracefs is not mounted: run 'mount -t tracefs nodev "
+                                         "/sys/kernel/tracing'")

@@ -1,0 +1,85 @@
+"""The shared header, read by Python and compiled as C, describes one layout."""
+
+import random
+import shutil
+import subprocess
+
+import pytest
+
+from gsender_bcc import program
+from gsender_bcc.histogram import Layout, slot_of
+
+HARNESS = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+typedef uint64_t u64;
+typedef uint32_t u32;
+#include "runqlat.h"
+int main(void)
+{
+	char line[64];
+	while (fgets(line, sizeof line, stdin))
+		printf("%u\n", latency_slot(strtoull(line, NULL, 10)));
+	return 0;
+}
+"""
+
+
+def edge_values():
+    values = {0, 1, 2, 3, 2**64 - 1}
+    for e in range(64):
+        values.update({(1 << e) - 1, 1 << e, (1 << e) + 1})
+    rng = random.Random(7)
+    values.update(rng.getrandbits(rng.randint(1, 64)) for _ in range(3000))
+    return sorted(values)
+
+
+@pytest.fixture(scope="module")
+def compiled_slot_function(tmp_path_factory):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    folder = tmp_path_factory.mktemp("harness")
+    (folder / "harness.c").write_text(HARNESS)
+    binary = folder / "harness"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{program.source_dir()}",
+                    "-o", str(binary), str(folder / "harness.c")], check=True)
+    return binary
+
+
+def test_c_and_python_put_every_value_in_the_same_slot(compiled_slot_function):
+    values = edge_values()
+    result = subprocess.run([str(compiled_slot_function)], input="\n".join(map(str, values)) + "\n",
+                            capture_output=True, text=True, check=True)
+    c_slots = [int(x) for x in result.stdout.split()]
+    layout = program.installed_layout()
+    assert len(c_slots) == len(values)
+    mismatches = [(v, c, slot_of(layout, v)) for v, c in zip(values, c_slots)
+                  if c != slot_of(layout, v)]
+    assert mismatches == []
+
+
+def test_installed_header_gives_the_documented_layout():
+    assert program.installed_layout() == Layout(sub_bits=3, log2_max=32)
+
+
+class TestHeaderConstants:
+    def test_reads_plain_defines_only(self):
+        text = "#define A 1\n#define B_2 240\n#define C (1 << 3)\n  #define D 4\n#define e 5\n"
+        assert program.header_constants(text) == {"A": 1, "B_2": 240}
+
+    def test_inconsistent_constants_are_refused(self):
+        constants = {"HIST_SUB_BITS": 3, "HIST_SUB_COUNT": 8, "HIST_LOG2_MAX": 32, "HIST_SLOTS": 240}
+        with pytest.raises(ValueError, match=r"\(8, 240\) do not match .* \(8, 241\)"):
+            program.layout_from_constants(constants)
+
+    def test_missing_constant_is_named(self):
+        with pytest.raises(ValueError, match="does not define HIST_SLOTS"):
+            program.layout_from_constants({"HIST_SUB_BITS": 3, "HIST_SUB_COUNT": 8,
+                                           "HIST_LOG2_MAX": 32})
+
+
+def test_settings_become_compile_flags(tmp_path):
+    settings = program.ProgramSettings(preempted_state=0x100, start_entries=4096)
+    assert settings.cflags(tmp_path) == (f"-I{tmp_path}", "-DPREEMPTED_STATE=0x100",
+                                         "-DSTART_ENTRIES=4096")
