@@ -30,13 +30,16 @@ def default_prefix(hostname: Optional[str] = None) -> str:
 def check_prefix(prefix: str) -> str:
     """Return ``prefix`` if it is a safe Graphite path, else raise ValueError saying why."""
     if not _PATH.match(prefix):
-        raise ValueError(f"metric prefix {prefix!r} must be dot-separated parts of letters, "
-                         f"digits, '_' and '-'")
+        raise ValueError("must be dot-separated parts of letters, digits, '_' and '-'")
     return prefix
 
 
-def to_datapoints(stats: IntervalStats, prefix: str, timestamp: int) -> List[Datapoint]:
-    """Return the interval's datapoints, all stamped with ``timestamp``."""
+def to_datapoints(stats: IntervalStats, prefix: str, timestamp: int,
+                  buckets: bool = True) -> List[Datapoint]:
+    """Return the interval's datapoints, all stamped with ``timestamp``.
+
+    ``buckets`` adds the per-second rate of each classic log2 bucket.
+    """
     def point(name: str, value: Union[int, float]) -> Datapoint:
         if isinstance(value, float):
             value = round(value, DECIMALS)
@@ -47,7 +50,8 @@ def to_datapoints(stats: IntervalStats, prefix: str, timestamp: int) -> List[Dat
         points.append(point("mean", stats.mean_us))
         points.extend(point(f"p{p}", v) for p, v in stats.percentiles_us)
         points.append(point("max", stats.max_us))
-    points.extend(point(str(bucket), rate) for bucket, rate in stats.log2_rates)
+    if buckets:
+        points.extend(point(str(bucket), rate) for bucket, rate in stats.log2_rates)
     points.append(point("agent.samples_lost", stats.lost))
     return points
 

@@ -23,9 +23,12 @@ class TestUsage:
         assert (result.returncode, result.stdout) == (0, f"gsender-bcc {__version__}\n")
 
     @pytest.mark.parametrize("args, message", [
-        (["--frequency", "abc"], "argument --frequency: 'abc' is not a whole number of seconds"),
-        (["--frequency", "0"], "argument --frequency: 0 is outside 1..3600 seconds"),
-        (["--graphite-port", "70000"], "argument --graphite-port: '70000' is not a port number"),
+        (["--frequency", "abc"], "argument --frequency: 'abc' must be a whole number of seconds "
+                                 "from 1 to 3600"),
+        (["--frequency", "0"], "argument --frequency: '0' must be from 1 to 3600 seconds"),
+        (["--graphite-port", "70000"], "argument --graphite-port: '70000' must be from 1 to 65535"),
+        (["--graphite-host", ""], "argument --graphite-host: '' must not be empty"),
+        (["--state-directory", "var"], "argument --state-directory: 'var' must be an absolute path"),
         (["--once", "--check"], "argument --check: not allowed with argument --once"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ])
@@ -39,8 +42,8 @@ class TestUsage:
     def test_bad_prefix_is_one_line(self):
         result = agent("--prefix", "a b", "--once")
         assert result.returncode == 64
-        assert result.stderr == ("gsender-bcc: --prefix: metric prefix 'a b' must be "
-                                 "dot-separated parts of letters, digits, '_' and '-'\n")
+        assert result.stderr == ("gsender-bcc: argument --prefix: 'a b' must be dot-separated "
+                                 "parts of letters, digits, '_' and '-' (see --help)\n")
 
 
 @pytest.mark.bpf
@@ -60,8 +63,9 @@ class TestWithBpf:
         assert 0 < values["t.cpu-lat.p50"] <= values["t.cpu-lat.p90"] <= values["t.cpu-lat.p99"] \
             <= values["t.cpu-lat.max"]
         buckets = [v for k, v in values.items() if re.fullmatch(r"t\.cpu-lat\.\d+", k)]
-        # Rates are per second over an interval of 1 to 2 s (the first interval starts at attach).
-        assert values["t.cpu-lat.count"] / 2.05 <= sum(buckets) <= values["t.cpu-lat.count"] / 0.95
+        # Rates are per second; the first interval runs from attach to a boundary 1 to 3 s away.
+        seconds = values["t.cpu-lat.count"] / sum(buckets)
+        assert 0.95 <= seconds <= 3.05
 
     def test_check_attaches_reads_and_detaches(self):
         before = loaded_program_ids()
@@ -111,7 +115,8 @@ class TestHostProblems:
 
     def assert_one_line(self, result, code, text):
         assert result.returncode == code, result.stderr
-        assert result.stderr.count("\n") == 1 and text in result.stderr, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("gsender-bcc: ")]
+        assert len(errors) == 1 and text in errors[0], result.stderr
         assert "Traceback" not in result.stderr
 
     def test_not_root(self):

@@ -1,0 +1,256 @@
+"""Read and validate /etc/gsender.conf into a frozen Config.
+
+The original gsender's file loads unchanged: [default] frequency, script_path,
+logging_level and [graphite] server_address, port. Every problem found is
+reported on a line of its own naming file, section, key, value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import math
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .errors import EX_CONFIG, AgentError
+from .metrics import check_prefix
+
+DEFAULT_PATH = Path("/etc/gsender.conf")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    frequency: int = 15
+    logging_level: str = "INFO"
+    prefix: Optional[str] = None
+    bucket_series: bool = True
+    state_directory: Path = Path("/var/lib/gsender-bcc")
+    server: Server = Server("localhost", 2003)
+    fallback_servers: Tuple[Server, ...] = ()
+    protocol: str = "tcp"
+    timeout: float = 5.0
+    buffer_hours: float = 24.0
+    notices: Tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def servers(self) -> Tuple[Server, ...]:
+        return (self.server,) + self.fallback_servers
+
+    @property
+    def buffer_intervals(self) -> int:
+        return max(1, math.ceil(self.buffer_hours * 3600 / self.frequency))
+
+
+class ConfigError(AgentError):
+    def __init__(self, problems: List[str]):
+        super().__init__("\n".join(problems), EX_CONFIG)
+        self.problems = problems
+
+
+# Parsers: text -> value, raising ValueError with what is allowed.
+
+def _whole(low: int, high: int, unit: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise ValueError(f"must be a whole number of {unit} from {low} to {high}")
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high} {unit}")
+        return value
+    return parse
+
+
+def _decimal(low: float, high: float, unit: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"must be a number of {unit} from {low:g} to {high:g}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"must be from {low:g} to {high:g} {unit}")
+        return value
+    return parse
+
+
+def _choice(options: Tuple[str, ...], fold: Callable[[str], str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if fold(text) not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return fold(text)
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    states = configparser.ConfigParser.BOOLEAN_STATES
+    if text.lower() not in states:
+        raise ValueError("must be yes or no")
+    return states[text.lower()]
+
+
+def _host(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty: give a host name or address")
+    if not _HOST.match(text):
+        raise ValueError("must be a host name or address (letters, digits, '.', '-', ':')")
+    return text
+
+
+def _server(text: str) -> Server:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        raise ValueError("must be host:port")
+    return Server(_host(host.strip("[]")), _whole(1, 65535, "(port)")(port))
+
+
+def _server_list(text: str) -> Tuple[Server, ...]:
+    try:
+        return tuple(_server(item) for item in text.split(",") if item.strip())
+    except ValueError as error:
+        raise ValueError(f"must be a comma-separated list of host:port ({error})") from None
+
+
+def _prefix(text: str) -> str:
+    check_prefix(text)
+    return text
+
+
+def _directory(text: str) -> Path:
+    if not text.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return Path(text)
+
+
+# section -> key -> (Config field, parser); None marks a key accepted and ignored.
+SCHEMA: Dict[str, Dict[str, Optional[Tuple[str, Callable[[str], object]]]]] = {
+    "default": {
+        "frequency": ("frequency", _whole(1, 3600, "seconds")),
+        "logging_level": ("logging_level", _choice(LEVELS, str.upper)),
+        "script_path": None,
+        "prefix": ("prefix", _prefix),
+        "bucket_series": ("bucket_series", _boolean),
+        "state_directory": ("state_directory", _directory),
+    },
+    "graphite": {
+        "server_address": ("server", _host),
+        "port": ("server", _whole(1, 65535, "(port)")),
+        "fallback_servers": ("fallback_servers", _server_list),
+        "protocol": ("protocol", _choice(("tcp", "udp"), str.lower)),
+        "timeout": ("timeout", _decimal(0.1, 60, "seconds")),
+        "buffer_hours": ("buffer_hours", _decimal(0.01, 720, "hours")),
+    },
+}
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def parse(text: str, source: str) -> Config:
+    """Return the Config that ``text`` describes, or raise ConfigError listing every problem."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True,
+                                       default_section="\0none", inline_comment_prefixes=None)
+    try:
+        parser.read_string(text, source=source)
+    except configparser.DuplicateOptionError as error:
+        raise ConfigError([f"{source}: [{error.section}] {error.option} is set twice "
+                           f"(line {error.lineno}): keep one"]) from None
+    except configparser.DuplicateSectionError as error:
+        raise ConfigError([f"{source}: section [{error.section}] appears twice "
+                           f"(line {error.lineno}): merge them"]) from None
+    except configparser.Error as error:
+        first = str(error).splitlines()[0].rstrip(".")
+        raise ConfigError([f"{source}: not valid INI: {first}"]) from None
+
+    problems: List[str] = []
+    notices: List[str] = []
+    values: Dict[str, object] = {}
+    server_parts: Dict[str, object] = {}
+    for section in parser.sections():
+        if section not in SCHEMA:
+            problems.append(f"{source}: unknown section [{section}]{_suggest(section, SCHEMA)}; "
+                            f"known: {', '.join(f'[{s}]' for s in SCHEMA)}")
+            continue
+        for key, raw in parser.items(section):
+            where = f"{source}: [{section}] {key}"
+            if key not in SCHEMA[section]:
+                problems.append(f"{where}: unknown key{_suggest(key, SCHEMA[section])}; known: "
+                                f"{', '.join(SCHEMA[section])}")
+                continue
+            if "\n" in raw:
+                problems.append(f"{where} = {raw!r}: must be on one line")
+                continue
+            spec = SCHEMA[section][key]
+            if spec is None:
+                notices.append(f"{where} = {raw} is ignored: the tracer is now built in")
+                continue
+            name, convert = spec
+            try:
+                value = convert(raw.strip())
+            except ValueError as error:
+                problems.append(f"{where} = {raw!r}: {error}")
+                continue
+            if name == "server":
+                server_parts[key] = value
+            else:
+                values[name] = value
+    if problems:
+        raise ConfigError(problems)
+    if server_parts:
+        default = Config.server
+        values["server"] = Server(server_parts.get("server_address", default.host),
+                                  server_parts.get("port", default.port))
+    return Config(notices=tuple(notices), **values)
+
+
+def load(path: Path = DEFAULT_PATH, required: bool = False) -> Config:
+    """Read the file at ``path``; a missing optional file means built-in defaults."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError([f"{path}: no such file: give an existing file to --config"]) from None
+        return Config(notices=(f"{path} not found: using built-in defaults",))
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigError([f"{path}: cannot read it: {reason}"]) from None
+    return parse(text, str(path))
+
+
+def with_overrides(config: Config, **overrides) -> Config:
+    """Return ``config`` with every override that is not None applied."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def render(config: Config) -> str:
+    """Return the effective configuration as the INI text that would produce it."""
+    def show(value) -> str:
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, tuple):
+            return ", ".join(map(str, value))
+        return "" if value is None else str(value)
+
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    lines = ["[default]"]
+    lines += [f"{key} = {show(values[key])}" for key in
+              ("frequency", "logging_level", "prefix", "bucket_series", "state_directory")]
+    lines += ["", "[graphite]", f"server_address = {config.server.host}",
+              f"port = {config.server.port}"]
+    lines += [f"{key} = {show(values[key])}" for key in
+              ("fallback_servers", "protocol", "timeout", "buffer_hours")]
+    return "\n".join(lines) + "\n"
