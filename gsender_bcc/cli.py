@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -114,7 +115,14 @@ def _make_sink(args, config: configuration.Config):
         return sink.StdoutSink()
     return sink.GraphiteSink(config.servers, config.protocol, config.timeout,
                              config.buffer_intervals, spool_dir=config.state_directory,
-                             echo=sys.stdout if args.echo else None)
+                             echo=sys.stdout if args.echo else None,
+                             backoff_max=_backoff_max(config))
+
+
+def _backoff_max(config: configuration.Config) -> float:
+    """Retry a failed server at least once an interval, and at least once a minute."""
+    from .sink import BACKOFF_MAX
+    return min(float(config.frequency), BACKOFF_MAX)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,13 +135,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from . import probe, tracefs
-    from .daemon import Daemon
+    from .daemon import HANDLED_SIGNALS, Daemon
     from .notify import Notifier
 
     if args.dump_bpf:
         sys.stdout.write(probe.render_source(probe.compile_settings(tracefs.tracefs_root())))
         return 0
     notifier = Notifier()
+    # Block the signals the daemon waits for before any thread starts, so none of them
+    # is delivered to a thread (the delivery thread included) with the default action.
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     with probe.Probe() as attached:
         if args.check:
             print(_check(attached))
@@ -144,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger().setLevel(new.logging_level)
             if hasattr(out, "reconfigure"):
                 out.reconfigure(new.servers, new.protocol, new.timeout, new.buffer_intervals,
-                                spool_dir=new.state_directory)
+                                spool_dir=new.state_directory, backoff_max=_backoff_max(new))
 
         log.info("attached; sending %s.* every %ds to %s", _prefix_for(config), config.frequency,
                  "stdout" if args.stdout else ", ".join(map(str, config.servers)))

@@ -156,8 +156,9 @@ SCHEMA: Dict[str, Dict[str, Optional[Tuple[str, Callable[[str], object]]]]] = {
 
 
 def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    by_folded = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(word.lower(), list(by_folded), n=1)
+    return f" (did you mean '{by_folded[close[0]]}'?)" if close else ""
 
 
 def parse(text: str, source: str) -> Config:

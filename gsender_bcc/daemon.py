@@ -6,6 +6,10 @@ frequency. After a stall (process stopped, host suspended) the time missed
 becomes one interval stamped at the latest boundary passed, never a burst; a
 wall clock stepped back never repeats a timestamp: the samples wait for the
 next new boundary instead.
+
+A stop between boundaries does not send the unfinished interval: its timestamp
+would lie in the future, which whisper refuses, and a restarted agent would
+write the same boundary. Completed intervals are delivered or spooled by the sink.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 HANDLED_SIGNALS = STOP_SIGNALS | {signal.SIGHUP}
-SHORTEST_FINAL_INTERVAL = 1.0
 
 
 def next_boundary(now: float, frequency: int, shortest: float = 0.0) -> int:
@@ -68,7 +71,9 @@ class Daemon:
             if received in STOP_SIGNALS:
                 log.info("%s received: stopping", signal.Signals(received).name)
                 self._notify("stopping")
-                self._finish(boundary)
+                unfinished = self.probe.read_snapshot().count - self._previous.count
+                log.info("the unfinished interval (%.1fs, %d samples) is not sent",
+                         time.monotonic() - self._started, unfinished)
                 return 0
             if received == signal.SIGHUP:
                 self._reload()
@@ -103,11 +108,6 @@ class Daemon:
         prefix = self.prefix_for(self.config)
         return [Datapoint(f"{prefix}.agent.{name}", value, stamp)
                 for name, value in self.sink.health().items()]
-
-    def _finish(self, boundary: int) -> None:
-        """Deliver the unfinished interval, stamped at its boundary, if it is long enough to mean something."""
-        if time.monotonic() - self._started >= SHORTEST_FINAL_INTERVAL:
-            self._deliver_interval(boundary, min(time.time(), boundary))
 
     def _reload(self) -> None:
         if self.reload is None:

@@ -4,13 +4,15 @@ Delivery to Graphite runs on its own thread, so a slow, refusing or black-holed
 server never delays the measurement loop. Each interval is one batch; batches
 wait in a bounded outbox, oldest first, until a server takes them, keeping their
 original timestamps. Servers are tried in order: one that fails is skipped for a
-back-off period that doubles up to a minute, then tried again first, so traffic
-returns to the primary once it is back. At stop, what is still waiting goes to a
+back-off period that doubles from one second up to one interval (at most a
+minute), then tried again first, so traffic returns to the primary once it is back. At stop, what is still waiting goes to a
 spool file that the next start replays before new data.
 
 Delivery is at least once: a batch whose send failed part-way is sent again
 whole, which Graphite absorbs, since a datapoint with the same path and
-timestamp overwrites the earlier one.
+timestamp overwrites the earlier one. The plaintext protocol has no
+acknowledgement, and a server that goes down may lose what it took just before,
+so the first failure after a success also queues the last successful send again.
 """
 
 from __future__ import annotations
@@ -202,16 +204,18 @@ class GraphiteSink:
 
     def __init__(self, servers: Sequence[Server], protocol: str = "tcp", timeout: float = 5.0,
                  limit: int = 5760, spool_dir: Optional[Path] = None,
-                 echo: Optional[TextIO] = None):
+                 echo: Optional[TextIO] = None, backoff_max: float = BACKOFF_MAX):
         self._echo = StdoutSink(echo) if echo is not None else None
         self._lock = threading.Condition()
         self._outbox = Outbox(limit)
         self._routes: List[_Route] = []
         self._closing = False
         self._failures = 0
+        self._last_sent: List[Batch] = []
         self._dropped_in_outage = 0
         self._reported = {"dropped": 0, "failures": 0}
         self._spool_dir = spool_dir
+        self._backoff_max = backoff_max
         self.reconfigure(servers, protocol, timeout, limit)
         if spool_dir is not None:
             self._outbox.put_oldest(take_spool(spool_dir))
@@ -220,9 +224,12 @@ class GraphiteSink:
         self._thread.start()
 
     def reconfigure(self, servers: Sequence[Server], protocol: str, timeout: float,
-                    limit: int, spool_dir: Optional[Path] = None) -> None:
+                    limit: int, spool_dir: Optional[Path] = None,
+                    backoff_max: Optional[float] = None) -> None:
         """Change servers, protocol, timeout or limit, keeping what is queued."""
         with self._lock:
+            if backoff_max is not None:
+                self._backoff_max = backoff_max
             self._routes = [_Route(s, graphyte.Sender(s.host, s.port, timeout=timeout,
                                                       protocol=protocol, raise_send_errors=True))
                             for s in servers]
@@ -299,8 +306,12 @@ class GraphiteSink:
                 routes = list(self._routes)
             delivered_to = self._send(routes, [p for batch in batches for p in batch])
             with self._lock:
+                if delivered_to is None and self._last_sent:
+                    self._note_dropped(self._outbox.put_oldest(self._last_sent))
+                    self._last_sent = []
                 if delivered_to is not None:
                     self._outbox.remove_head(batches)
+                    self._last_sent = batches
                     if self._dropped_in_outage:
                         log.warning("Graphite is back; %d intervals were dropped during the outage",
                                     self._dropped_in_outage)
@@ -320,7 +331,7 @@ class GraphiteSink:
                     route.down_until = time.monotonic() + route.backoff
                     log.warning("sending %d datapoints to Graphite at %s failed: %s; next try in "
                                 "%.0fs", len(points), route.server, error, route.backoff)
-                    route.backoff = min(route.backoff * 2, BACKOFF_MAX)
+                    route.backoff = min(route.backoff * 2, self._backoff_max)
                 continue
             if route.down_until:
                 log.info("Graphite at %s takes datapoints again", route.server)

@@ -1,4 +1,6 @@
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -8,6 +10,7 @@ import pytest
 
 REQUIRE_BPF = os.environ.get("GSENDER_REQUIRE_BPF") == "1"
 AGENT = [sys.executable, "-m", "gsender_bcc"]
+LINE = re.compile(r"^(\S+) (\S+) (\d+)$")
 
 
 def bpf_unavailable_reason():
@@ -77,3 +80,102 @@ def run_delay_ns() -> int:
         except (OSError, IndexError, ValueError):
             pass  # the thread exited while we looked
     return total
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from local_carbon import CarbonCache, free_port  # noqa: E402
+
+
+@pytest.fixture
+def carbon_factory(tmp_path):
+    """Make carbon-cache instances on free loopback ports; all are stopped afterwards."""
+    made = []
+
+    def make(name="carbon", port=None):
+        made.append(CarbonCache(tmp_path / name, port))
+        return made[-1]
+    yield make
+    for carbon in made:
+        carbon.stop()
+
+
+def wait_for(predicate, timeout, what):
+    """Poll ``predicate`` every 0.2 s until it returns something true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+class Agent:
+    """The agent as a child process whose stdout carries plaintext lines (--stdout or --echo)."""
+
+    def __init__(self, args, env=None):
+        self.proc = subprocess.Popen(AGENT + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self.pending = []
+
+    def _next_line(self, deadline):
+        assert time.monotonic() < deadline, "the agent printed too little in time"
+        line = self.proc.stdout.readline()
+        assert line, f"the agent ended: {self.stop_and_read_stderr()}"
+        match = LINE.match(line.strip())
+        assert match, f"not a plaintext line: {line!r}"
+        return match.group(1), float(match.group(2)), int(match.group(3))
+
+    def stamps(self, count, timeout=30):
+        """Return the timestamps of the next ``count`` intervals' count lines."""
+        found = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count:
+            path, _, stamp = self._next_line(deadline)
+            if path.endswith(".count"):
+                found.append(stamp)
+        return found
+
+    def intervals(self, count, timeout=30):
+        """Return every line of the next ``count`` whole intervals as (path, value, stamp)."""
+        deadline = time.monotonic() + timeout
+        while len({p[2] for p in self.pending}) <= count:
+            self.pending.append(self._next_line(deadline))
+        stamps = sorted({p[2] for p in self.pending})[:count]
+        taken = [p for p in self.pending if p[2] in stamps]
+        self.pending = [p for p in self.pending if p[2] not in stamps]
+        return taken
+
+    def stop_and_read_stderr(self):
+        self.proc.kill()
+        return self.proc.communicate()[1]
+
+    def stop(self, sig=signal.SIGTERM, timeout=5):
+        """Signal the agent; return its exit code and what it wrote to stderr."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        return code, self.proc.stderr.read()
+
+    def rest(self):
+        """After the agent ended: the lines it printed that were not read yet."""
+        lines = [LINE.match(line.strip()) for line in self.proc.stdout.read().splitlines()]
+        return self.pending + [(m.group(1), float(m.group(2)), int(m.group(3))) for m in lines]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def agent_factory():
+    """Start agents as child processes; every one still running is killed afterwards."""
+    started = []
+
+    def start(args, env=None):
+        started.append(Agent(args, env))
+        return started[-1]
+    yield start
+    for agent in started:
+        agent.close()

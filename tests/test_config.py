@@ -1,0 +1,211 @@
+"""The configuration file: the original loads as is; every mistake gets one line and exit 78."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import AGENT
+from gsender_bcc.config import Config, ConfigError, Server, load, parse, render, with_overrides
+
+ORIGINAL = """[default]
+frequency       = 15
+script_path     = /opt/gsender/cpu_latency.bt
+# One of the following: DEBUG, INFO, WARNING, ERROR or CRITICAL
+logging_level   = INFO
+
+
+[graphite]
+server_address  = localhost
+port            = 2003
+"""
+
+FULL = """[default]
+frequency = 10
+logging_level = debug
+prefix = servers.web-01.cpu-lat
+bucket_series = no
+state_directory = /srv/gsender
+
+[graphite]
+server_address = graphite-a.example
+port = 2103
+fallback_servers = graphite-b.example:2003, [::1]:2004
+protocol = UDP
+timeout = 2.5
+buffer_hours = 48
+"""
+
+
+class TestValidFiles:
+    def test_original_file_loads_unchanged(self):
+        config = parse(ORIGINAL, "/etc/gsender.conf")
+        assert config == Config(frequency=15, logging_level="INFO",
+                                server=Server("localhost", 2003))
+        assert config.notices == ("/etc/gsender.conf: [default] script_path = "
+                                  "/opt/gsender/cpu_latency.bt is ignored: the tracer is now built in",)
+
+    def test_every_setting(self):
+        config = parse(FULL, "f")
+        assert config == Config(frequency=10, logging_level="DEBUG",
+                                prefix="servers.web-01.cpu-lat", bucket_series=False,
+                                state_directory=Path("/srv/gsender"),
+                                server=Server("graphite-a.example", 2103),
+                                fallback_servers=(Server("graphite-b.example", 2003),
+                                                  Server("::1", 2004)),
+                                protocol="udp", timeout=2.5, buffer_hours=48.0)
+        assert [str(s) for s in config.servers] == ["graphite-a.example:2103",
+                                                    "graphite-b.example:2003", "[::1]:2004"]
+
+    def test_empty_file_is_all_defaults(self):
+        assert parse("", "f") == Config()
+
+    def test_port_alone_keeps_default_host(self):
+        assert parse("[graphite]\nport = 2103\n", "f").server == Server("localhost", 2103)
+
+    @pytest.mark.parametrize("frequency, intervals", [(15, 5760), (10, 8640), (3600, 24), (7, 12343)])
+    def test_buffer_covers_a_day_by_default(self, frequency, intervals):
+        assert Config(frequency=frequency).buffer_intervals == intervals
+
+    def test_render_reads_back_as_the_same_config(self):
+        config = parse(FULL, "f")
+        assert parse(render(config), "rendered") == config
+
+    def test_overrides_replace_only_what_is_given(self):
+        config = with_overrides(Config(), frequency=5, prefix=None, protocol="udp")
+        assert (config.frequency, config.prefix, config.protocol) == (5, None, "udp")
+
+
+class TestLoad:
+    def test_missing_default_file_means_defaults_with_a_notice(self, tmp_path):
+        config = load(tmp_path / "gsender.conf")
+        assert config == Config()
+        assert config.notices == (f"{tmp_path}/gsender.conf not found: using built-in defaults",)
+
+    def test_missing_explicit_file_is_an_error(self, tmp_path):
+        with pytest.raises(ConfigError, match="no such file: give an existing file to --config"):
+            load(tmp_path / "nope.conf", required=True)
+
+    def test_unreadable_file(self, tmp_path):
+        with pytest.raises(ConfigError, match=r"cannot read it: Is a directory"):
+            load(tmp_path, required=True)
+
+    def test_not_utf8(self, tmp_path):
+        path = tmp_path / "bad.conf"
+        path.write_bytes(b"[default]\nprefix = \xff\n")
+        with pytest.raises(ConfigError, match="cannot read it: 'utf-8' codec can't decode"):
+            load(path)
+
+
+# (file text, the one problem line after "gsender-bcc: <file>: ")
+BAD = [
+    ("[default]\nfrequency = abc\n", "[default] frequency = 'abc': must be a whole number of "
+                                     "seconds from 1 to 3600"),
+    ("[default]\nfrequency = 0\n", "[default] frequency = '0': must be from 1 to 3600 seconds"),
+    ("[default]\nfrequency = -15\n", "[default] frequency = '-15': must be from 1 to 3600 seconds"),
+    ("[default]\nfrequency = 1e9\n", "[default] frequency = '1e9': must be a whole number of "
+                                     "seconds from 1 to 3600"),
+    ("[default]\nfrequency = 86400\n", "[default] frequency = '86400': must be from 1 to 3600 "
+                                       "seconds"),
+    ("[default]\nfrequency = 15 # every 15 s\n", "[default] frequency = '15 # every 15 s': must "
+                                                 "be a whole number of seconds from 1 to 3600"),
+    ("[graphite]\nport = 0\n", "[graphite] port = '0': must be from 1 to 65535 (port)"),
+    ("[graphite]\nport = 65536\n", "[graphite] port = '65536': must be from 1 to 65535 (port)"),
+    ("[graphite]\nport = http\n", "[graphite] port = 'http': must be a whole number of (port) "
+                                  "from 1 to 65535"),
+    ("[default]\nlogging_level = LOUD\n", "[default] logging_level = 'LOUD': must be one of "
+                                          "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ("[default]\nfrequncy = 15\n", "[default] frequncy: unknown key (did you mean 'frequency'?); "
+                                   "known: frequency, logging_level, script_path, prefix, "
+                                   "bucket_series, state_directory"),
+    ("[graphit]\nport = 2003\n", "unknown section [graphit] (did you mean 'graphite'?); known: "
+                                 "[default], [graphite]"),
+    ("[DEFAULT]\nfrequency = 15\n", "unknown section [DEFAULT] (did you mean 'default'?); known: "
+                                    "[default], [graphite]"),
+    ("[graphite]\nserver_address =\n", "[graphite] server_address = '': must not be empty: give "
+                                       "a host name or address"),
+    ("[graphite]\nserver_address = graphite host\n", "[graphite] server_address = 'graphite "
+                                                     "host': must be a host name or address "
+                                                     "(letters, digits, '.', '-', ':')"),
+    ("[default]\nprefix = my host.cpu\n", "[default] prefix = 'my host.cpu': must be "
+                                          "dot-separated parts of letters, digits, '_' and '-'"),
+    ("[default]\nprefix = a.b\n  c.d 1 0\n", "[default] prefix = 'a.b\\nc.d 1 0': must be on one "
+                                             "line"),
+    ("[default]\nprefix = a;tag=x\n", "[default] prefix = 'a;tag=x': must be dot-separated parts "
+                                      "of letters, digits, '_' and '-'"),
+    ("[default]\nbucket_series = maybe\n", "[default] bucket_series = 'maybe': must be yes or no"),
+    ("[default]\nstate_directory = var/lib\n", "[default] state_directory = 'var/lib': must be "
+                                               "an absolute path"),
+    ("[graphite]\nprotocol = http\n", "[graphite] protocol = 'http': must be one of tcp, udp"),
+    ("[graphite]\ntimeout = nan\n", "[graphite] timeout = 'nan': must be from 0.1 to 60 seconds"),
+    ("[graphite]\nbuffer_hours = 0\n", "[graphite] buffer_hours = '0': must be from 0.01 to 720 "
+                                       "hours"),
+    ("[graphite]\nfallback_servers = b.example\n", "[graphite] fallback_servers = 'b.example': "
+                                                   "must be a comma-separated list of host:port "
+                                                   "(must be host:port)"),
+    ("[graphite]\nfallback_servers = b.example:99999\n", "[graphite] fallback_servers = "
+                                                         "'b.example:99999': must be a "
+                                                         "comma-separated list of host:port (must "
+                                                         "be from 1 to 65535 (port))"),
+    ("[default]\nfrequency = 15\nfrequency = 30\n", "[default] frequency is set twice (line 3): "
+                                                    "keep one"),
+    ("[default]\n[graphite]\n[default]\n", "section [default] appears twice (line 3): merge them"),
+    ("frequency = 15\n", "not valid INI: File contains no section headers"),
+    ("[default]\nfrequency\n", "not valid INI: Source contains parsing errors: 'FILE'"),
+]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "gsender.conf"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, problem", BAD)
+def test_bad_file_parse(text, problem):
+    with pytest.raises(ConfigError) as error:
+        parse(text, "FILE")
+    assert error.value.problems == [f"FILE: {problem}"]
+    assert error.value.exit_code == 78
+
+
+@pytest.mark.parametrize("text, problem", BAD)
+def test_bad_file_on_the_command_line(tmp_path, text, problem):
+    path = write(tmp_path, text)
+    result = subprocess.run(AGENT + ["--config", str(path), "--check-config"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78
+    assert result.stdout == ""
+    expected = f"gsender-bcc: {path}: {problem}".replace("'FILE'", repr(str(path)))
+    assert result.stderr.splitlines() == [expected]
+
+
+def test_every_problem_gets_its_own_line(tmp_path):
+    path = write(tmp_path, "[default]\nfrequency = 0\nlogging_level = LOUD\n[graphite]\nport = x\n")
+    result = subprocess.run(AGENT + ["--config", str(path), "--check-config"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78
+    assert [line.split(": ", 2)[2].split(" =")[0] for line in result.stderr.splitlines()] == [
+        "[default] frequency", "[default] logging_level", "[graphite] port"]
+
+
+class TestCheckConfig:
+    def test_original_file_prints_effective_settings(self, tmp_path):
+        path = write(tmp_path, ORIGINAL)
+        result = subprocess.run(AGENT + ["--config", str(path), "--check-config", "--prefix", "x.y",
+                                         "--graphite-port", "2103"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0
+        assert result.stdout == (
+            "[default]\nfrequency = 15\nlogging_level = INFO\nprefix = x.y\nbucket_series = yes\n"
+            "state_directory = /var/lib/gsender-bcc\n\n[graphite]\nserver_address = localhost\n"
+            "port = 2103\nfallback_servers = \nprotocol = tcp\ntimeout = 5.0\nbuffer_hours = 24.0\n")
+        assert "script_path = /opt/gsender/cpu_latency.bt is ignored: the tracer is now built in" \
+            in result.stderr
+
+    def test_missing_explicit_file_exits_78(self, tmp_path):
+        result = subprocess.run(AGENT + ["--config", str(tmp_path / "none.conf"), "--check-config"],
+                                capture_output=True, text=True, timeout=30)
+        assert (result.returncode, result.stderr) == (
+            78, f"gsender-bcc: {tmp_path}/none.conf: no such file: give an existing file to "
+                f"--config\n")
