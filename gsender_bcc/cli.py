@@ -100,8 +100,8 @@ def _check(probe) -> str:
     first = probe.read_snapshot()
     time.sleep(0.25)
     counted = probe.read_snapshot().count - first.count
-    return (f"OK: BPF program attached to sched:sched_wakeup, sched:sched_wakeup_new and "
-            f"sched:sched_switch; {counted} samples in 0.25s; detached")
+    return (f"OK: BPF program attached to the {probe.settings.kind} sched_wakeup, "
+            f"sched_wakeup_new and sched_switch; {counted} samples in 0.25s; detached")
 
 
 def _prefix_for(config: configuration.Config) -> str:
@@ -134,12 +134,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(configuration.render(config))
         return 0
 
-    from . import probe, tracefs
+    from . import probe
     from .daemon import HANDLED_SIGNALS, Daemon
     from .notify import Notifier
 
     if args.dump_bpf:
-        sys.stdout.write(probe.render_source(probe.compile_settings(tracefs.tracefs_root())))
+        sys.stdout.write(probe.render_source(probe.compile_settings()))
         return 0
     notifier = Notifier()
     # Block the signals the daemon waits for before any thread starts, so none of them

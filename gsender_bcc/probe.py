@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-from . import program, tracefs
+from . import btf, program, tracefs
 from .errors import EX_NOPERM, EX_UNAVAILABLE, AgentError
 from .histogram import Layout, Snapshot
 
@@ -90,7 +90,14 @@ def _last_useful_line(lines: list) -> str:
     return ""
 
 
-def compile_settings(root: Path) -> program.ProgramSettings:
+def compile_settings() -> program.ProgramSettings:
+    """Use raw tracepoints where the kernel's BTF describes them, classic ones otherwise."""
+    try:
+        return program.ProgramSettings(raw=btf.read_raw_layout())
+    except (OSError, ValueError, LookupError) as error:
+        log.info("using classic tracepoints: cannot use raw ones (%s: %s)", btf.VMLINUX, error)
+    root = tracefs.tracefs_root()
+    tracefs.check_tracepoints(root)
     return program.ProgramSettings(preempted_state=tracefs.read_preempted_state_bit(root))
 
 
@@ -111,10 +118,8 @@ class Probe:
     def __init__(self, settings: Optional[program.ProgramSettings] = None):
         check_privileges()
         bcc = import_bcc()
-        root = tracefs.tracefs_root()
-        tracefs.check_tracepoints(root)
+        self.settings = settings or compile_settings()
         check_kernel_headers()
-        self.settings = settings or compile_settings(root)
         self.layout: Layout = program.installed_layout()
         folder = program.source_dir()
         with captured_stderr() as messages:

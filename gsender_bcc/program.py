@@ -6,8 +6,9 @@ import importlib.resources
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
+from .btf import RawLayout
 from .histogram import Layout
 
 SOURCE_NAME = "runqlat.c"
@@ -16,7 +17,8 @@ HEADER_NAME = "runqlat.h"
 # The map of enqueue timestamps holds one entry per thread seen recently; the
 # LRU policy evicts the least recently woken. 65536 entries (about 5 MiB of
 # kernel memory) exceed the threads a host normally has alive, so a thread
-# still waiting to run is never the least recently woken one.
+# still waiting to run is never the least recently woken one. A failed insert
+# is counted (agent.samples_lost), never silent.
 DEFAULT_START_ENTRIES = 65536
 
 _DEFINE = re.compile(r"^#define\s+([A-Z_][A-Z0-9_]*)\s+(\d+)\s*$", re.MULTILINE)
@@ -52,14 +54,28 @@ def installed_layout() -> Layout:
 
 @dataclass(frozen=True)
 class ProgramSettings:
-    """What the BPF program is compiled with."""
+    """What the BPF program is compiled with: raw tracepoints when ``raw`` is known, else classic."""
 
-    preempted_state: int
+    raw: Optional[RawLayout] = None
+    preempted_state: Optional[int] = None
     start_entries: int = DEFAULT_START_ENTRIES
 
+    def __post_init__(self):
+        if (self.raw is None) == (self.preempted_state is None):
+            raise ValueError("give either the raw-tracepoint layout or the preempted state bit")
+
+    @property
+    def kind(self) -> str:
+        return "raw tracepoints" if self.raw else "tracepoints"
+
     def cflags(self, include_dir: Path) -> Tuple[str, ...]:
-        return (
-            f"-I{include_dir}",
-            f"-DPREEMPTED_STATE={self.preempted_state:#x}",
-            f"-DSTART_ENTRIES={self.start_entries}",
-        )
+        flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}"]
+        if self.raw is not None:
+            flags += ["-DRAW_TRACEPOINTS",
+                      f"-DTASK_PID_OFFSET={self.raw.task_pid_offset}",
+                      f"-DSWITCH_HAS_PREV_STATE={int(self.raw.switch_has_prev_state)}",
+                      f"-DTASK_STATE_OFFSET={self.raw.task_state_offset}",
+                      f"-DTASK_STATE_SIZE={self.raw.task_state_size}"]
+        else:
+            flags.append(f"-DPREEMPTED_STATE={self.preempted_state:#x}")
+        return tuple(flags)

@@ -102,7 +102,8 @@ class CarbonCache:
         log = open(self.folder / "carbon-cache.out", "ab")
         self.process = subprocess.Popen(
             [CARBON, f"--config={self.folder / 'carbon.conf'}", "--debug", "start"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)  # the terminal's Ctrl-C is for the agent; we stop carbon after it
         deadline = time.monotonic() + timeout
         while not listening(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -71,6 +71,16 @@ def loaded_program_ids():
     return {p["id"] for p in json.loads(out or "[]")}
 
 
+def assert_unloaded(ids, timeout=5.0):
+    """Fail unless none of these programs is loaded, allowing for the kernel's deferred free."""
+    deadline = time.monotonic() + timeout
+    while loaded_program_ids() & set(ids):
+        if time.monotonic() > deadline:
+            pytest.fail(f"BPF programs {sorted(loaded_program_ids() & set(ids))} still loaded "
+                        f"{timeout}s after exit")
+        time.sleep(0.05)
+
+
 def run_delay_ns() -> int:
     """Sum the kernel's run-queue wait (schedstat run_delay) over every thread alive now."""
     total = 0

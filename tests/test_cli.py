@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import AGENT, loaded_program_ids
+from conftest import AGENT, assert_unloaded, loaded_program_ids
 from gsender_bcc import __version__
 
 LINE = re.compile(r"^(\S+) (\S+) (\d+)$")
@@ -70,18 +70,20 @@ class TestWithBpf:
     def test_check_attaches_reads_and_detaches(self):
         before = loaded_program_ids()
         result = agent("--check")
+        during = loaded_program_ids() - before
         assert result.returncode == 0, result.stderr
-        assert re.fullmatch(r"OK: BPF program attached to sched:sched_wakeup, "
-                            r"sched:sched_wakeup_new and sched:sched_switch; \d+ samples in "
+        assert re.fullmatch(r"OK: BPF program attached to the raw tracepoints sched_wakeup, "
+                            r"sched_wakeup_new and sched_switch; \d+ samples in "
                             r"0\.25s; detached\n", result.stdout)
-        assert loaded_program_ids() <= before
+        assert_unloaded(during)
 
     def test_dump_bpf_shows_source_and_flags(self):
         result = agent("--dump-bpf")
         assert result.returncode == 0
-        assert re.search(r"compile flags: -I\S+/bpf -DPREEMPTED_STATE=0x100 -DSTART_ENTRIES=65536",
-                         result.stdout)
-        assert "TRACEPOINT_PROBE(sched, sched_switch)" in result.stdout
+        assert re.search(r"compile flags: -I\S+/bpf -DSTART_ENTRIES=65536 -DRAW_TRACEPOINTS "
+                         r"-DTASK_PID_OFFSET=\d+ -DSWITCH_HAS_PREV_STATE=1 "
+                         r"-DTASK_STATE_OFFSET=\d+ -DTASK_STATE_SIZE=4 \*/", result.stdout)
+        assert "RAW_TRACEPOINT_PROBE(sched_switch)" in result.stdout
         assert "#define HIST_SLOTS 241" in result.stdout
 
     @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
@@ -92,7 +94,8 @@ class TestWithBpf:
         try:
             first = proc.stdout.readline()
             assert LINE.match(first.strip()), first
-            assert len(loaded_program_ids() - before) == 3
+            ours = loaded_program_ids() - before
+            assert len(ours) == 3
             proc.send_signal(stop)
             sent = time.monotonic()
             assert proc.wait(timeout=5) == 0
@@ -100,7 +103,7 @@ class TestWithBpf:
         finally:
             proc.kill()
             proc.wait()
-        assert loaded_program_ids() <= before
+        assert_unloaded(ours)
 
 
 @pytest.mark.bpf
@@ -129,9 +132,23 @@ class TestHostProblems:
         result = self.run_in_private_mounts("mount -t tmpfs none /lib/modules")
         self.assert_one_line(result, 69, "kernel headers for ")
 
-    def test_tracefs_not_mounted(self):
-        result = self.run_in_private_mounts(
-            "mount -t tmpfs none /sys/kernel/tracing && "
-            "{ ! [ -d /sys/kernel/debug/tracing ] || mount -t tmpfs none /sys/kernel/debug/tracing; }")
+    HIDE_TRACEFS = ("mount -t tmpfs none /sys/kernel/tracing && { ! [ -d /sys/kernel/debug/tracing ]"
+                    " || mount -t tmpfs none /sys/kernel/debug/tracing; }")
+    HIDE_BTF = "mount -t tmpfs none /sys/kernel/btf"
+
+    def test_raw_tracepoints_need_no_tracefs(self):
+        result = self.run_in_private_mounts(self.HIDE_TRACEFS)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("OK: BPF program attached to the raw tracepoints")
+
+    def test_without_btf_classic_tracepoints_are_used(self):
+        result = self.run_in_private_mounts(self.HIDE_BTF)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("OK: BPF program attached to the tracepoints")
+        assert "using classic tracepoints: cannot use raw ones (/sys/kernel/btf/vmlinux: " \
+            in result.stderr
+
+    def test_tracefs_not_mounted_without_btf(self):
+        result = self.run_in_private_mounts(f"{self.HIDE_BTF} && {self.HIDE_TRACEFS}")
         self.assert_one_line(result, 69, "tracefs is not mounted: run 'mount -t tracefs nodev "
                                          "/sys/kernel/tracing'")

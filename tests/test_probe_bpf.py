@@ -4,25 +4,39 @@ import time
 
 import pytest
 
-from conftest import loaded_program_ids, run_delay_ns
+from conftest import assert_unloaded, loaded_program_ids, run_delay_ns
+from gsender_bcc import btf, tracefs
 from gsender_bcc.histogram import delta, interval_stats
 from gsender_bcc.probe import Probe
+from gsender_bcc.program import ProgramSettings
 
 pytestmark = pytest.mark.bpf
 
 
-@pytest.fixture
-def probe():
-    with Probe() as attached:
+def settings_for(kind):
+    if kind == "raw":
+        return ProgramSettings(raw=btf.read_raw_layout())
+    return ProgramSettings(preempted_state=tracefs.read_preempted_state_bit(tracefs.tracefs_root()))
+
+
+@pytest.fixture(params=["raw", "classic"])
+def probe(request):
+    with Probe(settings_for(request.param)) as attached:
         yield attached
 
 
-def test_attaches_three_programs_and_detaches_all():
+def test_raw_tracepoints_are_the_default_where_btf_describes_them():
+    with Probe() as attached:
+        assert attached.settings.raw == btf.read_raw_layout()
+
+
+@pytest.mark.parametrize("kind", ["raw", "classic"])
+def test_attaches_three_programs_and_detaches_all(kind):
     before = loaded_program_ids()
-    with Probe():
+    with Probe(settings_for(kind)):
         during = loaded_program_ids() - before
     assert len(during) == 3
-    assert loaded_program_ids() & during == set()
+    assert_unloaded(during)
 
 
 def test_total_wait_matches_schedstat_run_delay(probe, busy_cpu):

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from gsender_bcc import program
+from gsender_bcc.btf import RawLayout
 from gsender_bcc.histogram import Layout, slot_of
 
 HARNESS = r"""
@@ -79,7 +80,21 @@ class TestHeaderConstants:
                                            "HIST_LOG2_MAX": 32})
 
 
-def test_settings_become_compile_flags(tmp_path):
-    settings = program.ProgramSettings(preempted_state=0x100, start_entries=4096)
-    assert settings.cflags(tmp_path) == (f"-I{tmp_path}", "-DPREEMPTED_STATE=0x100",
-                                         "-DSTART_ENTRIES=4096")
+class TestSettings:
+    def test_classic_flags(self, tmp_path):
+        settings = program.ProgramSettings(preempted_state=0x100, start_entries=4096)
+        assert settings.cflags(tmp_path) == (f"-I{tmp_path}", "-DSTART_ENTRIES=4096",
+                                             "-DPREEMPTED_STATE=0x100")
+        assert settings.kind == "tracepoints"
+
+    def test_raw_flags(self, tmp_path):
+        settings = program.ProgramSettings(raw=RawLayout(1264, False, 24, 8))
+        assert settings.cflags(tmp_path) == (
+            f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DRAW_TRACEPOINTS", "-DTASK_PID_OFFSET=1264",
+            "-DSWITCH_HAS_PREV_STATE=0", "-DTASK_STATE_OFFSET=24", "-DTASK_STATE_SIZE=8")
+        assert settings.kind == "raw tracepoints"
+
+    @pytest.mark.parametrize("raw, bit", [(None, None), (RawLayout(1, True, 2, 4), 0x100)])
+    def test_exactly_one_mode(self, raw, bit):
+        with pytest.raises(ValueError, match="either"):
+            program.ProgramSettings(raw=raw, preempted_state=bit)
