@@ -4,7 +4,15 @@ PYTEST := $(VENV)/bin/python -m pytest
 FREQUENCY ?= 5
 GRAPHITE_PORT ?= 2003
 
-.PHONY: setup run test test-unit test-bpf clean
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' gsender_bcc/__init__.py)
+DEB := build/gsender-bcc_$(VERSION)_all.deb
+# graphyte is not packaged by Debian: the .deb carries this pinned copy (see debian/copyright).
+GRAPHYTE_VERSION := 1.7.1
+GRAPHYTE_SHA256 := 5c6061f32375ea9de8cccd78b259c928670fbabcf6fd4ddbf160e77124289be2
+DEB_BUILD_DEPS := dpkg-dev debhelper dh-python python3-all python3-setuptools python3-wheel \
+	pybuild-plugin-pyproject lintian fakeroot
+
+.PHONY: setup run test test-unit test-bpf test-package bench deb install uninstall clean
 
 setup:
 	@scripts/setup-host.sh
@@ -23,7 +31,43 @@ test-unit: setup
 	$(PYTEST) -m "not bpf" tests
 
 test-bpf: setup
-	$(PYTEST) -m bpf tests
+	$(PYTEST) -m "bpf and not package" tests
+
+test-package: setup
+	$(PYTEST) -m package tests
+
+# Cost of gsender-bcc beside the original bpftrace tracer and bcc's runqlat; records docs/benchmarks.md.
+bench: setup
+	@scripts/setup-host.sh bpftrace bpfcc-tools systemd
+	$(VENV)/bin/python bench/run.py --record
+
+packaging/vendor/graphyte.py:
+	rm -rf build/graphyte && mkdir -p build/graphyte packaging/vendor
+	$(VENV)/bin/python -m pip download -q --no-deps --no-binary :all: \
+		"graphyte==$(GRAPHYTE_VERSION)" -d build/graphyte
+	echo "$(GRAPHYTE_SHA256)  build/graphyte/graphyte-$(GRAPHYTE_VERSION).tar.gz" | sha256sum -c --quiet
+	tar -xzf build/graphyte/graphyte-$(GRAPHYTE_VERSION).tar.gz -C build/graphyte
+	cp build/graphyte/graphyte-$(GRAPHYTE_VERSION)/graphyte.py $@
+	printf '"""graphyte $(GRAPHYTE_VERSION), a private copy shipped with the package."""\n' \
+		> packaging/vendor/__init__.py
+
+# gsender-bcc_<version>_all.deb in build/, checked by lintian (errors and warnings fail).
+deb: setup packaging/vendor/graphyte.py
+	@scripts/setup-host.sh $(DEB_BUILD_DEPS)
+	rm -rf build/deb && mkdir -p build/deb/src
+	git ls-files -z | xargs -0 cp --parents -t build/deb/src
+	mkdir -p build/deb/src/packaging && cp -r packaging/vendor build/deb/src/packaging/
+	cp -rL packaging/debian build/deb/src/debian
+	# Debian's own Python, whatever else is first on PATH.
+	cd build/deb/src && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc --no-pre-clean
+	mv build/deb/gsender-bcc_$(VERSION)_all.deb $(DEB)
+	PATH=/usr/sbin:/usr/bin:/sbin:/bin lintian --fail-on error,warning --display-info $(DEB)
+
+install:
+	@scripts/install.sh install
+
+uninstall:
+	@scripts/install.sh uninstall
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache packaging/vendor

@@ -5,15 +5,20 @@ Without NOTIFY_SOCKET in the environment (not under systemd) every call does not
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
 from .errors import EX_UNAVAILABLE, AgentError
 
+log = logging.getLogger(__name__)
+
 
 class Notifier:
-    def __init__(self, environ=os.environ):
+    def __init__(self):
+        environ = os.environ  # sd_notify(3) reads NOTIFY_SOCKET from the process environment
         self._notify = None
+        self._failed = False
         self.watchdog_seconds: Optional[float] = None
         if not environ.get("NOTIFY_SOCKET"):
             return
@@ -30,8 +35,15 @@ class Notifier:
             self.watchdog_seconds = int(usec) / 2e6
 
     def _send(self, message: str) -> None:
-        if self._notify is not None:
+        """Send, and carry on if the socket is gone: a lost notification must not stop the agent."""
+        if self._notify is None:
+            return
+        try:
             self._notify(message)
+        except OSError as error:
+            if not self._failed:
+                log.warning("cannot notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), error)
+            self._failed = True
 
     def ready(self, status: str) -> None:
         self._send(f"READY=1\nSTATUS={status}")

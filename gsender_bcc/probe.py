@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import tempfile
@@ -90,6 +91,14 @@ def _last_useful_line(lines: list) -> str:
     return ""
 
 
+def release_compiler_memory() -> None:
+    """Give the heap that clang and LLVM freed after compiling back to the kernel (glibc only)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def compile_settings() -> program.ProgramSettings:
     """Use raw tracepoints where the kernel's BTF describes them, classic ones otherwise."""
     try:
@@ -136,6 +145,7 @@ class Probe:
             detail = _last_useful_line(messages)
             raise AgentError(f"compiling or loading the BPF program failed: {failure}"
                              + (f" ({detail})" if detail else ""), EX_UNAVAILABLE)
+        release_compiler_memory()
         self._stats = self._bpf[b"stats"]
 
     def read_snapshot(self) -> Snapshot:

@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Deque, Iterable, List, Optional, Sequence, TextIO, Tuple
 
-import graphyte
+try:  # the .deb ships a private copy; elsewhere graphyte comes from PyPI
+    from ._vendor import graphyte
+except ImportError:
+    import graphyte
 
 from .config import Server
 from .metrics import Datapoint
