@@ -12,7 +12,7 @@ GRAPHYTE_SHA256 := 5c6061f32375ea9de8cccd78b259c928670fbabcf6fd4ddbf160e77124289
 DEB_BUILD_DEPS := dpkg-dev debhelper dh-python python3-all python3-setuptools python3-wheel \
 	pybuild-plugin-pyproject lintian fakeroot
 
-.PHONY: setup run test test-unit test-bpf test-package bench deb install uninstall clean
+.PHONY: setup run test test-unit test-bpf test-package test-vm bench deb install uninstall clean
 
 setup:
 	@scripts/setup-host.sh
@@ -31,10 +31,14 @@ test-unit: setup
 	$(PYTEST) -m "not bpf" tests
 
 test-bpf: setup
-	$(PYTEST) -m "bpf and not package" tests
+	$(PYTEST) -m "bpf and not package and not vm" tests
 
 test-package: setup
 	$(PYTEST) -m package tests
+
+# Boots Debian under qemu with the .deb installed and checks the service there (tests/vm/).
+test-vm: setup
+	$(PYTEST) -m vm tests
 
 # Cost of gsender-bcc beside the original bpftrace tracer and bcc's runqlat; records docs/benchmarks.md.
 bench: setup

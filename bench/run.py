@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / "build"
 PINGPONG = BUILD / "pingpong"
 AGENT = [str(ROOT / ".venv" / "bin" / "gsender-bcc")]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 EMPTY_CLASSIC = """
 TRACEPOINT_PROBE(sched, sched_wakeup) { return 0; }
@@ -145,8 +144,14 @@ def proc_status(pid: int) -> Dict[str, int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields_after_comm = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields_after_comm[11]) + int(fields_after_comm[12])) / CLK_TCK
+    """CPU time of all of a process's threads, from schedstat's nanosecond counters."""
+    total = 0
+    for path in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(path.read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that just ended
+    return total / 1e9
 
 
 class Running:

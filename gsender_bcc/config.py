@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import EX_CONFIG, AgentError
-from .metrics import check_prefix
+from .metrics import check_prefix, default_prefix
 
 DEFAULT_PATH = Path("/etc/gsender.conf")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -247,6 +247,7 @@ def render(config: Config) -> str:
         return "" if value is None else str(value)
 
     values = {f.name: getattr(config, f.name) for f in fields(config)}
+    values["prefix"] = config.prefix or default_prefix()
     lines = ["[default]"]
     lines += [f"{key} = {show(values[key])}" for key in
               ("frequency", "logging_level", "prefix", "bucket_series", "state_directory")]

@@ -49,9 +49,15 @@ def check_privileges() -> None:
 def check_kernel_headers(release: Optional[str] = None) -> None:
     release = release or os.uname().release
     build = Path("/lib/modules") / release / "build"
-    if os.environ.get("BCC_KERNEL_SOURCE") or (build / "include").is_dir() \
-            or Path("/sys/kernel/kheaders.tar.xz").exists():
+    if os.environ.get("BCC_KERNEL_SOURCE") or Path("/sys/kernel/kheaders.tar.xz").exists():
         return
+    try:
+        if (build / "include").is_dir():
+            return
+    except OSError as error:  # e.g. a sandbox (systemd ProtectKernelModules=) hides /lib/modules
+        raise AgentError(f"kernel headers at {build} cannot be read: {error.strerror}; if this "
+                         f"runs under systemd, drop ProtectKernelModules= from the unit",
+                         EX_UNAVAILABLE) from None
     raise AgentError(f"kernel headers for {release} not found at {build}: install "
                      f"linux-headers-{release}, or run 'make setup' to link the distro's "
                      f"generic headers there", EX_UNAVAILABLE)

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import AGENT
 from gsender_bcc.config import Config, ConfigError, Server, load, parse, render, with_overrides
+from gsender_bcc.metrics import default_prefix
 
 ORIGINAL = """[default]
 frequency       = 15
@@ -70,6 +71,10 @@ class TestValidFiles:
     def test_render_reads_back_as_the_same_config(self):
         config = parse(FULL, "f")
         assert parse(render(config), "rendered") == config
+
+    def test_render_shows_the_effective_default_prefix(self):
+        rendered = parse(render(Config()), "rendered")
+        assert rendered == Config(prefix=default_prefix())
 
     def test_overrides_replace_only_what_is_given(self):
         config = with_overrides(Config(), frequency=5, prefix=None, protocol="udp")

@@ -43,3 +43,16 @@ def test_captured_stderr_collects_c_level_output():
         os.write(2, b"first\nsecond line\n")
     assert lines == ["first", "second line"]
     assert probe._last_useful_line(["x", "last words", "processed 5 insns", ""]) == "last words"
+
+
+def test_unreadable_headers_are_one_line(monkeypatch, tmp_path):
+    import pathlib
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(pathlib.Path, "is_dir", denied)
+    with pytest.raises(AgentError, match=r"kernel headers at /lib/modules/x/build cannot be read: "
+                                         r"Permission denied; if this runs under systemd, drop "
+                                         r"ProtectKernelModules="):
+        probe.check_kernel_headers("x")

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# make test-vm: boot a Debian bookworm VM with our .deb installed and record its serial console.
+#
+#   run-vm.sh DEB WORKDIR
+#
+# 1. A base root file system (debootstrap minbase, systemd, the Debian cloud kernel with its
+#    matching headers, BCC, graphite-carbon) is built once and cached as a tar in
+#    $GSENDER_VM_CACHE (default /var/cache/gsender-bcc-vm), keyed by its package list.
+# 2. Our .deb is installed into a copy with apt, service starts blocked by policy-rc.d; the
+#    guest gets a short-frequency /etc/gsender.conf, carbon-cache, and gsender-vm-check.service.
+# 3. mkfs.ext4 -d writes the disk image (no loop mounts); qemu boots it with TCG, the kernel
+#    and initrd passed directly, no network device, console on the serial port, into
+#    WORKDIR/console.log. The guest powers off when its checks are done.
+# Packages come from the mirror this host's apt already uses.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+deb=$(realpath "$1")
+work=$2
+cache=${GSENDER_VM_CACHE:-/var/cache/gsender-bcc-vm}
+boot_timeout=${GSENDER_VM_TIMEOUT:-1200}
+suite=bookworm
+base_packages=(systemd systemd-sysv udev dbus linux-image-cloud-amd64 linux-headers-cloud-amd64
+	initramfs-tools kmod procps python3-bpfcc python3-systemd graphite-carbon python3-whisper bpftool)
+
+say() { printf 'vm: %s\n' "$*" >&2; }
+
+host_mirror() {
+	local sources=/etc/apt/sources.list.d/debian.sources
+	if [ -f "$sources" ]; then
+		awk -v suite="$suite" '/^URIs:/ { uri = $2 }
+			/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) { print uri; exit } }' "$sources"
+	else
+		awk -v suite="$suite" '$1 == "deb" && $3 == suite { print $2; exit }' /etc/apt/sources.list
+	fi
+}
+
+mounted=()
+release_mounts() {
+	local i
+	for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[i]}" 2>/dev/null || true; done
+	mounted=()
+}
+trap release_mounts EXIT
+
+in_chroot() { # in_chroot ROOT COMMAND...: run with /proc, /sys and /dev, services kept from starting
+	local root=$1; shift
+	printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+	chmod +x "$root/usr/sbin/policy-rc.d"
+	for fs in proc sys dev dev/pts; do
+		case $fs in
+			proc) mount -t proc proc "$root/proc" ;;
+			sys) mount -t sysfs sys "$root/sys" ;;
+			*) mount --bind "/$fs" "$root/$fs" ;;
+		esac
+		mounted+=("$root/$fs")
+	done
+	chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+		LANG=C.UTF-8 "$@"
+	release_mounts
+	rm -f "$root/usr/sbin/policy-rc.d"
+}
+
+build_base() { # build_base TAR
+	local root=$work/base mirror
+	mirror=$(host_mirror)
+	[ -n "$mirror" ] || { say "no $suite mirror in this host's apt sources"; exit 69; }
+	rm -rf "$root" && mkdir -p "$root"
+	say "debootstrap $suite (minbase) ..."
+	debootstrap --variant=minbase "$suite" "$root" "$mirror" > "$work/debootstrap.log" 2>&1 \
+		|| { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
+	if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+		cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/"
+		rm -f "$root/etc/apt/sources.list"
+	fi
+	say "installing ${base_packages[*]} ..."
+	in_chroot "$root" sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+		${base_packages[*]} > /dev/null && apt-get clean"
+	mkdir -p "$cache"
+	tar -C "$root" -cf "$1.tmp" . && mv "$1.tmp" "$1"
+	rm -rf "$root"
+}
+
+mkdir -p "$work"
+key=$(printf '%s\n' "$suite" "${base_packages[@]}" | sha256sum | cut -c1-16)
+base_tar=$cache/base-$key.tar
+if [ -f "$base_tar" ]; then
+	say "using the cached base image $base_tar"
+else
+	build_base "$base_tar"
+fi
+
+root=$work/root
+rm -rf "$root" && mkdir -p "$root"
+tar -C "$root" -xf "$base_tar"
+cp "$deb" "$root/tmp/gsender-bcc.deb"
+say "installing $(basename "$deb") in the guest ..."
+in_chroot "$root" apt-get install -y -qq /tmp/gsender-bcc.deb > "$work/install.log" 2>&1 \
+	|| { tail -n 20 "$work/install.log" >&2; exit 1; }
+rm "$root/tmp/gsender-bcc.deb"
+
+# The guest: our agent every 2 s to its own carbon-cache on loopback, and the check unit.
+cat > "$root/etc/gsender.conf" <<'CONF'
+[default]
+frequency = 2
+prefix = vm.cpu-lat
+
+[graphite]
+server_address = 127.0.0.1
+port = 2003
+CONF
+{ printf '[gsender]\npattern = ^vm\\.\nretentions = 1s:1h\n\n'; cat "$root/etc/carbon/storage-schemas.conf"; } \
+	> "$root/etc/carbon/storage-schemas.conf.new"
+mv "$root/etc/carbon/storage-schemas.conf.new" "$root/etc/carbon/storage-schemas.conf"
+[ -f "$root/etc/default/graphite-carbon" ] && \
+	sed -i 's/^CARBON_CACHE_ENABLED=.*/CARBON_CACHE_ENABLED=true/' "$root/etc/default/graphite-carbon"
+install -m 0755 "$here/guest-check.sh" "$root/usr/local/sbin/gsender-vm-check"
+install -m 0644 "$here/gsender-vm-check.service" "$root/etc/systemd/system/"
+echo gsender-vm > "$root/etc/hostname"
+echo "/dev/vda / ext4 rw,errors=remount-ro 0 1" > "$root/etc/fstab"
+ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
+chroot "$root" systemctl enable --quiet carbon-cache.service gsender-vm-check.service
+chroot "$root" systemctl is-enabled --quiet gsender-bcc.service \
+	|| { say "the package did not enable gsender-bcc.service"; exit 1; }
+
+kernel=$(ls "$root"/boot/vmlinuz-* | sort -V | tail -n 1)
+initrd=$(ls "$root"/boot/initrd.img-* | sort -V | tail -n 1)
+cp "$kernel" "$work/vmlinuz" && cp "$initrd" "$work/initrd.img"
+size=$(du -sm "$root" | cut -f1)
+rm -f "$work/disk.img" && truncate -s $((size + 1024))M "$work/disk.img"
+mkfs.ext4 -q -F -L root -d "$root" "$work/disk.img"
+rm -rf "$root"
+
+say "booting $(basename "$kernel") under qemu (TCG) ..."
+timeout "$boot_timeout" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -nographic \
+	-nic none -no-reboot -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
+	-append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false" \
+	-drive "file=$work/disk.img,format=raw,if=virtio" < /dev/null > "$work/console.log" 2>&1 \
+	|| say "qemu ended with $? (124 means the $boot_timeout s time limit)"
+rm -f "$work/disk.img"
