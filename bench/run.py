@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,9 +173,8 @@ class Running:
             listener.settimeout(timeout)
             while b"READY=1" not in listener.recv(4096):
                 pass
-            # Keep taking the agent's notifications (status, watchdog) for as long as it runs.
-            listener.settimeout(None)
-            threading.Thread(target=self._drain_notifications, daemon=True).start()
+            # Keep the socket until the agent stops: its later notifications (a status line per
+            # interval) wait in the socket buffer, far below its size.
         else:
             deadline = started + timeout
             while True:
@@ -190,13 +188,6 @@ class Running:
         self.programs = set(program_stats()) - before
         # Drain stdout so a chatty tracer never blocks on a full pipe.
         self._drain = subprocess.Popen(["cat"], stdin=self.proc.stdout, stdout=subprocess.DEVNULL)
-
-    def _drain_notifications(self) -> None:
-        try:
-            while self._listener.recv(4096):
-                pass
-        except OSError:
-            pass  # closed at stop
 
     def alive(self) -> bool:
         return self.proc.poll() is None

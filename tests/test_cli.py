@@ -1,9 +1,11 @@
 """The command line as an operator meets it, run as a real process."""
 
+import os
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +129,14 @@ class TestHostProblems:
                                  "--inh-caps=-all"] + AGENT + ["--check"],
                                 capture_output=True, text=True, timeout=60)
         self.assert_one_line(result, 77, "needs root (or CAP_BPF and CAP_PERFMON): run it with sudo")
+
+    def test_bcc_not_installed(self):
+        # -S leaves out site-packages and dist-packages, so bcc cannot be imported.
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        result = subprocess.run(["/usr/bin/python3", "-S", "-m", "gsender_bcc", "--check"],
+                                capture_output=True, text=True, timeout=60, env=env)
+        self.assert_one_line(result, 69, "BCC's Python bindings are missing: run 'apt-get install "
+                                         "python3-bpfcc'")
 
     def test_kernel_headers_missing(self):
         result = self.run_in_private_mounts("mount -t tmpfs none /lib/modules")
