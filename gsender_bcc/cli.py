@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
-def _from_config_parser(name: str, key: str, section: str = "default"):
+def _from_config_parser(key: str, section: str = "default"):
     """Use the config file's parser for a flag, so both accept and refuse the same values."""
     convert = configuration.SCHEMA[section][key][1]
 
@@ -32,7 +32,6 @@ def _from_config_parser(name: str, key: str, section: str = "default"):
             return convert(text)
         except ValueError as error:
             raise argparse.ArgumentTypeError(f"{text!r} {error}") from None
-    parse.__name__ = name
     return parse
 
 
@@ -44,18 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"configuration file (default {configuration.DEFAULT_PATH}; "
                              f"built-in defaults if that is missing)")
     parser.add_argument("--frequency", metavar="SECONDS",
-                        type=_from_config_parser("frequency", "frequency"),
+                        type=_from_config_parser("frequency"),
                         help="interval length; timestamps are multiples of it (default 15)")
-    parser.add_argument("--prefix", type=_from_config_parser("prefix", "prefix"),
+    parser.add_argument("--prefix", type=_from_config_parser("prefix"),
                         help="metric path prefix (default <short hostname>.cpu-lat)")
-    parser.add_argument("--graphite-host", type=_from_config_parser("host", "server_address",
-                                                                    "graphite"),
+    parser.add_argument("--graphite-host", type=_from_config_parser("server_address", "graphite"),
                         help="Graphite server (default localhost)")
-    parser.add_argument("--graphite-port", type=_from_config_parser("port", "port", "graphite"),
+    parser.add_argument("--graphite-port", type=_from_config_parser("port", "graphite"),
                         help="Graphite plaintext port (default 2003)")
     parser.add_argument("--protocol", choices=("tcp", "udp"))
-    parser.add_argument("--state-directory", type=_from_config_parser("directory",
-                                                                      "state_directory"),
+    parser.add_argument("--state-directory", type=_from_config_parser("state_directory"),
                         metavar="DIR", help="where undelivered data is spooled at stop "
                                             "(default /var/lib/gsender-bcc)")
     parser.add_argument("--log-level", choices=configuration.LEVELS, type=str.upper)

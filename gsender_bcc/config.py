@@ -11,7 +11,7 @@ import configparser
 import difflib
 import math
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -123,11 +123,6 @@ def _server_list(text: str) -> Tuple[Server, ...]:
         raise ValueError(f"must be a comma-separated list of host:port ({error})") from None
 
 
-def _prefix(text: str) -> str:
-    check_prefix(text)
-    return text
-
-
 def _directory(text: str) -> Path:
     if not text.startswith("/"):
         raise ValueError("must be an absolute path")
@@ -140,7 +135,7 @@ SCHEMA: Dict[str, Dict[str, Optional[Tuple[str, Callable[[str], object]]]]] = {
         "frequency": ("frequency", _whole(1, 3600, "seconds")),
         "logging_level": ("logging_level", _choice(LEVELS, str.upper)),
         "script_path": None,
-        "prefix": ("prefix", _prefix),
+        "prefix": ("prefix", check_prefix),
         "bucket_series": ("bucket_series", _boolean),
         "state_directory": ("state_directory", _directory),
     },
@@ -246,13 +241,12 @@ def render(config: Config) -> str:
             return ", ".join(map(str, value))
         return "" if value is None else str(value)
 
-    values = {f.name: getattr(config, f.name) for f in fields(config)}
-    values["prefix"] = config.prefix or default_prefix()
+    effective = replace(config, prefix=config.prefix or default_prefix())
     lines = ["[default]"]
-    lines += [f"{key} = {show(values[key])}" for key in
+    lines += [f"{key} = {show(getattr(effective, key))}" for key in
               ("frequency", "logging_level", "prefix", "bucket_series", "state_directory")]
     lines += ["", "[graphite]", f"server_address = {config.server.host}",
               f"port = {config.server.port}"]
-    lines += [f"{key} = {show(values[key])}" for key in
+    lines += [f"{key} = {show(getattr(effective, key))}" for key in
               ("fallback_servers", "protocol", "timeout", "buffer_hours")]
     return "\n".join(lines) + "\n"

@@ -54,8 +54,7 @@ class Notifier:
     def reloading(self) -> None:
         self._send("RELOADING=1")
 
-    def reloaded(self, status: str) -> None:
-        self._send(f"READY=1\nSTATUS={status}")
+    reloaded = ready  # READY=1 again ends a reload
 
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")

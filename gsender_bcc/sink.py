@@ -5,8 +5,9 @@ server never delays the measurement loop. Each interval is one batch; batches
 wait in a bounded outbox, oldest first, until a server takes them, keeping their
 original timestamps. Servers are tried in order: one that fails is skipped for a
 back-off period that doubles from one second up to one interval (at most a
-minute), then tried again first, so traffic returns to the primary once it is back. At stop, what is still waiting goes to a
-spool file that the next start replays before new data.
+minute), then tried again first, so traffic returns to the primary once it is
+back. At stop, what is still waiting goes to a spool file that the next start
+replays before new data.
 
 Delivery is at least once: a batch whose send failed part-way is sent again
 whole, which Graphite absorbs, since a datapoint with the same path and
