@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from conftest import REQUIRE_BPF
+
 from gsender_bcc import program
 from gsender_bcc.btf import RawLayout
 from gsender_bcc.histogram import Layout, slot_of
@@ -16,6 +18,7 @@ HARNESS = r"""
 #include <stdlib.h>
 typedef uint64_t u64;
 typedef uint32_t u32;
+#define __always_inline inline __attribute__((always_inline))
 #include "runqlat.h"
 int main(void)
 {
@@ -39,6 +42,9 @@ def edge_values():
 @pytest.fixture(scope="module")
 def compiled_slot_function(tmp_path_factory):
     if shutil.which("gcc") is None:
+        if REQUIRE_BPF:
+            pytest.fail("GSENDER_REQUIRE_BPF=1 but gcc, needed to check the header's C, is missing",
+                        pytrace=False)
         pytest.skip("gcc is not installed")
     folder = tmp_path_factory.mktemp("harness")
     (folder / "harness.c").write_text(HARNESS)
