@@ -87,7 +87,7 @@ class CgroupTree:
     def __init__(self, mount: Path, limit: int = MAX_CGROUPS_WALKED):
         self.mount = mount
         self.limit = limit
-        self._names: Dict[int, str] = {}
+        self._names: Dict[int, Tuple[str, str]] = {}  # id -> (service, directory)
         self._directories: Dict[str, List[Path]] = {}
         self._warned_limit = False
 
@@ -96,10 +96,10 @@ class CgroupTree:
 
     def walk(self) -> None:
         """Rebuild the maps from the tree as it is now."""
-        names: Dict[int, str] = {}
+        names: Dict[int, Tuple[str, str]] = {}
         directories: Dict[str, List[Path]] = {}
         try:
-            names[os.stat(self.mount).st_ino] = ROOT
+            names[os.stat(self.mount).st_ino] = (ROOT, str(self.mount))
             directories[ROOT] = [self.mount]
         except OSError:
             pass
@@ -125,33 +125,38 @@ class CgroupTree:
                     pending = []
                     break
                 path = f"{relative}/{entry.name}"
-                component, depth = service_component(path)
+                _, depth = service_component(path)
                 name = service_name(path)
-                names[inode] = name
+                names[inode] = (name, entry.path)
                 if depth == path.count("/"):  # this directory is the one naming the service
                     directories.setdefault(name, []).append(Path(entry.path))
                 pending.append((Path(entry.path), path))
         self._names, self._directories = names, directories
 
-    def resolve(self, cgroups: Iterable[int], keep: Iterable[int] = ()) -> Resolved:
-        """Name every id, walking the tree once if any is unknown.
+    def _exists(self, cgroup: int) -> bool:
+        try:
+            return os.stat(self._names[cgroup][1]).st_ino == cgroup
+        except OSError:
+            return False
 
-        Ids known before but missing from a new walk are ``gone``: they keep the name
-        they had for this interval, and are forgotten. Ids in ``keep`` are never gone.
+    def resolve(self, cgroups: Iterable[int], present: Iterable[int] = (),
+                keep: Iterable[int] = ()) -> Resolved:
+        """Name the ids of ``cgroups``, walking the tree once if any is unknown.
+
+        ``present`` are all the ids the kernel has entries for: those whose directory is
+        gone are returned as ``gone`` (after keeping their name for this interval) and
+        forgotten. Ids in ``keep`` are never gone.
         """
-        wanted = set(cgroups)
-        before = self._names
-        if wanted - before.keys():
+        changed, keep = set(cgroups), set(keep)
+        listed = (changed | set(present)) - keep
+        if listed - self._names.keys():
             self.walk()
-        names = {}
-        gone = set()
-        for cgroup in wanted:
-            name = self._names.get(cgroup)
-            if name is None:
-                name = before.get(cgroup, OTHER)
-                if cgroup not in keep:
-                    gone.add(cgroup)
-            names[cgroup] = name
+        gone = {cgroup for cgroup in listed
+                if cgroup not in self._names or not self._exists(cgroup)}
+        names = {cgroup: self._names[cgroup][0] if cgroup in self._names else OTHER
+                 for cgroup in changed}
+        for cgroup in gone:
+            self._names.pop(cgroup, None)
         return Resolved(names, gone)
 
     def directories(self, service: str) -> List[Path]:

@@ -114,14 +114,16 @@ class Daemon:
                 return 0
             if received == signal.SIGHUP:
                 self._reload()
-                boundary = max(next_boundary(self.clock.time(), self.config.frequency),
-                               self.last_stamp + self.config.frequency)
+                boundary = self._next_boundary()
                 continue
             self._deliver_interval(boundary, self.clock.time())
             if once:
                 return 0
-            boundary = max(next_boundary(self.clock.time(), self.config.frequency),
-                           self.last_stamp + self.config.frequency)
+            boundary = self._next_boundary()
+
+    def _next_boundary(self) -> int:
+        """The next boundary after now, and after the last stamp if the wall clock went back."""
+        return next_boundary(max(self.clock.time(), self.last_stamp), self.config.frequency)
 
     # -- the unfinished interval across a restart --
 
@@ -207,12 +209,18 @@ class Daemon:
 
     def _services(self, measured: Measured) -> List[ServiceStats]:
         layout = self.probe.layout
-        resolved = self.cgroup_tree.resolve(measured.cgroups, keep=(OVERFLOW_CGROUP,))
+        resolved = self.cgroup_tree.resolve(measured.cgroups, present=self._previous.cgroups,
+                                            keep=(OVERFLOW_CGROUP,))
         named = by_service(layout, measured.cgroups, resolved.service_of)
         top = top_services(layout, named, self.config.max_services)
         figures = self._pressure.read([name for name, _ in top if name != OTHER],
                                       measured.seconds)
-        self.probe.forget(resolved.gone)
+        if resolved.gone:
+            self.probe.forget(resolved.gone)
+            previous = self._previous
+            self._previous = replace(previous, cgroups={c: counts for c, counts in
+                                                        previous.cgroups.items()
+                                                        if c not in resolved.gone})
         return [ServiceStats(name, interval_stats(layout, counts, measured.seconds),
                              figures.get(name, {})) for name, counts in top]
 

@@ -18,7 +18,9 @@ HARNESS = r"""
 #include <stdlib.h>
 typedef uint64_t u64;
 typedef uint32_t u32;
+#ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
+#endif
 #include "runqlat.h"
 int main(void)
 {
@@ -90,13 +92,16 @@ class TestSettings:
     def test_classic_flags(self, tmp_path):
         settings = program.ProgramSettings(preempted_state=0x100, start_entries=4096)
         assert settings.cflags(tmp_path) == (f"-I{tmp_path}", "-DSTART_ENTRIES=4096",
+                                             "-DPER_CGROUP=0", "-DMAX_CGROUPS=4096",
                                              "-DPREEMPTED_STATE=0x100")
         assert settings.kind == "tracepoints"
 
     def test_raw_flags(self, tmp_path):
-        settings = program.ProgramSettings(raw=RawLayout(1264, False, 24, 8))
+        settings = program.ProgramSettings(raw=RawLayout(1264, False, 24, 8), per_cgroup=True,
+                                           max_cgroups=100)
         assert settings.cflags(tmp_path) == (
-            f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DRAW_TRACEPOINTS", "-DTASK_PID_OFFSET=1264",
+            f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
+            "-DRAW_TRACEPOINTS", "-DTASK_PID_OFFSET=1264",
             "-DSWITCH_HAS_PREV_STATE=0", "-DTASK_STATE_OFFSET=24", "-DTASK_STATE_SIZE=8")
         assert settings.kind == "raw tracepoints"
 
