@@ -12,7 +12,7 @@ GRAPHYTE_SHA256 := 5c6061f32375ea9de8cccd78b259c928670fbabcf6fd4ddbf160e77124289
 DEB_BUILD_DEPS := dpkg-dev debhelper dh-python python3-all python3-setuptools python3-wheel \
 	pybuild-plugin-pyproject lintian fakeroot
 
-.PHONY: setup run test test-unit test-bpf test-package test-vm bench deb install uninstall clean
+.PHONY: setup run lint test test-unit test-bpf test-package test-vm bench deb install uninstall clean
 
 setup:
 	@scripts/setup-host.sh
@@ -24,7 +24,11 @@ run: setup
 		$(VENV)/bin/gsender-bcc --config /dev/null --frequency $(FREQUENCY) \
 		--graphite-host 127.0.0.1 --graphite-port $(GRAPHITE_PORT) --state-directory $(CURDIR)/var/state
 
-test: setup
+# ruff, with the settings in pyproject.toml; `make test` runs it first.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(PYTEST) tests
 
 test-unit: setup

@@ -231,9 +231,9 @@ class Probe:
             try:
                 yield from self._batched_entries(size)
                 return
-            except OSError as error:
+            except (OSError, AttributeError) as error:  # an old kernel, or an old libbcc
                 log.info("reading the cgroup map in batches failed (%s): reading it entry by "
-                         "entry", error.strerror)
+                         "entry", getattr(error, "strerror", None) or error)
                 self._batch_works = False
         for key, value in self._cgroups.items():
             yield key.value, ctypes.string_at(ctypes.addressof(value), size)
