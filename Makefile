@@ -13,7 +13,8 @@ GRAPHYTE_SHA256 := 5c6061f32375ea9de8cccd78b259c928670fbabcf6fd4ddbf160e77124289
 DEB_BUILD_DEPS := dpkg-dev debhelper dh-python python3-all python3-setuptools python3-wheel \
 	pybuild-plugin-pyproject lintian fakeroot
 
-.PHONY: setup run docs-graph test test-unit test-bpf test-package test-vm bench deb install uninstall clean
+.PHONY: setup run docs-graph lint test test-unit test-bpf test-package test-vm bench deb install uninstall \
+	clean
 
 setup:
 	@scripts/setup-host.sh
@@ -36,7 +37,11 @@ docs-graph: setup
 		$(VENV)/bin/gsender-bcc --config /dev/null --frequency 1 --prefix web-01.cpu-lat \
 		--graphite-host 127.0.0.1 --graphite-port {port} --state-directory $(CURDIR)/build/graph-run/state
 
-test: setup
+# ruff, with the settings in pyproject.toml; `make test` runs it first.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(PYTEST) tests
 
 test-unit: setup
