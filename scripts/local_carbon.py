@@ -157,14 +157,14 @@ class CarbonCache:
     def whisper_dir(self) -> Path:
         return self.folder / "storage" / "whisper"
 
-    def start(self, timeout: float = 30.0) -> "CarbonCache":
+    def start(self, timeout: float = 30.0) -> CarbonCache:
         (self.folder / "carbon-cache-a.pid").unlink(missing_ok=True)
         self.whisper_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.folder / "carbon-cache.out", "ab")
         self.process = subprocess.Popen(
             [CARBON, f"--config={self.folder / 'carbon.conf'}", "--debug", "start"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)  # the terminal's Ctrl-C is for the agent; we stop carbon after it
+            start_new_session=True)  # Ctrl-C is for the agent; carbon is stopped after it
         log.close()
         deadline = time.monotonic() + timeout
         while not listening(self.port, self.interface):
@@ -181,7 +181,7 @@ class CarbonCache:
         self.process = None
 
     def series(self) -> Dict[str, List[Tuple[int, float]]]:
-        """Return every stored series as {dotted.path: [(timestamp, value), ...]} (non-null only)."""
+        """Return every stored series as {dotted.path: [(timestamp, value), ...]}, non-null."""
         import whisper
         found = {}
         now = int(time.time()) + 60
@@ -191,7 +191,7 @@ class CarbonCache:
             found[name] = [(start + i * step, v) for i, v in enumerate(values) if v is not None]
         return found
 
-    def __enter__(self) -> "CarbonCache":
+    def __enter__(self) -> CarbonCache:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -201,7 +201,7 @@ class CarbonCache:
 # ---- graphite-web ---------------------------------------------------------------------------
 
 # Read by graphite.settings (GRAPHITE_SETTINGS_MODULE) in place of /etc/graphite/local_settings.py.
-WEB_SETTINGS = """# Written by scripts/local_carbon.py for a throwaway graphite-web; rewritten at each start.
+WEB_SETTINGS = """# Written by scripts/local_carbon.py for a throwaway graphite-web, at each start.
 SECRET_KEY = {secret!r}
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 TIME_ZONE = {time_zone!r}
@@ -283,7 +283,8 @@ class GraphiteWeb:
 
     def _configure(self) -> None:
         (self.folder / "log").mkdir(parents=True, exist_ok=True)
-        self.carbon.whisper_dir.mkdir(parents=True, exist_ok=True)  # graphite-web looks once, at start
+        # graphite-web looks for the whisper directory once, when it starts
+        self.carbon.whisper_dir.mkdir(parents=True, exist_ok=True)
         secret_file = self.folder / "secret_key"
         if not secret_file.exists():
             secret_file.write_text(secrets.token_urlsafe(40))
@@ -299,7 +300,7 @@ class GraphiteWeb:
     def _django(self, *args: str) -> List[str]:
         return [SYSTEM_PYTHON, "-m", "django", *args]
 
-    def start(self, timeout: float = 60.0) -> "GraphiteWeb":
+    def start(self, timeout: float = 60.0) -> GraphiteWeb:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._configure()
         env = self._environment()
@@ -381,7 +382,7 @@ class LocalGraphite:
         self.carbon = CarbonCache(self.folder, port)
         self.web = GraphiteWeb(self.folder / "web", self.carbon, web_port, time_zone)
 
-    def start(self) -> "LocalGraphite":
+    def start(self) -> LocalGraphite:
         self.carbon.start()
         try:
             self.web.start()
@@ -399,7 +400,7 @@ class LocalGraphite:
     def graph_url(self, prefix: str, **kwargs) -> str:
         return graph_url(self.web.url, prefix, **kwargs)
 
-    def __enter__(self) -> "LocalGraphite":
+    def __enter__(self) -> LocalGraphite:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -446,7 +447,7 @@ def wait_child(child: subprocess.Popen) -> int:
 
 def run_beside(folder: Path, port: int, command: List[str],
                web_port: int = DEFAULT_WEB_PORT) -> int:
-    """Run ``command`` with a local carbon-cache and graphite-web, unless Graphite is already there."""
+    """Run ``command`` with a local carbon-cache and graphite-web, unless Graphite is there."""
     if listening(port):
         say(f"something already listens on 127.0.0.1:{port}; using it (no graphite-web started)")
         return subprocess.call(command)
@@ -468,14 +469,14 @@ def run_beside(folder: Path, port: int, command: List[str],
 
 
 def busy_loops(count: int) -> List[subprocess.Popen]:
-    """Processes that spin at the lowest priority until killed: they wait for CPUs, and for each other."""
+    """Spinners at the lowest priority until killed: they wait for the CPUs, and for each other."""
     return [subprocess.Popen([sys.executable, "-c", "import os\nos.nice(19)\nwhile True: pass"])
             for _ in range(count)]
 
 
 def record(png: Path, command: List[str], seconds: float, busy_from: float, busy_for: float,
            prefix: Optional[str] = None) -> int:
-    """Run ``command`` against a throwaway Graphite for ``seconds`` and render its graph to ``png``."""
+    """Run ``command`` against a throwaway Graphite for ``seconds``; render its graph to ``png``."""
     folder = Path("build/graph-run").resolve()
     shutil.rmtree(folder, ignore_errors=True)
     prefix = prefix or prefix_of(command)

@@ -33,7 +33,8 @@ port = int(sys.argv[-1])
 signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
 while True:
     stamp = int(time.time())
-    lines = [f"fake.cpu-lat.mean {stamp % 100 + 0.5} {stamp}", f"fake.cpu-lat.p99 {stamp % 100 + 900} {stamp}"]
+    lines = [f"fake.cpu-lat.mean {stamp % 100 + 0.5} {stamp}",
+             f"fake.cpu-lat.p99 {stamp % 100 + 900} {stamp}"]
     lines += [f"fake.cpu-lat.service.svc{i}.p99 {100 * i} {stamp}" for i in range(7)]
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(("\n".join(lines) + "\n").encode())

@@ -5,7 +5,6 @@ Each series must land on exactly one cache, and every datapoint an agent sent (i
 them) must be stored, with its value, at every second of the checked window.
 """
 
-import re
 import signal
 import subprocess
 import threading
@@ -15,7 +14,6 @@ from typing import Dict, List, Tuple
 import pytest
 
 from conftest import AGENT, LINE, free_port, wait_for
-from gsender_bcc.sink import SPOOL_NAME
 from local_carbon import listening, log_tail, stop_process
 
 RELAY = "/usr/bin/carbon-c-relay"
@@ -205,8 +203,6 @@ def run_fleet(caches, relay, fleet, disrupt):
     wait_for(lambda: all(agent.values("agent.queued_intervals")[-1:] == [0.0] for agent in fleet),
              30, "the agents' outboxes to empty")
     assert [agent.stop() for agent in fleet] == [0] * len(fleet)
-    for agent in fleet:
-        assert not (agent.state_dir / SPOOL_NAME).exists(), "an agent spooled what it could not send"
     relay.stop()  # SIGTERM: carbon-c-relay flushes its queues to the caches before it exits
     for carbon in caches.values():
         carbon.stop()  # carbon-cache writes out its cache before it exits
