@@ -140,7 +140,7 @@ class CarbonCache:
     takes plaintext lines over TCP and UDP (127.0.0.1, or ::1 for IPv6)."""
 
     def __init__(self, folder: Path, port: Optional[int] = None, interface: str = "127.0.0.1",
-                 max_creates_per_minute: float = float("inf")):
+                 max_creates_per_minute: float = float("inf"), extra_config: str = ""):
         self.folder = Path(folder).resolve()
         self.interface = interface
         self.port = port or free_port(interface)
@@ -149,7 +149,7 @@ class CarbonCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "carbon.conf").write_text(CONFIG.format(
             folder=self.folder, interface=interface, port=self.port, pickle_port=free_port(),
-            query_port=self.query_port, max_creates=max_creates_per_minute))
+            query_port=self.query_port, max_creates=max_creates_per_minute) + extra_config)
         (self.folder / "storage-schemas.conf").write_text(SCHEMAS)
         (self.folder / "storage-aggregation.conf").write_text(AGGREGATION)
 

@@ -1,4 +1,4 @@
-"""The real program in the kernel: it counts, agrees with the kernel's own accounting, and leaves."""
+"""The real program in the kernel: it counts, agrees with the kernel's accounting, and leaves."""
 
 import time
 
