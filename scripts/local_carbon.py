@@ -218,13 +218,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.AutoField"  # as its migrations have it; 
 DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {database!r}}}}}
 """
 
-# graphite-web's colours when a URL names none: dark lines on white, for the README too.
+# graphite-web's colours when a URL names none: on white, for the README too; blue and red
+# are left to the mean and p99, which graph_url() colours itself.
 GRAPH_TEMPLATES = """[default]
 background = white
 foreground = black
 majorLine = #b0b0b0
 minorLine = #e4e4e4
-lineColors = #1f77b4,#d62728,#2ca02c,#ff7f0e,#9467bd,#8c564b,#e377c2,#17becf
+lineColors = #2ca02c,#ff7f0e,#9467bd,#8c564b,#e377c2,#17becf,#bcbd22,#7f7f7f
 fontName = DejaVu Sans
 fontSize = 10
 fontBold = False
@@ -354,11 +355,11 @@ def graph_url(base: str, prefix: str, minutes: int = 10, fmt: Optional[str] = No
     ``minutes``.
     """
     service_node = len(prefix.split(".")) + 1  # <prefix>.service.<name>.p99
-    params = [
-        ("target", f"alias({prefix}.mean,'mean')"),
-        ("target", f"alias({prefix}.p99,'p99')"),
-        ("target", f"aliasByNode(highestMax({prefix}.service.*.p99,{services}),"
+    params = [  # drawn in this order: the host's lines over the services' dashed ones
+        ("target", f"aliasByNode(dashed(highestMax({prefix}.service.*.p99,{services})),"
                    f"{service_node},{service_node + 1})"),
+        ("target", f"color(alias({prefix}.p99,'p99'),'d62728')"),
+        ("target", f"color(alias({prefix}.mean,'mean'),'1f77b4')"),
         ("from", str(start) if start is not None else f"-{minutes}min"),
     ]
     if end is not None:

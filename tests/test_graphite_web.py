@@ -164,7 +164,7 @@ def test_run_prints_a_graph_url_that_draws_the_data_and_ctrl_c_stops_everything(
     run = run_beside(folder, port, [sys.executable, "-c", FAKE_AGENT, "--prefix", "fake.cpu-lat",
                                     str(port)])
     url, web_port = run.url()
-    assert "target=alias(fake.cpu-lat.mean,'mean')" in url
+    assert "target=color(alias(fake.cpu-lat.mean,'mean'),'1f77b4')" in url
     assert "from=-10min" in url
     wait_for(lambda: len(rendered(url)[1].get("mean", {})) >= 5, 30, "five means")
     body, series = rendered(url)
