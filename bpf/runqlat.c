@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 /*
  * Run-queue latency: time from a task becoming runnable until it is switched in.
  *
@@ -6,14 +7,27 @@
  * RAW_TRACEPOINTS (when the kernel's BTF describes the layout): the cheaper raw
  * tracepoints, whose arguments are task_struct pointers. Tasks are keyed by
  * pointer; the one field read, the pid (to leave out the idle task), is read at
- * TASK_PID_OFFSET. sched_switch passes prev_state since Linux 5.18
- * (SWITCH_HAS_PREV_STATE=1); before, it is read at TASK_STATE_OFFSET
- * (TASK_STATE_SIZE bytes). A preempted task is flagged by the preempt argument.
+ * TASK_PID_OFFSET. sched_switch passes prev_state since Linux 5.18, commit
+ * fa2c3254d7cf "sched/tracing: Don't re-read p->state when emitting
+ * sched_switch event" (SWITCH_HAS_PREV_STATE=1); before, it is read at
+ * TASK_STATE_OFFSET, TASK_STATE_SIZE bytes: task_struct.__state, an unsigned
+ * int, since Linux 5.14, commit 2f064a59a11f "sched: Change
+ * task_struct::state"; a long named state before that. A preempted task is
+ * flagged by the preempt argument.
  *
  * Otherwise classic tracepoints, whose fields come from tracefs: tasks are keyed
  * by pid, and a preempted task shows the PREEMPTED_STATE bit in prev_state.
  *
  * START_ENTRIES sizes the map of enqueue timestamps.
+ *
+ * PER_CGROUP=1 charges each sample to the cgroup v2 of the task that waited:
+ * the task being switched in. At sched_switch the current task is still the
+ * one leaving the CPU, so the sample waits in its CPU's pending_ns until the
+ * next sched_switch on that CPU, whose current task is the one switched in
+ * now; bpf_get_current_cgroup_id() then names its cgroup, with no task fields
+ * read. The host's histogram is then the sum of the cgroups'. MAX_CGROUPS
+ * bounds the cgroups tracked; samples of cgroups beyond it are counted under
+ * OVERFLOW_CGROUP, an entry user space creates before attaching.
  *
  * Counters are per CPU, cumulative and never cleared: user space sums the CPUs
  * and takes differences between reads.
@@ -32,7 +46,13 @@ _Static_assert(HIST_SUB_COUNT == 1 << HIST_SUB_BITS, "HIST_SUB_COUNT must be 2^H
 BPF_TABLE("lru_hash", u64, u64, enqueued_at, START_ENTRIES);
 BPF_PERCPU_ARRAY(stats, struct latency_stats, 1);
 
-static inline void mark_runnable(u64 task, u64 now)
+#if PER_CGROUP
+BPF_HASH(cgroup_counts, u64, struct cgroup_stats, MAX_CGROUPS);
+/* An all-zero value to create entries from: too large for the BPF stack. */
+BPF_ARRAY(zero_cgroup_stats, struct cgroup_stats, 1);
+#endif
+
+static __always_inline void mark_runnable(u64 task, u64 now)
 {
 	u64 *ts = enqueued_at.lookup(&task);
 
@@ -49,33 +69,78 @@ static inline void mark_runnable(u64 task, u64 now)
 	}
 }
 
-static inline void record_switch_in(u64 task, u64 now)
+static __always_inline u64 clamped_slot(u64 delta_ns)
 {
-	u64 *ts = enqueued_at.lookup(&task);
-	struct latency_stats *s;
-	u32 zero = 0;
-	u64 delta, slot;
+	u64 slot = latency_slot(delta_ns / 1000);
 
-	if (!ts || *ts == 0 || *ts > now)
-		return;
-	delta = now - *ts;
-	*ts = 0;
-
-	s = stats.lookup(&zero);
-	if (!s)
-		return;
-	slot = latency_slot(delta / 1000);
 	/* Hide the known range from the compiler so the clamp the verifier needs stays. */
 	asm volatile("" : "+r"(slot));
 	if (slot >= HIST_SLOTS)
 		slot = HIST_SLOTS - 1;
-	s->slots[slot]++;
+	return slot;
+}
+
+#if PER_CGROUP
+static __always_inline void charge_cgroup(u64 delta_ns)
+{
+	u64 cgroup = bpf_get_current_cgroup_id();
+	struct cgroup_stats *c = cgroup_counts.lookup(&cgroup);
+	u64 slot = clamped_slot(delta_ns);
+
+	if (!c) {
+		u32 zero = 0;
+		struct cgroup_stats *blank = zero_cgroup_stats.lookup(&zero);
+
+		if (blank && cgroup_counts.update(&cgroup, blank) == 0)
+			c = cgroup_counts.lookup(&cgroup);
+		if (!c) {
+			cgroup = OVERFLOW_CGROUP;
+			c = cgroup_counts.lookup(&cgroup);
+			if (!c)
+				return;
+		}
+	}
+	__sync_fetch_and_add(&c->slots[slot], 1);
+	__sync_fetch_and_add(&c->sum_ns, delta_ns);
+}
+#endif
+
+/*
+ * Called at every sched_switch with the task switched in: first charge the
+ * sample of the task that is now leaving the CPU, then take the new one.
+ */
+static __always_inline void record_switch_in(u64 task, u64 now)
+{
+	u64 *ts = enqueued_at.lookup(&task);
+	struct latency_stats *s;
+	u32 zero = 0;
+	u64 delta;
+
+	s = stats.lookup(&zero);
+	if (!s)
+		return;
+#if PER_CGROUP
+	if (s->pending) {
+		charge_cgroup(s->pending_ns);
+		s->pending = 0;
+	}
+#endif
+	if (!ts || *ts == 0 || *ts > now)
+		return;
+	delta = now - *ts;
+	*ts = 0;
+#if PER_CGROUP
+	s->pending_ns = delta;
+	s->pending = 1;
+#else
+	s->slots[clamped_slot(delta)]++;
 	s->sum_ns += delta;
+#endif
 }
 
 #ifdef RAW_TRACEPOINTS
 
-static inline u32 task_pid(u64 task)
+static __always_inline u32 task_pid(u64 task)
 {
 	u32 pid = 0;
 
@@ -83,7 +148,7 @@ static inline u32 task_pid(u64 task)
 	return pid;
 }
 
-static inline u64 prev_state(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline u64 prev_state(struct bpf_raw_tracepoint_args *ctx)
 {
 #if SWITCH_HAS_PREV_STATE
 	return (u32)ctx->args[3];
@@ -147,8 +212,8 @@ TRACEPOINT_PROBE(sched, sched_switch)
 
 	if ((state == 0 || (state & PREEMPTED_STATE)) && args->prev_pid != 0)
 		mark_runnable(args->prev_pid, now);
-	if (args->next_pid != 0)
-		record_switch_in(args->next_pid, now);
+	/* pid 0, the idle task, is never marked runnable: switching to it records nothing. */
+	record_switch_in(args->next_pid, now);
 	return 0;
 }
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
 /*
  * What the BPF program and gsender_bcc must agree on.
  *
@@ -20,17 +21,33 @@
 #define HIST_SLOTS 241
 
 /*
+ * The key under which samples of cgroups beyond the map's capacity are counted.
+ * No cgroup has id 0: the root cgroup's is 1.
+ */
+#define OVERFLOW_CGROUP 0
+
+/*
  * One per CPU. The number of samples is the sum of the slots, which stays exact
- * even when a read catches a CPU between two of these increments.
+ * even when a read catches a CPU between two of these increments. With the
+ * per-cgroup breakdown the slots stay empty (each cgroup has its own), and
+ * pending_ns holds this CPU's last sample until it can be charged.
  */
 struct latency_stats {
 	u64 slots[HIST_SLOTS];
 	u64 sum_ns;
 	u64 lost;
+	u64 pending_ns;
+	u64 pending;
+};
+
+/* One per cgroup, shared by all CPUs and updated atomically. */
+struct cgroup_stats {
+	u64 slots[HIST_SLOTS];
+	u64 sum_ns;
 };
 
 /* floor(log2(v)) for v >= 1, in five branch-free halving steps. */
-static inline u32 floor_log2(u64 v)
+static __always_inline u32 floor_log2(u64 v)
 {
 	u32 r = 0, shift;
 
@@ -42,7 +59,7 @@ static inline u32 floor_log2(u64 v)
 	return r | (u32)(v >> 1);
 }
 
-static inline u32 latency_slot(u64 us)
+static __always_inline u32 latency_slot(u64 us)
 {
 	u32 e;
 

@@ -33,6 +33,9 @@ class BtfType:
     items: Tuple[Tuple[int, ...], ...]  # members (name_off, type, offset), params (name_off, type), ...
 
 
+# Kinds with nothing after the common header: PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT,
+# FUNC, FLOAT, TYPE_TAG. Any kind not listed here or above is refused, never skipped blindly.
+_KNOWN_KINDS = frozenset({2, 7, 8, 9, 10, 11, 12, 16, 18}) | set(_FIXED_EXTRA) | set(_PER_ITEM)
 _HEADER = struct.Struct("<III")
 _EXTRA = [_FIXED_EXTRA.get(kind, 0) for kind in range(32)]
 _ITEM = [_PER_ITEM.get(kind, 0) for kind in range(32)]
@@ -48,6 +51,8 @@ class Btf:
         if magic != MAGIC:
             raise ValueError(f"not little-endian BTF data (magic {magic:#x})")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
+        if hdr_len + max(type_off + type_len, str_off + str_len) > len(blob):
+            raise ValueError("BTF header points past the end of the data")
         self._blob = blob
         self._strings = blob[hdr_len + str_off: hdr_len + str_off + str_len]
         self._positions = [0]  # type id 0 is void
@@ -56,8 +61,13 @@ class Btf:
         positions, by_name = self._positions, self._by_name
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
         while pos < end:
+            if pos + 12 > end:
+                raise ValueError(f"BTF type {len(positions)} is cut short")
             name_off, info, _ = unpack(blob, pos)
             kind = (info >> 24) & 0x1F
+            if kind not in _KNOWN_KINDS:
+                raise ValueError(f"BTF type {len(positions)} has kind {kind}, which this reader "
+                                 f"does not know; it cannot find the fields it needs")
             if name_off:
                 by_name.setdefault((kind, name_off), len(positions))
             positions.append(pos)
@@ -135,15 +145,15 @@ def raw_layout(btf: Btf) -> RawLayout:
     pid_offset, pid_size = btf.member_offset("task_struct", "pid")
     if pid_size != 4:
         raise LookupError(f"task_struct.pid is {pid_size} bytes, not 4")
-    # sched_switch is (bool preempt, task *prev, task *next) and, since Linux 5.18,
-    # (..., unsigned int prev_state); sched_wakeup[_new] is (task *p).
+    # sched_switch is (bool preempt, task *prev, task *next) and, since Linux 5.18
+    # (commit fa2c3254d7cf), (..., unsigned int prev_state); sched_wakeup[_new] is (task *p).
     switch = btf.tracepoint_argument_sizes("sched_switch")
     if switch[:3] != [1, 8, 8] or switch[3:] not in ([], [4]):
         raise LookupError(f"sched_switch's argument sizes are {switch}, not 1, 8, 8[, 4]")
     for wakeup in ("sched_wakeup", "sched_wakeup_new"):
         if btf.tracepoint_argument_sizes(wakeup) != [8]:
             raise LookupError(f"{wakeup} does not take one task pointer")
-    try:
+    try:  # renamed from "state" (a long) in Linux 5.14, commit 2f064a59a11f
         state_offset, state_size = btf.member_offset("task_struct", "__state")
     except LookupError:
         state_offset, state_size = btf.member_offset("task_struct", "state")

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__, config as configuration
-from .errors import AgentError
+from .errors import EX_USAGE, AgentError
 
-EX_USAGE = 64
 log = logging.getLogger("gsender_bcc")
 
 
@@ -25,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _from_config_parser(key: str, section: str = "default"):
     """Use the config file's parser for a flag, so both accept and refuse the same values."""
-    convert = configuration.SCHEMA[section][key][1]
+    convert = configuration.SCHEMA[section][key]
 
     def parse(text: str):
         try:
@@ -35,6 +34,11 @@ def _from_config_parser(key: str, section: str = "default"):
     return parse
 
 
+def _default(key: str) -> str:
+    value = configuration.default_of(key)
+    return f"default {'yes' if value is True else 'no' if value is False else value}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gsender-bcc",
                      description="Measure CPU run-queue latency with BPF and send it to Graphite. "
@@ -42,19 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help=f"configuration file (default {configuration.DEFAULT_PATH}; "
                              f"built-in defaults if that is missing)")
-    parser.add_argument("--frequency", metavar="SECONDS",
-                        type=_from_config_parser("frequency"),
-                        help="interval length; timestamps are multiples of it (default 15)")
+    parser.add_argument("--frequency", metavar="SECONDS", type=_from_config_parser("frequency"),
+                        help=f"interval length; timestamps are multiples of it "
+                             f"({_default('frequency')})")
     parser.add_argument("--prefix", type=_from_config_parser("prefix"),
-                        help="metric path prefix (default <short hostname>.cpu-lat)")
+                        help="metric path prefix (default <short hostname>.cpu-lat, "
+                             f"or {configuration.TAGGED_PREFIX} with --tags)")
+    parser.add_argument("--max-services", metavar="N", type=_from_config_parser("max_services"),
+                        help=f"services sent one by one, the rest as 'other'; 0 sends the host "
+                             f"only ({_default('max_services')})")
+    parser.add_argument("--tracepoints", type=_from_config_parser("tracepoints"),
+                        metavar="|".join(configuration.TRACEPOINT_MODES),
+                        help=f"raw tracepoints (needs the kernel's BTF), classic ones, or the "
+                             f"best available ({_default('tracepoints')})")
     parser.add_argument("--graphite-host", type=_from_config_parser("server_address", "graphite"),
-                        help="Graphite server (default localhost)")
+                        help=f"Graphite server ({_default('server_address')})")
     parser.add_argument("--graphite-port", type=_from_config_parser("port", "graphite"),
-                        help="Graphite plaintext port (default 2003)")
-    parser.add_argument("--protocol", choices=("tcp", "udp"))
+                        help=f"Graphite plaintext port ({_default('port')})")
+    parser.add_argument("--protocol", choices=("tcp", "udp"),
+                        help=f"({_default('protocol')})")
+    parser.add_argument("--tags", action="store_const", const=True,
+                        help="send Graphite 1.1 tagged series instead of hierarchical paths")
     parser.add_argument("--state-directory", type=_from_config_parser("state_directory"),
-                        metavar="DIR", help="where undelivered data is spooled at stop "
-                                            "(default /var/lib/gsender-bcc)")
+                        metavar="DIR", help=f"where undelivered data waits "
+                                            f"({_default('state_directory')})")
     parser.add_argument("--log-level", choices=configuration.LEVELS, type=str.upper)
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--stdout", action="store_true",
@@ -69,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validate the configuration and print the effective settings")
     action.add_argument("--dump-bpf", action="store_true",
                         help="print the C source that would be compiled, with its flags")
+    action.add_argument("--top", action="store_true",
+                        help="show run-queue latency live on this terminal (sends nothing)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -77,14 +94,11 @@ def effective_config(args: argparse.Namespace) -> configuration.Config:
     """Read the configuration file, then apply the flags over it."""
     loaded = configuration.load(args.config or configuration.DEFAULT_PATH,
                                 required=args.config is not None)
-    server = None
-    if args.graphite_host or args.graphite_port:
-        server = configuration.Server(args.graphite_host or loaded.server.host,
-                                      args.graphite_port or loaded.server.port)
     return configuration.with_overrides(
-        loaded, frequency=args.frequency, prefix=args.prefix, server=server,
-        protocol=args.protocol, state_directory=args.state_directory,
-        logging_level=args.log_level)
+        loaded, frequency=args.frequency, prefix=args.prefix, max_services=args.max_services,
+        tracepoints=args.tracepoints, server_address=args.graphite_host,
+        port=args.graphite_port, protocol=args.protocol, tags=args.tags,
+        state_directory=args.state_directory, logging_level=args.log_level)
 
 
 def _setup_logging(level: str) -> None:
@@ -93,33 +107,27 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format=stamp + "%(levelname)s %(message)s")
 
 
-def _check(probe) -> str:
-    first = probe.read_snapshot()
+def _check(attached) -> str:
+    from .cgroups import CgroupTree, v2_mount
+    from .histogram import delta
+    first = attached.read_snapshot()
     time.sleep(0.25)
-    counted = probe.read_snapshot().count - first.count
-    return (f"OK: BPF program attached to the {probe.settings.kind} sched_wakeup, "
-            f"sched_wakeup_new and sched_switch; {counted} samples in 0.25s; detached")
-
-
-def _prefix_for(config: configuration.Config) -> str:
-    from .metrics import default_prefix
-    return config.prefix or default_prefix()
+    counted = delta(attached.layout, first, attached.read_snapshot(), 0.25)
+    breakdown = "per-service breakdown off"
+    if attached.settings.per_cgroup:
+        resolved = CgroupTree(v2_mount()).resolve(counted.cgroups)
+        services = len({resolved.service_of(cgroup) for cgroup in counted.cgroups})
+        breakdown = f"{services} services seen"
+    return (f"OK: BPF program attached to the {attached.settings.kind} sched_wakeup, "
+            f"sched_wakeup_new and sched_switch; {counted.host.count} samples in 0.25s; "
+            f"{breakdown}; detached")
 
 
 def _make_sink(args, config: configuration.Config):
     from . import sink
     if args.stdout:
-        return sink.StdoutSink()
-    return sink.GraphiteSink(config.servers, config.protocol, config.timeout,
-                             config.buffer_intervals, spool_dir=config.state_directory,
-                             echo=sys.stdout if args.echo else None,
-                             backoff_max=_backoff_max(config))
-
-
-def _backoff_max(config: configuration.Config) -> float:
-    """Retry a failed server at least once an interval, and at least once a minute."""
-    from .sink import BACKOFF_MAX
-    return min(float(config.frequency), BACKOFF_MAX)
+        return sink.StdoutSink(config)
+    return sink.GraphiteSink(config, echo=sys.stdout if args.echo else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,31 +141,32 @@ def run(args: argparse.Namespace) -> int:
 
     from . import probe
     from .daemon import HANDLED_SIGNALS, Daemon
-    from .notify import Notifier
+    from .notify import notifier_from_environment
 
     if args.dump_bpf:
-        sys.stdout.write(probe.render_source(probe.compile_settings()))
+        sys.stdout.write(probe.render_source(probe.compile_settings(config)))
         return 0
-    notifier = Notifier()
+    if args.top:
+        from . import top
+        return top.run(config)
+    notifier = notifier_from_environment()
     # Block the signals the daemon waits for before any thread starts, so none of them
     # is delivered to a thread (the delivery thread included) with the default action.
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-    with probe.Probe() as attached:
+    with probe.Probe(config) as attached:
         if args.check:
             print(_check(attached))
             return 0
         out = _make_sink(args, config)
-
-        def apply(new: configuration.Config) -> None:
-            logging.getLogger().setLevel(new.logging_level)
-            if hasattr(out, "reconfigure"):
-                out.reconfigure(new.servers, new.protocol, new.timeout, new.buffer_intervals,
-                                spool_dir=new.state_directory, backoff_max=_backoff_max(new))
-
-        log.info("attached; sending %s.* every %ds to %s", _prefix_for(config), config.frequency,
-                 "stdout" if args.stdout else ", ".join(map(str, config.servers)))
-        daemon = Daemon(attached, out, config, _prefix_for, reload=lambda: effective_config(args),
-                        apply=apply, notifier=notifier)
+        log.info("attached; sending %s.* every %ds to %s", config.metric_prefix,
+                 config.frequency, "stdout" if args.stdout else
+                 ", ".join(map(str, config.servers)))
+        tree = None
+        if attached.settings.per_cgroup:
+            from .cgroups import CgroupTree, v2_mount
+            tree = CgroupTree(v2_mount())
+        daemon = Daemon(attached, out, config, reload=lambda: effective_config(args),
+                        notifier=notifier, cgroup_tree=tree, keep_unfinished=not args.stdout)
         try:
             return daemon.run(once=args.once)
         finally:

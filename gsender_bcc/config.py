@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import EX_CONFIG, AgentError
-from .metrics import check_prefix, default_prefix
+from .metrics import TAGGED_PREFIX, check_prefix, default_prefix
 
 DEFAULT_PATH = Path("/etc/gsender.conf")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TRACEPOINT_MODES = ("auto", "raw", "classic")
 _HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
 
 
@@ -34,25 +35,52 @@ class Server:
 
 @dataclass(frozen=True)
 class Config:
+    """Every setting, one field per configuration key (see SCHEMA), with its default."""
+
     frequency: int = 15
     logging_level: str = "INFO"
     prefix: Optional[str] = None
     bucket_series: bool = True
     state_directory: Path = Path("/var/lib/gsender-bcc")
-    server: Server = Server("localhost", 2003)
+    max_services: int = 20
+    tracepoints: str = "auto"
+    server_address: str = "localhost"
+    port: int = 2003
     fallback_servers: Tuple[Server, ...] = ()
     protocol: str = "tcp"
     timeout: float = 5.0
     buffer_hours: float = 24.0
+    buffer_megabytes: int = 128
+    tags: bool = False
     notices: Tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def server(self) -> Server:
+        return Server(self.server_address, self.port)
 
     @property
     def servers(self) -> Tuple[Server, ...]:
         return (self.server,) + self.fallback_servers
 
     @property
-    def buffer_intervals(self) -> int:
-        return max(1, math.ceil(self.buffer_hours * 3600 / self.frequency))
+    def metric_prefix(self) -> str:
+        """The prefix set, or the default: ``cpu-lat`` with tags, else ``<short host>.cpu-lat``."""
+        if self.prefix:
+            return self.prefix
+        return TAGGED_PREFIX if self.tags else default_prefix()
+
+    @property
+    def buffer_seconds(self) -> float:
+        return self.buffer_hours * 3600
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.buffer_megabytes << 20
+
+    @property
+    def retry_max_seconds(self) -> float:
+        """Retry a failed server at least once an interval, and at least once a minute."""
+        return float(min(self.frequency, 60))
 
 
 class ConfigError(AgentError):
@@ -129,25 +157,35 @@ def _directory(text: str) -> Path:
     return Path(text)
 
 
-# section -> key -> (Config field, parser); None marks a key accepted and ignored.
-SCHEMA: Dict[str, Dict[str, Optional[Tuple[str, Callable[[str], object]]]]] = {
+# section -> key -> parser; each key is the name of its Config field. None marks a key
+# of the original tool that is accepted and ignored.
+SCHEMA: Dict[str, Dict[str, Optional[Callable[[str], object]]]] = {
     "default": {
-        "frequency": ("frequency", _whole(1, 3600, "seconds")),
-        "logging_level": ("logging_level", _choice(LEVELS, str.upper)),
+        "frequency": _whole(1, 3600, "seconds"),
+        "logging_level": _choice(LEVELS, str.upper),
         "script_path": None,
-        "prefix": ("prefix", check_prefix),
-        "bucket_series": ("bucket_series", _boolean),
-        "state_directory": ("state_directory", _directory),
+        "prefix": check_prefix,
+        "bucket_series": _boolean,
+        "state_directory": _directory,
+        "max_services": _whole(0, 1000, "services"),
+        "tracepoints": _choice(TRACEPOINT_MODES, str.lower),
     },
     "graphite": {
-        "server_address": ("server", _host),
-        "port": ("server", _whole(1, 65535, "(port)")),
-        "fallback_servers": ("fallback_servers", _server_list),
-        "protocol": ("protocol", _choice(("tcp", "udp"), str.lower)),
-        "timeout": ("timeout", _decimal(0.1, 60, "seconds")),
-        "buffer_hours": ("buffer_hours", _decimal(0.01, 720, "hours")),
+        "server_address": _host,
+        "port": _whole(1, 65535, "(port)"),
+        "fallback_servers": _server_list,
+        "protocol": _choice(("tcp", "udp"), str.lower),
+        "timeout": _decimal(0.1, 60, "seconds"),
+        "buffer_hours": _decimal(0.01, 720, "hours"),
+        "buffer_megabytes": _whole(1, 1 << 20, "MiB"),
+        "tags": _boolean,
     },
 }
+
+
+def default_of(key: str):
+    """Return the built-in default of a configuration key."""
+    return getattr(Config(), key)
 
 
 def _suggest(word: str, options) -> str:
@@ -175,7 +213,6 @@ def parse(text: str, source: str) -> Config:
     problems: List[str] = []
     notices: List[str] = []
     values: Dict[str, object] = {}
-    server_parts: Dict[str, object] = {}
     for section in parser.sections():
         if section not in SCHEMA:
             problems.append(f"{source}: unknown section [{section}]{_suggest(section, SCHEMA)}; "
@@ -190,26 +227,16 @@ def parse(text: str, source: str) -> Config:
             if "\n" in raw:
                 problems.append(f"{where} = {raw!r}: must be on one line")
                 continue
-            spec = SCHEMA[section][key]
-            if spec is None:
+            convert = SCHEMA[section][key]
+            if convert is None:
                 notices.append(f"{where} = {raw} is ignored: the tracer is now built in")
                 continue
-            name, convert = spec
             try:
-                value = convert(raw.strip())
+                values[key] = convert(raw.strip())
             except ValueError as error:
                 problems.append(f"{where} = {raw!r}: {error}")
-                continue
-            if name == "server":
-                server_parts[key] = value
-            else:
-                values[name] = value
     if problems:
         raise ConfigError(problems)
-    if server_parts:
-        default = Config.server
-        values["server"] = Server(server_parts.get("server_address", default.host),
-                                  server_parts.get("port", default.port))
     return Config(notices=tuple(notices), **values)
 
 
@@ -241,12 +268,10 @@ def render(config: Config) -> str:
             return ", ".join(map(str, value))
         return "" if value is None else str(value)
 
-    effective = replace(config, prefix=config.prefix or default_prefix())
-    lines = ["[default]"]
-    lines += [f"{key} = {show(getattr(effective, key))}" for key in
-              ("frequency", "logging_level", "prefix", "bucket_series", "state_directory")]
-    lines += ["", "[graphite]", f"server_address = {config.server.host}",
-              f"port = {config.server.port}"]
-    lines += [f"{key} = {show(getattr(effective, key))}" for key in
-              ("fallback_servers", "protocol", "timeout", "buffer_hours")]
+    effective = replace(config, prefix=config.metric_prefix)
+    lines: List[str] = []
+    for section, keys in SCHEMA.items():
+        lines += ["", f"[{section}]"] if lines else [f"[{section}]"]
+        lines += [f"{key} = {show(getattr(effective, key))}"
+                  for key, convert in keys.items() if convert is not None]
     return "\n".join(lines) + "\n"

@@ -2,14 +2,16 @@
 
 The loop owns the clock and the signals. Waits are relative, so they run on the
 monotonic clock; each interval is stamped with a wall-clock multiple of the
-frequency. After a stall (process stopped, host suspended) the time missed
-becomes one interval stamped at the latest boundary passed, never a burst; a
-wall clock stepped back never repeats a timestamp: the samples wait for the
-next new boundary instead.
+frequency, and the first interval after a start ends at the next one. After a
+stall (process stopped, host suspended) the time missed becomes one interval
+stamped at the latest boundary passed, never a burst; a wall clock stepped back
+never repeats a timestamp: the samples wait for the next new boundary instead.
 
-A stop between boundaries does not send the unfinished interval: its timestamp
-would lie in the future, which whisper refuses, and a restarted agent would
-write the same boundary. Completed intervals are delivered or spooled by the sink.
+A stop between boundaries does not send the unfinished interval (its timestamp
+would lie in the future, which whisper refuses): it is left in the state
+directory, and the next start adds it to its first interval when that ends at
+the same boundary, or sends it alone at its own boundary, so a restart leaves
+no hole.
 """
 
 from __future__ import annotations
@@ -18,22 +20,27 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
+from . import carryover
+from .cgroups import OTHER, CgroupTree, PressureReader
 from .config import Config, ConfigError
-from .histogram import delta, interval_stats
-from .metrics import Datapoint, summary, to_datapoints
+from .histogram import (Measured, add_counts, by_service, delta, interval_stats, top_services)
+from .metrics import Datapoint, ServiceStats, agent_points, summary, to_datapoints
+from .notify import NullNotifier
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 HANDLED_SIGNALS = STOP_SIGNALS | {signal.SIGHUP}
+OVERFLOW_CGROUP = 0
 
 
-def next_boundary(now: float, frequency: int, shortest: float = 0.0) -> int:
-    """Return the first multiple of ``frequency`` at least ``shortest`` seconds after ``now``."""
-    return int(math.floor((now + shortest) / frequency) + 1) * frequency
+def next_boundary(now: float, frequency: int) -> int:
+    """Return the first multiple of ``frequency`` after ``now``."""
+    return int(math.floor(now / frequency) + 1) * frequency
 
 
 def interval_stamp(boundary: int, now: float, frequency: int, last_stamp: int) -> Optional[int]:
@@ -46,44 +53,130 @@ def interval_stamp(boundary: int, now: float, frequency: int, last_stamp: int) -
     return stamp if stamp > last_stamp else None
 
 
+def merge_measured(a: Measured, b: Measured) -> Measured:
+    """Add two measurements of consecutive stretches of time."""
+    cgroups = dict(a.cgroups)
+    for cgroup, counts in b.cgroups.items():
+        cgroups[cgroup] = add_counts(cgroups[cgroup], counts) if cgroup in cgroups else counts
+    return Measured(a.seconds + b.seconds, add_counts(a.host, b.host), a.lost + b.lost, cgroups)
+
+
+class SystemClock:
+    """Wall and monotonic time, and waiting for a signal; a seam for tests."""
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+    @staticmethod
+    def wait_for_signal(signals, seconds: float) -> Optional[int]:
+        received = signal.sigtimedwait(signals, seconds)
+        return received.si_signo if received is not None else None
+
+
 @dataclass
 class Daemon:
+    """``state_directory`` keeps the unfinished interval across restarts (None: not kept)."""
+
     probe: object
     sink: object
     config: Config
-    prefix_for: Callable[[Config], str]
     reload: Optional[Callable[[], Config]] = None
-    apply: Optional[Callable[[Config], None]] = None
-    notifier: object = None
+    notifier: NullNotifier = field(default_factory=NullNotifier)
+    clock: object = field(default_factory=SystemClock)
+    cgroup_tree: Optional[CgroupTree] = None
+    keep_unfinished: bool = True
     last_stamp: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        self._pressure = PressureReader(self.cgroup_tree) if self.cgroup_tree is not None else None
+        self._carried: Optional[Measured] = None
+        self._warned_stuck = False
 
     def run(self, once: bool = False) -> int:
         """Deliver intervals until a stop signal (or after one, with ``once``); return 0."""
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self._previous = self.probe.read_snapshot()
-        self._started = time.monotonic()
-        frequency = self.config.frequency
-        # A first interval shorter than half the frequency would say little: skip to the next boundary.
-        boundary = next_boundary(time.time(), frequency, shortest=frequency / 2)
-        self._notify("ready", f"attached; first interval ends at {boundary}")
+        self._started = self.clock.monotonic()
+        boundary = next_boundary(self.clock.time(), self.config.frequency)
+        self._take_unfinished(boundary)
+        self.notifier.ready(f"attached; first interval ends at {boundary}")
         while True:
             received = self._wait_until(boundary)
             if received in STOP_SIGNALS:
                 log.info("%s received: stopping", signal.Signals(received).name)
-                self._notify("stopping")
-                unfinished = self.probe.read_snapshot().count - self._previous.count
-                log.info("the unfinished interval (%.1fs, %d samples) is not sent",
-                         time.monotonic() - self._started, unfinished)
+                self.notifier.stopping()
+                self._leave_unfinished(boundary)
                 return 0
             if received == signal.SIGHUP:
                 self._reload()
-                boundary = next_boundary(time.time(), self.config.frequency)
+                boundary = self._next_boundary()
                 continue
-            self._deliver_interval(boundary, time.time())
+            self._deliver_interval(boundary, self.clock.time())
             if once:
                 return 0
-            boundary = max(next_boundary(time.time(), self.config.frequency),
-                           self.last_stamp + self.config.frequency)
+            boundary = self._next_boundary()
+
+    def _next_boundary(self) -> int:
+        """The next boundary after now, and after the last stamp if the wall clock went back."""
+        return next_boundary(max(self.clock.time(), self.last_stamp), self.config.frequency)
+
+    # -- the unfinished interval across a restart --
+
+    def _state_directory(self) -> Optional[Path]:
+        return self.config.state_directory if self.keep_unfinished else None
+
+    def _take_unfinished(self, boundary: int) -> None:
+        directory = self._state_directory()
+        if directory is None:
+            return
+        left = carryover.take(directory, self.probe.layout)
+        if left is None:
+            return
+        if left.boundary == boundary:
+            log.info("adding the %.1fs measured before the restart to the interval ending %d",
+                     left.measured.seconds, boundary)
+            self._carried = left.measured
+        elif left.boundary < boundary and left.boundary > self.clock.time() - \
+                self.config.buffer_seconds:
+            log.info("sending the %.1fs measured before the restart as the interval ending %d",
+                     left.measured.seconds, left.boundary)
+            self._submit(left.boundary, left.measured)
+        else:
+            log.info("the interval left at the last stop (ending %d) is too old or in the "
+                     "future: not sent", left.boundary)
+
+    def _leave_unfinished(self, boundary: int) -> None:
+        measured = self._measure()
+        if self._carried is not None:
+            measured = merge_measured(self._carried, measured)
+        directory = self._state_directory()
+        if directory is None:
+            log.info("the unfinished interval (%.1fs, %d samples) is not sent",
+                     measured.seconds, measured.host.count)
+            return
+        try:
+            carryover.save(directory, carryover.Unfinished(boundary, measured))
+        except OSError as error:
+            log.error("cannot keep the unfinished interval (%.1fs, %d samples) in %s: %s",
+                      measured.seconds, measured.host.count, directory, error.strerror)
+            return
+        log.info("the unfinished interval (%.1fs, %d samples) is kept for the next start",
+                 measured.seconds, measured.host.count)
+
+    # -- intervals --
+
+    def _measure(self) -> Measured:
+        current = self.probe.read_snapshot()
+        ended = self.clock.monotonic()
+        measured = delta(self.probe.layout, self._previous, current,
+                         max(ended - self._started, 1e-6))
+        self._previous, self._started = current, ended
+        return measured
 
     def _deliver_interval(self, boundary: int, now: float) -> None:
         stamp = interval_stamp(boundary, now, self.config.frequency, self.last_stamp)
@@ -91,55 +184,91 @@ class Daemon:
             log.warning("wall clock went back to %d, before the last interval at %d: its samples "
                         "go into the next interval", int(now), self.last_stamp)
             return
-        current = self.probe.read_snapshot()
-        ended = time.monotonic()
-        stats = interval_stats(self.probe.layout, delta(self._previous, current),
-                               max(ended - self._started, 1e-6))
-        points = to_datapoints(stats, self.prefix_for(self.config), stamp,
-                               buckets=self.config.bucket_series)
-        points += self._health_points(stamp)
-        self.sink.submit(points)
-        self._previous, self._started, self.last_stamp = current, ended, stamp
-        line = summary(stats)
+        measured = self._measure()
+        if self._carried is not None:
+            measured, self._carried = merge_measured(self._carried, measured), None
+        line = self._submit(stamp, measured)
+        self.last_stamp = stamp
         log.info("interval ending %d: %s", stamp, line)
-        self._notify("status", f"last interval ending {stamp}: {line}")
+        self.notifier.status(f"last interval ending {stamp}: {line}")
 
-    def _health_points(self, stamp: int):
-        prefix = self.prefix_for(self.config)
-        return [Datapoint(f"{prefix}.agent.{name}", value, stamp)
-                for name, value in self.sink.health().items()]
+    def _submit(self, stamp: int, measured: Measured) -> str:
+        """Send one interval's datapoints; return its one-line summary."""
+        layout = self.probe.layout
+        stats = interval_stats(layout, measured.host, measured.seconds, measured.lost)
+        services: List[ServiceStats] = []
+        extra: Dict[str, int] = {}
+        if self.cgroup_tree is not None:
+            services = self._services(measured)
+            overflow = measured.cgroups.get(OVERFLOW_CGROUP)
+            extra["services_overflow"] = overflow.count if overflow is not None else 0
+        points = to_datapoints(stats, self.config, stamp, services)
+        points += agent_points(self.config, stamp, {**extra, **self.sink.health()})
+        self.sink.submit(points)
+        return summary(stats)
+
+    def _services(self, measured: Measured) -> List[ServiceStats]:
+        layout = self.probe.layout
+        resolved = self.cgroup_tree.resolve(measured.cgroups, present=self._previous.cgroups,
+                                            keep=(OVERFLOW_CGROUP,))
+        named = by_service(layout, measured.cgroups, resolved.service_of)
+        top = top_services(layout, named, self.config.max_services)
+        figures = self._pressure.read([name for name, _ in top if name != OTHER],
+                                      measured.seconds)
+        if resolved.gone:
+            self.probe.forget(resolved.gone)
+            previous = self._previous
+            self._previous = replace(previous, cgroups={c: counts for c, counts in
+                                                        previous.cgroups.items()
+                                                        if c not in resolved.gone})
+        return [ServiceStats(name, interval_stats(layout, counts, measured.seconds),
+                             figures.get(name, {})) for name, counts in top]
+
+    # -- reload and waiting --
 
     def _reload(self) -> None:
         if self.reload is None:
             return
-        self._notify("reloading")
+        self.notifier.reloading()
         try:
             new = self.reload()
         except ConfigError as error:
             for problem in error.problems:
                 log.error("reload refused, keeping the running configuration: %s", problem)
-            self._notify("reloaded", "reload refused; running configuration kept")
+            self.notifier.reloaded("reload refused; running configuration kept")
             return
-        if self.apply is not None:
-            self.apply(new)
+        needs_restart = [key for key, changed in (
+            ("max_services", (new.max_services == 0) != (self.config.max_services == 0)),
+            ("tracepoints", new.tracepoints != self.config.tracepoints)) if changed]
+        if needs_restart:
+            log.warning("changing %s needs a restart: keeping the running setting",
+                        " and ".join(needs_restart))
+            new = replace(new, **{key: getattr(self.config, key) for key in needs_restart})
+        logging.getLogger().setLevel(new.logging_level)
+        self.sink.reconfigure(new)
         self.config = new
         log.info("configuration reloaded: frequency %ds, prefix %s", new.frequency,
-                 self.prefix_for(new))
-        self._notify("reloaded", "configuration reloaded")
-
-    def _notify(self, what: str, *args) -> None:
-        if self.notifier is not None:
-            getattr(self.notifier, what)(*args)
+                 new.metric_prefix)
+        self.notifier.reloaded("configuration reloaded")
 
     def _wait_until(self, wall_time: float) -> Optional[int]:
         """Sleep until ``wall_time``, pinging the watchdog; return a signal that came first."""
-        ping = getattr(self.notifier, "watchdog_seconds", None)
+        ping = self.notifier.watchdog_seconds
         while True:
-            remaining = wall_time - time.time()
+            remaining = wall_time - self.clock.time()
             if remaining <= 0:
                 return None
-            received = signal.sigtimedwait(HANDLED_SIGNALS, min(remaining, ping or remaining))
+            received = self.clock.wait_for_signal(HANDLED_SIGNALS, min(remaining, ping or remaining))
             if received is not None:
-                return received.si_signo
+                return received
             if ping:
-                self._notify("watchdog")
+                self._ping_watchdog()
+
+    def _ping_watchdog(self) -> None:
+        """Ping only while delivery makes progress too: a stuck sender gets the unit restarted."""
+        if self.sink.alive():
+            self.notifier.watchdog()
+            self._warned_stuck = False
+        elif not self._warned_stuck:
+            log.error("the delivery thread is dead or stuck: no longer pinging the watchdog")
+            self._warned_stuck = True

@@ -17,8 +17,10 @@ keeps the sum of latencies in nanoseconds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+import operator
+from array import array
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 PERCENTILES = (50, 90, 99)
 
@@ -81,30 +83,121 @@ def slot_value(layout: Layout, slot: int) -> float:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """Cumulative kernel counters at one moment, summed over CPUs."""
+class Counts:
+    """A histogram's slot counts and the exact sum of its latencies in nanoseconds."""
 
-    slots: Tuple[int, ...]
+    slots: Sequence[int]
     sum_ns: int
-    lost: int
 
     @property
     def count(self) -> int:
         return sum(self.slots)
 
 
-def delta(previous: Snapshot, current: Snapshot) -> Snapshot:
-    """Return what was counted between two snapshots of the same program."""
+def empty_counts(layout: Layout) -> Counts:
+    return Counts(array("q", bytes(8 * layout.slots)), 0)
+
+
+def add_counts(a: Counts, b: Counts) -> Counts:
+    return Counts(array("q", map(operator.add, a.slots, b.slots)), a.sum_ns + b.sum_ns)
+
+
+def subtract_counts(current: Counts, previous: Counts) -> Counts:
+    """Return what was counted between two readings; raise ValueError if a counter went back."""
     if len(previous.slots) != len(current.slots):
         raise ValueError("snapshots have different slot counts")
-    diff = Snapshot(
-        slots=tuple(c - p for p, c in zip(previous.slots, current.slots)),
-        sum_ns=current.sum_ns - previous.sum_ns,
-        lost=current.lost - previous.lost,
-    )
-    if diff.sum_ns < 0 or diff.lost < 0 or min(diff.slots, default=0) < 0:
+    slots = array("q", map(operator.sub, current.slots, previous.slots))
+    difference = Counts(slots, current.sum_ns - previous.sum_ns)
+    if difference.sum_ns < 0 or (slots and min(slots) < 0):
         raise ValueError("counters went backwards: the snapshots are not from one program, in order")
-    return diff
+    return difference
+
+
+def sum_counts(layout: Layout, many: Iterable[Counts]) -> Counts:
+    slots = [0] * layout.slots
+    total_ns = 0
+    for counts in many:
+        slots = list(map(operator.add, slots, counts.slots))
+        total_ns += counts.sum_ns
+    return Counts(array("q", slots), total_ns)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Cumulative kernel counters at one moment.
+
+    ``host`` is what the per-CPU counters hold (everything, when there is no per-cgroup
+    breakdown), ``cgroups`` what each cgroup's counters hold, by cgroup id.
+    """
+
+    host: Counts
+    lost: int
+    cgroups: Mapping[int, Counts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one interval counted: the host's histogram and, by cgroup id, each cgroup's.
+
+    With a breakdown, ``host`` is the sum of the cgroups, so they add up exactly.
+    """
+
+    seconds: float
+    host: Counts
+    lost: int
+    cgroups: Mapping[int, Counts] = field(default_factory=dict)
+
+
+def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float) -> Measured:
+    """Return what was counted between two snapshots of the same program.
+
+    A cgroup unknown to ``previous`` counts from zero; one missing from ``current``
+    (its entry was removed after its last reading) counts nothing.
+    """
+    cgroups: Dict[int, Counts] = {}
+    for cgroup, counts in current.cgroups.items():
+        before = previous.cgroups.get(cgroup)
+        if before is None:
+            if counts.sum_ns or counts.count:
+                cgroups[cgroup] = counts
+        elif counts != before:
+            cgroups[cgroup] = subtract_counts(counts, before)
+    host = subtract_counts(current.host, previous.host)
+    if cgroups:
+        host = add_counts(host, sum_counts(layout, cgroups.values()))
+    lost = current.lost - previous.lost
+    if lost < 0:
+        raise ValueError("counters went backwards: the snapshots are not from one program, in order")
+    return Measured(seconds, host, lost, cgroups)
+
+
+def by_service(layout: Layout, cgroups: Mapping[int, Counts],
+               service_of: Callable[[int], str]) -> Dict[str, Counts]:
+    """Merge the cgroups' counts by the service each belongs to."""
+    merged: Dict[str, List[Counts]] = {}
+    for cgroup, counts in cgroups.items():
+        merged.setdefault(service_of(cgroup), []).append(counts)
+    return {name: parts[0] if len(parts) == 1 else sum_counts(layout, parts)
+            for name, parts in merged.items()}
+
+
+def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
+                 other: str = "other") -> List[Tuple[str, Counts]]:
+    """Return the ``limit`` services with the most total wait, then the rest summed as ``other``.
+
+    A service named ``other`` joins the rest; ``other`` is left out when nothing falls in
+    it. Ties go by name, so the order is stable.
+    """
+    ranked = sorted(((name, counts) for name, counts in services.items()
+                     if counts.count and name != other),
+                    key=lambda item: (-item[1].sum_ns, item[0]))
+    rest = [counts for _, counts in ranked[limit:]]
+    if services.get(other) is not None and services[other].count:
+        rest.append(services[other])
+    chosen = ranked[:limit]
+    if rest:
+        chosen.append((other, sum_counts(layout, rest)))
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -145,18 +238,18 @@ def log2_counts(layout: Layout, slots: Sequence[int]) -> Tuple[Tuple[int, int], 
     return tuple((b, counts.get(b, 0)) for b in bounds)
 
 
-def interval_stats(layout: Layout, counted: Snapshot, seconds: float) -> IntervalStats:
+def interval_stats(layout: Layout, counted: Counts, seconds: float, lost: int = 0) -> IntervalStats:
     """Summarise one interval's counts; ``seconds`` is how long the interval lasted."""
     if seconds <= 0:
         raise ValueError("an interval must last longer than zero seconds")
     count = counted.count
     if count == 0:
-        return IntervalStats(seconds, 0, counted.lost, None, (), None, ())
+        return IntervalStats(seconds, 0, lost, None, (), None, ())
     highest = max(slot for slot, n in enumerate(counted.slots) if n)
     return IntervalStats(
         seconds=seconds,
         count=count,
-        lost=counted.lost,
+        lost=lost,
         mean_us=counted.sum_ns / count / 1000,
         percentiles_us=tuple(
             (p, slot_value(layout, percentile_slot(counted.slots, count, p)))

@@ -1,17 +1,26 @@
-"""Turn an interval's statistics into Graphite datapoints (metric contract in README)."""
+"""Turn an interval's statistics into Graphite datapoints (metric contract in README).
+
+Hierarchical paths by default (``<prefix>.mean``, ``<prefix>.service.<name>.p99``), or,
+with ``tags``, Graphite 1.1 tagged series (``cpu-lat.mean;host=<h>``,
+``cpu-lat.service.p99;host=<h>;service=<name>``).
+"""
 
 from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
-from typing import List, Optional, Union
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .histogram import IntervalStats
 
 _UNSAFE_HOST_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_UNSAFE_TAG_VALUE = re.compile(r"[;\s]")
 DECIMALS = 3
+TAGGED_PREFIX = "cpu-lat"
+
+Tags = Tuple[Tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -19,12 +28,27 @@ class Datapoint:
     path: str
     value: Union[int, float]
     timestamp: int
+    tags: Tags = ()
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """One service's interval, with cpu.pressure and throttling figures where known."""
+
+    name: str
+    stats: IntervalStats
+    figures: Mapping[str, float] = field(default_factory=dict)
+
+
+def short_hostname(hostname: Optional[str] = None) -> str:
+    """Return the host's short name with characters other than [A-Za-z0-9_-] replaced by ``_``."""
+    short = (hostname if hostname is not None else socket.gethostname()).split(".")[0]
+    return _UNSAFE_HOST_CHARS.sub("_", short) or "unknown"
 
 
 def default_prefix(hostname: Optional[str] = None) -> str:
-    """Return ``<short hostname>.cpu-lat`` with unsafe characters replaced by ``_``."""
-    short = (hostname if hostname is not None else socket.gethostname()).split(".")[0]
-    return (_UNSAFE_HOST_CHARS.sub("_", short) or "unknown") + ".cpu-lat"
+    """Return ``<short hostname>.cpu-lat``."""
+    return short_hostname(hostname) + ".cpu-lat"
 
 
 def check_prefix(prefix: str) -> str:
@@ -34,26 +58,76 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def to_datapoints(stats: IntervalStats, prefix: str, timestamp: int,
-                  buckets: bool = True) -> List[Datapoint]:
-    """Return the interval's datapoints, all stamped with ``timestamp``.
+def tag_value(text: str) -> str:
+    """Make ``text`` a valid Graphite tag value: no ';' or white space, no leading '~'."""
+    value = _UNSAFE_TAG_VALUE.sub("_", text)
+    if value.startswith("~"):
+        value = "_" + value[1:]
+    return value or "_"
 
-    ``buckets`` adds the per-second rate of each classic log2 bucket.
-    """
-    def point(name: str, value: Union[int, float]) -> Datapoint:
+
+class _Namer:
+    """Build each series' path and tags in the configured style."""
+
+    def __init__(self, config, timestamp: int):
+        self.prefix = config.metric_prefix
+        self.tagged = config.tags
+        self.timestamp = timestamp
+        self.host = (("host", tag_value(short_hostname())),) if self.tagged else ()
+
+    def point(self, name: str, value, tags: Tags = ()) -> Datapoint:
         if isinstance(value, float):
             value = round(value, DECIMALS)
-        return Datapoint(f"{prefix}.{name}", value, timestamp)
+        return Datapoint(f"{self.prefix}.{name}", value, self.timestamp,
+                         self.host + tags if self.tagged else ())
 
-    points = [point("count", stats.count)]
+    def host_stat(self, stat: str, value) -> Datapoint:
+        return self.point(stat, value)
+
+    def bucket(self, lower_us: int, rate: float) -> Datapoint:
+        if self.tagged:
+            return self.point("bucket", rate, (("lower_us", str(lower_us)),))
+        return self.point(str(lower_us), rate)
+
+    def service_stat(self, service: str, stat: str, value) -> Datapoint:
+        if self.tagged:
+            return self.point(f"service.{stat}", value, (("service", tag_value(service)),))
+        return self.point(f"service.{service}.{stat}", value)
+
+
+def _stat_values(stats: IntervalStats) -> List[Tuple[str, Union[int, float]]]:
+    values: List[Tuple[str, Union[int, float]]] = [("count", stats.count)]
     if stats.mean_us is not None:
-        points.append(point("mean", stats.mean_us))
-        points.extend(point(f"p{p}", v) for p, v in stats.percentiles_us)
-        points.append(point("max", stats.max_us))
-    if buckets:
-        points.extend(point(str(bucket), rate) for bucket, rate in stats.log2_rates)
-    points.append(point("agent.samples_lost", stats.lost))
+        values.append(("mean", stats.mean_us))
+        values.extend((f"p{p}", v) for p, v in stats.percentiles_us)
+        values.append(("max", stats.max_us))
+    return values
+
+
+def to_datapoints(stats: IntervalStats, config, timestamp: int,
+                  services: Sequence[ServiceStats] = ()) -> List[Datapoint]:
+    """Return the interval's datapoints, all stamped with ``timestamp``.
+
+    ``config`` gives the prefix, the naming style (``tags``) and whether the per-second
+    rate of each classic log2 bucket is sent (``bucket_series``).
+    """
+    namer = _Namer(config, timestamp)
+    points = [namer.host_stat(stat, value) for stat, value in _stat_values(stats)]
+    if config.bucket_series:
+        points.extend(namer.bucket(bucket, rate) for bucket, rate in stats.log2_rates)
+    points.append(namer.point("agent.samples_lost", stats.lost))
+    for service in services:
+        points.extend(namer.service_stat(service.name, stat, value)
+                      for stat, value in _stat_values(service.stats))
+        points.extend(namer.service_stat(service.name, name, value)
+                      for name, value in sorted(service.figures.items()))
     return points
+
+
+def agent_points(config, timestamp: int, figures: Dict[str, Union[int, float]]) -> List[Datapoint]:
+    """Return the agent's own figures as ``<prefix>.agent.<name>`` datapoints."""
+    namer = _Namer(config, timestamp)
+    return [namer.point(f"agent.{name}", value) for name, value in figures.items()]
 
 
 def summary(stats: IntervalStats) -> str:

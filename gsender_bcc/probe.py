@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from array import array
+from typing import Dict, Iterable, Iterator, Optional
 
-from . import btf, program, tracefs
+from . import btf, cgroups, program, tracefs
+from .config import Config
 from .errors import EX_NOPERM, EX_UNAVAILABLE, AgentError
-from .histogram import Layout, Snapshot
+from .histogram import Counts, Layout, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +108,40 @@ def release_compiler_memory() -> None:
         pass
 
 
-def compile_settings() -> program.ProgramSettings:
-    """Use raw tracepoints where the kernel's BTF describes them, classic ones otherwise."""
-    try:
-        return program.ProgramSettings(raw=btf.read_raw_layout())
-    except (OSError, ValueError, LookupError) as error:
-        log.info("using classic tracepoints: cannot use raw ones (%s: %s)", btf.VMLINUX, error)
+def _classic_settings(**common) -> program.ProgramSettings:
     root = tracefs.tracefs_root()
     tracefs.check_tracepoints(root)
-    return program.ProgramSettings(preempted_state=tracefs.read_preempted_state_bit(root))
+    return program.ProgramSettings(preempted_state=tracefs.read_preempted_state_bit(root), **common)
+
+
+def breakdown_possible(config: Config) -> bool:
+    """Tell whether the per-cgroup breakdown can run: asked for, and cgroup v2 mounted."""
+    if config.max_services == 0:
+        return False
+    if cgroups.v2_mount() is None:
+        log.info("cgroup v2 is not mounted (cgroup v1 only): the per-service breakdown is off; "
+                 "the host series are unchanged")
+        return False
+    return True
+
+
+def compile_settings(config: Config) -> program.ProgramSettings:
+    """Use raw tracepoints where the kernel's BTF describes them, classic ones otherwise.
+
+    ``config.tracepoints`` may force either kind; a forced kind that cannot work here is
+    an AgentError naming why.
+    """
+    common = {"per_cgroup": breakdown_possible(config)}
+    if config.tracepoints == "classic":
+        return _classic_settings(**common)
+    try:
+        return program.ProgramSettings(raw=btf.read_raw_layout(), **common)
+    except (OSError, ValueError, LookupError) as error:
+        if config.tracepoints == "raw":
+            raise AgentError(f"raw tracepoints need the kernel's BTF ({btf.VMLINUX}: {error}): "
+                             f"use --tracepoints auto or classic", EX_UNAVAILABLE) from None
+        log.info("using classic tracepoints: cannot use raw ones (%s: %s)", btf.VMLINUX, error)
+    return _classic_settings(**common)
 
 
 def render_source(settings: program.ProgramSettings) -> str:
@@ -127,13 +155,16 @@ def render_source(settings: program.ProgramSettings) -> str:
     return "\n".join(parts)
 
 
+BATCH_ENTRIES = 256
+
+
 class Probe:
     """The loaded and attached BPF program."""
 
-    def __init__(self, settings: Optional[program.ProgramSettings] = None):
+    def __init__(self, config: Config, settings: Optional[program.ProgramSettings] = None):
         check_privileges()
         bcc = import_bcc()
-        self.settings = settings or compile_settings()
+        self.settings = settings or compile_settings(config)
         check_kernel_headers()
         self.layout: Layout = program.installed_layout()
         folder = program.source_dir()
@@ -153,18 +184,91 @@ class Probe:
                              + (f" ({detail})" if detail else ""), EX_UNAVAILABLE)
         release_compiler_memory()
         self._stats = self._bpf[b"stats"]
+        self._cgroups = None
+        if self.settings.per_cgroup:
+            self._cgroups = self._bpf[b"cgroup_counts"]
+            overflow = self._cgroups.Key(program.header_constants(
+                (folder / program.HEADER_NAME).read_text())["OVERFLOW_CGROUP"])
+            self._cgroups[overflow] = self._cgroups.Leaf()
+            self._batch_keys = (self._cgroups.Key * BATCH_ENTRIES)()
+            self._batch_values = (self._cgroups.Leaf * BATCH_ENTRIES)()
+            self._batch_works = True
+            self._raw_cache: Dict[int, tuple] = {}
 
     def read_snapshot(self) -> Snapshot:
-        """Return the cumulative counters, summed over CPUs."""
+        """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup."""
         per_cpu = self._stats[self._stats.Key(0)]
         slots = [0] * self.layout.slots
         sum_ns = lost = 0
         for cpu in per_cpu:
-            for i, n in enumerate(cpu.slots):
-                slots[i] += n
-            sum_ns += cpu.sum_ns
+            if not self.settings.per_cgroup:
+                slots = [a + b for a, b in zip(slots, cpu.slots)]
+                sum_ns += cpu.sum_ns
             lost += cpu.lost
-        return Snapshot(tuple(slots), sum_ns, lost)
+        host = Counts(array("q", slots), sum_ns)
+        return Snapshot(host, lost, self._read_cgroups() if self._cgroups is not None else {})
+
+    def _read_cgroups(self) -> Dict[int, Counts]:
+        """Read every cgroup's counters; an entry unchanged since the last read is reused."""
+        size = ctypes.sizeof(self._cgroups.Leaf)
+        slots_bytes = 8 * self.layout.slots
+        cache, fresh = self._raw_cache, {}
+        for cgroup, raw in self._cgroup_entries(size):
+            known = cache.get(cgroup)
+            if known is not None and known[0] == raw:
+                fresh[cgroup] = known
+                continue
+            slots = array("q")
+            slots.frombytes(raw[:slots_bytes])
+            fresh[cgroup] = (raw, Counts(slots, int.from_bytes(raw[slots_bytes:slots_bytes + 8],
+                                                               "little")))
+        self._raw_cache = fresh
+        return {cgroup: entry[1] for cgroup, entry in fresh.items()}
+
+    def _cgroup_entries(self, size: int) -> Iterator[tuple]:
+        """Yield (cgroup id, raw value bytes), in batches where the kernel can (5.6 and later)."""
+        if self._batch_works:
+            try:
+                yield from self._batched_entries(size)
+                return
+            except OSError as error:
+                log.info("reading the cgroup map in batches failed (%s): reading it entry by "
+                         "entry", error.strerror)
+                self._batch_works = False
+        for key, value in self._cgroups.items():
+            yield key.value, ctypes.string_at(ctypes.addressof(value), size)
+
+    def _batched_entries(self, size: int) -> Iterator[tuple]:
+        from bcc.libbcc import lib
+        keys, values = self._batch_keys, self._batch_values
+        token, count = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        first, done = True, False
+        while not done:
+            count.value = BATCH_ENTRIES
+            result = lib.bpf_lookup_batch(self._cgroups.map_fd,
+                                          None if first else ctypes.byref(token),
+                                          ctypes.byref(token), ctypes.byref(keys),
+                                          ctypes.byref(values), ctypes.byref(count))
+            code = ctypes.get_errno()
+            if result != 0:
+                if code != errno.ENOENT:
+                    raise OSError(code, os.strerror(code))
+                done = True  # ENOENT: this batch is the last
+            first = False
+            raw = ctypes.string_at(ctypes.addressof(values), size * count.value)
+            for i in range(count.value):
+                yield keys[i], raw[i * size:(i + 1) * size]
+
+    def forget(self, cgroups: Iterable[int]) -> None:
+        """Delete the entries of removed cgroups, after their last counts were read."""
+        if self._cgroups is None:
+            return
+        for cgroup in cgroups:
+            try:
+                del self._cgroups[self._cgroups.Key(cgroup)]
+            except KeyError:
+                pass
+            self._raw_cache.pop(cgroup, None)
 
     def close(self) -> None:
         """Detach the tracepoints and unload the program."""

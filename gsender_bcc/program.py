@@ -21,6 +21,12 @@ HEADER_NAME = "runqlat.h"
 # is counted (agent.samples_lost), never silent.
 DEFAULT_START_ENTRIES = 65536
 
+# The per-cgroup map holds one entry per cgroup that had a sample since it was created
+# (user space deletes the entries of removed cgroups). Each entry is a histogram of
+# HIST_SLOTS u64 plus the sum, about 1.9 KiB, shared by all CPUs: 4096 entries are
+# about 8 MiB of kernel memory whatever the number of CPUs.
+DEFAULT_MAX_CGROUPS = 4096
+
 _DEFINE = re.compile(r"^#define\s+([A-Z_][A-Z0-9_]*)\s+(\d+)\s*$", re.MULTILINE)
 
 
@@ -59,6 +65,8 @@ class ProgramSettings:
     raw: Optional[RawLayout] = None
     preempted_state: Optional[int] = None
     start_entries: int = DEFAULT_START_ENTRIES
+    per_cgroup: bool = False
+    max_cgroups: int = DEFAULT_MAX_CGROUPS
 
     def __post_init__(self):
         if (self.raw is None) == (self.preempted_state is None):
@@ -69,7 +77,8 @@ class ProgramSettings:
         return "raw tracepoints" if self.raw else "tracepoints"
 
     def cflags(self, include_dir: Path) -> Tuple[str, ...]:
-        flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}"]
+        flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}",
+                 f"-DPER_CGROUP={int(self.per_cgroup)}", f"-DMAX_CGROUPS={self.max_cgroups}"]
         if self.raw is not None:
             flags += ["-DRAW_TRACEPOINTS",
                       f"-DTASK_PID_OFFSET={self.raw.task_pid_offset}",

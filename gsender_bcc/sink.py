@@ -1,344 +1,363 @@
 """Deliver datapoints: Graphite plaintext built by graphyte, to servers or to stdout.
 
-Delivery to Graphite runs on its own thread, so a slow, refusing or black-holed
-server never delays the measurement loop. Each interval is one batch; batches
-wait in a bounded outbox, oldest first, until a server takes them, keeping their
-original timestamps. Servers are tried in order: one that fails is skipped for a
-back-off period that doubles from one second up to one interval (at most a
-minute), then tried again first, so traffic returns to the primary once it is
-back. At stop, what is still waiting goes to a spool file that the next start
-replays before new data.
+Every interval is appended to an outbox on disk (outbox.py) and made durable
+before ``submit`` returns; a delivery thread sends what the outbox holds, oldest
+first, and lets the outbox forget what a server took. So a slow, refusing or
+black-holed server never delays the measurement loop, memory stays flat however
+long Graphite is away, and a crash loses nothing that was submitted.
 
-Delivery is at least once: a batch whose send failed part-way is sent again
-whole, which Graphite absorbs, since a datapoint with the same path and
-timestamp overwrites the earlier one. The plaintext protocol has no
-acknowledgement, and a server that goes down may lose what it took just before,
-so the first failure after a success also queues the last successful send again.
+Servers are tried in order: one that fails is skipped for a back-off period
+that doubles from one second up to one interval (at most a minute), then tried
+first again, so traffic returns to the primary once it is back.
+
+Delivery is at least once: the plaintext protocol has no acknowledgement, and a
+server that goes down may lose what it took just before, so the first failure
+after a success sends the last successful chunk again. Graphite keeps one value
+per path and timestamp, so a repeat changes nothing.
+
+UDP datagrams carry whole lines, at most ``DATAGRAM_BYTES`` each, so that they
+cross an IPv6 path with a 1500-byte MTU unfragmented.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import socket
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Deque, Iterable, List, Optional, Sequence, TextIO, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
 try:  # the .deb ships a private copy; elsewhere graphyte comes from PyPI
     from ._vendor import graphyte
 except ImportError:
     import graphyte
 
-from .config import Server
+from .config import Config, Server
 from .metrics import Datapoint
+from .outbox import Chunk, DiskOutbox, MemoryOutbox
 
 log = logging.getLogger(__name__)
 
-Batch = Tuple[Datapoint, ...]
-SPOOL_NAME = "spool.jsonl"
-SPOOL_HEADER = {"format": "gsender-bcc spool", "version": 1}
-LINES_PER_SEND = 5000
+CHUNK_BYTES = 64 << 10
+DATAGRAM_BYTES = 1452  # 1500-byte MTU - 40 (IPv6 header) - 8 (UDP header)
 BACKOFF_FIRST = 1.0
-BACKOFF_MAX = 60.0
+MEMORY_FALLBACK_BYTES = 4 << 20
+CLOSE_SECONDS = 2.0
+
+# send(server, data): deliver ``data`` to ``server`` or raise.
+Send = Callable[[Server, bytes], None]
 
 
-def encode(sender: graphyte.Sender, points: Iterable[Datapoint]) -> bytes:
+def encode(builder: graphyte.Sender, points: Sequence[Datapoint]) -> bytes:
     """Return the plaintext-protocol bytes for ``points``, one line each."""
-    return b"".join(sender.build_message(p.path, p.value, p.timestamp) for p in points)
+    return b"".join(builder.build_message(p.path, p.value, p.timestamp, tags=dict(p.tags))
+                    for p in points)
+
+
+def message_builder() -> graphyte.Sender:
+    """Return a graphyte Sender used only to build lines (it never opens a socket)."""
+    return graphyte.Sender("localhost")
+
+
+def datagrams(data: bytes, limit: int = DATAGRAM_BYTES) -> Iterator[bytes]:
+    """Split lines into datagrams of whole lines, each at most ``limit`` bytes if a line fits."""
+    start = 0
+    while start < len(data):
+        end = data.rfind(b"\n", start, start + limit) + 1
+        if end <= start:  # a single line longer than the limit goes alone
+            end = data.find(b"\n", start) + 1 or len(data)
+        yield data[start:end]
+        start = end
+
+
+def _address(server: Server, kind: int):
+    """Return the first (family, address) for ``server``, IPv4 or IPv6."""
+    family, _, _, _, address = socket.getaddrinfo(server.host, server.port, type=kind)[0]
+    return family, address
+
+
+def network_sender(config: Config) -> Send:
+    """Return the function that sends bytes to a server over the configured protocol."""
+    timeout = config.timeout
+
+    def tcp(server: Server, data: bytes) -> None:
+        with socket.create_connection((server.host, server.port), timeout) as connection:
+            connection.sendall(data)
+
+    def udp(server: Server, data: bytes) -> None:
+        family, address = _address(server, socket.SOCK_DGRAM)
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            for datagram in datagrams(data):
+                sock.sendto(datagram, address)
+
+    return udp if config.protocol == "udp" else tcp
 
 
 class StdoutSink:
     """Write each interval's lines to a stream instead of sending them."""
 
-    def __init__(self, stream: TextIO = sys.stdout):
+    def __init__(self, config: Optional[Config] = None, stream: TextIO = sys.stdout):
         self._stream = stream
-        self._builder = graphyte.Sender("localhost")
+        self._builder = message_builder()
 
     def submit(self, points: Sequence[Datapoint]) -> None:
         self._stream.write(encode(self._builder, points).decode("utf-8"))
         self._stream.flush()
 
-    def health(self) -> dict:
+    def reconfigure(self, config: Config) -> None:
+        pass
+
+    def health(self) -> Dict[str, int]:
         return {}
+
+    def alive(self) -> bool:
+        return True
 
     def close(self, seconds: float = 0) -> None:
         pass
 
 
-# ---- the outbox: pure bookkeeping, no I/O --------------------------------------------------
-
-class Outbox:
-    """Batches waiting for delivery, oldest first; past ``limit`` the oldest are dropped."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._batches: Deque[Batch] = deque()
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def put(self, batch: Batch) -> int:
-        """Queue a batch; return how many old batches it pushed out."""
-        self._batches.append(batch)
-        return self._trim()
-
-    def put_oldest(self, batches: Sequence[Batch]) -> int:
-        """Queue replayed batches ahead of everything else."""
-        self._batches.extendleft(reversed(batches))
-        return self._trim()
-
-    def resize(self, limit: int) -> int:
-        self.limit = limit
-        return self._trim()
-
-    def _trim(self) -> int:
-        excess = max(0, len(self._batches) - self.limit)
-        for _ in range(excess):
-            self._batches.popleft()
-        self.dropped += excess
-        return excess
-
-    def head(self, max_lines: int) -> List[Batch]:
-        """Return the oldest batches, at least one, up to about ``max_lines`` lines."""
-        taken: List[Batch] = []
-        lines = 0
-        for batch in self._batches:
-            if taken and lines + len(batch) > max_lines:
-                break
-            taken.append(batch)
-            lines += len(batch)
-        return taken
-
-    def remove_head(self, batches: Sequence[Batch]) -> None:
-        """Forget batches that were delivered, if they are still the oldest."""
-        for batch in batches:
-            if self._batches and self._batches[0] is batch:
-                self._batches.popleft()
-
-    def all(self) -> List[Batch]:
-        return list(self._batches)
-
-
-# ---- the spool: what survives a restart ----------------------------------------------------
-
-def write_spool(path: Path, batches: Sequence[Batch]) -> None:
-    """Write batches to ``path`` atomically (a temporary file renamed over it)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(json.dumps(SPOOL_HEADER) + "\n")
-        for batch in batches:
-            out.write(json.dumps([[p.path, p.value, p.timestamp] for p in batch]) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-
-
-def parse_spool(text: str) -> List[Batch]:
-    """Return the batches in a spool file's text; raise ValueError naming the bad line."""
-    if not text:
-        raise ValueError("it is empty")
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    else:
-        raise ValueError("it is truncated (no final newline)")
-    if not lines or _json_line(lines[0], 1) != SPOOL_HEADER:
-        raise ValueError("line 1 is not a gsender-bcc spool header")
-    batches = []
-    for number, line in enumerate(lines[1:], start=2):
-        items = _json_line(line, number)
-        try:
-            batch = tuple(Datapoint(str(path), value, int(ts)) for path, value, ts in items)
-        except (TypeError, ValueError):
-            raise ValueError(f"line {number} is not a list of [path, value, timestamp]") from None
-        if not batch or not all(isinstance(p.value, (int, float)) and " " not in p.path
-                                for p in batch):
-            raise ValueError(f"line {number} holds an empty or malformed batch")
-        batches.append(batch)
-    return batches
-
-
-def _json_line(line: str, number: int):
-    try:
-        return json.loads(line)
-    except ValueError:
-        raise ValueError(f"line {number} is not JSON") from None
-
-
-def take_spool(directory: Path) -> List[Batch]:
-    """Read and remove the spool in ``directory``; set a damaged one aside and return nothing."""
-    path = directory / SPOOL_NAME
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as error:
-        log.error("cannot read spool %s: %s; leaving it in place", path, error)
-        return []
-    try:
-        batches = parse_spool(text)
-    except ValueError as error:
-        aside = path.with_name(f"{SPOOL_NAME}.corrupt-{int(time.time())}")
-        os.replace(path, aside)
-        log.error("spool %s is damaged: %s; moved it to %s", path, error, aside)
-        return []
-    path.unlink()
-    log.info("replaying %d intervals spooled at the last stop", len(batches))
-    return batches
-
-
-# ---- delivery to Graphite ------------------------------------------------------------------
-
 @dataclass
 class _Route:
     server: Server
-    sender: graphyte.Sender
     down_until: float = 0.0
     backoff: float = BACKOFF_FIRST
 
 
 class GraphiteSink:
-    """Queue intervals and deliver them to the first Graphite server that takes them."""
+    """Keep intervals in the outbox and deliver them to the first Graphite server that takes them.
 
-    def __init__(self, servers: Sequence[Server], protocol: str = "tcp", timeout: float = 5.0,
-                 limit: int = 5760, spool_dir: Optional[Path] = None,
-                 echo: Optional[TextIO] = None, backoff_max: float = BACKOFF_MAX):
-        self._echo = StdoutSink(echo) if echo is not None else None
+    ``send`` and ``clock`` (monotonic seconds) are seams for tests; ``start=False`` leaves
+    the delivery thread unstarted so a test can drive ``deliver_once`` itself.
+    """
+
+    def __init__(self, config: Config, echo: Optional[TextIO] = None,
+                 send: Optional[Send] = None, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time, start: bool = True):
+        self._echo = StdoutSink(stream=echo) if echo is not None else None
+        self._builder = message_builder()
         self._lock = threading.Condition()
-        self._outbox = Outbox(limit)
-        self._routes: List[_Route] = []
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._custom_send = send
         self._closing = False
-        self._failures = 0
-        self._last_sent: List[Batch] = []
+        self._counters = {"send_failures": 0, "spool_errors": 0}
+        self._reported: Dict[str, int] = {}
+        self._exceptions_seen: set = set()
+        self._resend: Optional[bytes] = None
+        self._last_sent: Optional[bytes] = None
+        self._heartbeat = clock()
         self._dropped_in_outage = 0
-        self._reported = {"dropped": 0, "failures": 0}
-        self._spool_dir = spool_dir
-        self._backoff_max = backoff_max
-        self.reconfigure(servers, protocol, timeout, limit)
-        if spool_dir is not None:
-            self._outbox.put_oldest(take_spool(spool_dir))
+        self._disk_failing = False
+        self._memory = MemoryOutbox(MEMORY_FALLBACK_BYTES)
+        self._disk: Optional[DiskOutbox] = None
+        self.reconfigure(config)
         self._thread = threading.Thread(target=self._deliver_forever, name="graphite-delivery",
                                         daemon=True)
-        self._thread.start()
+        if start:
+            self._thread.start()
 
-    def reconfigure(self, servers: Sequence[Server], protocol: str, timeout: float,
-                    limit: int, spool_dir: Optional[Path] = None,
-                    backoff_max: Optional[float] = None) -> None:
-        """Change servers, protocol, timeout or limit, keeping what is queued."""
+    # -- the measurement side --
+
+    def reconfigure(self, config: Config) -> None:
+        """Take new servers, protocol, timeout, limits or state directory, keeping what waits."""
         with self._lock:
-            if backoff_max is not None:
-                self._backoff_max = backoff_max
-            self._routes = [_Route(s, graphyte.Sender(s.host, s.port, timeout=timeout,
-                                                      protocol=protocol, raise_send_errors=True))
-                            for s in servers]
-            self._note_dropped(self._outbox.resize(limit))
-            if spool_dir is not None:
-                self._spool_dir = spool_dir
+            self._config = config
+            self._send = self._custom_send or network_sender(config)
+            self._routes = [_Route(server) for server in config.servers]
+            directory = config.state_directory / "outbox"
+            if self._disk is None or self._disk.directory != directory:
+                self._open_disk(directory)
+            elif self._disk is not None:
+                self._disk.set_limits(config.buffer_bytes, config.buffer_seconds)
+            self._memory.max_bytes = min(MEMORY_FALLBACK_BYTES, config.buffer_bytes)
             self._lock.notify_all()
+
+    def _open_disk(self, directory) -> None:
+        config = self._config
+        try:
+            self._disk = DiskOutbox(directory, config.buffer_bytes, config.buffer_seconds,
+                                    clock=self._wall_clock)
+        except OSError as error:
+            self._disk = None
+            self._counters["spool_errors"] += 1
+            log.error("cannot use %s for undelivered data (%s): measuring and delivering "
+                      "continue, but data cannot survive a Graphite outage longer than a few "
+                      "hundred intervals, or a restart, until this is fixed",
+                      directory, error.strerror or error)
 
     def submit(self, points: Sequence[Datapoint]) -> None:
-        """Queue one interval's datapoints; never blocks on the network."""
+        """Append one interval's datapoints to the outbox; never blocks on the network."""
+        data = encode(self._builder, points)
         if self._echo is not None:
             self._echo.submit(points)
+        stamp = points[0].timestamp if points else int(self._wall_clock())
         with self._lock:
-            self._note_dropped(self._outbox.put(tuple(points)))
+            if self._disk is None:
+                self._open_disk(self._config.state_directory / "outbox")
+            stored = False
+            if self._disk is not None:
+                try:
+                    self._note_dropped(self._disk.append(data, stamp))
+                    stored = True
+                    if self._disk_failing:
+                        log.warning("the outbox in %s takes data again", self._disk.directory)
+                    self._disk_failing = False
+                except OSError as error:
+                    self._counters["spool_errors"] += 1
+                    if not self._disk_failing:
+                        log.error("cannot write undelivered data to %s (%s): it is kept in "
+                                  "memory meanwhile and cannot survive a restart",
+                                  self._disk.directory, error.strerror or error)
+                    self._disk_failing = True
+            if not stored:
+                self._note_dropped(self._memory.append(data, stamp))
             self._lock.notify_all()
 
-    def health(self) -> dict:
-        """Return the queue length and, since the last call, drops and failed sends."""
+    def health(self) -> Dict[str, int]:
+        """Return what waits, and since the last call: drops, failed sends, outbox errors."""
         with self._lock:
-            dropped = self._outbox.dropped - self._reported["dropped"]
-            failures = self._failures - self._reported["failures"]
-            self._reported = {"dropped": self._outbox.dropped, "failures": self._failures}
-            return {"queued_intervals": len(self._outbox), "dropped_intervals": dropped,
-                    "send_failures": failures}
+            dropped = self._memory.dropped + (self._disk.dropped if self._disk else 0)
+            now = dict(self._counters, dropped_intervals=dropped)
+            since = {name: value - self._reported.get(name, 0) for name, value in now.items()}
+            self._reported = now
+            queued = self._memory.intervals + (self._disk.intervals if self._disk else 0)
+            return {"queued_intervals": queued, "dropped_intervals": since["dropped_intervals"],
+                    "send_failures": since["send_failures"],
+                    "spool_errors": since["spool_errors"]}
 
-    def close(self, seconds: float = 2.0) -> None:
-        """Try to deliver what is queued for ``seconds``, then spool the rest."""
-        deadline = time.monotonic() + seconds
+    def alive(self) -> bool:
+        """Tell whether the delivery thread runs and has made progress recently."""
+        stuck_after = self._config.timeout * (len(self._routes) + 1) + 10
+        return self._thread.is_alive() and self._clock() - self._heartbeat < stuck_after
+
+    def close(self, seconds: float = CLOSE_SECONDS) -> None:
+        """Give delivery ``seconds`` to empty the outbox, then stop; what waits stays on disk."""
+        deadline = self._clock() + seconds
         with self._lock:
-            while len(self._outbox) and time.monotonic() < deadline and self._thread.is_alive() \
+            while self._pending() and self._clock() < deadline and self._thread.is_alive() \
                     and self._any_route_up():
-                self._lock.wait(max(0.0, deadline - time.monotonic()))
+                self._lock.wait(max(0.0, deadline - self._clock()))
             self._closing = True
             self._lock.notify_all()
-            left = self._outbox.all()
-        if not left:
-            return
-        if self._spool_dir is None:
-            log.warning("%d undelivered intervals are lost: no state directory to spool them to",
-                        len(left))
-            return
-        try:
-            self._spool_dir.mkdir(parents=True, exist_ok=True)
-            write_spool(self._spool_dir / SPOOL_NAME, left)
-        except OSError as error:
-            log.error("cannot spool %d undelivered intervals to %s: %s", len(left),
-                      self._spool_dir, error)
-        else:
-            log.info("spooled %d undelivered intervals to %s", len(left),
-                     self._spool_dir / SPOOL_NAME)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._config.timeout + 1)
+        with self._lock:
+            self._save_memory_to_disk()
+            waiting = self._disk.intervals if self._disk else 0
+        if waiting:
+            log.info("%d undelivered intervals wait in %s for the next start", waiting,
+                     self._disk.directory)
+
+    def _save_memory_to_disk(self) -> None:
+        lost = 0
+        for chunk in self._memory.drain():
+            try:
+                if self._disk is None:
+                    raise OSError("no usable state directory")
+                self._disk.append(chunk.data, chunk.last_stamp)
+            except OSError:
+                lost += chunk.intervals
+        if lost:
+            log.warning("%d undelivered intervals are lost: the state directory cannot take them",
+                        lost)
 
     # -- the delivery thread --
 
+    def _pending(self) -> bool:
+        return bool(self._resend or self._memory.intervals
+                    or (self._disk is not None and self._disk.intervals))
+
     def _any_route_up(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         return any(route.down_until <= now for route in self._routes)
 
     def _note_dropped(self, count: int) -> None:
         if count and not self._dropped_in_outage:
-            log.warning("outbox full (%d intervals): dropping the oldest until Graphite is back",
-                        self._outbox.limit)
+            log.warning("outbox full (%s): dropping the oldest intervals until Graphite is back",
+                        self._limits())
         self._dropped_in_outage += count
+
+    def _limits(self) -> str:
+        return (f"{self._config.buffer_megabytes} MiB or {self._config.buffer_hours:g} h")
 
     def _deliver_forever(self) -> None:
         while True:
             with self._lock:
-                while not self._closing and not (len(self._outbox) and self._any_route_up()):
-                    soonest = min((r.down_until for r in self._routes), default=0.0)
-                    self._lock.wait(max(0.05, soonest - time.monotonic()) if len(self._outbox)
-                                    else None)
+                self._heartbeat = self._clock()
                 if self._closing:
                     return
-                batches = self._outbox.head(LINES_PER_SEND)
-                routes = list(self._routes)
-            delivered_to = self._send(routes, [p for batch in batches for p in batch])
-            with self._lock:
-                if delivered_to is None and self._last_sent:
-                    self._note_dropped(self._outbox.put_oldest(self._last_sent))
-                    self._last_sent = []
-                if delivered_to is not None:
-                    self._outbox.remove_head(batches)
-                    self._last_sent = batches
-                    if self._dropped_in_outage:
-                        log.warning("Graphite is back; %d intervals were dropped during the outage",
-                                    self._dropped_in_outage)
-                        self._dropped_in_outage = 0
-                self._lock.notify_all()
+                if not (self._pending() and self._any_route_up()):
+                    soonest = min((r.down_until for r in self._routes), default=0.0)
+                    wait = max(0.05, soonest - self._clock()) if self._pending() else 1.0
+                    self._lock.wait(min(wait, 1.0))
+                    continue
+            try:
+                self.deliver_once()
+            except Exception as error:  # the thread must outlive any bug or surprise
+                self._count_failure(error)
+                time.sleep(BACKOFF_FIRST)
 
-    def _send(self, routes: Sequence[_Route], points: Sequence[Datapoint]) -> Optional[Server]:
-        """Send to the first route that is up and takes it; return its server, or None."""
+    def _count_failure(self, error: BaseException) -> None:
+        with self._lock:
+            self._counters["send_failures"] += 1
+            kind = type(error).__name__
+            if kind not in self._exceptions_seen:
+                self._exceptions_seen.add(kind)
+                log.error("delivery hit an unexpected %s: %s; it carries on", kind, error)
+
+    def deliver_once(self) -> bool:
+        """Send the oldest waiting chunk to the first server that takes it; return whether one did."""
+        with self._lock:
+            resend = self._resend
+            source = None
+            chunk: Optional[Chunk] = None
+            if resend is None:
+                for source in (self._disk, self._memory):
+                    chunk = source.peek(CHUNK_BYTES) if source is not None else None
+                    if chunk is not None:
+                        break
+                if chunk is None:
+                    return False
+            routes = list(self._routes)
+        data = resend if resend is not None else chunk.data
+        delivered = self._send_first(routes, data) if data else True
+        with self._lock:
+            if not delivered:
+                if self._last_sent is not None:
+                    self._resend, self._last_sent = self._last_sent, None
+                return False
+            if resend is not None:
+                self._resend = None
+            else:
+                source.consume(chunk)
+                self._last_sent = chunk.data
+            if self._dropped_in_outage:
+                log.warning("Graphite is back; %d intervals were dropped during the outage",
+                            self._dropped_in_outage)
+                self._dropped_in_outage = 0
+            self._lock.notify_all()
+        return True
+
+    def _send_first(self, routes: Sequence[_Route], data: bytes) -> bool:
         for route in routes:
-            if route.down_until > time.monotonic():
+            if route.down_until > self._clock():
                 continue
             try:
-                route.sender.send_message(encode(route.sender, points))
+                self._send(route.server, data)
             except OSError as error:
                 with self._lock:
-                    self._failures += 1
-                    route.down_until = time.monotonic() + route.backoff
-                    log.warning("sending %d datapoints to Graphite at %s failed: %s; next try in "
-                                "%.0fs", len(points), route.server, error, route.backoff)
-                    route.backoff = min(route.backoff * 2, self._backoff_max)
+                    self._counters["send_failures"] += 1
+                    route.down_until = self._clock() + route.backoff
+                    log.warning("sending %d bytes to Graphite at %s failed: %s; next try in "
+                                "%.0fs", len(data), route.server, error, route.backoff)
+                    route.backoff = min(route.backoff * 2, self._config.retry_max_seconds)
                 continue
             if route.down_until:
                 log.info("Graphite at %s takes datapoints again", route.server)
             route.down_until, route.backoff = 0.0, BACKOFF_FIRST
-            return route.server
-        return None
+            return True
+        return False
+

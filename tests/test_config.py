@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from conftest import AGENT
-from gsender_bcc.config import Config, ConfigError, Server, load, parse, render, with_overrides
+from gsender_bcc.config import (SCHEMA, Config, ConfigError, Server, load, parse, render,
+                                 with_overrides)
 from gsender_bcc.metrics import default_prefix
 
 ORIGINAL = """[default]
@@ -27,6 +28,8 @@ logging_level = debug
 prefix = servers.web-01.cpu-lat
 bucket_series = no
 state_directory = /srv/gsender
+max_services = 5
+tracepoints = classic
 
 [graphite]
 server_address = graphite-a.example
@@ -35,14 +38,16 @@ fallback_servers = graphite-b.example:2003, [::1]:2004
 protocol = UDP
 timeout = 2.5
 buffer_hours = 48
+buffer_megabytes = 16
+tags = yes
 """
 
 
 class TestValidFiles:
     def test_original_file_loads_unchanged(self):
         config = parse(ORIGINAL, "/etc/gsender.conf")
-        assert config == Config(frequency=15, logging_level="INFO",
-                                server=Server("localhost", 2003))
+        assert config == Config(frequency=15, logging_level="INFO", server_address="localhost",
+                                port=2003)
         assert config.notices == ("/etc/gsender.conf: [default] script_path = "
                                   "/opt/gsender/cpu_latency.bt is ignored: the tracer is now built in",)
 
@@ -50,8 +55,9 @@ class TestValidFiles:
         config = parse(FULL, "f")
         assert config == Config(frequency=10, logging_level="DEBUG",
                                 prefix="servers.web-01.cpu-lat", bucket_series=False,
-                                state_directory=Path("/srv/gsender"),
-                                server=Server("graphite-a.example", 2103),
+                                state_directory=Path("/srv/gsender"), max_services=5,
+                                tracepoints="classic", server_address="graphite-a.example",
+                                port=2103, buffer_megabytes=16, tags=True,
                                 fallback_servers=(Server("graphite-b.example", 2003),
                                                   Server("::1", 2004)),
                                 protocol="udp", timeout=2.5, buffer_hours=48.0)
@@ -64,9 +70,18 @@ class TestValidFiles:
     def test_port_alone_keeps_default_host(self):
         assert parse("[graphite]\nport = 2103\n", "f").server == Server("localhost", 2103)
 
-    @pytest.mark.parametrize("frequency, intervals", [(15, 5760), (10, 8640), (3600, 24), (7, 12343)])
-    def test_buffer_covers_a_day_by_default(self, frequency, intervals):
-        assert Config(frequency=frequency).buffer_intervals == intervals
+    def test_buffer_limits_by_default(self):
+        assert (Config().buffer_seconds, Config().buffer_bytes) == (86400, 128 << 20)
+
+    def test_every_key_is_a_config_field(self):
+        fields = set(Config.__dataclass_fields__) - {"notices"}
+        keys = {key for section in SCHEMA.values() for key, parse in section.items() if parse}
+        assert keys == fields
+
+    @pytest.mark.parametrize("tags, prefix, expected", [
+        (False, None, default_prefix()), (True, None, "cpu-lat"), (True, "ops.lat", "ops.lat")])
+    def test_the_prefix_is_computed_once_in_config(self, tags, prefix, expected):
+        assert Config(tags=tags, prefix=prefix).metric_prefix == expected
 
     def test_render_reads_back_as_the_same_config(self):
         config = parse(FULL, "f")
@@ -122,7 +137,7 @@ BAD = [
                                           "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ("[default]\nfrequncy = 15\n", "[default] frequncy: unknown key (did you mean 'frequency'?); "
                                    "known: frequency, logging_level, script_path, prefix, "
-                                   "bucket_series, state_directory"),
+                                   "bucket_series, state_directory, max_services, tracepoints"),
     ("[graphit]\nport = 2003\n", "unknown section [graphit] (did you mean 'graphite'?); known: "
                                  "[default], [graphite]"),
     ("[DEFAULT]\nfrequency = 15\n", "unknown section [DEFAULT] (did you mean 'default'?); known: "
@@ -145,6 +160,15 @@ BAD = [
     ("[graphite]\ntimeout = nan\n", "[graphite] timeout = 'nan': must be from 0.1 to 60 seconds"),
     ("[graphite]\nbuffer_hours = 0\n", "[graphite] buffer_hours = '0': must be from 0.01 to 720 "
                                        "hours"),
+    ("[graphite]\nbuffer_megabytes = 0\n", "[graphite] buffer_megabytes = '0': must be from 1 to "
+                                           "1048576 MiB"),
+    ("[default]\nmax_services = -1\n", "[default] max_services = '-1': must be from 0 to 1000 "
+                                       "services"),
+    ("[default]\nmax_services = lots\n", "[default] max_services = 'lots': must be a whole "
+                                         "number of services from 0 to 1000"),
+    ("[default]\ntracepoints = fast\n", "[default] tracepoints = 'fast': must be one of auto, "
+                                        "raw, classic"),
+    ("[graphite]\ntags = sometimes\n", "[graphite] tags = 'sometimes': must be yes or no"),
     ("[graphite]\nfallback_servers = b.example\n", "[graphite] fallback_servers = 'b.example': "
                                                    "must be a comma-separated list of host:port "
                                                    "(must be host:port)"),
@@ -203,8 +227,10 @@ class TestCheckConfig:
         assert result.returncode == 0
         assert result.stdout == (
             "[default]\nfrequency = 15\nlogging_level = INFO\nprefix = x.y\nbucket_series = yes\n"
-            "state_directory = /var/lib/gsender-bcc\n\n[graphite]\nserver_address = localhost\n"
-            "port = 2103\nfallback_servers = \nprotocol = tcp\ntimeout = 5.0\nbuffer_hours = 24.0\n")
+            "state_directory = /var/lib/gsender-bcc\nmax_services = 20\ntracepoints = auto\n\n"
+            "[graphite]\nserver_address = localhost\nport = 2103\nfallback_servers = \n"
+            "protocol = tcp\ntimeout = 5.0\nbuffer_hours = 24.0\nbuffer_megabytes = 128\n"
+            "tags = no\n")
         assert "script_path = /opt/gsender/cpu_latency.bt is ignored: the tracer is now built in" \
             in result.stderr
 

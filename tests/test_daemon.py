@@ -1,19 +1,27 @@
+"""The measurement loop with a fake probe, a fake clock and a recording sink: fast and exact."""
+
+import os
+import signal
+from array import array
+
 import pytest
 
-from gsender_bcc.daemon import interval_stamp, next_boundary
+from gsender_bcc import carryover
+from gsender_bcc.cgroups import CgroupTree
+from gsender_bcc.config import Config
+from gsender_bcc.daemon import Daemon, interval_stamp, next_boundary
+from gsender_bcc.histogram import Counts, Layout, Snapshot, slot_of
+from gsender_bcc.notify import NullNotifier
+
+LAYOUT = Layout(sub_bits=3, log2_max=32)
 
 
-@pytest.mark.parametrize("now, frequency, shortest, boundary", [
-    (100.0, 15, 0, 105),
-    (104.999, 15, 0, 105),
-    (105.0, 15, 0, 120),
-    (1700000001.5, 5, 0, 1700000005),
-    (101.0, 15, 7.5, 120),
-    (96.0, 15, 7.5, 105),
-    (0.0, 1, 0, 1),
+@pytest.mark.parametrize("now, frequency, boundary", [
+    (100.0, 15, 105), (104.999, 15, 105), (105.0, 15, 120), (1700000001.5, 5, 1700000005),
+    (0.0, 1, 1),
 ])
-def test_next_boundary_is_a_later_multiple(now, frequency, shortest, boundary):
-    assert next_boundary(now, frequency, shortest) == boundary
+def test_next_boundary_is_a_later_multiple(now, frequency, boundary):
+    assert next_boundary(now, frequency) == boundary
 
 
 @pytest.mark.parametrize("boundary, now, frequency, last, stamp", [
@@ -26,3 +34,240 @@ def test_next_boundary_is_a_later_multiple(now, frequency, shortest, boundary):
 ])
 def test_interval_stamp(boundary, now, frequency, last, stamp):
     assert interval_stamp(boundary, now, frequency, last) == stamp
+
+
+class FakeClock:
+    """Wall and monotonic time that move only when the daemon waits; signals come on schedule."""
+
+    def __init__(self, start, events=()):
+        self.wall = start
+        self.mono = 1000.0
+        self.events = sorted(events)  # (wall time, signal or callable)
+        self.waits = []
+
+    def time(self):
+        return self.wall
+
+    def monotonic(self):
+        return self.mono
+
+    def advance(self, seconds):
+        self.wall += seconds
+        self.mono += seconds
+
+    def wait_for_signal(self, signals, seconds):
+        self.waits.append(seconds)
+        assert len(self.waits) < 100000, "the daemon never stopped"
+        if self.events and self.events[0][0] <= self.wall + seconds:
+            at, what = self.events.pop(0)
+            self.advance(max(0.0, at - self.wall))
+            if callable(what):
+                what()
+                return None
+            return what
+        self.advance(seconds)
+        return None
+
+
+class FakeProbe:
+    def __init__(self, per_cgroup=False):
+        self.layout = LAYOUT
+        self.slots = array("q", bytes(8 * LAYOUT.slots))
+        self.sum_ns = 0
+        self.cgroups = {}
+        self.per_cgroup = per_cgroup
+        self.forgotten = set()
+
+    def add(self, us, n=1, cgroup=None):
+        if cgroup is None:
+            self.slots[slot_of(LAYOUT, us)] += n
+            self.sum_ns += us * 1000 * n
+            return
+        slots, total = self.cgroups.get(cgroup, (array("q", bytes(8 * LAYOUT.slots)), 0))
+        slots = array("q", slots)
+        slots[slot_of(LAYOUT, us)] += n
+        self.cgroups[cgroup] = (slots, total + us * 1000 * n)
+
+    def read_snapshot(self):
+        return Snapshot(Counts(array("q", self.slots), self.sum_ns), 0,
+                        {c: Counts(array("q", s), t) for c, (s, t) in self.cgroups.items()})
+
+    def forget(self, cgroups):
+        self.forgotten |= set(cgroups)
+        for cgroup in cgroups:
+            self.cgroups.pop(cgroup, None)
+
+
+class RecordingSink:
+    def __init__(self):
+        self.intervals = []
+        self.configs = []
+        self.is_alive = True
+
+    def submit(self, points):
+        self.intervals.append({p.path: p.value for p in points} | {"@": points[0].timestamp})
+
+    def health(self):
+        return {"queued_intervals": 0}
+
+    def alive(self):
+        return self.is_alive
+
+    def reconfigure(self, config):
+        self.configs.append(config)
+
+
+class CountingNotifier(NullNotifier):
+    def __init__(self, clock, watchdog_seconds=None):
+        self.clock = clock
+        self.watchdog_seconds = watchdog_seconds
+        self.pings = []
+        self.messages = []
+
+    def _send(self, message):
+        self.messages.append(message)
+        if message == "WATCHDOG=1":
+            self.pings.append(self.clock.time())
+
+
+def run_daemon(clock, probe=None, config=None, **kwargs):
+    probe = probe or FakeProbe()
+    sink = RecordingSink()
+    config = config or Config(frequency=5, prefix="t", state_directory=kwargs.pop("state", None)
+                              or Config().state_directory)
+    daemon = Daemon(probe, sink, config, clock=clock, **kwargs)
+    assert daemon.run() == 0
+    return sink, daemon
+
+
+def stop_at(wall):
+    return (wall, signal.SIGTERM)
+
+
+class TestTiming:
+    def test_first_interval_ends_at_the_next_boundary(self):
+        clock = FakeClock(103.5, [stop_at(116)])
+        sink, _ = run_daemon(clock, keep_unfinished=False)
+        assert [i["@"] for i in sink.intervals] == [105, 110, 115]
+
+    def test_a_stall_is_one_interval_at_the_latest_boundary(self):
+        clock = FakeClock(100.0, [(107, lambda: clock.advance(16)), stop_at(140)])
+        sink, _ = run_daemon(clock, keep_unfinished=False)
+        assert [i["@"] for i in sink.intervals] == [105, 120, 125, 130, 135]
+
+    def test_a_wall_clock_stepped_back_never_repeats_a_stamp(self):
+        def step_back():
+            clock.wall -= 12
+        clock = FakeClock(100.0, [(111, step_back), stop_at(130)])
+        sink, _ = run_daemon(clock, keep_unfinished=False)
+        stamps = [i["@"] for i in sink.intervals]
+        assert stamps == sorted(set(stamps)) and stamps[:2] == [105, 110]
+
+    def test_rates_use_the_measured_seconds(self):
+        probe = FakeProbe()
+        clock = FakeClock(100.0, [(101, lambda: probe.add(3, n=50)), stop_at(106)])
+        sink, _ = run_daemon(clock, probe, keep_unfinished=False)
+        assert sink.intervals[0]["t.count"] == 50
+        assert sink.intervals[0]["t.2"] == 10.0  # 50 samples in the 5 s from 100 to 105
+
+
+class TestUnfinishedInterval:
+    def test_a_restart_within_the_interval_merges_into_the_same_boundary(self, tmp_path):
+        first = FakeProbe()
+        clock = FakeClock(100.0, [(101, lambda: first.add(3, n=40)), stop_at(102)])
+        sink, _ = run_daemon(clock, first, state=tmp_path)
+        assert sink.intervals == []
+        assert (tmp_path / carryover.FILE_NAME).exists()
+        second = FakeProbe()
+        clock = FakeClock(102.5, [(103, lambda: second.add(3, n=10)), stop_at(107)])
+        sink, _ = run_daemon(clock, second, state=tmp_path)
+        assert [(i["@"], i["t.count"]) for i in sink.intervals] == [(105, 50)]
+        assert sink.intervals[0]["t.2"] == round(50 / 4.5, 3)  # 2 s before, 2.5 s after
+        assert carryover.take(tmp_path, LAYOUT).boundary == 110  # left by the second stop
+
+    def test_a_restart_across_a_boundary_sends_the_old_part_alone(self, tmp_path):
+        first = FakeProbe()
+        clock = FakeClock(100.0, [(101, lambda: first.add(3, n=40)), stop_at(104)])
+        run_daemon(clock, first, state=tmp_path)
+        second = FakeProbe()
+        clock = FakeClock(106.0, [(107, lambda: second.add(3, n=7)), stop_at(111)])
+        sink, _ = run_daemon(clock, second, state=tmp_path)
+        assert [(i["@"], i["t.count"]) for i in sink.intervals] == [(105, 40), (110, 7)]
+
+    def test_nothing_is_kept_with_keep_unfinished_off(self, tmp_path):
+        clock = FakeClock(100.0, [stop_at(102)])
+        run_daemon(clock, state=tmp_path, keep_unfinished=False)
+        assert not (tmp_path / carryover.FILE_NAME).exists()
+
+
+class TestReloadAndWatchdog:
+    def test_reload_reaches_the_sink_and_changes_the_frequency(self, tmp_path):
+        new = Config(frequency=10, prefix="t", state_directory=tmp_path)
+        clock = FakeClock(100.0, [(106, signal.SIGHUP), stop_at(131)])
+        sink, daemon = run_daemon(clock, reload=lambda: new, keep_unfinished=False)
+        assert sink.configs == [new] and daemon.config == new
+        assert [i["@"] for i in sink.intervals] == [105, 110, 120, 130]
+
+    def test_the_watchdog_is_pinged_at_its_own_pace_in_long_intervals(self):
+        clock = FakeClock(0.5, [stop_at(3599)])
+        notifier = CountingNotifier(clock, watchdog_seconds=10)
+        run_daemon(clock, config=Config(frequency=3600), notifier=notifier,
+                   keep_unfinished=False)
+        gaps = [b - a for a, b in zip([0.5] + notifier.pings, notifier.pings)]
+        assert len(notifier.pings) >= 359 and max(gaps) <= 10
+
+    def test_no_ping_while_delivery_is_stuck(self):
+        clock = FakeClock(0.5, [stop_at(100)])
+        notifier = CountingNotifier(clock, watchdog_seconds=1)
+        probe, sink = FakeProbe(), RecordingSink()
+        sink.is_alive = False
+        Daemon(probe, sink, Config(frequency=60), notifier=notifier, clock=clock,
+               keep_unfinished=False).run()
+        assert notifier.pings == []
+
+
+class TestServices:
+    @pytest.fixture
+    def tree(self, tmp_path):
+        for path in ("system.slice/nginx.service/worker", "system.slice/cron.service",
+                     "user.slice/user-1000.slice/session-3.scope", "batch/job-1"):
+            (tmp_path / path).mkdir(parents=True)
+        return tmp_path
+
+    def test_service_counts_add_up_to_the_host(self, tree):
+        inode = {name: os.stat(tree / name).st_ino for name in (
+            "system.slice/nginx.service/worker", "system.slice/cron.service",
+            "user.slice/user-1000.slice/session-3.scope", "batch/job-1")}
+        probe = FakeProbe(per_cgroup=True)
+
+        def load():
+            probe.add(100, n=30, cgroup=inode["system.slice/nginx.service/worker"])
+            probe.add(10, n=5, cgroup=inode["system.slice/cron.service"])
+            probe.add(50, n=20, cgroup=inode["user.slice/user-1000.slice/session-3.scope"])
+            probe.add(3, n=9, cgroup=inode["batch/job-1"])
+            probe.add(7, n=4, cgroup=0)  # beyond the map's capacity
+        clock = FakeClock(100.0, [(101, load), stop_at(106)])
+        sink, _ = run_daemon(clock, probe, config=Config(frequency=5, prefix="t", max_services=2),
+                             cgroup_tree=CgroupTree(tree), keep_unfinished=False)
+        interval = sink.intervals[0]
+        assert interval["t.service.nginx.count"] == 30
+        assert interval["t.service.session-3_scope.count"] == 20
+        assert interval["t.service.other.count"] == 5 + 9 + 4
+        assert "t.service.cron.count" not in interval
+        assert interval["t.count"] == sum(v for k, v in interval.items()
+                                          if k.startswith("t.service.") and k.endswith(".count"))
+        assert interval["t.agent.services_overflow"] == 4
+
+    def test_a_removed_cgroup_is_forgotten_after_its_last_interval(self, tree):
+        doomed = tree / "batch" / "job-1"
+        cgroup = os.stat(doomed).st_ino
+        probe = FakeProbe(per_cgroup=True)
+
+        def remove():
+            probe.add(20, n=3, cgroup=cgroup)
+            doomed.rmdir()
+        clock = FakeClock(100.0, [(101, lambda: probe.add(20, n=2, cgroup=cgroup)), (106, remove),
+                                  stop_at(111)])
+        sink, _ = run_daemon(clock, probe, cgroup_tree=CgroupTree(tree), keep_unfinished=False)
+        assert [i.get("t.service.batch.count") for i in sink.intervals] == [2, 3]
+        assert probe.forgotten == {cgroup}

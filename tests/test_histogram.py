@@ -1,7 +1,11 @@
+from array import array
+
 import pytest
 
-from gsender_bcc.histogram import (Layout, Snapshot, delta, interval_stats, log2_bucket,
-                                   log2_counts, percentile_slot, slot_bounds, slot_of, slot_value)
+from gsender_bcc.histogram import (Counts, Layout, Measured, Snapshot, add_counts, by_service,
+                                   delta, interval_stats, log2_bucket, log2_counts,
+                                   percentile_slot, slot_bounds, slot_of, slot_value,
+                                   top_services)
 
 LAYOUT = Layout(sub_bits=3, log2_max=32)
 SMALL = Layout(sub_bits=2, log2_max=5)  # slots: 0 1 2 3 | 4 5 6 7 | 8 10 12 14 | 16 20 24 28 | >=32
@@ -98,25 +102,83 @@ class TestSlotValue:
         assert slot_value(LAYOUT, slot) == value
 
 
+def c(layout, pairs, sum_ns):
+    return Counts(array("q", counts(layout, pairs)), sum_ns)
+
+
+def snap(host, lost=0, cgroups=None):
+    return Snapshot(host, lost, cgroups or {})
+
+
 class TestDelta:
     def test_subtracts_each_counter(self):
-        before = Snapshot(counts(SMALL, [(1, 2), (5, 1)]), sum_ns=9000, lost=1)
-        after = Snapshot(counts(SMALL, [(1, 5), (5, 1), (16, 2)]), sum_ns=99000, lost=4)
-        assert delta(before, after) == Snapshot(counts(SMALL, [(1, 3), (16, 2)]), 90000, 3)
-        assert delta(before, after).count == 5
+        before = snap(c(SMALL, [(1, 2), (5, 1)], 9000), lost=1)
+        after = snap(c(SMALL, [(1, 5), (5, 1), (16, 2)], 99000), lost=4)
+        measured = delta(SMALL, before, after, 2.0)
+        assert measured == Measured(2.0, c(SMALL, [(1, 3), (16, 2)], 90000), 3, {})
+        assert measured.host.count == 5
 
     @pytest.mark.parametrize("after", [
-        Snapshot(counts(SMALL, [(1, 1)]), 9000, 1),
-        Snapshot(counts(SMALL, [(1, 2)]), 8999, 1),
-        Snapshot(counts(SMALL, [(1, 2)]), 9000, 0),
+        snap(c(SMALL, [(1, 1)], 9000), 1),
+        snap(c(SMALL, [(1, 2)], 8999), 1),
+        snap(c(SMALL, [(1, 2)], 9000), 0),
     ])
     def test_counters_going_backwards_are_refused(self, after):
         with pytest.raises(ValueError, match="went backwards"):
-            delta(Snapshot(counts(SMALL, [(1, 2)]), 9000, 1), after)
+            delta(SMALL, snap(c(SMALL, [(1, 2)], 9000), 1), after, 1.0)
 
     def test_different_layouts_are_refused(self):
         with pytest.raises(ValueError, match="different slot counts"):
-            delta(Snapshot((0,) * 17, 0, 0), Snapshot((0,) * 241, 0, 0))
+            delta(LAYOUT, snap(c(SMALL, [], 0)), snap(c(LAYOUT, [], 0)), 1.0)
+
+    def test_the_host_is_the_sum_of_the_cgroups(self):
+        zero = c(SMALL, [], 0)
+        before = snap(zero, cgroups={7: c(SMALL, [(1, 2)], 3000), 8: c(SMALL, [(2, 1)], 2000),
+                                     9: c(SMALL, [(4, 4)], 20000)})
+        after = snap(zero, cgroups={7: c(SMALL, [(1, 5)], 9000), 8: c(SMALL, [(2, 1)], 2000),
+                                    10: c(SMALL, [(3, 1), (4, 1)], 8000)})
+        measured = delta(SMALL, before, after, 1.0)
+        # 8 did not change; 9 was removed after its last reading; 10 is new.
+        assert measured.cgroups == {7: c(SMALL, [(1, 3)], 6000),
+                                    10: c(SMALL, [(3, 1), (4, 1)], 8000)}
+        assert measured.host == c(SMALL, [(1, 3), (3, 1), (4, 1)], 14000)
+
+    def test_counts_over_two_intervals_add_up(self):
+        zero = c(SMALL, [], 0)
+        readings = [snap(zero, cgroups={1: c(SMALL, [(1, n)], 1000 * n)}) for n in (2, 5, 11)]
+        first = delta(SMALL, readings[0], readings[1], 1.0)
+        second = delta(SMALL, readings[1], readings[2], 1.0)
+        both = delta(SMALL, readings[0], readings[2], 2.0)
+        assert add_counts(first.host, second.host) == both.host
+
+
+class TestServices:
+    def test_cgroups_merge_by_service_name(self):
+        merged = by_service(SMALL, {1: c(SMALL, [(1, 1)], 100), 2: c(SMALL, [(2, 2)], 200),
+                                    3: c(SMALL, [(3, 3)], 300)},
+                            {1: "nginx", 2: "nginx", 3: "batch"}.get)
+        assert merged == {"nginx": c(SMALL, [(1, 1), (2, 2)], 300), "batch": c(SMALL, [(3, 3)], 300)}
+
+    def test_top_services_by_total_wait_then_other(self):
+        services = {"a": c(SMALL, [(1, 10)], 100), "b": c(SMALL, [(2, 1)], 900),
+                    "c": c(SMALL, [(3, 2)], 500), "d": c(SMALL, [(4, 3)], 50),
+                    "idle": c(SMALL, [], 0)}
+        top = top_services(SMALL, services, 2)
+        assert top == [("b", c(SMALL, [(2, 1)], 900)), ("c", c(SMALL, [(3, 2)], 500)),
+                       ("other", c(SMALL, [(1, 10), (4, 3)], 150))]
+        assert sum(counts.count for _, counts in top) == \
+            sum(counts.count for counts in services.values())
+
+    def test_no_other_when_everything_fits(self):
+        assert [name for name, _ in top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5)}, 20)] == ["a"]
+
+    def test_unattributed_samples_join_other(self):
+        top = top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5), "other": c(SMALL, [(2, 1)], 900)}, 5)
+        assert top == [("a", c(SMALL, [(1, 1)], 5)), ("other", c(SMALL, [(2, 1)], 900))]
+
+    def test_zero_services_is_all_other(self):
+        top = top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5), "b": c(SMALL, [(1, 2)], 6)}, 0)
+        assert top == [("other", c(SMALL, [(1, 3)], 11))]
 
 
 class TestPercentileSlot:
@@ -157,8 +219,8 @@ class TestIntervalStats:
     def test_exact_numbers(self):
         # 90 samples of 3 us (slot [3, 4)), 9 of 20 us (slot [20, 22)), 1 of 1000 us (slot [960, 1024))
         slots = counts(LAYOUT, [(3, 90), (slot_of(LAYOUT, 20), 9), (slot_of(LAYOUT, 1000), 1)])
-        counted = Snapshot(slots, sum_ns=90 * 3_400 + 9 * 20_100 + 1_000_700, lost=2)
-        stats = interval_stats(LAYOUT, counted, seconds=2.0)
+        counted = Counts(slots, sum_ns=90 * 3_400 + 9 * 20_100 + 1_000_700)
+        stats = interval_stats(LAYOUT, counted, seconds=2.0, lost=2)
         assert stats.count == 100
         assert stats.lost == 2
         assert stats.mean_us == pytest.approx((306_000 + 180_900 + 1_000_700) / 100 / 1000)
@@ -169,16 +231,16 @@ class TestIntervalStats:
                                     (512, 0.5))
 
     def test_empty_interval_has_only_a_count(self):
-        stats = interval_stats(LAYOUT, Snapshot((0,) * 241, 0, 5), seconds=15.0)
+        stats = interval_stats(LAYOUT, Counts((0,) * 241, 0), seconds=15.0, lost=5)
         assert (stats.count, stats.lost, stats.mean_us, stats.percentiles_us, stats.max_us,
                 stats.log2_rates) == (0, 5, None, (), None, ())
 
     def test_rates_times_seconds_add_up_to_count(self):
         slots = counts(LAYOUT, [(i, i + 1) for i in range(0, 240, 7)])
-        stats = interval_stats(LAYOUT, Snapshot(slots, 10**9, 0), seconds=4.0)
+        stats = interval_stats(LAYOUT, Counts(slots, 10**9), seconds=4.0)
         assert sum(rate for _, rate in stats.log2_rates) * 4.0 == stats.count
 
     @pytest.mark.parametrize("seconds", [0, -1])
     def test_interval_must_have_a_length(self, seconds):
         with pytest.raises(ValueError, match="longer than zero"):
-            interval_stats(LAYOUT, Snapshot((0,) * 241, 0, 0), seconds)
+            interval_stats(LAYOUT, Counts((0,) * 241, 0), seconds)

@@ -1,7 +1,10 @@
 import pytest
 
+from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats
-from gsender_bcc.metrics import Datapoint, check_prefix, default_prefix, summary, to_datapoints
+from gsender_bcc.metrics import (Datapoint, ServiceStats, agent_points, check_prefix,
+                                 default_prefix, short_hostname, summary, tag_value,
+                                 to_datapoints)
 
 STATS = IntervalStats(seconds=5.0, count=120, lost=0, mean_us=12.34567,
                       percentiles_us=((50, 8.5), (90, 21.0), (99, 34.0)), max_us=68.0,
@@ -33,7 +36,7 @@ class TestPrefix:
 
 class TestToDatapoints:
     def test_full_interval(self):
-        points = to_datapoints(STATS, "h.cpu-lat", 1700000010)
+        points = to_datapoints(STATS, Config(prefix="h.cpu-lat"), 1700000010)
         assert [(p.path, p.value) for p in points] == [
             ("h.cpu-lat.count", 120), ("h.cpu-lat.mean", 12.346), ("h.cpu-lat.p50", 8.5),
             ("h.cpu-lat.p90", 21.0), ("h.cpu-lat.p99", 34.0), ("h.cpu-lat.max", 68.0),
@@ -45,8 +48,56 @@ class TestToDatapoints:
 
     def test_empty_interval_sends_count_zero_and_no_latencies(self):
         empty = IntervalStats(15.0, 0, 3, None, (), None, ())
-        assert to_datapoints(empty, "p", 30) == [Datapoint("p.count", 0, 30),
-                                                  Datapoint("p.agent.samples_lost", 3, 30)]
+        assert to_datapoints(empty, Config(prefix="p"), 30) == [
+            Datapoint("p.count", 0, 30), Datapoint("p.agent.samples_lost", 3, 30)]
+
+    def test_without_bucket_series(self):
+        points = to_datapoints(STATS, Config(prefix="p", bucket_series=False), 30)
+        assert [p.path for p in points] == ["p.count", "p.mean", "p.p50", "p.p90", "p.p99",
+                                            "p.max", "p.agent.samples_lost"]
+
+
+SERVICE = ServiceStats("nginx", IntervalStats(5.0, 7, 0, 3.0, ((50, 2.5), (90, 3.5), (99, 5.0)),
+                                              5.0, ((0, 0.2), (1, 0.4), (2, 0.8))),
+                       {"pressure": 1.25, "throttled_ms": 40.0})
+
+
+class TestServiceSeries:
+    def test_hierarchical(self):
+        points = to_datapoints(STATS, Config(prefix="h.cpu-lat", bucket_series=False), 10,
+                               [SERVICE])
+        assert [(p.path, p.value) for p in points if ".service." in p.path] == [
+            ("h.cpu-lat.service.nginx.count", 7), ("h.cpu-lat.service.nginx.mean", 3.0),
+            ("h.cpu-lat.service.nginx.p50", 2.5), ("h.cpu-lat.service.nginx.p90", 3.5),
+            ("h.cpu-lat.service.nginx.p99", 5.0), ("h.cpu-lat.service.nginx.max", 5.0),
+            ("h.cpu-lat.service.nginx.pressure", 1.25),
+            ("h.cpu-lat.service.nginx.throttled_ms", 40.0)]
+
+    def test_agent_points(self):
+        assert agent_points(Config(prefix="p"), 5, {"services_overflow": 2}) == [
+            Datapoint("p.agent.services_overflow", 2, 5)]
+
+
+class TestTags:
+    def test_tagged_series(self):
+        host = short_hostname()
+        points = to_datapoints(STATS, Config(tags=True), 10, [SERVICE])
+        named = {(p.path, p.tags) for p in points}
+        assert ("cpu-lat.p99", (("host", host),)) in named
+        assert ("cpu-lat.bucket", (("host", host), ("lower_us", "16"))) in named
+        assert ("cpu-lat.service.p99", (("host", host), ("service", "nginx"))) in named
+        assert ("cpu-lat.agent.samples_lost", (("host", host),)) in named
+        assert not any(".service.nginx" in p.path or p.path == "cpu-lat.16" for p in points)
+
+    def test_tagged_lines_are_rendered_by_graphyte(self):
+        from gsender_bcc.sink import encode, message_builder
+        point = Datapoint("cpu-lat.service.p99", 5.0, 10, (("service", "nginx"), ("host", "h")))
+        assert encode(message_builder(), [point]) == b"cpu-lat.service.p99;host=h;service=nginx 5.0 10\n"
+
+    @pytest.mark.parametrize("raw, clean", [("web 01", "web_01"), ("a;b", "a_b"), ("~x", "_x"),
+                                            ("", "_"), ("ok-1_a", "ok-1_a")])
+    def test_tag_values_follow_graphite_rules(self, raw, clean):
+        assert tag_value(raw) == clean
 
 
 def test_summary_line():

@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from conftest import REQUIRE_BPF
+
 from gsender_bcc import program
 from gsender_bcc.btf import RawLayout
 from gsender_bcc.histogram import Layout, slot_of
@@ -16,6 +18,9 @@ HARNESS = r"""
 #include <stdlib.h>
 typedef uint64_t u64;
 typedef uint32_t u32;
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
 #include "runqlat.h"
 int main(void)
 {
@@ -39,6 +44,9 @@ def edge_values():
 @pytest.fixture(scope="module")
 def compiled_slot_function(tmp_path_factory):
     if shutil.which("gcc") is None:
+        if REQUIRE_BPF:
+            pytest.fail("GSENDER_REQUIRE_BPF=1 but gcc, needed to check the header's C, is missing",
+                        pytrace=False)
         pytest.skip("gcc is not installed")
     folder = tmp_path_factory.mktemp("harness")
     (folder / "harness.c").write_text(HARNESS)
@@ -84,13 +92,16 @@ class TestSettings:
     def test_classic_flags(self, tmp_path):
         settings = program.ProgramSettings(preempted_state=0x100, start_entries=4096)
         assert settings.cflags(tmp_path) == (f"-I{tmp_path}", "-DSTART_ENTRIES=4096",
+                                             "-DPER_CGROUP=0", "-DMAX_CGROUPS=4096",
                                              "-DPREEMPTED_STATE=0x100")
         assert settings.kind == "tracepoints"
 
     def test_raw_flags(self, tmp_path):
-        settings = program.ProgramSettings(raw=RawLayout(1264, False, 24, 8))
+        settings = program.ProgramSettings(raw=RawLayout(1264, False, 24, 8), per_cgroup=True,
+                                           max_cgroups=100)
         assert settings.cflags(tmp_path) == (
-            f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DRAW_TRACEPOINTS", "-DTASK_PID_OFFSET=1264",
+            f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
+            "-DRAW_TRACEPOINTS", "-DTASK_PID_OFFSET=1264",
             "-DSWITCH_HAS_PREV_STATE=0", "-DTASK_STATE_OFFSET=24", "-DTASK_STATE_SIZE=8")
         assert settings.kind == "raw tracepoints"
 

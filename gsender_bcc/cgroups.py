@@ -1,0 +1,230 @@
+"""cgroup v2: where it is mounted, which service each cgroup id belongs to, and its pressure.
+
+A cgroup's id, as bpf_get_current_cgroup_id() returns it, is the inode number of
+its directory in the cgroup v2 file system. Ids are mapped to services by
+walking that tree; the map is rebuilt whole by each walk, so it holds only
+cgroups that exist and forgets removed ones.
+
+Naming (a contract, see the README): take the cgroup's path relative to the
+mount. Its service is the deepest component ending in ``.service`` or
+``.scope``, else the first component; the root cgroup is ``root``. The name
+drops a trailing ``.service`` and has every character other than letters,
+digits, ``_`` and ``-`` replaced by ``_``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+log = logging.getLogger(__name__)
+
+ROOT = "root"
+OTHER = "other"
+MAX_CGROUPS_WALKED = 65536
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def unescape_mount_field(text: str) -> str:
+    """Undo the octal escapes (\\040 for a space, ...) of /proc/self/mounts."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def v2_mount(mounts_text: Optional[str] = None) -> Optional[Path]:
+    """Return where cgroup v2 is mounted, from /proc/self/mounts, or None."""
+    if mounts_text is None:
+        try:
+            mounts_text = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(unescape_mount_field(fields[1]))
+    return None
+
+
+def service_component(relative: str) -> Tuple[str, int]:
+    """Return the component of a cgroup path that names its service, and its depth (1-based).
+
+    The root cgroup gives (``root``, 0).
+    """
+    parts = [part for part in relative.split("/") if part]
+    if not parts:
+        return ROOT, 0
+    for depth in range(len(parts), 0, -1):
+        if parts[depth - 1].endswith((".service", ".scope")):
+            return parts[depth - 1], depth
+    return parts[0], 1
+
+
+def service_name(relative: str) -> str:
+    """Return the series name of the service a cgroup path (relative to the mount) belongs to."""
+    component, _ = service_component(relative)
+    if component.endswith(".service") and component != ".service":
+        component = component[: -len(".service")]
+    return _UNSAFE.sub("_", component)
+
+
+@dataclass
+class Resolved:
+    """Names for the cgroup ids of one interval, and which of them are gone."""
+
+    names: Dict[int, str]
+    gone: Set[int] = field(default_factory=set)
+
+    def service_of(self, cgroup: int) -> str:
+        return self.names.get(cgroup, OTHER)
+
+
+class CgroupTree:
+    """Map cgroup ids to service names and directories by walking the v2 hierarchy."""
+
+    def __init__(self, mount: Path, limit: int = MAX_CGROUPS_WALKED):
+        self.mount = mount
+        self.limit = limit
+        self._names: Dict[int, Tuple[str, str]] = {}  # id -> (service, directory)
+        self._directories: Dict[str, List[Path]] = {}
+        self._warned_limit = False
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def walk(self) -> None:
+        """Rebuild the maps from the tree as it is now."""
+        names: Dict[int, Tuple[str, str]] = {}
+        directories: Dict[str, List[Path]] = {}
+        try:
+            names[os.stat(self.mount).st_ino] = (ROOT, str(self.mount))
+            directories[ROOT] = [self.mount]
+        except OSError:
+            pass
+        pending = [(self.mount, "")]
+        while pending:
+            folder, relative = pending.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue  # removed while we looked
+            for entry in entries:
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    inode = entry.inode()
+                except OSError:
+                    continue
+                if len(names) >= self.limit:
+                    if not self._warned_limit:
+                        log.warning("more than %d cgroups: the others count as '%s'",
+                                    self.limit, OTHER)
+                        self._warned_limit = True
+                    pending = []
+                    break
+                path = f"{relative}/{entry.name}"
+                _, depth = service_component(path)
+                name = service_name(path)
+                names[inode] = (name, entry.path)
+                if depth == path.count("/"):  # this directory is the one naming the service
+                    directories.setdefault(name, []).append(Path(entry.path))
+                pending.append((Path(entry.path), path))
+        self._names, self._directories = names, directories
+
+    def _exists(self, cgroup: int) -> bool:
+        try:
+            return os.stat(self._names[cgroup][1]).st_ino == cgroup
+        except OSError:
+            return False
+
+    def resolve(self, cgroups: Iterable[int], present: Iterable[int] = (),
+                keep: Iterable[int] = ()) -> Resolved:
+        """Name the ids of ``cgroups``, walking the tree once if any is unknown.
+
+        ``present`` are all the ids the kernel has entries for: those whose directory is
+        gone are returned as ``gone`` (after keeping their name for this interval) and
+        forgotten. Ids in ``keep`` are never gone.
+        """
+        changed, keep = set(cgroups), set(keep)
+        listed = (changed | set(present)) - keep
+        if listed - self._names.keys():
+            self.walk()
+        gone = {cgroup for cgroup in listed
+                if cgroup not in self._names or not self._exists(cgroup)}
+        names = {cgroup: self._names[cgroup][0] if cgroup in self._names else OTHER
+                 for cgroup in changed}
+        for cgroup in gone:
+            self._names.pop(cgroup, None)
+        return Resolved(names, gone)
+
+    def directories(self, service: str) -> List[Path]:
+        return self._directories.get(service, [])
+
+
+def read_pressure_total(directory: Path) -> Optional[int]:
+    """Return the "some" total of a cgroup's cpu.pressure, in microseconds, or None."""
+    try:
+        text = (directory / "cpu.pressure").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("some "):
+            for item in line.split():
+                if item.startswith("total="):
+                    return int(item[len("total="):])
+    return None
+
+
+def read_throttled_usec(directory: Path) -> Optional[int]:
+    """Return a cgroup's cpu.stat throttled_usec, or None where the cpu controller is off."""
+    try:
+        text = (directory / "cpu.stat").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "throttled_usec":
+            return int(value)
+    return None
+
+
+class PressureReader:
+    """Per-service cpu.pressure and throttling, as differences between two readings."""
+
+    def __init__(self, tree: CgroupTree):
+        self._tree = tree
+        self._last: Dict[Tuple[str, str], int] = {}
+
+    def read(self, services: Iterable[str], seconds: float) -> Dict[str, Dict[str, float]]:
+        """Return {service: {"pressure": % of the interval, "throttled_ms": ms}} where known.
+
+        A figure needs two readings: a service is reported from its second interval on.
+        Baselines are kept for the services asked about this time only.
+        """
+        current: Dict[Tuple[str, str], int] = {}
+        result: Dict[str, Dict[str, float]] = {}
+        for service in services:
+            figures: Dict[str, float] = {}
+            for what, reader in (("pressure", read_pressure_total),
+                                 ("throttled_ms", read_throttled_usec)):
+                values = [v for v in (reader(d) for d in self._tree.directories(service))
+                          if v is not None]
+                if not values:
+                    continue
+                # Several directories with one name: the worst pressure, the summed throttling.
+                total = max(values) if what == "pressure" else sum(values)
+                current[(service, what)] = total
+                before = self._last.get((service, what))
+                if before is None or total < before:
+                    continue
+                if what == "pressure":
+                    figures[what] = min(100.0, (total - before) / (seconds * 1e6) * 100)
+                else:
+                    figures[what] = (total - before) / 1000
+            if figures:
+                result[service] = figures
+        self._last = current
+        return result
+

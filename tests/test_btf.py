@@ -1,0 +1,110 @@
+"""The BTF reader against small BTF blobs built here, byte by byte, and against this kernel's."""
+
+import struct
+
+import pytest
+
+from gsender_bcc.btf import VMLINUX, Btf, RawLayout, raw_layout
+
+INT, PTR, STRUCT, TYPEDEF, FUNC_PROTO = 1, 2, 4, 8, 13
+
+
+class BlobBuilder:
+    """Assemble a little-endian BTF blob: types are added in order, ids start at 1."""
+
+    def __init__(self):
+        self.strings = b"\0"
+        self.types = b""
+        self.count = 0
+
+    def name(self, text):
+        if not text:
+            return 0
+        offset = len(self.strings)
+        self.strings += text.encode() + b"\0"
+        return offset
+
+    def add(self, kind, name, size_or_type, items=(), extra=b"", vlen=None):
+        info = (kind << 24) | (len(items) if vlen is None else vlen)
+        self.types += struct.pack("<III", self.name(name), info, size_or_type) + extra
+        for item in items:
+            self.types += struct.pack("<" + "I" * len(item), *item)
+        self.count += 1
+        return self.count
+
+    def integer(self, name, size):
+        return self.add(INT, name, size, extra=struct.pack("<I", size * 8))
+
+    def struct(self, name, size, members):
+        return self.add(STRUCT, name, size,
+                        [(self.name(m), t, bits) for m, t, bits in members])
+
+    def tracepoint(self, event, argument_types):
+        void_pointer = self.add(PTR, "", 0)
+        proto = self.add(FUNC_PROTO, "", 0, [(0, void_pointer)] +
+                         [(0, t) for t in argument_types])
+        return self.add(TYPEDEF, f"btf_trace_{event}", self.add(PTR, "", proto))
+
+    def blob(self):
+        header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(self.types), len(self.types),
+                             len(self.strings))
+        return header + self.types + self.strings
+
+
+def kernel_like(state_member="__state", state_size=4, switch_has_state=True):
+    b = BlobBuilder()
+    u8, u32, s64 = b.integer("_Bool", 1), b.integer("unsigned int", 4), b.integer("long", 8)
+    state_type = u32 if state_size == 4 else s64
+    task = b.struct("task_struct", 4096, [("thread_info", s64, 0), (state_member, state_type, 192),
+                                          ("pid", b.integer("int", 4), 8 * 2456)])
+    task_pointer = b.add(PTR, "", task)
+    b.tracepoint("sched_switch", [u8, task_pointer, task_pointer] + ([u32] if switch_has_state else []))
+    b.tracepoint("sched_wakeup", [task_pointer])
+    b.tracepoint("sched_wakeup_new", [task_pointer])
+    return b
+
+
+class TestSyntheticBlobs:
+    def test_a_current_kernel_layout(self):
+        assert raw_layout(Btf(kernel_like().blob())) == RawLayout(
+            task_pid_offset=2456, switch_has_prev_state=True, task_state_offset=24,
+            task_state_size=4)
+
+    def test_a_kernel_before_5_14_and_5_18(self):
+        blob = kernel_like("state", 8, switch_has_state=False).blob()
+        assert raw_layout(Btf(blob)) == RawLayout(2456, False, 24, 8)
+
+    def test_an_unknown_kind_is_refused_by_name(self):
+        b = kernel_like()
+        b.add(25, "future", 0)
+        with pytest.raises(ValueError, match=r"BTF type 19 has kind 25, which this reader does "
+                                             r"not know"):
+            Btf(b.blob())
+
+    def test_a_blob_cut_short_is_refused(self):
+        with pytest.raises(ValueError, match="points past the end"):
+            Btf(kernel_like().blob()[:-40])
+
+    def test_wrong_magic_is_refused(self):
+        with pytest.raises(ValueError, match="not little-endian BTF"):
+            Btf(b"\xeb\x9f" + kernel_like().blob()[2:])
+
+    def test_a_missing_field_is_named(self):
+        b = BlobBuilder()
+        b.struct("task_struct", 64, [("comm", b.integer("char", 1), 0)])
+        with pytest.raises(LookupError, match="struct task_struct has no member pid"):
+            raw_layout(Btf(b.blob()))
+
+    def test_an_unexpected_switch_signature_is_refused(self):
+        b = BlobBuilder()
+        u32 = b.integer("unsigned int", 4)
+        b.struct("task_struct", 64, [("pid", u32, 0), ("__state", u32, 32)])
+        b.tracepoint("sched_switch", [u32, u32])
+        with pytest.raises(LookupError, match=r"sched_switch's argument sizes are \[4, 4\]"):
+            raw_layout(Btf(b.blob()))
+
+
+@pytest.mark.skipif(not VMLINUX.exists(), reason="this kernel has no BTF")
+def test_this_kernel_btf_is_read_without_error():
+    layout = raw_layout(Btf(VMLINUX.read_bytes()))
+    assert 0 < layout.task_pid_offset < 8192 and layout.task_state_size in (4, 8)
