@@ -119,19 +119,35 @@ def _load_guest_checks():
 gc = _load_guest_checks()
 
 
+def _slot(us):
+    """[low, high) µs of the slot holding ``us`` (the README's error bound: whole µs below 8,
+    then 8 slots per power of two), independent of the agent's own code."""
+    if us < 8:
+        return us, us + 1
+    width = 1 << (us.bit_length() - 4)
+    low = us // width * width
+    return low, low + width
+
+
 def _interval(stamp, latencies_ns, seconds):
-    """An interval as the agent computes and rounds it, from latencies in ns."""
-    from gsender_bcc.histogram import Layout, Snapshot, interval_stats, slot_of
-    from gsender_bcc.metrics import to_datapoints
-    layout = Layout(sub_bits=3, log2_max=32)
-    slots = [0] * layout.slots
-    for ns in latencies_ns:
-        slots[slot_of(layout, ns // 1000)] += 1
-    stats = interval_stats(layout, Snapshot(tuple(slots), sum(latencies_ns), 0), seconds)
-    values = {p.path.split(".", 1)[1]: p.value for p in to_datapoints(stats, "vm", stamp)}
-    rates = {int(k): v for k, v in values.items() if k.isdigit()}
-    return gc.Interval(stamp, values["count"], values.get("mean"), values.get("p50"),
-                       values.get("p90"), values.get("p99"), values.get("max"), rates)
+    """An interval as the metric contract says the agent sends it, from latencies in ns."""
+    us = sorted(ns // 1000 for ns in latencies_ns)
+    count = len(us)
+
+    def reported(value):  # percentiles and max: their slot's midpoint
+        low, high = _slot(value)
+        return (low + high) / 2
+
+    pct = {p: reported(us[max(1, math.ceil(count * p / 100)) - 1]) for p in (50, 90, 99)}
+    buckets = {}
+    for value in us:
+        bucket = 0 if value == 0 else 1 << (value.bit_length() - 1)
+        buckets[bucket] = buckets.get(bucket, 0) + 1
+    top = max(buckets)
+    rates = {b: round(buckets.get(b, 0) / seconds, 3)
+             for b in [0] + [1 << e for e in range(top.bit_length())]}
+    return gc.Interval(stamp, count, round(sum(latencies_ns) / count / 1000, 3), pct[50], pct[90],
+                       pct[99], reported(us[-1]), rates)
 
 
 def _run(f=2, n=8, seconds=None, first=1000):
