@@ -19,6 +19,9 @@ wait_for() { # wait_for SECONDS COMMAND...: true once COMMAND succeeds
 	until "$@"; do [ $SECONDS -ge $deadline ] && return 1; sleep 1; done
 }
 one_line() { tr '\n' ' ' <<< "$1" | sed 's/  */ /g; s/ $//' | cut -c1-400; }
+log_text() { # log_text WHAT TEXT: every line of TEXT on the console, for the host's report
+	sed "s/^/VMLOG $1: /" <<< "$2" | tail -n 40 > "$out"
+}
 log_tail() { journalctl -u "$unit" -n 15 --no-pager -o cat | sed 's/^/VMLOG /' > "$out"; }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { print $* }"; }
@@ -52,7 +55,7 @@ say "VMCHECK-START uptime $(cut -d' ' -f1 /proc/uptime)s release ${VERSION_CODEN
 	"cpus $(nproc) btf $([ -e /sys/kernel/btf/vmlinux ] && echo yes || echo no)"
 
 # ---- the service as installed and started at boot --------------------------------------
-wait_for 400 systemctl is-active --quiet "$unit"
+wait_for 150 systemctl is-active --quiet "$unit"
 ok=$?
 check active $ok "$(prop ActiveState)/$(prop SubState) after boot"
 [ $ok -eq 0 ] || log_tail
@@ -71,11 +74,15 @@ said=$(timeout 400 gsender-bcc --check 2>&1); code=$?
 mode=$(grep -q '^OK: .*raw tracepoints' <<< "$said" && echo raw || echo classic)
 samples=$(sed -n 's/^OK: .*; \([0-9]*\) samples in .*/\1/p' <<< "$said")
 [ $code -eq 0 ] && [ "${samples:-0}" -gt 0 ] && [ "$mode" = "$expected_mode" ]
-check check-default $? "exit $code, $mode mode (expected $expected_mode): $(one_line "$said")"
+ok=$?
+check check-default $ok "exit $code, $mode mode (expected $expected_mode): $(one_line "$said")"
+[ $ok -eq 0 ] || log_text "gsender-bcc --check" "$said"
 said=$(timeout 400 gsender-bcc --check --tracepoints classic 2>&1); code=$?
 samples=$(sed -n 's/^OK: .*; \([0-9]*\) samples in .*/\1/p' <<< "$said")
 [ $code -eq 0 ] && [ "${samples:-0}" -gt 0 ] && grep -q '^OK: ' <<< "$said" && ! grep -q 'raw tracepoints' <<< "$said"
-check check-classic $? "exit $code: $(one_line "$said")"
+ok=$?
+check check-classic $ok "exit $code: $(one_line "$said")"
+[ $ok -eq 0 ] || log_text "gsender-bcc --check --tracepoints classic" "$said"
 # Something missing on the host: one line naming it, exit 69 (kernel headers hidden here).
 said=$(unshare -m sh -c 'mount -t tmpfs none /lib/modules && exec gsender-bcc --check' 2>&1); code=$?
 [ $code -eq 69 ] && [ "$(grep -c . <<< "$said")" -eq 1 ] && grep -q 'kernel headers' <<< "$said"
@@ -174,7 +181,7 @@ mv /root/vm-good.conf /etc/gsender.conf
 # ---- purge while the service runs ---------------------------------------------------------
 systemctl reset-failed "$unit" 2>/dev/null
 systemctl start "$unit"
-wait_for 400 systemctl is-active --quiet "$unit"
+wait_for 150 systemctl is-active --quiet "$unit"
 running=$?
 pid=$(prop MainPID)
 ids=$(helper progs --pid "$pid" 2>/dev/null)

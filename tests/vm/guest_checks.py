@@ -268,7 +268,11 @@ def programs_in_fdinfo(pid: int, proc: str = "/proc") -> List[int]:
     """Ids of the BPF programs ``pid`` holds open, from its file descriptors' fdinfo."""
     ids = set()
     folder = os.path.join(proc, str(pid), "fdinfo")
-    for fd in os.listdir(folder):
+    try:
+        fds = os.listdir(folder)
+    except OSError:
+        return []  # no such process
+    for fd in fds:
         try:
             with open(os.path.join(folder, fd)) as info:
                 for line in info:
