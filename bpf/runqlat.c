@@ -91,8 +91,10 @@ static __always_inline void charge_cgroup(u64 delta_ns)
 		u32 zero = 0;
 		struct cgroup_stats *blank = zero_cgroup_stats.lookup(&zero);
 
-		if (blank && cgroup_counts.update(&cgroup, blank) == 0)
-			c = cgroup_counts.lookup(&cgroup);
+		/* NOEXIST: another CPU may have created it meanwhile; never overwrite its counts. */
+		if (blank)
+			cgroup_counts.insert(&cgroup, blank);
+		c = cgroup_counts.lookup(&cgroup);
 		if (!c) {
 			cgroup = OVERFLOW_CGROUP;
 			c = cgroup_counts.lookup(&cgroup);

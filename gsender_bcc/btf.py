@@ -17,7 +17,8 @@ VMLINUX = Path("/sys/kernel/btf/vmlinux")
 MAGIC = 0xEB9F
 
 KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM = 1, 2, 3, 4, 5, 6
-KIND_TYPEDEF, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC, KIND_DECL_TAG, KIND_ENUM64 = 8, 13, 14, 15, 17, 19
+KIND_TYPEDEF, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC = 8, 13, 14, 15
+KIND_DECL_TAG, KIND_ENUM64 = 17, 19
 # Bytes that follow the 12-byte common header: fixed, or per vlen item.
 _FIXED_EXTRA = {KIND_INT: 4, KIND_ARRAY: 12, KIND_VAR: 4, KIND_DECL_TAG: 4}
 _PER_ITEM = {KIND_STRUCT: 12, KIND_UNION: 12, KIND_ENUM: 8, KIND_FUNC_PROTO: 8,
@@ -30,7 +31,8 @@ class BtfType:
     name: str
     size_or_type: int
     kflag: bool
-    items: Tuple[Tuple[int, ...], ...]  # members (name_off, type, offset), params (name_off, type), ...
+    # members (name_off, type, offset), params (name_off, type), ...
+    items: Tuple[Tuple[int, ...], ...]
 
 
 # Kinds with nothing after the common header: PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT,

@@ -15,6 +15,7 @@ from . import __version__, config as configuration
 from .errors import EX_USAGE, AgentError
 
 log = logging.getLogger("gsender_bcc")
+CHECK_SECONDS = 1.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,15 +112,16 @@ def _check(attached) -> str:
     from .cgroups import CgroupTree, v2_mount
     from .histogram import delta
     first = attached.read_snapshot()
-    time.sleep(0.25)
-    counted = delta(attached.layout, first, attached.read_snapshot(), 0.25)
+    time.sleep(CHECK_SECONDS)
+    counted = delta(attached.layout, first, attached.read_snapshot(), CHECK_SECONDS)
     breakdown = "per-service breakdown off"
     if attached.settings.per_cgroup:
         resolved = CgroupTree(v2_mount()).resolve(counted.cgroups)
         services = len({resolved.service_of(cgroup) for cgroup in counted.cgroups})
         breakdown = f"{services} services seen"
     return (f"OK: BPF program attached to the {attached.settings.kind} sched_wakeup, "
-            f"sched_wakeup_new and sched_switch; {counted.host.count} samples in 0.25s; "
+            f"sched_wakeup_new and sched_switch; {counted.host.count} samples in "
+            f"{CHECK_SECONDS:g}s; "
             f"{breakdown}; detached")
 
 

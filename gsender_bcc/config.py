@@ -246,7 +246,8 @@ def load(path: Path = DEFAULT_PATH, required: bool = False) -> Config:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if required:
-            raise ConfigError([f"{path}: no such file: give an existing file to --config"]) from None
+            raise ConfigError([f"{path}: no such file: give an existing file to "
+                               f"--config"]) from None
         return Config(notices=(f"{path} not found: using built-in defaults",))
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)

@@ -28,7 +28,7 @@ from . import carryover
 from .cgroups import OTHER, CgroupTree, PressureReader
 from .config import Config, ConfigError
 from .histogram import (Measured, add_counts, by_service, delta, interval_stats, top_services)
-from .metrics import Datapoint, ServiceStats, agent_points, summary, to_datapoints
+from .metrics import ServiceStats, agent_points, summary, to_datapoints
 from .notify import NullNotifier
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,8 @@ class Daemon:
             remaining = wall_time - self.clock.time()
             if remaining <= 0:
                 return None
-            received = self.clock.wait_for_signal(HANDLED_SIGNALS, min(remaining, ping or remaining))
+            received = self.clock.wait_for_signal(HANDLED_SIGNALS,
+                                                  min(remaining, ping or remaining))
             if received is not None:
                 return received
             if ping:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 PERCENTILES = (50, 90, 99)
+BACKWARDS = "counters went backwards: the snapshots are not from one program, in order"
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def subtract_counts(current: Counts, previous: Counts) -> Counts:
     slots = array("q", map(operator.sub, current.slots, previous.slots))
     difference = Counts(slots, current.sum_ns - previous.sum_ns)
     if difference.sum_ns < 0 or (slots and min(slots) < 0):
-        raise ValueError("counters went backwards: the snapshots are not from one program, in order")
+        raise ValueError(BACKWARDS)
     return difference
 
 
@@ -167,7 +168,7 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
         host = add_counts(host, sum_counts(layout, cgroups.values()))
     lost = current.lost - previous.lost
     if lost < 0:
-        raise ValueError("counters went backwards: the snapshots are not from one program, in order")
+        raise ValueError(BACKWARDS)
     return Measured(seconds, host, lost, cgroups)
 
 

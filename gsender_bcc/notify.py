@@ -55,7 +55,8 @@ class Notifier(NullNotifier):
             self._notify(message)
         except OSError as error:
             if not self._failed:
-                log.warning("cannot notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), error)
+                log.warning("cannot notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"),
+                            error)
             self._failed = True
 
 

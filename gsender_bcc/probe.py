@@ -276,7 +276,7 @@ class Probe:
         if bpf is not None:
             bpf.cleanup()
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -49,7 +49,8 @@ def layout_from_constants(constants: Dict[str, int]) -> Layout:
         raise ValueError(f"{HEADER_NAME} does not define {missing.args[0]}") from None
     if declared != (layout.sub_count, layout.slots):
         raise ValueError(f"{HEADER_NAME}: HIST_SUB_COUNT/HIST_SLOTS {declared} do not match "
-                         f"HIST_SUB_BITS/HIST_LOG2_MAX, which give {(layout.sub_count, layout.slots)}")
+                         f"HIST_SUB_BITS/HIST_LOG2_MAX, which give "
+                         f"{(layout.sub_count, layout.slots)}")
     return layout
 
 
@@ -60,7 +61,7 @@ def installed_layout() -> Layout:
 
 @dataclass(frozen=True)
 class ProgramSettings:
-    """What the BPF program is compiled with: raw tracepoints when ``raw`` is known, else classic."""
+    """What the BPF program is compiled with: raw tracepoints if ``raw`` is known, else classic."""
 
     raw: Optional[RawLayout] = None
     preempted_state: Optional[int] = None

@@ -36,10 +36,10 @@ MAX_CACHE_SIZE = inf
 MAX_UPDATES_PER_SECOND = inf
 MAX_CREATES_PER_MINUTE = inf
 MIN_TIMESTAMP_RESOLUTION = 1
-LINE_RECEIVER_INTERFACE = 127.0.0.1
+LINE_RECEIVER_INTERFACE = {interface}
 LINE_RECEIVER_PORT = {port}
 ENABLE_UDP_LISTENER = True
-UDP_RECEIVER_INTERFACE = 127.0.0.1
+UDP_RECEIVER_INTERFACE = {interface}
 UDP_RECEIVER_PORT = {port}
 PICKLE_RECEIVER_INTERFACE = 127.0.0.1
 PICKLE_RECEIVER_PORT = {pickle_port}
@@ -65,10 +65,10 @@ aggregationMethod = average
 """
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` (IPv4 or IPv6 loopback) that was free a moment ago."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
         return probe.getsockname()[1]
 
 
@@ -81,15 +81,17 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class CarbonCache:
-    """One carbon-cache process with its own folder and ports."""
+    """One carbon-cache process with its own folder and ports; ``interface`` is where it
+    takes plaintext lines over TCP and UDP (127.0.0.1, or ::1 for IPv6)."""
 
-    def __init__(self, folder: Path, port: Optional[int] = None):
+    def __init__(self, folder: Path, port: Optional[int] = None, interface: str = "127.0.0.1"):
         self.folder = Path(folder).resolve()
-        self.port = port or free_port()
+        self.interface = interface
+        self.port = port or free_port(interface)
         self.process: Optional[subprocess.Popen] = None
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "carbon.conf").write_text(CONFIG.format(
-            folder=self.folder, port=self.port, pickle_port=free_port(), query_port=free_port()))
+            folder=self.folder, interface=interface, port=self.port, pickle_port=free_port(), query_port=free_port()))
         (self.folder / "storage-schemas.conf").write_text(SCHEMAS)
         (self.folder / "storage-aggregation.conf").write_text(AGGREGATION)
 
@@ -105,7 +107,7 @@ class CarbonCache:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)  # the terminal's Ctrl-C is for the agent; we stop carbon after it
         deadline = time.monotonic() + timeout
-        while not listening(self.port):
+        while not listening(self.port, self.interface):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 tail = (self.folder / "carbon-cache.out").read_text(errors="replace")[-2000:]

@@ -63,12 +63,35 @@ def busy_cpu(request):
         child.wait(timeout=5)
 
 
-def loaded_program_ids():
-    """Return the ids of the BPF programs loaded in the kernel, as bpftool lists them."""
+def loaded_programs():
+    """Return bpftool's list of loaded BPF programs (each with the pids holding it)."""
     import json
     out = subprocess.run(["bpftool", "--json", "prog", "show"], capture_output=True, text=True,
                          check=True).stdout
-    return {p["id"] for p in json.loads(out or "[]")}
+    return json.loads(out or "[]")
+
+
+def loaded_program_ids():
+    """Return the ids of the BPF programs loaded in the kernel, as bpftool lists them."""
+    return {p["id"] for p in loaded_programs()}
+
+
+def program_ids_of(pid):
+    """Return the ids of the BPF programs that process ``pid`` holds."""
+    return {p["id"] for p in loaded_programs()
+            if any(holder.get("pid") == pid for holder in p.get("pids", []))}
+
+
+def wait_for_programs_of(pid, count=3, timeout=30.0):
+    """Poll until process ``pid`` holds ``count`` BPF programs; return their ids."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = program_ids_of(pid)
+        if len(ids) >= count:
+            return ids
+        if time.monotonic() > deadline:
+            pytest.fail(f"process {pid} never held {count} BPF programs (it holds {sorted(ids)})")
+        time.sleep(0.02)
 
 
 def assert_unloaded(ids, timeout=5.0):
@@ -79,6 +102,96 @@ def assert_unloaded(ids, timeout=5.0):
             pytest.fail(f"BPF programs {sorted(loaded_program_ids() & set(ids))} still loaded "
                         f"{timeout}s after exit")
         time.sleep(0.05)
+
+
+def run_delay_of(pids) -> int:
+    """Sum schedstat run_delay (ns) over the threads of the given processes."""
+    total = 0
+    for pid in pids:
+        for path in Path(f"/proc/{pid}/task").glob("[0-9]*/schedstat"):
+            total += int(path.read_text().split()[1])
+    return total
+
+
+class Cgroup:
+    """A cgroup v2 directory made for a test, and the busy processes put in it."""
+
+    def __init__(self, mount: Path, name: str):
+        self.path = mount / name
+        self.path.mkdir(parents=True)
+        self.id = os.stat(self.path).st_ino
+        self.children = []
+
+    def spin(self, cpu: int, kind: str = "user") -> subprocess.Popen:
+        """Start a busy process pinned to ``cpu`` inside this cgroup."""
+        child = subprocess.Popen([sys.executable, "-c", "import sys\nsys.stdin.readline()\n"
+                                  + BUSY_LOOPS[kind]], stdin=subprocess.PIPE)
+        (self.path / "cgroup.procs").write_text(str(child.pid))
+        os.sched_setaffinity(child.pid, {cpu})
+        child.stdin.write(b"go\n")  # it starts burning only once inside the cgroup
+        child.stdin.flush()
+        self.children.append(child)
+        return child
+
+    @property
+    def pids(self):
+        return [child.pid for child in self.children]
+
+    def pause(self):
+        """Stop every process and wait until all are stopped, so no wait is left in progress.
+
+        schedstat's run_delay grows only when a waiting task gets to run; once the tasks are
+        stopped, it and the BPF counters have both taken every wait so far.
+        """
+        for pid in self.pids:
+            os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not all(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                      for pid in self.pids):
+            assert time.monotonic() < deadline, "the busy processes did not stop"
+            time.sleep(0.01)
+        time.sleep(0.05)  # the CPUs switch away from the stopped tasks
+
+    def resume(self):
+        for pid in self.pids:
+            os.kill(pid, signal.SIGCONT)
+
+    def remove(self):
+        for child in self.children:
+            child.kill()
+        for child in self.children:
+            child.wait(timeout=5)
+        self.children = []
+        deadline = time.monotonic() + 5
+        for folder in sorted(self.path.rglob("*"), reverse=True) + [self.path]:
+            while folder.is_dir():
+                try:
+                    folder.rmdir()
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+
+@pytest.fixture
+def cgroup_factory():
+    """Make cgroups in the v2 hierarchy (found in /proc/self/mounts); all removed afterwards."""
+    from gsender_bcc.cgroups import v2_mount
+    mount = v2_mount()
+    if mount is None:
+        pytest.fail("cgroup v2 is not mounted on this machine") if REQUIRE_BPF else \
+            pytest.skip("cgroup v2 is not mounted")
+    made = []
+
+    def make(name):
+        made.append(Cgroup(mount, f"gsender-test-{os.getpid()}/{name}"))
+        return made[-1]
+    yield make
+    for cgroup in made:
+        cgroup.remove()
+    parent = mount / f"gsender-test-{os.getpid()}"
+    if parent.exists():
+        parent.rmdir()
 
 
 def run_delay_ns() -> int:
@@ -93,7 +206,7 @@ def run_delay_ns() -> int:
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from local_carbon import CarbonCache, free_port  # noqa: E402
+from local_carbon import CarbonCache  # noqa: E402
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AGENT, assert_unloaded, loaded_program_ids
+from conftest import AGENT, assert_unloaded, program_ids_of, wait_for_programs_of
 from gsender_bcc import __version__
 
 LINE = re.compile(r"^(\S+) (\S+) (\d+)$")
@@ -58,31 +58,48 @@ class TestWithBpf:
         values = {m.group(1): float(m.group(2)) for m in lines}
         stamps = {int(m.group(3)) for m in lines}
         assert len(stamps) == 1 and stamps.pop() % 2 == 0
-        for name in ("count", "mean", "p50", "p90", "p99", "max", "0", "1", "2", "4",
-                     "agent.samples_lost"):
+        for name in ("count", "mean", "p50", "p90", "p99", "max", "0", "agent.samples_lost",
+                     "agent.services_overflow", "service.root.count", "service.root.p99"):
             assert f"t.cpu-lat.{name}" in values
-        assert values["t.cpu-lat.count"] > 100
+        assert values["t.cpu-lat.count"] > 0
         assert 0 < values["t.cpu-lat.p50"] <= values["t.cpu-lat.p90"] <= values["t.cpu-lat.p99"] \
             <= values["t.cpu-lat.max"]
+        service_counts = [v for k, v in values.items() if re.fullmatch(r"t\.cpu-lat\.service\.[^.]+"
+                                                                       r"\.count", k)]
+        assert sum(service_counts) == values["t.cpu-lat.count"]
         buckets = [v for k, v in values.items() if re.fullmatch(r"t\.cpu-lat\.\d+", k)]
-        # Rates are per second; the first interval runs from attach to a boundary 1 to 3 s away.
+        # Rates are per second; the first interval runs from attach to the next boundary,
+        # at most 2 s away (rates are rounded to 0.001/s).
         seconds = values["t.cpu-lat.count"] / sum(buckets)
-        assert 0.95 <= seconds <= 3.05
+        assert 0 < seconds <= 2.0 * 1.01
 
     def test_check_attaches_reads_and_detaches(self):
-        before = loaded_program_ids()
-        result = agent("--check")
-        during = loaded_program_ids() - before
-        assert result.returncode == 0, result.stderr
+        proc = subprocess.Popen(AGENT + ["--check"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            ours = wait_for_programs_of(proc.pid)  # seen while attached: the positive control
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 0, err
         assert re.fullmatch(r"OK: BPF program attached to the raw tracepoints sched_wakeup, "
                             r"sched_wakeup_new and sched_switch; \d+ samples in "
-                            r"0\.25s; detached\n", result.stdout)
-        assert_unloaded(during)
+                            r"1s; \d+ services seen; detached\n", out)
+        assert_unloaded(ours)
+
+    @pytest.mark.parametrize("mode, kind", [("classic", "tracepoints"), ("raw", "raw tracepoints")])
+    def test_check_in_a_forced_mode(self, mode, kind):
+        result = agent("--check", "--tracepoints", mode, "--max-services", "0")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"OK: BPF program attached to the {kind} sched_wakeup")
+        assert "per-service breakdown off" in result.stdout
 
     def test_dump_bpf_shows_source_and_flags(self):
         result = agent("--dump-bpf")
         assert result.returncode == 0
-        assert re.search(r"compile flags: -I\S+/bpf -DSTART_ENTRIES=65536 -DRAW_TRACEPOINTS "
+        assert re.search(r"compile flags: -I\S+/bpf -DSTART_ENTRIES=65536 -DPER_CGROUP=1 "
+                         r"-DMAX_CGROUPS=4096 -DRAW_TRACEPOINTS "
                          r"-DTASK_PID_OFFSET=\d+ -DSWITCH_HAS_PREV_STATE=1 "
                          r"-DTASK_STATE_OFFSET=\d+ -DTASK_STATE_SIZE=4 \*/", result.stdout)
         assert "RAW_TRACEPOINT_PROBE(sched_switch)" in result.stdout
@@ -90,18 +107,18 @@ class TestWithBpf:
 
     @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
     def test_stop_signal_detaches_and_exits_0_promptly(self, stop):
-        before = loaded_program_ids()
         proc = subprocess.Popen(AGENT + ["--stdout", "--frequency", "1"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         try:
             first = proc.stdout.readline()
             assert LINE.match(first.strip()), first
-            ours = loaded_program_ids() - before
+            ours = program_ids_of(proc.pid)
             assert len(ours) == 3
             proc.send_signal(stop)
             sent = time.monotonic()
-            assert proc.wait(timeout=5) == 0
-            assert time.monotonic() - sent < 2.0
+            assert proc.wait(timeout=10) == 0
+            # The README promises a stop within a couple of seconds.
+            assert time.monotonic() - sent < 3.0
         finally:
             proc.kill()
             proc.wait()

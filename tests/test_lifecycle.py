@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import loaded_program_ids
+from conftest import program_ids_of
 
 pytestmark = pytest.mark.bpf
 
@@ -20,17 +20,17 @@ def write_config(path, frequency, extra=""):
 def test_sighup_changes_the_frequency_without_detaching(tmp_path, agent_factory):
     config = tmp_path / "gsender.conf"
     write_config(config, 1)
-    before = loaded_program_ids()
     agent = agent_factory(["--config", str(config), "--stdout"])
     first = agent.stamps(2)
     assert first[1] - first[0] == 1
-    programs = loaded_program_ids() - before
+    programs = program_ids_of(agent.proc.pid)
+    assert len(programs) == 3
     write_config(config, 3)
     agent.proc.send_signal(signal.SIGHUP)
     later = agent.stamps(3)
     assert all(stamp % 3 == 0 for stamp in later)
     assert [b - a for a, b in zip(later, later[1:])] == [3, 3]
-    assert loaded_program_ids() - before == programs  # the same programs stayed attached
+    assert program_ids_of(agent.proc.pid) == programs  # the same programs stayed attached
     code, stderr = agent.stop()
     assert code == 0
     assert "configuration reloaded: frequency 3s, prefix life.cpu-lat" in stderr
@@ -56,24 +56,33 @@ def test_systemd_notifications_arrive_on_notify_socket(tmp_path, agent_factory):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(path)
         listener.settimeout(20)
+        # Frequency 3 and a 0.4 s watchdog: pings once an interval would not do.
         env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
         env.pop("WATCHDOG_PID", None)
-        agent = agent_factory(["--stdout", "--frequency", "1"], env=env)
-        messages = []
-        while not any(m.startswith("STATUS=last interval ending") for m in messages) \
-                or messages.count("WATCHDOG=1") < 3:
-            messages.extend(listener.recv(4096).decode().split("\n"))
+        agent = agent_factory(["--stdout", "--frequency", "3"], env=env)
+        messages, pings = [], []
+
+        def receive():
+            for message in listener.recv(4096).decode().split("\n"):
+                messages.append(message)
+                if message == "WATCHDOG=1":
+                    pings.append(time.monotonic())
+        while sum(m.startswith("STATUS=last interval ending") for m in messages) < 2:
+            receive()
         agent.proc.send_signal(signal.SIGHUP)
         while "RELOADING=1" not in messages:
-            messages.extend(listener.recv(4096).decode().split("\n"))
+            receive()
         code, _ = agent.stop()
         while "STOPPING=1" not in messages:
-            messages.extend(listener.recv(4096).decode().split("\n"))
+            receive()
     assert code == 0
     assert messages[0] == "READY=1"
     assert messages[1].startswith("STATUS=attached; first interval ends at ")
     status = next(m for m in messages if m.startswith("STATUS=last interval ending"))
     assert re.fullmatch(r"STATUS=last interval ending \d+: \d+ samples in \d+\.\ds.*", status)
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    # Every 0.2 s (half of WATCHDOG_USEC); the slack is for a loaded machine, far below 3 s.
+    assert len(pings) >= 10 and max(gaps) < 0.2 + 0.3
 
 
 def test_a_stall_gives_one_interval_not_a_burst(agent_factory):
