@@ -131,15 +131,17 @@ helper series "$whisper_dir" --frequency $f --from 0 --until "$(date +%s)" > "$o
 
 # ---- reload -----------------------------------------------------------------------------
 pid=$(prop MainPID)
-reloaded_at=$(date +%s)
 sed -i 's/^frequency = .*/frequency = 3/' /etc/gsender.conf
 systemctl reload "$unit"
 wait_for 30 sh -c "journalctl -u $unit -o cat | grep -q 'configuration reloaded: frequency 3s'"
 ok=$?
 [ "$(prop MainPID)" = "$pid" ] || ok=1
 check reload $ok "MainPID $pid -> $(prop MainPID), $(journalctl -u $unit -o cat | grep -c 'configuration reloaded') reload(s) logged"
-wait_for 40 helper reload "$whisper_dir" --frequency 3 --since "$reloaded_at" --need 4 > /dev/null
-helper reload "$whisper_dir" --frequency 3 --since "$reloaded_at" --need 4 --name reload-frequency > "$out"
+# The interval in progress at the reload may still end on the old frequency's boundary; every
+# one after it must be on the new frequency.
+in_progress=$(calc "(int($(now) / $f) + 1) * $f")
+wait_for 40 helper reload "$whisper_dir" --frequency 3 --since "$in_progress" --need 4 > /dev/null
+helper reload "$whisper_dir" --frequency 3 --since "$in_progress" --need 4 --name reload-frequency > "$out"
 
 score=$(systemd-analyze security "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
 awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 3.0) }'
@@ -189,9 +191,12 @@ DEBIAN_FRONTEND=noninteractive timeout 300 apt-get purge -y -q gsender-bcc > /ro
 code=$?
 sleep 2
 # Anything named after us anywhere (the root file system, and the memory ones), except this test's
-# own files (*gsender-vm*); the man page and the unit's wants link are named here as well.
+# own files (*gsender-vm*) and the data carbon keeps (the per-service series of the agent's own
+# service, vm/cpu-lat/service/gsender-bcc, belong to the Graphite store, not to the package);
+# the man page and the unit's wants link are named here as well.
 leftovers=$(find / /run /tmp /var/tmp /dev/shm -xdev -iname '*gsender*' \
-	! -name '*gsender-vm*' ! -path '/usr/local/lib/gsender-vm/*' 2>/dev/null | sort -u)
+	! -name '*gsender-vm*' ! -path '/usr/local/lib/gsender-vm/*' \
+	! -path '/var/lib/graphite/whisper/*' 2>/dev/null | sort -u)
 for path in /etc/gsender.conf /usr/share/man/man1/gsender-bcc.1.gz \
 		/etc/systemd/system/multi-user.target.wants/gsender-bcc.service; do
 	[ -e "$path" ] || [ -L "$path" ] && leftovers="$leftovers $path"

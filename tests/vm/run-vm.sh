@@ -128,6 +128,11 @@ CONF
 { printf '[gsender]\npattern = ^vm\\.\nretentions = 1s:1h\n\n'; cat "$root/etc/carbon/storage-schemas.conf"; } \
 	> "$root/etc/carbon/storage-schemas.conf.new"
 mv "$root/etc/carbon/storage-schemas.conf.new" "$root/etc/carbon/storage-schemas.conf"
+# carbon drops the datapoints of a new series beyond MAX_CREATES_PER_MINUTE (50): a bucket or a
+# service first seen in a busy minute would be missing from the whisper files the checks read.
+sed -i 's/^MAX_CREATES_PER_MINUTE *=.*/MAX_CREATES_PER_MINUTE = inf/' "$root/etc/carbon/carbon.conf"
+grep -qx 'MAX_CREATES_PER_MINUTE = inf' "$root/etc/carbon/carbon.conf" \
+	|| { say "cannot lift carbon's MAX_CREATES_PER_MINUTE"; exit 1; }
 [ -f "$root/etc/default/graphite-carbon" ] && \
 	sed -i 's/^CARBON_CACHE_ENABLED=.*/CARBON_CACHE_ENABLED=true/' "$root/etc/default/graphite-carbon"
 install -m 0755 "$here/guest-check.sh" "$root/usr/local/sbin/gsender-vm-check"
