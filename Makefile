@@ -39,7 +39,7 @@ test-package: setup
 # Boots Debian bullseye, bookworm and trixie under qemu, each with the .deb installed, and checks
 # the service there (tests/vm/). RELEASES="bookworm trixie" boots only those.
 test-vm: setup
-	GSENDER_VM_RELEASES="$(RELEASES)" $(PYTEST) -m vm tests
+	GSENDER_VM_RELEASES="$(RELEASES)" $(PYTEST) -m vm tests/test_vm.py
 
 # Cost of gsender-bcc beside the original bpftrace tracer and bcc's runqlat; records docs/benchmarks.md.
 bench: setup
