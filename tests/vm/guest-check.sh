@@ -160,10 +160,10 @@ check bpf-programs $? "bpftool exit $code; programs held by the agent (pid $pid)
 stop_started=$(now)
 timeout 30 systemctl stop "$unit"
 took=$(calc "$(now) - $stop_started")
-result="$(prop Result) ExecMainStatus=$(prop ExecMainStatus)"
+result="$(prop ActiveState) $(prop Result) ExecMainStatus=$(prop ExecMainStatus)"
 left=$(helper loaded $ids)
 for _ in 1 2 3 4 5 6; do [ -z "$left" ] && break; sleep 0.5; left=$(helper loaded $ids); done
-[ "$(prop Result)" = success ] && [ "$(prop ExecMainStatus)" = 0 ] && [ -n "$ids" ] && [ -z "$left" ] \
+[ "$result" = "inactive success ExecMainStatus=0" ] && [ -n "$ids" ] && [ -z "$left" ] \
 	&& awk -v t="$took" 'BEGIN { exit !(t <= 5.0) }'
 check clean-stop $? "$result, stopped in ${took}s (limit 5s), programs still loaded: ${left:-none} of ${ids:-none}"
 
