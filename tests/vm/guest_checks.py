@@ -10,7 +10,8 @@ on the guest's own python3 (3.9 on bullseye) with nothing but python3-whisper.
     guest_checks.py accuracy DIR --frequency F --from S0 --until S1 --run-delay-ns NS [--busy-seconds S]
     guest_checks.py reload   DIR --frequency F --since T --need N
     guest_checks.py stamps   DIR --since T                  (prints the stamps delivered since T)
-    guest_checks.py progs    --pid PID                      (prints the ids of PID's BPF programs)
+    guest_checks.py progs    --pid PID                      (prints the ids of PID's BPF programs,
+                                                             their types on stderr)
     guest_checks.py loaded   ID...                          (prints those ids still loaded)
 
 The functions below take plain data, so the host's tests feed them wrong values to show
@@ -323,9 +324,11 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.what == "progs":
-        ids, how = agent_programs(bpftool_programs(), args.pid, programs_in_fdinfo(args.pid))
+        listing = bpftool_programs()
+        ids, how = agent_programs(listing, args.pid, programs_in_fdinfo(args.pid))
+        types = sorted({p.get("type", "?") for p in listing if p["id"] in ids})
         print(" ".join(map(str, ids)))
-        print(f"(found by {how})", file=sys.stderr)
+        print(f"(found by {how}; types: {','.join(types) or 'none'})", file=sys.stderr)
         return 0
     if args.what == "loaded":
         present = {p["id"] for p in bpftool_programs()}
