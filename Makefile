@@ -53,9 +53,10 @@ test-bpf: setup
 test-package: setup
 	$(PYTEST) -m package tests
 
-# Boots Debian under qemu with the .deb installed and checks the service there (tests/vm/).
+# Boots Debian bullseye, bookworm and trixie under qemu, each with the .deb installed, and checks
+# the service there (tests/vm/). RELEASES="bookworm trixie" boots only those.
 test-vm: setup
-	$(PYTEST) -m vm tests
+	GSENDER_VM_RELEASES="$(RELEASES)" $(PYTEST) -m vm tests/test_vm.py
 
 # Cost of gsender-bcc beside the original bpftrace tracer and bcc's runqlat; records docs/benchmarks.md.
 bench: setup

@@ -192,7 +192,8 @@ class Probe:
             self._cgroups[overflow] = self._cgroups.Leaf()
             self._batch_keys = (self._cgroups.Key * BATCH_ENTRIES)()
             self._batch_values = (self._cgroups.Leaf * BATCH_ENTRIES)()
-            self._batch_works = True
+            # libbcc before 0.20 (bullseye's 0.18) has no bpf_lookup_batch: read entry by entry.
+            self._batch_works = hasattr(bcc.libbcc.lib, "bpf_lookup_batch")
             self._raw_cache: Dict[int, tuple] = {}
 
     def read_snapshot(self) -> Snapshot:

@@ -1,39 +1,74 @@
-"""A real Debian host: our .deb and unit under systemd in a qemu guest (tests/vm/).
+"""Real Debian hosts: our .deb and unit under systemd in qemu guests (tests/vm/).
 
-The guest runs its checks against the installed service and prints one
-"VMCHECK <name> PASS|FAIL <detail>" line each on its serial console; every
-check below passes only on the guest's own PASS, and fails with its words.
+One guest per Debian release operators run: bullseye (Linux 5.10, BCC 0.18, Python 3.9),
+bookworm (6.1, BCC 0.26) and trixie (6.12, BCC 0.31), each with the .deb built here.
+Each guest runs its checks against the installed service and prints one
+"VMCHECK <name> PASS|FAIL <detail>" line each on its serial console; every check below
+passes only on the guest's own PASS, and fails with its words. GSENDER_VM_RELEASES
+(e.g. "bookworm") limits the releases booted; the others skip.
+
+The arithmetic of the checks (tests/vm/guest_checks.py) is also tested here without a
+guest, with wrong values, so that each of those checks is shown able to fail.
 """
 
 import glob
+import importlib.util
+import math
+import os
+import random
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "var" / "vm"
-CHECKS = ["active", "ready", "no-restarts", "series-arrived", "reload", "security-score",
-          "clean-stop", "config-error", "config-error-message", "purge"]
+RELEASES = {"bullseye": "5.10.", "bookworm": "6.1.", "trixie": "6.12."}  # release: kernel
+CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69", "series-arrived",
+          "accuracy", "series-stamps", "series-order", "series-rates", "series-slots", "reload",
+          "reload-frequency", "security-score", "no-restarts", "watchdog", "bpf-programs",
+          "clean-stop", "config-error", "config-error-message", "service-classic", "purge"]
+SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or list(RELEASES)
 
-pytestmark = [pytest.mark.bpf, pytest.mark.vm]
+vm = [pytest.mark.bpf, pytest.mark.vm]
 
 
-@pytest.fixture(scope="module")
-def console():
+class Guest:
+    def __init__(self, release, console, error, seconds):
+        self.release, self.console, self.error, self.seconds = release, console, error, seconds
+
+
+@pytest.fixture(scope="session")
+def boot():
+    """Boot each release once, on first use; a failed boot fails that release's tests."""
     subprocess.run(["make", "deb"], cwd=ROOT, check=True, capture_output=True, timeout=900)
     deb = glob.glob(str(ROOT / "build" / "gsender-bcc_*_all.deb"))[0]
     subprocess.run(["scripts/setup-host.sh", "debootstrap", "qemu-system-x86", "e2fsprogs"],
                    cwd=ROOT, check=True, capture_output=True, timeout=900)
-    run = subprocess.run([str(ROOT / "tests" / "vm" / "run-vm.sh"), deb, str(WORK)],
-                         capture_output=True, text=True, timeout=3000)
-    log = WORK / "console.log"
-    text = log.read_text(errors="replace") if log.exists() else ""
-    if run.returncode != 0 or "VMCHECK-START" not in text:
-        pytest.fail(f"the VM did not run its checks (run-vm.sh exited {run.returncode}):\n"
-                    f"{run.stderr[-3000:]}\n--- console ---\n{text[-4000:]}")
-    return text
+    guests = {}
+
+    def guest(release):
+        if release not in SELECTED:
+            pytest.skip(f"{release} not in GSENDER_VM_RELEASES")
+        if release not in guests:
+            work = WORK / release
+            started = time.monotonic()
+            run = subprocess.run([str(ROOT / "tests" / "vm" / "run-vm.sh"), deb, str(work), release],
+                                 capture_output=True, text=True, timeout=3000)
+            log = work / "console.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            error = None
+            if run.returncode != 0 or "VMCHECK-START" not in text:
+                error = (f"the {release} VM did not run its checks (run-vm.sh exited "
+                         f"{run.returncode}):\n{run.stderr[-3000:]}\n--- console ---\n{text[-4000:]}")
+            guests[release] = Guest(release, text, error, time.monotonic() - started)
+        if guests[release].error:
+            pytest.fail(guests[release].error, pytrace=False)
+        return guests[release]
+    return guest
 
 
 def guest_says(console_text, name):
@@ -42,14 +77,156 @@ def guest_says(console_text, name):
     return found[-1] if found else None
 
 
-@pytest.mark.parametrize("name", CHECKS)
-def test_guest_check(console, name):
+@pytest.mark.parametrize("release,name", [pytest.param(r, n, id=f"{r}-{n}", marks=vm)
+                                          for r in RELEASES for n in CHECKS])
+def test_guest_check(boot, release, name):
+    console = boot(release).console
     said = guest_says(console, name)
     journal = "\n".join(re.findall(r"^VMLOG (.*?)\r?$", console, re.MULTILINE))
-    assert said is not None, f"the guest never reported '{name}'; console ends:\n{console[-3000:]}"
+    assert said is not None, (f"the {release} guest never reported '{name}'; console ends:\n"
+                              f"{console[-3000:]}")
     verdict, detail = said
-    assert verdict == "PASS", f"guest: {name}: {detail}\nagent's journal:\n{journal}"
+    assert verdict == "PASS", f"{release} guest: {name}: {detail}\nagent's journal:\n{journal}"
 
 
-def test_guest_finished_and_powered_off(console):
-    assert "VMCHECK-DONE" in console
+@pytest.mark.parametrize("release", [pytest.param(r, marks=vm) for r in RELEASES])
+def test_guest_is_the_release(boot, release):
+    start = re.search(r"^VMCHECK-START (.*?)\r?$", boot(release).console, re.MULTILINE).group(1)
+    assert f"release {release} " in start and f" kernel {RELEASES[release]}" in start, start
+
+
+@pytest.mark.parametrize("release", [pytest.param(r, marks=vm) for r in RELEASES])
+def test_guest_finished_and_powered_off(boot, release):
+    console = boot(release).console
+    assert "VMCHECK-DONE" in console, f"the {release} guest did not finish its checks"
+    after = console[console.index("VMCHECK-DONE"):]
+    # The kernel's own last words when the guest powers itself off.
+    assert re.search(r"reboot: Power down\r?$", after, re.MULTILINE), (
+        f"the {release} guest did not power off after its checks; console ends:\n{after[-2000:]}")
+
+
+# ---- the checks' arithmetic, fed right and wrong values (no guest, no privileges) ------------
+
+def _load_guest_checks():
+    spec = importlib.util.spec_from_file_location("guest_checks",
+                                                  ROOT / "tests" / "vm" / "guest_checks.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["guest_checks"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+gc = _load_guest_checks()
+
+
+def _slot(us):
+    """[low, high) µs of the slot holding ``us`` (the README's error bound: whole µs below 8,
+    then 8 slots per power of two), independent of the agent's own code."""
+    if us < 8:
+        return us, us + 1
+    width = 1 << (us.bit_length() - 4)
+    low = us // width * width
+    return low, low + width
+
+
+def _interval(stamp, latencies_ns, seconds):
+    """An interval as the metric contract says the agent sends it, from latencies in ns."""
+    us = sorted(ns // 1000 for ns in latencies_ns)
+    count = len(us)
+
+    def reported(value):  # percentiles and max: their slot's midpoint
+        low, high = _slot(value)
+        return (low + high) / 2
+
+    pct = {p: reported(us[max(1, math.ceil(count * p / 100)) - 1]) for p in (50, 90, 99)}
+    buckets = {}
+    for value in us:
+        bucket = 0 if value == 0 else 1 << (value.bit_length() - 1)
+        buckets[bucket] = buckets.get(bucket, 0) + 1
+    top = max(buckets)
+    rates = {b: round(buckets.get(b, 0) / seconds, 3)
+             for b in [0] + [1 << e for e in range(top.bit_length())]}
+    return gc.Interval(stamp, count, round(sum(latencies_ns) / count / 1000, 3), pct[50], pct[90],
+                       pct[99], reported(us[-1]), rates)
+
+
+def _run(f=2, n=8, seconds=None, first=1000):
+    rng = random.Random(7)
+    out = []
+    for k in range(n):
+        samples = [int(rng.lognormvariate(math.log(20_000), 1.5)) for _ in range(rng.randint(50, 900))]
+        out.append(_interval(first + k * f, samples, seconds or f))
+    return out
+
+
+def test_series_checks_pass_on_the_agents_own_numbers():
+    run = _run()
+    assert gc.check_stamps(run, 2)[0]
+    assert gc.check_order(run)[0]
+    assert gc.check_rates(run, 2)[0]
+    assert gc.check_slots(run)[0], gc.check_slots(run)[1]
+
+
+def test_series_stamps_fail_on_a_gap_or_an_off_stamp():
+    run = _run()
+    assert not gc.check_stamps(run[:3] + run[4:], 2)[0]
+    run[2].stamp += 1
+    assert not gc.check_stamps(run, 2)[0]
+
+
+def test_series_order_fails_when_percentiles_are_out_of_order():
+    run = _run()
+    run[3].p90, run[3].p99 = run[3].p99 + 100, run[3].p90
+    assert not gc.check_order(run)[0]
+    run = _run()
+    run[1].max = run[1].p99 - 1
+    assert not gc.check_order(run)[0]
+
+
+def test_series_rates_fail_when_rates_do_not_add_up_to_count():
+    run = _run()
+    top = max(run[4].rates)
+    run[4].rates[top] += 0.1 * run[4].count / 2
+    assert not gc.check_rates(run, 2)[0]
+    run = _run(seconds=2.3)  # rates over a longer time than the frequency
+    assert not gc.check_rates(run, 2)[0]
+    run = _run()
+    del run[2].rates[1]  # a bucket below the highest left out
+    assert not gc.check_rates(run, 2)[0]
+
+
+def test_series_slots_fail_on_a_mean_or_percentile_outside_its_buckets():
+    run = _run()
+    low = sum(gc.bucket_bounds(b)[0] * c for b, c in gc.bucket_counts(run[2])[0].items())
+    run[2].mean = 0.9 * low / run[2].count
+    assert not gc.check_slots(run)[0]
+    for name in ("p50", "p90", "p99", "max"):
+        run = _run()
+        setattr(run[5], name, getattr(run[5], name) * 2.01)  # the next log2 bucket up
+        assert not gc.check_slots(run)[0], name
+    run = _run()
+    run[3].count += 5  # count and buckets disagree
+    assert not gc.check_slots(run)[0]
+
+
+def test_accuracy_fails_outside_five_percent_or_on_a_missing_interval():
+    window = [gc.Interval(1000 + 2 * k, 100, 10_000.0) for k in range(5)]  # 5 s of wait
+    assert gc.check_accuracy(window, 1000, 1008, 2, 5_000_000_000)[0]
+    assert gc.check_accuracy(window, 1000, 1008, 2, 5_200_000_000)[0]
+    assert not gc.check_accuracy(window, 1000, 1008, 2, 5_300_000_000)[0]
+    assert not gc.check_accuracy(window, 1000, 1008, 2, 4_700_000_000)[0]
+    assert not gc.check_accuracy(window[:2] + window[3:], 1000, 1008, 2, 5_000_000_000)[0]
+
+
+def test_reload_fails_unless_the_new_frequency_shows():
+    assert gc.check_reload([1002, 1005, 1008, 1011], 3, 4)[0]
+    assert not gc.check_reload([1002, 1004, 1006, 1008], 3, 4)[0]
+    assert not gc.check_reload([1005, 1008, 1011], 3, 4)[0]
+    assert not gc.check_reload([1005, 1008, 1014, 1017], 3, 4)[0]
+
+
+def test_programs_are_matched_by_owning_pid():
+    listing = [{"id": 5, "pids": [{"pid": 10, "comm": "gsender-bcc"}]},
+               {"id": 6, "pids": [{"pid": 11, "comm": "other"}]}, {"id": 7}]
+    assert gc.programs_of(listing, 10) == [5]
+    assert gc.programs_of(listing, 12) == []

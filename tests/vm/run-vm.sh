@@ -1,37 +1,49 @@
 #!/usr/bin/env bash
-# make test-vm: boot a Debian bookworm VM with our .deb installed and record its serial console.
+# make test-vm: boot a Debian VM of one release with our .deb installed and record its serial console.
 #
-#   run-vm.sh DEB WORKDIR
+#   run-vm.sh DEB WORKDIR RELEASE        RELEASE: bullseye, bookworm or trixie
 #
-# 1. A base root file system (debootstrap minbase, systemd, the Debian cloud kernel with its
-#    matching headers, BCC, graphite-carbon) is built once and cached as a tar in
-#    $GSENDER_VM_CACHE (default /var/cache/gsender-bcc-vm), keyed by its package list.
+# 1. A base root file system for RELEASE (debootstrap minbase, systemd, the Debian cloud kernel
+#    with its matching headers, BCC, graphite-carbon, bpftool) is built once and cached as a tar
+#    in $GSENDER_VM_CACHE (default /var/cache/gsender-bcc-vm), keyed by the release, its package
+#    list, its apt sources and this recipe.
 # 2. Our .deb is installed into a copy with apt, service starts blocked by policy-rc.d; the
-#    guest gets a short-frequency /etc/gsender.conf, carbon-cache, and gsender-vm-check.service.
-# 3. mkfs.ext4 -d writes the disk image (no loop mounts); qemu boots it with TCG, the kernel
-#    and initrd passed directly, no network device, console on the serial port, into
+#    guest gets a short-frequency /etc/gsender.conf, carbon-cache, the check unit
+#    (gsender-vm-check.service) and the busy unit it starts for the accuracy check.
+# 3. mkfs.ext4 -d writes the disk image (no loop mounts); qemu boots it with TCG on 2 vCPUs, the
+#    kernel and initrd passed directly, no network device, console on the serial port, into
 #    WORKDIR/console.log. The guest powers off when its checks are done.
-# Packages come from the mirror this host's apt already uses.
+# Packages come from the Debian mirror this host's apt already uses (or $GSENDER_VM_MIRROR).
+# WORKDIR/timing gets one line per phase: "<phase> <seconds>".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 deb=$(realpath "$1")
-work=$2
+work=$(realpath -m "$2")
+suite=$3
 cache=${GSENDER_VM_CACHE:-/var/cache/gsender-bcc-vm}
 boot_timeout=${GSENDER_VM_TIMEOUT:-1200}
-suite=bookworm
 base_packages=(systemd systemd-sysv udev dbus linux-image-cloud-amd64 linux-headers-cloud-amd64
 	initramfs-tools kmod procps python3-bpfcc python3-systemd graphite-carbon python3-whisper bpftool)
+case $suite in
+	bullseye | bookworm | trixie) ;;
+	*) echo "run-vm.sh: unknown release '$suite' (bullseye, bookworm or trixie)" >&2; exit 64 ;;
+esac
 
-say() { printf 'vm: %s\n' "$*" >&2; }
+say() { printf 'vm[%s]: %s\n' "$suite" "$*" >&2; }
+phase_started=$SECONDS
+phase_done() { echo "$1 $((SECONDS - phase_started))" >> "$work/timing"; phase_started=$SECONDS; }
 
-host_mirror() {
-	local sources=/etc/apt/sources.list.d/debian.sources
-	if [ -f "$sources" ]; then
-		awk -v suite="$suite" '/^URIs:/ { uri = $2 }
-			/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) { print uri; exit } }' "$sources"
-	else
-		awk -v suite="$suite" '$1 == "deb" && $3 == suite { print $2; exit }' /etc/apt/sources.list
-	fi
+apt_sources() { cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true; }
+host_mirror() { # the Debian archive this host's apt uses (not the security archive)
+	[ -n "${GSENDER_VM_MIRROR:-}" ] && { echo "$GSENDER_VM_MIRROR"; return; }
+	apt_sources \
+		| awk '/^URIs:/ { print $2 } $1 == "deb" { print ($2 ~ /^\[/ ? $3 : $2) }' \
+		| grep -E '/debian/?$' | head -n 1
+}
+guest_sources() { # the guest's apt sources: the release and its updates (the point releases'
+	# kernels; the security archive is not served here)
+	echo "deb $1 $suite main"
+	echo "deb $1 $suite-updates main"
 }
 
 mounted=()
@@ -54,39 +66,44 @@ in_chroot() { # in_chroot ROOT COMMAND...: run with /proc, /sys and /dev, servic
 		esac
 		mounted+=("$root/$fs")
 	done
+	local code=0
 	chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
-		LANG=C.UTF-8 "$@"
+		LANG=C.UTF-8 "$@" || code=$?
 	release_mounts
 	rm -f "$root/usr/sbin/policy-rc.d"
+	return $code
 }
 
-build_base() { # build_base TAR
+build_base() { # build_base TAR SOURCES
 	local root=$work/base mirror
-	mirror=$(host_mirror)
-	[ -n "$mirror" ] || { say "no $suite mirror in this host's apt sources"; exit 69; }
+	mirror=$(head -n 1 <<< "$2" | cut -d' ' -f2)
 	rm -rf "$root" && mkdir -p "$root"
-	say "debootstrap $suite (minbase) ..."
+	say "debootstrap $suite (minbase) from $mirror ..."
 	debootstrap --variant=minbase "$suite" "$root" "$mirror" > "$work/debootstrap.log" 2>&1 \
 		|| { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
-	if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-		cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/"
-		rm -f "$root/etc/apt/sources.list"
-	fi
+	printf '%s\n' "$2" > "$root/etc/apt/sources.list"
 	say "installing ${base_packages[*]} ..."
 	in_chroot "$root" sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-		${base_packages[*]} > /dev/null && apt-get clean"
+		${base_packages[*]} > /dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*" \
+		> "$work/base-install.log" 2>&1 || { tail -n 20 "$work/base-install.log" >&2; exit 1; }
 	mkdir -p "$cache"
 	tar -C "$root" -cf "$1.tmp" . && mv "$1.tmp" "$1"
 	rm -rf "$root"
 }
 
-mkdir -p "$work"
-key=$(printf '%s\n' "$suite" "${base_packages[@]}" | sha256sum | cut -c1-16)
-base_tar=$cache/base-$key.tar
+rm -rf "$work" && mkdir -p "$work"
+mirror=$(host_mirror)
+[ -n "$mirror" ] || { say "no Debian mirror in this host's apt sources (set GSENDER_VM_MIRROR)"; exit 69; }
+sources=$(guest_sources "$mirror")
+key=$( { printf '%s\n' "$suite" "${base_packages[@]}" "$sources"; declare -f build_base in_chroot; } \
+	| sha256sum | cut -c1-16)
+base_tar=$cache/base-$suite-$key.tar
 if [ -f "$base_tar" ]; then
 	say "using the cached base image $base_tar"
+	phase_done base-cached
 else
-	build_base "$base_tar"
+	build_base "$base_tar" "$sources"
+	phase_done base-built
 fi
 
 root=$work/root
@@ -94,11 +111,11 @@ rm -rf "$root" && mkdir -p "$root"
 tar -C "$root" -xf "$base_tar"
 cp "$deb" "$root/tmp/gsender-bcc.deb"
 say "installing $(basename "$deb") in the guest ..."
-in_chroot "$root" apt-get install -y -qq /tmp/gsender-bcc.deb > "$work/install.log" 2>&1 \
-	|| { tail -n 20 "$work/install.log" >&2; exit 1; }
+in_chroot "$root" apt-get install -y -q --no-install-recommends /tmp/gsender-bcc.deb \
+	> "$work/install.log" 2>&1 || { say "apt-get install of the .deb failed:"; tail -n 20 "$work/install.log" >&2; exit 1; }
 rm "$root/tmp/gsender-bcc.deb"
 
-# The guest: our agent every 2 s to its own carbon-cache on loopback, and the check unit.
+# The guest: our agent every 2 s to its own carbon-cache on loopback, the check unit, the busy unit.
 cat > "$root/etc/gsender.conf" <<'CONF'
 [default]
 frequency = 2
@@ -111,17 +128,23 @@ CONF
 { printf '[gsender]\npattern = ^vm\\.\nretentions = 1s:1h\n\n'; cat "$root/etc/carbon/storage-schemas.conf"; } \
 	> "$root/etc/carbon/storage-schemas.conf.new"
 mv "$root/etc/carbon/storage-schemas.conf.new" "$root/etc/carbon/storage-schemas.conf"
+# carbon drops the datapoints of a new series beyond MAX_CREATES_PER_MINUTE (50): a bucket or a
+# service first seen in a busy minute would be missing from the whisper files the checks read.
+sed -i 's/^MAX_CREATES_PER_MINUTE *=.*/MAX_CREATES_PER_MINUTE = inf/' "$root/etc/carbon/carbon.conf"
+grep -qx 'MAX_CREATES_PER_MINUTE = inf' "$root/etc/carbon/carbon.conf" \
+	|| { say "cannot lift carbon's MAX_CREATES_PER_MINUTE"; exit 1; }
 [ -f "$root/etc/default/graphite-carbon" ] && \
 	sed -i 's/^CARBON_CACHE_ENABLED=.*/CARBON_CACHE_ENABLED=true/' "$root/etc/default/graphite-carbon"
 install -m 0755 "$here/guest-check.sh" "$root/usr/local/sbin/gsender-vm-check"
-install -m 0644 "$here/gsender-vm-check.service" "$root/etc/systemd/system/"
+install -m 0755 "$here/guest-busy.sh" "$root/usr/local/sbin/gsender-vm-busy"
+install -D -m 0644 "$here/guest_checks.py" "$root/usr/local/lib/gsender-vm/guest_checks.py"
+install -m 0644 "$here/gsender-vm-check.service" "$here/gsender-vm-busy.service" "$root/etc/systemd/system/"
 echo gsender-vm > "$root/etc/hostname"
 echo "/dev/vda / ext4 rw,errors=remount-ro 0 1" > "$root/etc/fstab"
 ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
-chroot "$root" systemctl enable --quiet carbon-cache.service gsender-vm-check.service
-chroot "$root" systemctl is-enabled --quiet gsender-bcc.service \
+in_chroot "$root" systemctl enable --quiet carbon-cache.service gsender-vm-check.service
+in_chroot "$root" systemctl is-enabled --quiet gsender-bcc.service \
 	|| { say "the package did not enable gsender-bcc.service"; exit 1; }
-
 kernel=$(ls "$root"/boot/vmlinuz-* | sort -V | tail -n 1)
 initrd=$(ls "$root"/boot/initrd.img-* | sort -V | tail -n 1)
 cp "$kernel" "$work/vmlinuz" && cp "$initrd" "$work/initrd.img"
@@ -129,11 +152,15 @@ size=$(du -sm "$root" | cut -f1)
 rm -f "$work/disk.img" && truncate -s $((size + 1024))M "$work/disk.img"
 mkfs.ext4 -q -F -L root -d "$root" "$work/disk.img"
 rm -rf "$root"
+phase_done prepare
 
-say "booting $(basename "$kernel") under qemu (TCG) ..."
+say "booting $(basename "$kernel") under qemu (TCG, 2 vCPUs) ..."
+code=0
 timeout "$boot_timeout" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -nographic \
 	-nic none -no-reboot -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
 	-append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false" \
 	-drive "file=$work/disk.img,format=raw,if=virtio" < /dev/null > "$work/console.log" 2>&1 \
-	|| say "qemu ended with $? (124 means the $boot_timeout s time limit)"
+	|| code=$?
+[ $code -eq 0 ] || say "qemu ended with $code (124 means the $boot_timeout s time limit)"
+phase_done boot
 rm -f "$work/disk.img"

@@ -1,0 +1,365 @@
+#!/usr/bin/python3
+"""Checks of the test VM that need arithmetic: run by gsender-vm-check in the guest.
+
+Each check prints one line, ``VMCHECK <name> PASS|FAIL <detail>``, for the host to read.
+It reads the series the agent delivered to the guest's carbon-cache (one whisper file per
+series, one datapoint per second) and what bpftool says about loaded BPF programs. It runs
+on the guest's own python3 (3.9 on bullseye) with nothing but python3-whisper.
+
+    guest_checks.py series   DIR --frequency F --from T0 --until T1
+    guest_checks.py accuracy DIR --frequency F --from S0 --until S1 --run-delay-ns NS [--busy-seconds S]
+    guest_checks.py reload   DIR --frequency F --since T --need N
+    guest_checks.py stamps   DIR --since T                  (prints the stamps delivered since T)
+    guest_checks.py progs    --pid PID                      (prints the ids of PID's BPF programs,
+                                                             their types on stderr)
+    guest_checks.py loaded   ID...                          (prints those ids still loaded)
+
+The functions below take plain data, so the host's tests feed them wrong values to show
+that every check can fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+PERCENTILES = (50, 90, 99)
+# Σ rate × interval may differ from count by this much: the interval the agent divides by is
+# its own monotonic time between two reads, which under TCG drifts a little from the frequency.
+RATE_TOLERANCE = 0.05
+ACCURACY_TOLERANCE = 0.05
+
+
+@dataclass
+class Interval:
+    """One delivered interval: what the agent sent with one timestamp."""
+
+    stamp: int
+    count: float
+    mean: Optional[float] = None
+    p50: Optional[float] = None
+    p90: Optional[float] = None
+    p99: Optional[float] = None
+    max: Optional[float] = None
+    rates: Dict[int, float] = field(default_factory=dict)  # log2 bucket N -> samples per second
+
+
+def verdict(name: str, ok: bool, detail: str) -> str:
+    return f"VMCHECK {name} {'PASS' if ok else 'FAIL'} {detail}"
+
+
+# ---- reading what carbon stored ---------------------------------------------------------
+
+def read_intervals(directory: str, since: int, until: Optional[int] = None) -> List[Interval]:
+    """Return the intervals stamped in (since, until], from the whisper files in ``directory``."""
+    import whisper
+
+    until = int(until if until is not None else time.time())
+
+    def series(name: str) -> Dict[int, float]:
+        path = os.path.join(directory, name + ".wsp")
+        if not os.path.exists(path):
+            return {}
+        (start, _end, step), values = whisper.fetch(path, since, until)
+        return {start + i * step: v for i, v in enumerate(values) if v is not None}
+
+    counts = series("count")
+    columns = {name: series(name) for name in ("mean", "p50", "p90", "p99", "max")}
+    buckets = {}
+    for entry in os.listdir(directory) if os.path.isdir(directory) else ():
+        if entry.endswith(".wsp") and entry[:-4].isdigit():
+            buckets[int(entry[:-4])] = series(entry[:-4])
+    intervals = []
+    for stamp in sorted(s for s in counts if since < s <= until):
+        values = {name: column.get(stamp) for name, column in columns.items()}
+        rates = {n: column[stamp] for n, column in buckets.items() if stamp in column}
+        intervals.append(Interval(stamp, counts[stamp], rates=rates, **values))
+    return intervals
+
+
+# ---- the arithmetic -----------------------------------------------------------------------
+
+def bucket_bounds(bucket: int) -> Tuple[float, float]:
+    """The log2 bucket N covers [N, 2N) µs; bucket 0 covers [0, 1)."""
+    return (0.0, 1.0) if bucket == 0 else (float(bucket), 2.0 * bucket)
+
+
+def bucket_counts(interval: Interval) -> Tuple[Dict[int, int], float]:
+    """Samples per log2 bucket, recovered from the rates, and how far they were from whole.
+
+    The interval's length is count / Σ rates; each rate × that length must be a whole number of
+    samples (up to the rounding of the rates to 3 decimals), else count and rates disagree.
+    """
+    total_rate = sum(interval.rates.values())
+    if total_rate <= 0:
+        return {}, 0.0
+    seconds = interval.count / total_rate
+    exact = {n: rate * seconds for n, rate in sorted(interval.rates.items())}
+    counts = {n: int(round(v)) for n, v in exact.items()}
+    return counts, max(abs(v - counts[n]) for n, v in exact.items())
+
+
+def check_stamps(intervals: Sequence[Interval], frequency: int) -> Tuple[bool, str]:
+    """Every stamp a multiple of the frequency, one interval after another, none missing."""
+    stamps = [i.stamp for i in intervals]
+    if len(stamps) < 3:
+        return False, f"only {len(stamps)} intervals delivered"
+    off = [s for s in stamps if s % frequency]
+    gaps = [(a, b) for a, b in zip(stamps, stamps[1:]) if b - a != frequency]
+    ok = not off and not gaps
+    return ok, (f"{len(stamps)} stamps {stamps[0]}..{stamps[-1]} every {frequency}s"
+                + (f"; not multiples of {frequency}: {off[:5]}" if off else "")
+                + (f"; gaps or repeats: {gaps[:5]}" if gaps else ""))
+
+
+def check_order(intervals: Sequence[Interval]) -> Tuple[bool, str]:
+    """p50 <= p90 <= p99 <= max wherever there were samples."""
+    bad, seen = [], 0
+    for i in intervals:
+        if not i.count:
+            continue
+        seen += 1
+        values = (i.p50, i.p90, i.p99, i.max)
+        if None in values or not all(a <= b for a, b in zip(values, values[1:])):
+            bad.append(f"{i.stamp}: p50={i.p50} p90={i.p90} p99={i.p99} max={i.max}")
+    if not seen:
+        return False, "no interval with samples"
+    return not bad, f"{seen} intervals with samples" + (f"; out of order: {bad[:3]}" if bad else "")
+
+
+def check_rates(intervals: Sequence[Interval], frequency: int) -> Tuple[bool, str]:
+    """Σ bucket rates × interval ≈ count, in the intervals that lasted one frequency.
+
+    The buckets sent are 0, 1, 2, 4, ... up to the highest non-empty one, which is not empty.
+    """
+    bad, worst, checked = [], 0.0, 0
+    previous = None
+    for i in intervals:
+        regular = previous is not None and i.stamp - previous == frequency
+        previous = i.stamp
+        if not i.count:
+            if i.rates and any(i.rates.values()):
+                bad.append(f"{i.stamp}: count 0 but rates {i.rates}")
+            continue
+        buckets = sorted(i.rates)
+        top = buckets[-1] if buckets else None
+        expected = [0] + [1 << e for e in range(top.bit_length())] if top else [0]
+        if buckets != expected or not i.rates.get(top):
+            bad.append(f"{i.stamp}: buckets {buckets} (highest rate {i.rates.get(top)})")
+            continue
+        if not regular:
+            continue
+        checked += 1
+        estimate = sum(i.rates.values()) * frequency
+        error = abs(estimate - i.count) / i.count
+        worst = max(worst, error)
+        if abs(estimate - i.count) > RATE_TOLERANCE * i.count + 1:
+            bad.append(f"{i.stamp}: sum(rates)*{frequency}s={estimate:.1f} count={i.count:g}")
+    if not checked:
+        return False, "no interval of one whole frequency with samples"
+    return not bad, (f"{checked} intervals: sum(rates)*{frequency}s within {worst:.1%} of count "
+                     f"(tolerance {RATE_TOLERANCE:.0%})" + (f"; {bad[:3]}" if bad else ""))
+
+
+def crossing_bucket(counts: Dict[int, int], total: int, percent: float) -> int:
+    """The log2 bucket where the cumulative count first reaches percent % of total."""
+    rank = max(1, math.ceil(total * percent / 100))
+    running = 0
+    for bucket in sorted(counts):
+        running += counts[bucket]
+        if running >= rank:
+            return bucket
+    return max(counts)
+
+
+def in_bucket(value: float, bucket: int) -> bool:
+    low, high = bucket_bounds(bucket)
+    return low <= value < high
+
+
+def check_slots(intervals: Sequence[Interval]) -> Tuple[bool, str]:
+    """Slot placement: the buckets bound the total wait, and hold the percentiles and max.
+
+    Σ lower(N) × n_N <= mean × count <= Σ upper(N) × n_N, and p50, p90, p99 and max lie in
+    [N, 2N) of the bucket where the cumulative count crosses them (the agent reports a
+    sub-slot midpoint, which stays inside its log2 bucket).
+    """
+    bad, checked = [], 0
+    for i in intervals:
+        if not i.count or i.mean is None:
+            continue
+        counts, off = bucket_counts(i)
+        if sum(counts.values()) != i.count or off > 0.1:
+            bad.append(f"{i.stamp}: the rates are not whole numbers of samples adding up to "
+                       f"count={i.count:g} over one length (off by {off:.2f})")
+            continue
+        checked += 1
+        total = i.mean * i.count
+        low = sum(bucket_bounds(n)[0] * c for n, c in counts.items())
+        high = sum(bucket_bounds(n)[1] * c for n, c in counts.items())
+        slack = 0.0005 * i.count + 1e-6  # the mean is sent with 3 decimals
+        if not low - slack <= total <= high + slack:
+            bad.append(f"{i.stamp}: total {total:.0f}us outside the buckets' [{low:.0f}, {high:.0f}]us")
+        for p in PERCENTILES:
+            value, bucket = getattr(i, f"p{p}"), crossing_bucket(counts, int(i.count), p)
+            if value is None or not in_bucket(value, bucket):
+                bad.append(f"{i.stamp}: p{p}={value} not in bucket {bucket} where the count crosses {p}%")
+        top = max(n for n, c in counts.items() if c)
+        if i.max is None or not in_bucket(i.max, top):
+            bad.append(f"{i.stamp}: max={i.max} not in the highest non-empty bucket {top}")
+    if not checked:
+        return False, "no interval with samples"
+    return not bad, f"{checked} intervals" + (f"; {bad[:3]}" if bad else "")
+
+
+def check_accuracy(window: Sequence[Interval], first: int, last: int, frequency: int,
+                   run_delay_ns: int, background: Sequence[Interval] = ()) -> Tuple[bool, str]:
+    """The agent's total wait over whole intervals (Σ count × mean) against the kernel's run_delay.
+
+    ``window`` must hold every interval stamped first, first + F, ..., last; the busy unit lived
+    entirely inside them. ``background`` (intervals before it) only informs the detail line.
+    """
+    stamps = [i.stamp for i in window]
+    wanted = list(range(first, last + 1, frequency))
+    if stamps != wanted:
+        return False, f"the window {first}..{last} is not whole: stamps {stamps}"
+    agent_us = sum(i.count * (i.mean or 0.0) for i in window)
+    kernel_us = run_delay_ns / 1000
+    if kernel_us <= 0:
+        return False, f"the busy unit's run_delay is {run_delay_ns} ns"
+    error = (agent_us - kernel_us) / kernel_us
+    noise = ""
+    if background:
+        per_interval = sum(i.count * (i.mean or 0.0) for i in background) / len(background)
+        noise = (f"; the rest of the guest waited ~{per_interval / 1000:.1f} ms per interval "
+                 f"before, ~{per_interval * len(window) / kernel_us:.2%} of the window")
+    ok = abs(error) <= ACCURACY_TOLERANCE
+    return ok, (f"agent {agent_us / 1e6:.4f}s over {len(window)} intervals {first}..{last} vs "
+                f"run_delay {kernel_us / 1e6:.4f}s of the busy unit's threads: {error:+.2%} "
+                f"(tolerance {ACCURACY_TOLERANCE:.0%})" + noise)
+
+
+def check_reload(stamps: Sequence[int], frequency: int, need: int) -> Tuple[bool, str]:
+    """After the reload, stamps fall on the new frequency, one interval apart."""
+    if len(stamps) < need:
+        return False, f"{len(stamps)} intervals since the reload, wanted {need}: {list(stamps)}"
+    off = [s for s in stamps if s % frequency]
+    steps = sorted({b - a for a, b in zip(stamps, stamps[1:])})
+    ok = not off and steps == [frequency]
+    return ok, (f"stamps since the reload {list(stamps)}: steps {steps}"
+                + (f", not multiples of {frequency}: {off}" if off else f", multiples of {frequency}"))
+
+
+# ---- bpftool ----------------------------------------------------------------------------
+
+def programs_of(listing: list, pid: int) -> List[int]:
+    """Ids of the programs that bpftool lists as held by ``pid``."""
+    return sorted(p["id"] for p in listing
+                  if any(owner.get("pid") == pid for owner in p.get("pids", ())))
+
+
+def programs_in_fdinfo(pid: int, proc: str = "/proc") -> List[int]:
+    """Ids of the BPF programs ``pid`` holds open, from its file descriptors' fdinfo."""
+    ids = set()
+    folder = os.path.join(proc, str(pid), "fdinfo")
+    try:
+        fds = os.listdir(folder)
+    except OSError:
+        return []  # no such process
+    for fd in fds:
+        try:
+            with open(os.path.join(folder, fd)) as info:
+                for line in info:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            pass  # closed meanwhile
+    return sorted(ids)
+
+
+def bpftool_programs() -> list:
+    run = subprocess.run(["bpftool", "--json", "prog", "show"], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"bpftool exited {run.returncode}: {run.stderr.strip()[-200:]}")
+    return json.loads(run.stdout or "[]")
+
+
+def agent_programs(listing: list, pid: int, fdinfo: Sequence[int]) -> Tuple[List[int], str]:
+    """The agent's programs as bpftool lists them, and how they were told apart.
+
+    bpftool names each program's owning pids where it was built with that support (its
+    "skeletons" feature); Debian's builds are not, on all three releases, so there the ids the
+    agent holds open (its fdinfo) must each be listed by bpftool instead.
+    """
+    if any("pids" in p for p in listing):
+        return programs_of(listing, pid), "bpftool's owning pids"
+    listed = {p["id"] for p in listing}
+    return sorted(i for i in fdinfo if i in listed), "the agent's fdinfo, each listed by bpftool"
+
+
+# ---- command line -------------------------------------------------------------------------
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name in ("series", "accuracy", "reload", "stamps"):
+        p = sub.add_parser(name)
+        p.add_argument("directory")
+        p.add_argument("--frequency", type=int, default=0)
+        p.add_argument("--from", dest="first", type=int, default=0)
+        p.add_argument("--until", type=int)
+        p.add_argument("--since", type=int, default=0)
+        p.add_argument("--need", type=int, default=4)
+        p.add_argument("--run-delay-ns", type=int, default=0)
+        p.add_argument("--name", default=name)
+    sub.add_parser("progs").add_argument("--pid", type=int, required=True)
+    sub.add_parser("loaded").add_argument("ids", type=int, nargs="*")
+    args = parser.parse_args(argv)
+
+    if args.what == "progs":
+        listing = bpftool_programs()
+        ids, how = agent_programs(listing, args.pid, programs_in_fdinfo(args.pid))
+        types = sorted({p.get("type", "?") for p in listing if p["id"] in ids})
+        print(" ".join(map(str, ids)))
+        print(f"(found by {how}; types: {','.join(types) or 'none'})", file=sys.stderr)
+        return 0
+    if args.what == "loaded":
+        present = {p["id"] for p in bpftool_programs()}
+        print(" ".join(str(i) for i in args.ids if i in present))
+        return 0
+    if args.what == "stamps":
+        print(" ".join(str(i.stamp) for i in read_intervals(args.directory, args.since)))
+        return 0
+    if args.what == "reload":
+        stamps = [i.stamp for i in read_intervals(args.directory, args.since)]
+        ok, detail = check_reload(stamps, args.frequency, args.need)
+        print(verdict(args.name, ok, detail))
+        return 0 if ok else 1
+    if args.what == "series":
+        intervals = read_intervals(args.directory, args.first - 1, args.until)
+        for name, (ok, detail) in (("series-stamps", check_stamps(intervals, args.frequency)),
+                                   ("series-order", check_order(intervals)),
+                                   ("series-rates", check_rates(intervals, args.frequency)),
+                                   ("series-slots", check_slots(intervals))):
+            print(verdict(name, ok, detail))
+        return 0
+    if args.what == "accuracy":
+        f = args.frequency
+        intervals = read_intervals(args.directory, args.first - 6 * f, args.until)
+        window = [i for i in intervals if i.stamp >= args.first]
+        background = [i for i in intervals if i.stamp < args.first]
+        ok, detail = check_accuracy(window, args.first, args.until, f, args.run_delay_ns, background)
+        print(verdict(args.name, ok, detail))
+        return 0 if ok else 1
+    return 64
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
