@@ -58,10 +58,13 @@ test-package: setup
 test-vm: setup
 	GSENDER_VM_RELEASES="$(RELEASES)" $(PYTEST) -m vm tests/test_vm.py
 
-# Cost of gsender-bcc beside the original bpftrace tracer and bcc's runqlat; records docs/benchmarks.md.
+# Cost of gsender-bcc, host-only and default, beside empty programs, the original bpftrace tracer
+# and bcc's runqlat; about 20 minutes on 2 cores; records docs/benchmarks.md. It holds
+# /tmp/gsender-heavy.lock so that no test or VM shares the machine while it times.
+BENCH_ARGS ?=
 bench: setup
 	@scripts/setup-host.sh bpftrace bpfcc-tools systemd
-	$(VENV)/bin/python bench/run.py --record
+	flock /tmp/gsender-heavy.lock $(VENV)/bin/python bench/run.py --record $(BENCH_ARGS)
 
 packaging/vendor/graphyte.py:
 	rm -rf build/graphyte && mkdir -p build/graphyte packaging/vendor

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
+from typing import Callable, Dict, Iterator, Optional, Sequence, TextIO
 
 try:  # the .deb ships a private copy; elsewhere graphyte comes from PyPI
     from ._vendor import graphyte
@@ -169,11 +169,29 @@ class GraphiteSink:
             self._routes = [_Route(server) for server in config.servers]
             directory = config.state_directory / "outbox"
             if self._disk is None or self._disk.directory != directory:
+                old, self._disk_failing = self._disk, False
                 self._open_disk(directory)
+                if old is not None:
+                    self._move_waiting(old)
             elif self._disk is not None:
                 self._disk.set_limits(config.buffer_bytes, config.buffer_seconds)
             self._memory.max_bytes = min(MEMORY_FALLBACK_BYTES, config.buffer_bytes)
             self._lock.notify_all()
+
+    def _move_waiting(self, old: DiskOutbox) -> None:
+        """Move what waits in a state directory given up by a reload into the current outbox."""
+        while True:
+            chunk = old.peek(CHUNK_BYTES)
+            if chunk is None:
+                break
+            try:
+                if self._disk is None:
+                    raise OSError("no usable state directory")
+                self._disk.append(chunk.data, chunk.last_stamp)
+            except OSError:
+                self._memory.append(chunk.data, chunk.last_stamp)
+            old.consume(chunk)
+        old.close()
 
     def _open_disk(self, directory) -> None:
         config = self._config
@@ -183,6 +201,9 @@ class GraphiteSink:
         except OSError as error:
             self._disk = None
             self._counters["spool_errors"] += 1
+            if self._disk_failing:
+                return
+            self._disk_failing = True
             log.error("cannot use %s for undelivered data (%s): measuring and delivering "
                       "continue, but data cannot survive a Graphite outage longer than a few "
                       "hundred intervals, or a restart, until this is fixed",
@@ -191,8 +212,6 @@ class GraphiteSink:
     def submit(self, points: Sequence[Datapoint]) -> None:
         """Append one interval's datapoints to the outbox; never blocks on the network."""
         data = encode(self._builder, points)
-        if self._echo is not None:
-            self._echo.submit(points)
         stamp = points[0].timestamp if points else int(self._wall_clock())
         with self._lock:
             if self._disk is None:
@@ -209,12 +228,15 @@ class GraphiteSink:
                     self._counters["spool_errors"] += 1
                     if not self._disk_failing:
                         log.error("cannot write undelivered data to %s (%s): it is kept in "
-                                  "memory meanwhile and cannot survive a restart",
+                                  "memory meanwhile, so it cannot survive a restart or a long "
+                                  "Graphite outage until this is fixed",
                                   self._disk.directory, error.strerror or error)
                     self._disk_failing = True
             if not stored:
                 self._note_dropped(self._memory.append(data, stamp))
             self._lock.notify_all()
+        if self._echo is not None:  # printed once stored: a printed interval is never lost
+            self._echo.submit(points)
 
     def health(self) -> Dict[str, int]:
         """Return what waits, and since the last call: drops, failed sends, outbox errors."""
@@ -328,6 +350,7 @@ class GraphiteSink:
             if not delivered:
                 if self._last_sent is not None:
                     self._resend, self._last_sent = self._last_sent, None
+                self._lock.notify_all()  # close() stops waiting once no server is up
                 return False
             if resend is not None:
                 self._resend = None
