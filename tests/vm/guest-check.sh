@@ -124,6 +124,16 @@ said=$(helper accuracy "$whisper_dir" --frequency $f --from "$start_boundary" --
 code=$?
 [ $stopped -eq 0 ] || { code=1; said="$said (the busy unit's threads did not all stop)"; }
 check accuracy $code "${said#VMCHECK accuracy [A-Z]* }; busy unit: $threads threads, ${busy_seconds}s"
+# The same window from the busy unit's own series, under its unit name: sum of count x mean.
+service_dir="$whisper_dir/service/${busy%.service}"
+said=$(paste <(whisper-fetch --from="$start_boundary" --until="$last" "$service_dir/count.wsp" 2>&1) \
+	<(whisper-fetch --from="$start_boundary" --until="$last" "$service_dir/mean.wsp" 2>&1) |
+	awk -v delay="$run_delay" '$2 != "None" && $4 != "None" { wait += $2 * $4; n++ }
+		END { ratio = delay > 0 ? wait * 1000 / delay : 0
+		      printf "%d intervals, %.3fs of wait vs run_delay %.3fs: %+.2f%% (tolerance 5%%)",
+		             n, wait / 1e6, delay / 1e9, (ratio - 1) * 100
+		      exit !(n > 0 && ratio > 0.95 && ratio < 1.05) }')
+check service-series $? "service.${busy%.service}: $said"
 systemctl stop "$busy"
 
 # Plausible series: every interval since the start, before the reload.
