@@ -198,6 +198,8 @@ def cgroup_factory():
         cgroup.remove()
     parent = mount / f"gsender-test-{os.getpid()}"
     if parent.exists():
+        for folder in sorted((p for p in parent.rglob("*") if p.is_dir()), reverse=True):
+            folder.rmdir()  # folders that named a cgroup's parents, now empty
         parent.rmdir()
 
 
