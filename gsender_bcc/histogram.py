@@ -134,8 +134,8 @@ def _masks(slots: int) -> Tuple[int, int, int]:
             repeat(b"\xff" * 7 + b"\x7f" + b"\0" * 8))
 
 
-def _packed_difference(current: Sequence[int], previous: Sequence[int]) -> Optional[array]:
-    """Return current - previous slot by slot, or None where the fast path cannot say.
+def _packed_difference(current: Sequence[int], previous: Sequence[int]) -> Optional[int]:
+    """Return current - previous slot by slot, packed, or None where the fast path cannot say.
 
     With every slot in [0, 2**63), setting bit 63 of each slot of ``current`` before
     subtracting keeps each slot's borrow inside that slot, and leaves its bit 63 set
@@ -150,11 +150,12 @@ def _packed_difference(current: Sequence[int], previous: Sequence[int]) -> Optio
     difference = (a | high) - b
     if (difference & high) != high:
         return None
-    return _unpacked(difference ^ high, len(current))
+    return difference ^ high
 
 
-def _packed_sum(slots: int, many: List[Counts]) -> Optional[array]:
-    """Return the slot-by-slot sum of ``many``, or None where the fast path cannot say.
+def _packed_sum(slots: int, many: Iterable[Optional[int]]) -> Optional[array]:
+    """Return the slot-by-slot sum of packed histograms of ``slots`` slots, or None where the
+    fast path cannot say (an item is None, or a slot outside [0, 2**63)).
 
     Even and odd slots are summed apart, each in a 128-bit field whose upper half (the
     neighbouring slot's room) starts empty, so no carry reaches another slot; each total
@@ -162,36 +163,46 @@ def _packed_sum(slots: int, many: List[Counts]) -> Optional[array]:
     """
     high, even, fits = _masks(slots)
     evens = odds = seen = 0
-    for counts in many:
-        packed = _packed(counts.slots)
-        if packed is None or len(counts.slots) != slots:
+    for packed in many:
+        if packed is None:
             return None
         seen |= packed
         evens += packed & even
         odds += (packed >> 64) & even
-    if seen & high or ((evens | odds) & fits) != (evens | odds):
+    if seen & high or seen >> (64 * slots) or ((evens | odds) & fits) != (evens | odds):
         return None
     return _unpacked(evens | (odds << 64), slots)
 
 
-def subtract_counts(current: Counts, previous: Counts) -> Counts:
-    """Return what was counted between two readings; raise ValueError if a counter went back."""
+def _subtract(current: Counts, previous: Counts) -> Tuple[Counts, Optional[int]]:
+    """Return subtract_counts(current, previous) and its slots packed (None if not packed)."""
     if len(previous.slots) != len(current.slots):
         raise ValueError("snapshots have different slot counts")
-    slots = _packed_difference(current.slots, previous.slots)
-    if slots is None:
+    packed = _packed_difference(current.slots, previous.slots)
+    if packed is None:
         slots = array("q", map(operator.sub, current.slots, previous.slots))
         if slots and min(slots) < 0:
             raise ValueError(BACKWARDS)
+    else:
+        slots = _unpacked(packed, len(current.slots))
     if current.sum_ns < previous.sum_ns:
         raise ValueError(BACKWARDS)
-    return Counts(slots, current.sum_ns - previous.sum_ns)
+    return Counts(slots, current.sum_ns - previous.sum_ns), packed
 
 
-def sum_counts(layout: Layout, many: Iterable[Counts]) -> Counts:
+def subtract_counts(current: Counts, previous: Counts) -> Counts:
+    """Return what was counted between two readings; raise ValueError if a counter went back."""
+    return _subtract(current, previous)[0]
+
+
+def sum_counts(layout: Layout, many: Iterable[Counts], packed: Optional[List] = None) -> Counts:
+    """Sum histograms; ``packed``, if given, holds their slots packed (None where not)."""
     many = list(many)
     total_ns = sum(counts.sum_ns for counts in many)
-    summed = _packed_sum(layout.slots, many)
+    if packed is None:
+        packed = [_packed(counts.slots) for counts in many]
+    summed = _packed_sum(layout.slots, packed) if all(
+        len(counts.slots) == layout.slots for counts in many) else None
     if summed is None:
         slots = [0] * layout.slots
         for counts in many:
@@ -233,16 +244,19 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
     (its entry was removed after its last reading) counts nothing.
     """
     cgroups: Dict[int, Counts] = {}
+    packed: List[Optional[int]] = []  # each one's slots packed, for the host's sum
     for cgroup, counts in current.cgroups.items():
         before = previous.cgroups.get(cgroup)
         if before is None:
             if counts.sum_ns or counts.count:
                 cgroups[cgroup] = counts
-        elif counts != before:
-            cgroups[cgroup] = subtract_counts(counts, before)
+                packed.append(_packed(counts.slots))
+        elif counts is not before and counts != before:
+            cgroups[cgroup], difference = _subtract(counts, before)
+            packed.append(difference)
     host = subtract_counts(current.host, previous.host)
     if cgroups:
-        host = add_counts(host, sum_counts(layout, cgroups.values()))
+        host = add_counts(host, sum_counts(layout, cgroups.values(), packed))
     lost = current.lost - previous.lost
     if lost < 0:
         raise ValueError(BACKWARDS)

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc python3-systemd python3-venv bpftool gcc make graphite-carbon python3-whisper
-	graphite-web carbon-c-relay)
+	graphite-web carbon-c-relay tmux)
 release=$(uname -r)
 modules=/lib/modules/$release
 
