@@ -438,24 +438,39 @@ def pick_web_port(wanted: int) -> int:
 
 
 def wait_child(child: subprocess.Popen) -> int:
-    """Wait for ``child``, passing Ctrl-C on to it (it may have missed the terminal's)."""
+    """Wait for ``child``, passing Ctrl-C on to it (it may have missed the terminal's); return its
+    exit status as a shell reports it (128 + the signal that ended it)."""
     while True:
         try:
-            return child.wait()
+            code = child.wait()
+            return 128 - code if code < 0 else code
         except KeyboardInterrupt:
             child.send_signal(signal.SIGINT)
 
 
 def run_beside(folder: Path, port: int, command: List[str],
                web_port: int = DEFAULT_WEB_PORT) -> int:
-    """Run ``command`` with a local carbon-cache and graphite-web, unless Graphite is there."""
+    """Run ``command`` with a local carbon-cache and graphite-web, unless Graphite is there.
+
+    Ctrl-C goes to the command; so does a SIGTERM sent to this process. Either way carbon-cache
+    and graphite-web (in sessions of their own) are stopped once the command has ended.
+    """
     if listening(port):
         say(f"something already listens on 127.0.0.1:{port}; using it (no graphite-web started)")
         return subprocess.call(command)
     graphite = LocalGraphite(folder, port, pick_web_port(web_port))
-    graphite.carbon.start()
-    say(f"started carbon-cache on 127.0.0.1:{port}, whisper files in {graphite.carbon.whisper_dir}")
+    agent: Optional[subprocess.Popen] = None
+
+    def on_sigterm(signum, _frame):
+        if agent is None:
+            raise SystemExit(128 + signum)  # still starting: stop what has started, and leave
+        agent.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        graphite.carbon.start()
+        say(f"started carbon-cache on 127.0.0.1:{port}, whisper files in "
+            f"{graphite.carbon.whisper_dir}")
         try:
             graphite.web.start()
         except (RuntimeError, OSError, subprocess.SubprocessError) as error:
@@ -463,7 +478,8 @@ def run_beside(folder: Path, port: int, command: List[str],
         else:
             say(f"started graphite-web on {graphite.web.url}")
             say(f"latency graph (reload to refresh): {graphite.graph_url(prefix_of(command))}")
-        return wait_child(subprocess.Popen(command))
+        agent = subprocess.Popen(command)
+        return wait_child(agent)
     finally:
         graphite.stop()
         say("stopped graphite-web and carbon-cache")

@@ -62,6 +62,7 @@ class RunBeside:
     """`local_carbon.py run` as `make run` starts it, in its own session (a terminal's job)."""
 
     def __init__(self, folder, port, command):
+        self.folder = folder
         self.proc = subprocess.Popen(
             [sys.executable, str(SCRIPT), "run", str(folder), str(port), "--web-port", "0", "--",
              *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -90,9 +91,17 @@ class RunBeside:
         return code
 
     def close(self):
+        """Stop it as Ctrl-C does, so that it stops carbon-cache and graphite-web; whatever
+        still runs in the folder then (they have sessions of their own) is killed."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        for pid in processes_under(self.folder):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -108,12 +117,14 @@ def run_beside():
 
 
 def processes_under(folder):
-    """Pids of processes whose command line names ``folder`` (carbon-cache, graphite-web)."""
+    """Pids of processes whose command line names ``folder`` (carbon-cache) or that run in it
+    (graphite-web)."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if str(folder).encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
+            if (str(folder).encode() in (proc / "cmdline").read_bytes()
+                    or os.readlink(proc / "cwd").startswith(str(folder))):
+                found.append(int(proc.name))
         except OSError:
             pass
     return found
@@ -177,6 +188,18 @@ def test_run_prints_a_graph_url_that_draws_the_data_and_ctrl_c_stops_everything(
     assert not listening(port) and not listening(web_port)
     assert processes_under(folder) == []
     assert "stopped graphite-web and carbon-cache" in "".join(run.lines)
+
+
+def test_sigterm_stops_the_command_then_carbon_and_graphite_web(tmp_path, run_beside):
+    """`timeout make run`, or a service manager, sends SIGTERM to local_carbon.py alone."""
+    folder, port = tmp_path / "carbon", free_port()
+    run = run_beside(folder, port, [sys.executable, "-c", FAKE_AGENT, str(port)])
+    _, web_port = run.url()
+    assert processes_under(folder)  # carbon-cache and graphite-web, at least
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(30) == 128 + signal.SIGTERM  # the fake agent died of it
+    assert not listening(port) and not listening(web_port)
+    assert processes_under(folder) == []
 
 
 @pytest.mark.bpf
