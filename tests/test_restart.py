@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from array import array
 
 import pytest

@@ -417,7 +417,7 @@ def test_top_shows_the_host_and_a_busy_service_then_q_detaches(cgroup_factory, p
     # s cycles the sort order; by name the rows are in order.
     for label in ("p99", "count/s", "name"):
         pane.keys("s")
-        lines = pane.wait_for(lambda lines: TITLE.match(lines[0])
+        lines = pane.wait_for(lambda lines, label=label: TITLE.match(lines[0])
                               and TITLE.match(lines[0]).group(3) == label, 3, f"sort {label}")
     names = [m.group(1) for m in section(lines)[3] if m]
     assert "gsender-top-test" in names and names == sorted(names)
@@ -455,7 +455,8 @@ def test_top_in_80x24_survives_resizes(cgroup_factory, pane_factory, quiet_graph
             lines = pane.wait_for(complete(width), 5, f"the screen redrawn at {width}x{height}")
         else:  # too narrow for the keys' help: it goes, and the host's figures wrap
             title = f"gsender-bcc --top  {short_hostname()}  every 2s  sort: total wait"
-            lines = pane.wait_for(lambda lines: lines[0] == title[:width].rstrip()
+            lines = pane.wait_for(lambda lines, title=title, width=width:
+                                  lines[0] == title[:width].rstrip()
                                   and lines[1].startswith("samples ")
                                   and lines[2].startswith("p99 "),
                                   5, f"the screen redrawn at {width}x{height}")
