@@ -324,7 +324,7 @@ def rss_anon_kib(pid):
 
 @pytest.mark.bpf
 @pytest.mark.slow
-def test_memory_stays_flat_across_150_undelivered_intervals(carbon_factory, agents, tmp_path,
+def test_memory_stays_flat_across_200_undelivered_intervals(carbon_factory, agents, tmp_path,
                                                             services):
     services(24)  # more than max_services (20): the per-service series and 'other'
     port = free_port()  # nothing listens there yet
@@ -334,7 +334,7 @@ def test_memory_stays_flat_across_150_undelivered_intervals(carbon_factory, agen
     before = rss_anon_kib(agent.proc.pid)
     agent.wait_intervals(111, timeout=150)
     middle = rss_anon_kib(agent.proc.pid)
-    done = agent.wait_intervals(171, timeout=100)
+    done = agent.wait_intervals(201, timeout=150)
     after = rss_anon_kib(agent.proc.pid)
     waiting = segment_stamps(state)
     outbox_bytes = sum(p.stat().st_size for p in (state / "outbox").glob("*.txt"))
@@ -343,16 +343,16 @@ def test_memory_stays_flat_across_150_undelivered_intervals(carbon_factory, agen
                f"{outbox_bytes} bytes waiting on disk")
     print("\n" + figures)
     assert after - before < 1024, figures  # the waiting intervals alone are more than that
-    # Growth stops within a minute (warm-up). Data kept in memory would show here, once it has
-    # used up the free memory the heap already holds (about 1 MiB): keeping the intervals'
-    # bytes grows RssAnon by some 300 KiB over these 60 intervals.
-    assert after - middle < 128, figures
-    assert waiting[:len(done)] == done[:len(waiting)] and len(waiting) >= 171
-    assert outbox_bytes > 171 * 20 * 6 * 30  # the per-service series were there
+    # Growth stops within a minute (warm-up). Data kept in memory shows only once it has used
+    # up the free memory the heap already holds (about 1 MiB): keeping every interval's bytes
+    # grows RssAnon by some 5 KiB an interval from about the 120th.
+    assert after - middle < 256, figures
+    assert waiting[:len(done)] == done[:len(waiting)] and len(waiting) >= 201
+    assert outbox_bytes > 201 * 20 * 6 * 30  # the per-service series were there
     carbon = carbon_factory(port=port).start()
     count = f"{PREFIX}.count"
     deadline = time.monotonic() + 60
-    while len(carbon.series().get(count, [])) < 171:
+    while len(carbon.series().get(count, [])) < 201:
         assert time.monotonic() < deadline, "the backlog was not delivered"
         time.sleep(0.5)
     stored = [stamp for stamp, _ in carbon.series()[count]]
