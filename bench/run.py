@@ -394,8 +394,30 @@ class Trial:
     failure: str = ""
 
 
+# How busy the CPU pingpong does not use was during the baseline blocks, % (the bench itself
+# is idle then): a quiet machine keeps this near 0; others' work shows up here.
+other_cpu_busy: List[float] = []
+
+
+def cpu_times(cpu: int) -> Tuple[int, int]:
+    """Return (busy, total) jiffies of one CPU from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            values = [int(v) for v in line.split()[1:]]
+            idle = values[3] + values[4]  # idle and iowait
+            return sum(values) - idle, sum(values)
+    return 0, 0
+
+
 def baseline_block(rounds: int, runs: int) -> List[float]:
-    return [round_trip_ns(rounds) for _ in range(runs)]
+    other = 1 if (os.cpu_count() or 1) > 1 else None
+    before = cpu_times(other) if other is not None else None
+    timed = [round_trip_ns(rounds) for _ in range(runs)]
+    if before is not None:
+        busy, total = (a - b for a, b in zip(cpu_times(other), before))
+        if total > 0:
+            other_cpu_busy.append(busy / total * 100)
+    return timed
 
 
 def try_tracer(tracer: Tracer, rounds: int, runs: int, port: int) -> Tuple[Trial, List[float]]:
@@ -756,6 +778,10 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     notes += [f"- failed: {f[:300]}" for f in failures]
     notes.append("- ns / BPF run leaves out the tracepoint's own argument marshalling, which "
                  "is where classic and raw tracepoints differ; added ns / round trip has it.")
+    if other_cpu_busy:
+        notes.append(f"- quiet machine check: while the baseline blocks ran pingpong on CPU 0, "
+                     f"CPU 1 was busy {spread(other_cpu_busy, '.1f')} % of the time (the bench "
+                     f"itself idle; anything well above 0 is other work on the machine).")
     lines += ["", "Notes:"] + notes
 
     # Side by side: host-only and default.

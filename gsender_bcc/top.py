@@ -420,6 +420,8 @@ def run(config, period: float = 1.0) -> int:
     # and then never follows a resize: the view must always fit the terminal as it is.
     for name in ("LINES", "COLUMNS"):
         os.environ.pop(name, None)
+    # A parent may hand its blocked signals down (the agent's daemon blocks them): take them.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     previous = {signum: signal.signal(signum, _raise_stop)
                 for signum in (signal.SIGTERM, signal.SIGHUP)}
     root = logging.getLogger()
