@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from array import array
 
 import pytest
