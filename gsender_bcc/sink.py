@@ -85,6 +85,11 @@ def network_sender(config: Config) -> Send:
     def tcp(server: Server, data: bytes) -> None:
         with socket.create_connection((server.host, server.port), timeout) as connection:
             connection.sendall(data)
+            # A server closes its side once it has read everything we sent: waiting for that
+            # tells a delivered send from one a server shutting down took and dropped.
+            connection.shutdown(socket.SHUT_WR)
+            while connection.recv(4096):
+                pass
 
     def udp(server: Server, data: bytes) -> None:
         family, address = _address(server, socket.SOCK_DGRAM)

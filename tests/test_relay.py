@@ -277,16 +277,10 @@ def test_three_agents_through_a_restarted_relay_land_once_without_gaps(
     assert all(count >= 15 for count in per_host.values()), per_host
     print(f"series per cache: a={len(series['a'])} b={len(series['b'])}; per host: {per_host}")
 
-    if lost:
-        first, last = shutdowns[0][0] - 1, shutdowns[-1][1] + 1
-        outside = {host: [stamp for stamp in stamps if not first <= stamp <= last]
-                   for host, stamps in lost.items()}
-        assert not any(outside.values()), f"intervals lost outside the restarts: {outside}"
-        assert all(len(stamps) <= len(shutdowns) for stamps in lost.values()), lost
-        windows = [f"{term:.2f}-{end:.2f}" for term, end in shutdowns]
-        pytest.xfail(f"known agent defect: intervals lost while the relay shut down "
-                     f"(SIGTERM-exit {windows}): "
-                     f"{ {host: sorted(stamps) for host, stamps in sorted(lost.items())} }")
+    # The agent counts a send as delivered only once the relay has read it to the end (it
+    # closes its side after our half-close), so a relay shutting down loses nothing.
+    assert not lost, f"intervals lost at the relay restarts: " \
+                     f"{ {host: sorted(stamps) for host, stamps in sorted(lost.items())} }"
 
 
 # ---- the checker itself, on made-up data (no BPF, no processes) ----------------------------
