@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import EX_USAGE, AgentError
@@ -282,7 +283,7 @@ class Sampler:
                                       measured.seconds)
         if resolved.gone:
             self.probe.forget(resolved.gone)
-            self._previous = type(current)(current.host, current.lost, {
+            self._previous = replace(current, cgroups={
                 cgroup: counts for cgroup, counts in current.cgroups.items()
                 if cgroup not in resolved.gone})
         return host, [ServiceStats(name, interval_stats(layout, counts, measured.seconds),
