@@ -52,7 +52,8 @@ all_stopped() { # all_stopped UNIT: every thread of the unit is in the stopped s
 . /etc/os-release
 say "VMCHECK-START uptime $(cut -d' ' -f1 /proc/uptime)s release ${VERSION_CODENAME:-unknown} kernel $(uname -r)" \
 	"bcc $(dpkg-query -W -f='${Version}' python3-bpfcc) $(python3 -V) systemd $(dpkg-query -W -f='${Version}' systemd)" \
-	"cpus $(nproc) btf $([ -e /sys/kernel/btf/vmlinux ] && echo yes || echo no)"
+	"cpus $(nproc) btf $([ -e /sys/kernel/btf/vmlinux ] && echo yes || echo no)" \
+	"perf_event_paranoid $(cat /proc/sys/kernel/perf_event_paranoid)"
 
 # ---- the service as installed and started at boot --------------------------------------
 wait_for 150 systemctl is-active --quiet "$unit"
@@ -182,22 +183,30 @@ journalctl -u "$unit" -o cat | grep -q "gsender-bcc: /etc/gsender.conf: \[defaul
 check config-error-message $? "$(journalctl -u $unit -o cat | grep 'frequency =' | tail -n 1)"
 mv /root/vm-good.conf /etc/gsender.conf
 
-# ---- the service in classic mode, then purged while it runs ------------------------------
-# The fallback path under the hardened unit: tracepoints = classic in the configuration.
+# ---- the service itself in classic mode, under the hardened unit -------------------------
 sed -i 's/^\[default\]$/[default]\ntracepoints = classic/' /etc/gsender.conf
 systemctl reset-failed "$unit" 2>/dev/null
 started_at=$(date +%s)
+timeout 200 systemctl start "$unit"  # returns once READY, or once the agent has exited
+sleep 1
+state=$(prop ActiveState); code=$(prop ExecMainStatus); pid=$(prop MainPID)
+ids=$(helper progs --pid "$pid" 2> /root/vm-progs.err)
+delivered_since() { [ "$(helper stamps "$whisper_dir" --since "$1" | wc -w)" -ge 2 ]; }
+[ "$state" = active ] && wait_for 30 delivered_since "$started_at"
+[ "$state" = active ] && grep -q "types: tracepoint)" /root/vm-progs.err && delivered_since "$started_at"
+ok=$?
+said=$(journalctl -u "$unit" --since "@$started_at" -o cat | grep '^gsender-bcc: ' | tail -n 1)
+check service-classic $ok "tracepoints = classic: $state, exit status $code, programs ${ids:-none} $(one_line "$(cat /root/vm-progs.err)"), intervals since start: $(helper stamps "$whisper_dir" --since "$started_at" | wc -w)${said:+; the agent said: $said}"
+systemctl stop "$unit"
+sed -i '/^tracepoints = classic$/d' /etc/gsender.conf
+
+# ---- purge while the service runs (default mode) ------------------------------------------
+systemctl reset-failed "$unit" 2>/dev/null
 systemctl start "$unit"
 wait_for 150 systemctl is-active --quiet "$unit"
 running=$?
 pid=$(prop MainPID)
-ids=$(helper progs --pid "$pid" 2> /root/vm-progs.err)
-delivered_since() { [ "$(helper stamps "$whisper_dir" --since "$1" | wc -w)" -ge 2 ]; }
-wait_for 30 delivered_since "$started_at"
-delivered=$(helper stamps "$whisper_dir" --since "$started_at")
-[ $running -eq 0 ] && grep -q "types: tracepoint)" /root/vm-progs.err && delivered_since "$started_at"
-check service-classic $? "$(prop ActiveState) with tracepoints = classic, programs ${ids:-none} $(one_line "$(cat /root/vm-progs.err)"), intervals delivered since: ${delivered:-none}"
-[ $running -eq 0 ] || log_tail
+ids=$(helper progs --pid "$pid" 2>/dev/null)
 DEBIAN_FRONTEND=noninteractive timeout 300 apt-get purge -y -q gsender-bcc > /root/vm-purge.log 2>&1
 code=$?
 sleep 2
