@@ -3,6 +3,7 @@ VENV := .venv
 PYTEST := $(VENV)/bin/python -m pytest
 FREQUENCY ?= 5
 GRAPHITE_PORT ?= 2003
+GRAPHITE_WEB_PORT ?= 8080
 
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' gsender_bcc/__init__.py)
 DEB := build/gsender-bcc_$(VERSION)_all.deb
@@ -12,19 +13,35 @@ GRAPHYTE_SHA256 := 5c6061f32375ea9de8cccd78b259c928670fbabcf6fd4ddbf160e77124289
 DEB_BUILD_DEPS := dpkg-dev debhelper dh-python python3-all python3-setuptools python3-wheel \
 	pybuild-plugin-pyproject lintian fakeroot
 
-.PHONY: setup run test test-unit test-bpf test-package test-vm bench deb install uninstall clean
+.PHONY: setup run docs-graph lint test test-unit test-bpf test-package test-vm bench deb install uninstall \
+	clean
 
 setup:
 	@scripts/setup-host.sh
 
 # Sends to Graphite on 127.0.0.1:$(GRAPHITE_PORT); if nothing listens there, a throwaway
-# carbon-cache under var/ takes the data. Interval summaries go to the terminal.
+# carbon-cache under var/ takes the data, and a throwaway graphite-web beside it on
+# 127.0.0.1:$(GRAPHITE_WEB_PORT) (another port if taken) draws it: the graph's URL is printed.
+# Interval summaries go to the terminal.
 run: setup
-	$(VENV)/bin/python scripts/local_carbon.py run var/carbon $(GRAPHITE_PORT) -- \
+	$(VENV)/bin/python scripts/local_carbon.py run var/carbon $(GRAPHITE_PORT) \
+		--web-port $(GRAPHITE_WEB_PORT) -- \
 		$(VENV)/bin/gsender-bcc --config /dev/null --frequency $(FREQUENCY) \
 		--graphite-host 127.0.0.1 --graphite-port $(GRAPHITE_PORT) --state-directory $(CURDIR)/var/state
 
-test: setup
+# docs/graph.png: graphite-web's render of a 150 s run of the agent at frequency 1 against a
+# throwaway carbon-cache (build/graph-run), with every CPU busy from 60 s to 100 s.
+docs-graph: setup
+	$(VENV)/bin/python scripts/local_carbon.py record docs/graph.png --seconds 150 \
+		--busy-from 60 --busy-for 40 -- \
+		$(VENV)/bin/gsender-bcc --config /dev/null --frequency 1 --prefix web-01.cpu-lat \
+		--graphite-host 127.0.0.1 --graphite-port {port} --state-directory $(CURDIR)/build/graph-run/state
+
+# ruff, with the settings in pyproject.toml; `make test` runs it first.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(PYTEST) tests
 
 test-unit: setup
@@ -41,10 +58,13 @@ test-package: setup
 test-vm: setup
 	GSENDER_VM_RELEASES="$(RELEASES)" $(PYTEST) -m vm tests/test_vm.py
 
-# Cost of gsender-bcc beside the original bpftrace tracer and bcc's runqlat; records docs/benchmarks.md.
+# Cost of gsender-bcc, host-only and default, beside empty programs, the original bpftrace tracer
+# and bcc's runqlat; about 20 minutes on 2 cores; records docs/benchmarks.md. It holds
+# /tmp/gsender-heavy.lock so that no test or VM shares the machine while it times.
+BENCH_ARGS ?=
 bench: setup
 	@scripts/setup-host.sh bpftrace bpfcc-tools systemd
-	$(VENV)/bin/python bench/run.py --record
+	flock /tmp/gsender-heavy.lock $(VENV)/bin/python bench/run.py --record $(BENCH_ARGS)
 
 packaging/vendor/graphyte.py:
 	rm -rf build/graphyte && mkdir -p build/graphyte packaging/vendor

@@ -83,7 +83,7 @@ def parse(text: str, layout: Layout, same_boot: bool) -> Unfinished:
             or document.get("version") != 1:
         raise ValueError("not a gsender-bcc unfinished interval")
     seconds = document.get("seconds")
-    if not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86400:
+    if not isinstance(seconds, (int, float)) or not 0 < seconds <= 86400:  # 0: no rates
         raise ValueError("its length in seconds is missing or out of range")
     cgroups: Dict[int, Counts] = {}
     raw_cgroups = document.get("cgroups")

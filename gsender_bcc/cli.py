@@ -150,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.top:
         from . import top
-        return top.run(config)
+        # The view refreshes every second unless --frequency says otherwise; the
+        # configuration file's frequency is the service's interval, not the view's.
+        return top.run(config, period=args.frequency or 1)
     notifier = notifier_from_environment()
     # Block the signals the daemon waits for before any thread starts, so none of them
     # is delivered to a thread (the delivery thread included) with the default action.

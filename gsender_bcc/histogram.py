@@ -16,8 +16,10 @@ keeps the sum of latencies in nanoseconds.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
+import sys
 from array import array
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -103,24 +105,110 @@ def add_counts(a: Counts, b: Counts) -> Counts:
     return Counts(array("q", map(operator.add, a.slots, b.slots)), a.sum_ns + b.sum_ns)
 
 
-def subtract_counts(current: Counts, previous: Counts) -> Counts:
-    """Return what was counted between two readings; raise ValueError if a counter went back."""
+# Fast paths for many histograms at once (an interval with hundreds of services): the
+# slots of an array("q") are read as one big integer, 64 bits a slot, so subtracting or
+# summing whole histograms takes a few integer operations instead of one per slot. They
+# apply only where every slot holds a count in [0, 2**63), which they check; anything
+# else (lists, negative slots) takes the slot-by-slot way.
+
+def _packed(slots: Sequence[int]) -> Optional[int]:
+    """Return an array("q")'s slots as one integer, slot i in bits [64 i, 64 i + 64), else None."""
+    if isinstance(slots, array) and slots.typecode == "q" and slots.itemsize == 8:
+        return int.from_bytes(slots, sys.byteorder)
+    return None
+
+
+def _unpacked(value: int, slots: int) -> array:
+    unpacked = array("q")
+    unpacked.frombytes(value.to_bytes(8 * slots, sys.byteorder))
+    return unpacked
+
+
+@functools.lru_cache(maxsize=8)
+def _masks(slots: int) -> Tuple[int, int, int]:
+    """Return, over ``slots`` 64-bit fields: bit 63 of each field; all bits of each even
+    field; bits 0 to 62 of each even field."""
+    def repeat(pattern: bytes) -> int:
+        return int.from_bytes((pattern * (slots // 2 + 1))[:8 * slots], "little")
+    return (repeat(b"\0" * 7 + b"\x80"), repeat(b"\xff" * 8 + b"\0" * 8),
+            repeat(b"\xff" * 7 + b"\x7f" + b"\0" * 8))
+
+
+def _packed_difference(current: Sequence[int], previous: Sequence[int]) -> Optional[int]:
+    """Return current - previous slot by slot, packed, or None where the fast path cannot say.
+
+    With every slot in [0, 2**63), setting bit 63 of each slot of ``current`` before
+    subtracting keeps each slot's borrow inside that slot, and leaves its bit 63 set
+    exactly when the slot did not go backwards. None: a slot is negative or went back.
+    """
+    a, b = _packed(current), _packed(previous)
+    if a is None or b is None:
+        return None
+    high = _masks(len(current))[0]
+    if (a | b) & high:
+        return None
+    difference = (a | high) - b
+    if (difference & high) != high:
+        return None
+    return difference ^ high
+
+
+def _packed_sum(slots: int, many: Iterable[Optional[int]]) -> Optional[array]:
+    """Return the slot-by-slot sum of packed histograms of ``slots`` slots, or None where the
+    fast path cannot say (an item is None, or a slot outside [0, 2**63)).
+
+    Even and odd slots are summed apart, each in a 128-bit field whose upper half (the
+    neighbouring slot's room) starts empty, so no carry reaches another slot; each total
+    must then fit in 63 bits, as array("q") needs.
+    """
+    high, even, fits = _masks(slots)
+    evens = odds = seen = 0
+    for packed in many:
+        if packed is None:
+            return None
+        seen |= packed
+        evens += packed & even
+        odds += (packed >> 64) & even
+    if seen & high or seen >> (64 * slots) or ((evens | odds) & fits) != (evens | odds):
+        return None
+    return _unpacked(evens | (odds << 64), slots)
+
+
+def _subtract(current: Counts, previous: Counts) -> Tuple[Counts, Optional[int]]:
+    """Return subtract_counts(current, previous) and its slots packed (None if not packed)."""
     if len(previous.slots) != len(current.slots):
         raise ValueError("snapshots have different slot counts")
-    slots = array("q", map(operator.sub, current.slots, previous.slots))
-    difference = Counts(slots, current.sum_ns - previous.sum_ns)
-    if difference.sum_ns < 0 or (slots and min(slots) < 0):
+    packed = _packed_difference(current.slots, previous.slots)
+    if packed is None:
+        slots = array("q", map(operator.sub, current.slots, previous.slots))
+        if slots and min(slots) < 0:
+            raise ValueError(BACKWARDS)
+    else:
+        slots = _unpacked(packed, len(current.slots))
+    if current.sum_ns < previous.sum_ns:
         raise ValueError(BACKWARDS)
-    return difference
+    return Counts(slots, current.sum_ns - previous.sum_ns), packed
 
 
-def sum_counts(layout: Layout, many: Iterable[Counts]) -> Counts:
-    slots = [0] * layout.slots
-    total_ns = 0
-    for counts in many:
-        slots = list(map(operator.add, slots, counts.slots))
-        total_ns += counts.sum_ns
-    return Counts(array("q", slots), total_ns)
+def subtract_counts(current: Counts, previous: Counts) -> Counts:
+    """Return what was counted between two readings; raise ValueError if a counter went back."""
+    return _subtract(current, previous)[0]
+
+
+def sum_counts(layout: Layout, many: Iterable[Counts], packed: Optional[List] = None) -> Counts:
+    """Sum histograms; ``packed``, if given, holds their slots packed (None where not)."""
+    many = list(many)
+    total_ns = sum(counts.sum_ns for counts in many)
+    if packed is None:
+        packed = [_packed(counts.slots) for counts in many]
+    summed = _packed_sum(layout.slots, packed) if all(
+        len(counts.slots) == layout.slots for counts in many) else None
+    if summed is None:
+        slots = [0] * layout.slots
+        for counts in many:
+            slots = list(map(operator.add, slots, counts.slots))
+        summed = array("q", slots)
+    return Counts(summed, total_ns)
 
 
 @dataclass(frozen=True)
@@ -156,16 +244,19 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
     (its entry was removed after its last reading) counts nothing.
     """
     cgroups: Dict[int, Counts] = {}
+    packed: List[Optional[int]] = []  # each one's slots packed, for the host's sum
     for cgroup, counts in current.cgroups.items():
         before = previous.cgroups.get(cgroup)
         if before is None:
             if counts.sum_ns or counts.count:
                 cgroups[cgroup] = counts
-        elif counts != before:
-            cgroups[cgroup] = subtract_counts(counts, before)
+                packed.append(_packed(counts.slots))
+        elif counts is not before and counts != before:
+            cgroups[cgroup], difference = _subtract(counts, before)
+            packed.append(difference)
     host = subtract_counts(current.host, previous.host)
     if cgroups:
-        host = add_counts(host, sum_counts(layout, cgroups.values()))
+        host = add_counts(host, sum_counts(layout, cgroups.values(), packed))
     lost = current.lost - previous.lost
     if lost < 0:
         raise ValueError(BACKWARDS)

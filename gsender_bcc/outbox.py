@@ -90,6 +90,7 @@ class DiskOutbox:
         self._segments: Deque[_Segment] = deque()
         self._active: Optional[_Segment] = None
         self._fd: Optional[int] = None
+        self._next_sequence = 1  # never reused: a chunk names its segment by sequence
         self._warned_lines: set = set()
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not directory.is_dir() or directory.is_symlink():
@@ -98,7 +99,11 @@ class DiskOutbox:
             raise OSError(errno.EACCES, "not writable")
         self._scan()
         self._import_legacy_spool(directory.parent / LEGACY_SPOOL)
-        self.dropped += self._enforce_limits()
+        dropped = self._enforce_limits()
+        if dropped:
+            log.warning("%s: dropped %d intervals found there that are older than %g h or past "
+                        "%d MiB", directory, dropped, max_age / 3600, max_bytes >> 20)
+        self.dropped += dropped
 
     # -- limits --
 
@@ -152,10 +157,11 @@ class DiskOutbox:
 
     def _start_segment(self) -> _Segment:
         self._close_active()
-        sequence = self._segments[-1].sequence + 1 if self._segments else 1
+        sequence = self._next_sequence
         path = self.directory / f"{sequence:016d}.txt"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
                            | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        self._next_sequence = sequence + 1
         try:
             _fsync_directory(self.directory)
         except OSError:
@@ -179,6 +185,10 @@ class DiskOutbox:
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self._active = None, None
+
+    def close(self) -> None:
+        """Close the newest segment; what waits stays on disk."""
+        self._close_active()
 
     # -- reading for delivery --
 
@@ -249,6 +259,7 @@ class DiskOutbox:
             match = _SEGMENT_NAME.match(entry.name)
             if match:
                 found.append((int(match.group(1)), Path(entry.path)))
+                self._next_sequence = max(self._next_sequence, int(match.group(1)) + 1)
         for sequence, path in sorted(found):
             try:
                 segment = self._check_segment(sequence, path)
@@ -303,8 +314,9 @@ class DiskOutbox:
                     self._set_aside(path, "not a regular file of a sane size")
                 return
             text = path.read_text(encoding="utf-8")
-            intervals = _legacy_intervals(text)
-        except (OSError, ValueError, UnicodeDecodeError, RecursionError, TypeError) as error:
+            intervals = _legacy_intervals(text, self._clock() + FUTURE_SLACK)
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError, TypeError,
+                OverflowError) as error:
             self._set_aside(path, f"{type(error).__name__}: {error}"[:200])
             return
         for stamp, data in intervals:
@@ -313,7 +325,7 @@ class DiskOutbox:
         log.info("moved %d intervals from %s into the outbox", len(intervals), path)
 
 
-def _legacy_intervals(text: str) -> List[Tuple[int, bytes]]:
+def _legacy_intervals(text: str, newest_allowed: float) -> List[Tuple[int, bytes]]:
     lines = text.split("\n")
     if lines[-1] != "":
         raise ValueError("truncated")
@@ -322,9 +334,15 @@ def _legacy_intervals(text: str) -> List[Tuple[int, bytes]]:
     intervals = []
     for line in lines[1:-1]:
         items = json.loads(line)
+        if not isinstance(items, list) or not items or not all(
+                isinstance(item, list) and len(item) == 3 for item in items):
+            raise ValueError("a batch is not a list of [path, value, timestamp]")
         data = b"".join(f"{path} {value} {int(stamp)}\n".encode() for path, value, stamp in items)
-        if not items or any(parse_line(x) is None for x in data.split(b"\n")[:-1]):
-            raise ValueError("a batch is empty or malformed")
+        parsed = [parse_line(x) for x in data.split(b"\n")[:-1]]
+        if any(p is None for p in parsed):
+            raise ValueError("a batch is malformed")
+        if any(p[2] > newest_allowed for p in parsed):
+            raise ValueError("a batch has a timestamp in the future")
         intervals.append((int(items[0][2]), data))
     return intervals
 

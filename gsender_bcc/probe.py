@@ -194,7 +194,7 @@ class Probe:
             self._batch_values = (self._cgroups.Leaf * BATCH_ENTRIES)()
             # libbcc before 0.20 (bullseye's 0.18) has no bpf_lookup_batch: read entry by entry.
             self._batch_works = hasattr(bcc.libbcc.lib, "bpf_lookup_batch")
-            self._raw_cache: Dict[int, tuple] = {}
+            self._counts_cache: Dict[int, Counts] = {}
 
     def read_snapshot(self) -> Snapshot:
         """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup."""
@@ -210,34 +210,39 @@ class Probe:
         return Snapshot(host, lost, self._read_cgroups() if self._cgroups is not None else {})
 
     def _read_cgroups(self) -> Dict[int, Counts]:
-        """Read every cgroup's counters; an entry unchanged since the last read is reused."""
+        """Read every cgroup's counters; an entry unchanged since the last read is reused.
+
+        Each entry is compared where the kernel put it, and copied only if it changed.
+        """
         size = ctypes.sizeof(self._cgroups.Leaf)
         slots_bytes = 8 * self.layout.slots
-        cache, fresh = self._raw_cache, {}
+        cache, fresh = self._counts_cache, {}
         for cgroup, raw in self._cgroup_entries(size):
+            sum_ns = int.from_bytes(raw[slots_bytes:slots_bytes + 8], "little")
             known = cache.get(cgroup)
-            if known is not None and known[0] == raw:
+            if known is not None and known.sum_ns == sum_ns and \
+                    known.slots == raw[:slots_bytes].cast("q"):
                 fresh[cgroup] = known
                 continue
             slots = array("q")
             slots.frombytes(raw[:slots_bytes])
-            fresh[cgroup] = (raw, Counts(slots, int.from_bytes(raw[slots_bytes:slots_bytes + 8],
-                                                               "little")))
-        self._raw_cache = fresh
-        return {cgroup: entry[1] for cgroup, entry in fresh.items()}
+            fresh[cgroup] = Counts(slots, sum_ns)
+        self._counts_cache = fresh
+        return dict(fresh)
 
     def _cgroup_entries(self, size: int) -> Iterator[tuple]:
-        """Yield (cgroup id, raw value bytes), in batches where the kernel can (5.6 and later)."""
+        """Yield (cgroup id, the value's bytes as a memoryview, valid until the next entry is
+        asked for), in batches where the kernel can (5.6 and later)."""
         if self._batch_works:
             try:
                 yield from self._batched_entries(size)
                 return
-            except OSError as error:
+            except (OSError, AttributeError) as error:  # an old kernel, or an old libbcc
                 log.info("reading the cgroup map in batches failed (%s): reading it entry by "
-                         "entry", error.strerror)
+                         "entry", getattr(error, "strerror", None) or error)
                 self._batch_works = False
         for key, value in self._cgroups.items():
-            yield key.value, ctypes.string_at(ctypes.addressof(value), size)
+            yield key.value, memoryview(ctypes.string_at(ctypes.addressof(value), size))
 
     def _batched_entries(self, size: int) -> Iterator[tuple]:
         from bcc.libbcc import lib
@@ -256,9 +261,9 @@ class Probe:
                     raise OSError(code, os.strerror(code))
                 done = True  # ENOENT: this batch is the last
             first = False
-            raw = ctypes.string_at(ctypes.addressof(values), size * count.value)
-            for i in range(count.value):
-                yield keys[i], raw[i * size:(i + 1) * size]
+            raw = memoryview(values).cast("B")  # overwritten by the next batch
+            for i, key in enumerate(keys[:count.value]):
+                yield key, raw[i * size:(i + 1) * size]
 
     def forget(self, cgroups: Iterable[int]) -> None:
         """Delete the entries of removed cgroups, after their last counts were read."""
@@ -269,7 +274,7 @@ class Probe:
                 del self._cgroups[self._cgroups.Key(cgroup)]
             except KeyError:
                 pass
-            self._raw_cache.pop(cgroup, None)
+            self._counts_cache.pop(cgroup, None)
 
     def close(self) -> None:
         """Detach the tracepoints and unload the program."""

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
+from typing import Callable, Dict, Iterator, Optional, Sequence, TextIO
 
 try:  # the .deb ships a private copy; elsewhere graphyte comes from PyPI
     from ._vendor import graphyte
@@ -85,6 +85,11 @@ def network_sender(config: Config) -> Send:
     def tcp(server: Server, data: bytes) -> None:
         with socket.create_connection((server.host, server.port), timeout) as connection:
             connection.sendall(data)
+            # A server closes its side once it has read everything we sent: waiting for that
+            # tells a delivered send from one a server shutting down took and dropped.
+            connection.shutdown(socket.SHUT_WR)
+            while connection.recv(4096):
+                pass
 
     def udp(server: Server, data: bytes) -> None:
         family, address = _address(server, socket.SOCK_DGRAM)
@@ -146,8 +151,7 @@ class GraphiteSink:
         self._counters = {"send_failures": 0, "spool_errors": 0}
         self._reported: Dict[str, int] = {}
         self._exceptions_seen: set = set()
-        self._resend: Optional[bytes] = None
-        self._last_sent: Optional[bytes] = None
+        self._last_sent: Optional[Chunk] = None
         self._heartbeat = clock()
         self._dropped_in_outage = 0
         self._disk_failing = False
@@ -169,11 +173,29 @@ class GraphiteSink:
             self._routes = [_Route(server) for server in config.servers]
             directory = config.state_directory / "outbox"
             if self._disk is None or self._disk.directory != directory:
+                old, self._disk_failing = self._disk, False
                 self._open_disk(directory)
+                if old is not None:
+                    self._move_waiting(old)
             elif self._disk is not None:
                 self._disk.set_limits(config.buffer_bytes, config.buffer_seconds)
             self._memory.max_bytes = min(MEMORY_FALLBACK_BYTES, config.buffer_bytes)
             self._lock.notify_all()
+
+    def _move_waiting(self, old: DiskOutbox) -> None:
+        """Move what waits in a state directory given up by a reload into the current outbox."""
+        while True:
+            chunk = old.peek(CHUNK_BYTES)
+            if chunk is None:
+                break
+            try:
+                if self._disk is None:
+                    raise OSError("no usable state directory")
+                self._disk.append(chunk.data, chunk.last_stamp)
+            except OSError:
+                self._memory.append(chunk.data, chunk.last_stamp)
+            old.consume(chunk)
+        old.close()
 
     def _open_disk(self, directory) -> None:
         config = self._config
@@ -183,6 +205,9 @@ class GraphiteSink:
         except OSError as error:
             self._disk = None
             self._counters["spool_errors"] += 1
+            if self._disk_failing:
+                return
+            self._disk_failing = True
             log.error("cannot use %s for undelivered data (%s): measuring and delivering "
                       "continue, but data cannot survive a Graphite outage longer than a few "
                       "hundred intervals, or a restart, until this is fixed",
@@ -191,30 +216,34 @@ class GraphiteSink:
     def submit(self, points: Sequence[Datapoint]) -> None:
         """Append one interval's datapoints to the outbox; never blocks on the network."""
         data = encode(self._builder, points)
-        if self._echo is not None:
-            self._echo.submit(points)
         stamp = points[0].timestamp if points else int(self._wall_clock())
         with self._lock:
-            if self._disk is None:
-                self._open_disk(self._config.state_directory / "outbox")
-            stored = False
-            if self._disk is not None:
-                try:
-                    self._note_dropped(self._disk.append(data, stamp))
-                    stored = True
-                    if self._disk_failing:
-                        log.warning("the outbox in %s takes data again", self._disk.directory)
-                    self._disk_failing = False
-                except OSError as error:
-                    self._counters["spool_errors"] += 1
-                    if not self._disk_failing:
-                        log.error("cannot write undelivered data to %s (%s): it is kept in "
-                                  "memory meanwhile and cannot survive a restart",
-                                  self._disk.directory, error.strerror or error)
-                    self._disk_failing = True
-            if not stored:
-                self._note_dropped(self._memory.append(data, stamp))
+            self._store(data, stamp)
             self._lock.notify_all()
+        if self._echo is not None:  # printed once stored: a printed interval is never lost
+            self._echo.submit(points)
+
+    def _store(self, data: bytes, stamp: int) -> None:
+        """Append lines to the outbox on disk or, while that fails, to the one in memory."""
+        if self._disk is None:
+            self._open_disk(self._config.state_directory / "outbox")
+        if self._disk is not None:
+            try:
+                self._note_dropped(self._disk.append(data, stamp))
+            except OSError as error:
+                self._counters["spool_errors"] += 1
+                if not self._disk_failing:
+                    log.error("cannot write undelivered data to %s (%s): it is kept in "
+                              "memory meanwhile, so it cannot survive a restart or a long "
+                              "Graphite outage until this is fixed",
+                              self._disk.directory, error.strerror or error)
+                self._disk_failing = True
+            else:
+                if self._disk_failing:
+                    log.warning("the outbox in %s takes data again", self._disk.directory)
+                self._disk_failing = False
+                return
+        self._note_dropped(self._memory.append(data, stamp))
 
     def health(self) -> Dict[str, int]:
         """Return what waits, and since the last call: drops, failed sends, outbox errors."""
@@ -267,8 +296,7 @@ class GraphiteSink:
     # -- the delivery thread --
 
     def _pending(self) -> bool:
-        return bool(self._resend or self._memory.intervals
-                    or (self._disk is not None and self._disk.intervals))
+        return bool(self._memory.intervals or (self._disk is not None and self._disk.intervals))
 
     def _any_route_up(self) -> bool:
         now = self._clock()
@@ -311,29 +339,23 @@ class GraphiteSink:
     def deliver_once(self) -> bool:
         """Send the oldest waiting chunk to the first server that takes it; return whether one did."""
         with self._lock:
-            resend = self._resend
-            source = None
-            chunk: Optional[Chunk] = None
-            if resend is None:
-                for source in (self._disk, self._memory):
-                    chunk = source.peek(CHUNK_BYTES) if source is not None else None
-                    if chunk is not None:
-                        break
-                if chunk is None:
-                    return False
+            for source in (self._disk, self._memory):
+                chunk = source.peek(CHUNK_BYTES) if source is not None else None
+                if chunk is not None:
+                    break
+            else:
+                return False
             routes = list(self._routes)
-        data = resend if resend is not None else chunk.data
-        delivered = self._send_first(routes, data) if data else True
+        delivered = self._send_first(routes, chunk.data) if chunk.data else True
         with self._lock:
             if not delivered:
-                if self._last_sent is not None:
-                    self._resend, self._last_sent = self._last_sent, None
+                if self._last_sent is not None:  # a server going down may lose what it took last
+                    self._store(self._last_sent.data, self._last_sent.last_stamp)
+                    self._last_sent = None
+                self._lock.notify_all()  # close() stops waiting once no server is up
                 return False
-            if resend is not None:
-                self._resend = None
-            else:
-                source.consume(chunk)
-                self._last_sent = chunk.data
+            source.consume(chunk)
+            self._last_sent = chunk
             if self._dropped_in_outage:
                 log.warning("Graphite is back; %d intervals were dropped during the outage",
                             self._dropped_in_outage)

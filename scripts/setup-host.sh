@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-bpfcc python3-systemd python3-venv bpftool gcc make graphite-carbon python3-whisper)
+APT_PACKAGES=(python3-bpfcc python3-systemd python3-venv bpftool gcc make graphite-carbon python3-whisper
+	graphite-web carbon-c-relay tmux)
 release=$(uname -r)
 modules=/lib/modules/$release
 
@@ -30,6 +31,18 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
 	say "installing ${missing[*]}"
 	apt_install "${missing[@]}"
+fi
+# Only carbon-c-relay's binary is wanted (the tests run their own relays on loopback); its
+# package enables and starts a relay on *:2003 with an empty route table, which would swallow
+# what `make run` sends. Stop and disable it, once, when this script installed it.
+if [[ " ${missing[*]} " == *" carbon-c-relay "* ]]; then
+	if [ -d /run/systemd/system ]; then
+		systemctl disable --now carbon-c-relay.service >/dev/null 2>&1 || true
+	else
+		invoke-rc.d carbon-c-relay stop >/dev/null 2>&1 || true
+		update-rc.d carbon-c-relay disable >/dev/null 2>&1 || true
+	fi
+	say "disabled the carbon-c-relay service (tests start their own relays)"
 fi
 
 # Kernel headers for BCC's compile: the exact package when the distro has one,

@@ -77,9 +77,16 @@ def loaded_program_ids():
 
 
 def program_ids_of(pid):
-    """Return the ids of the BPF programs that process ``pid`` holds."""
-    return {p["id"] for p in loaded_programs()
-            if any(holder.get("pid") == pid for holder in p.get("pids", []))}
+    """Return the ids of the BPF programs that process ``pid`` holds, from its fdinfo."""
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").glob("*"):
+        try:
+            for line in info.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+        except (OSError, ValueError):
+            pass  # closed meanwhile
+    return ids
 
 
 def wait_for_programs_of(pid, count=3, timeout=30.0):
@@ -191,6 +198,8 @@ def cgroup_factory():
         cgroup.remove()
     parent = mount / f"gsender-test-{os.getpid()}"
     if parent.exists():
+        for folder in sorted((p for p in parent.rglob("*") if p.is_dir()), reverse=True):
+            folder.rmdir()  # folders that named a cgroup's parents, now empty
         parent.rmdir()
 
 
@@ -206,7 +215,7 @@ def run_delay_ns() -> int:
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from local_carbon import CarbonCache  # noqa: E402
+from local_carbon import CarbonCache, free_port  # noqa: E402, F401 (free_port: for the tests)
 
 
 @pytest.fixture
@@ -256,7 +265,7 @@ class Agent:
         deadline = time.monotonic() + timeout
         while len(found) < count:
             path, _, stamp = self._next_line(deadline)
-            if path.endswith(".count"):
+            if path.endswith(".count") and ".service." not in path:
                 found.append(stamp)
         return found
 

@@ -130,6 +130,14 @@ class CountingNotifier(NullNotifier):
             self.pings.append(self.clock.time())
 
 
+@pytest.fixture(autouse=True)
+def signal_mask_restored():
+    """Daemon.run blocks the signals it waits for: give the next tests the mask they had."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def run_daemon(clock, probe=None, config=None, **kwargs):
     probe = probe or FakeProbe()
     sink = RecordingSink()

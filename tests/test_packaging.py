@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE_FILES = ["/etc/gsender.conf", "/usr/bin/gsender-bcc", "/lib/systemd/system/gsender-bcc.service",
+PACKAGE_FILES = ["/etc/gsender.conf", "/usr/bin/gsender-bcc",
+                 "/lib/systemd/system/gsender-bcc.service",
                  "/usr/lib/python3/dist-packages/gsender_bcc", "/usr/share/doc/gsender-bcc",
                  "/usr/share/man/man1/gsender-bcc.1.gz", "/var/lib/gsender-bcc"]
 INSTALL_FILES = ["/opt/gsender-bcc", "/usr/local/bin/gsender-bcc",

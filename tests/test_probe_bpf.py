@@ -1,4 +1,4 @@
-"""The real program in the kernel: it counts, agrees with the kernel's own accounting, and leaves."""
+"""The real program in the kernel: it counts, agrees with the kernel's accounting, and leaves."""
 
 import time
 
@@ -13,9 +13,10 @@ from gsender_bcc.program import ProgramSettings
 
 pytestmark = pytest.mark.bpf
 
-# Measured here: per-cgroup totals agree with run_delay within 0.5 % (raw and classic);
-# the bound leaves room for a loaded CI machine.
-WAIT_TOLERANCE = 0.02
+# Measured here, in both attach modes: within 0.01 % on a CPU of their own, within 1.5 % on
+# the CPU the rest of the machine shares; past 2 % once with a qemu guest running beside.
+# The bound is the 5 % the per-service issue asks for.
+WAIT_TOLERANCE = 0.05
 
 
 def settings_for(kind, per_cgroup=True):

@@ -78,7 +78,8 @@ class TestHeaderConstants:
         assert program.header_constants(text) == {"A": 1, "B_2": 240}
 
     def test_inconsistent_constants_are_refused(self):
-        constants = {"HIST_SUB_BITS": 3, "HIST_SUB_COUNT": 8, "HIST_LOG2_MAX": 32, "HIST_SLOTS": 240}
+        constants = {"HIST_SUB_BITS": 3, "HIST_SUB_COUNT": 8, "HIST_LOG2_MAX": 32,
+                     "HIST_SLOTS": 240}
         with pytest.raises(ValueError, match=r"\(8, 240\) do not match .* \(8, 241\)"):
             program.layout_from_constants(constants)
 

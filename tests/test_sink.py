@@ -1,115 +1,628 @@
-"""Framing, outbox and spool, without a Graphite server (that is test_delivery.py)."""
+"""The sink's logic with a fake network and fake clocks (a real Graphite is test_delivery.py).
 
+GraphiteSink(start=False) leaves the delivery thread unstarted, so these tests drive
+deliver_once() themselves and move the clocks by hand: no sockets and no sleeps, except
+where a test is about the thread itself or about UDP datagrams on loopback.
+"""
+
+import errno
 import io
-import json
 import logging
+import os
+import random
+import socket
+import threading
+import time
+import tracemalloc
 
 import graphyte
 import pytest
 
+from gsender_bcc import outbox, sink as sink_module
+from gsender_bcc.config import Config, Server
 from gsender_bcc.metrics import Datapoint
-from gsender_bcc.sink import (SPOOL_NAME, Outbox, StdoutSink, encode, parse_spool, take_spool,
-                              write_spool)
+from gsender_bcc.outbox import DiskOutbox
+from gsender_bcc.sink import DATAGRAM_BYTES, GraphiteSink, StdoutSink, datagrams, encode
 
-POINTS = [Datapoint("h.cpu-lat.count", 120, 1700000010), Datapoint("h.cpu-lat.mean", 12.346, 1700000010)]
-LINES = b"h.cpu-lat.count 120 1700000010\nh.cpu-lat.mean 12.346 1700000010\n"
+NOW = 1_800_000_000
+PRIMARY = Server("primary", 2003)
+SECONDARY = Server("secondary", 2004)
 
 
-def batch(stamp, n=2):
-    return tuple(Datapoint(f"p.s{i}", i + 0.5, stamp) for i in range(n))
+def points(stamp, value=1):
+    return [Datapoint("sink.a", value, stamp), Datapoint("sink.b", value + 0.5, stamp)]
+
+
+def lines(stamp, value=1):
+    return b"sink.a %d %d\nsink.b %s %d\n" % (value, stamp, str(value + 0.5).encode(), stamp)
+
+
+class Clock:
+    """Monotonic and wall time that move together, only when a test moves them."""
+
+    def __init__(self):
+        self.elapsed = 0.0
+
+    def monotonic(self):
+        return 1000.0 + self.elapsed
+
+    def time(self):
+        return NOW + self.elapsed
+
+    def advance(self, seconds):
+        self.elapsed += seconds
+
+
+class Network:
+    """A fake send(): servers in ``down`` refuse; ``raises`` are raised by the next calls."""
+
+    def __init__(self, clock=None):
+        self.clock = clock
+        self.down = set()
+        self.raises = []
+        self.attempts = []  # (when, server, data, delivered)
+
+    def __call__(self, server, data):
+        when = self.clock.elapsed if self.clock else None
+        if self.raises:
+            self.attempts.append((when, server, data, False))
+            raise self.raises.pop(0)
+        if server in self.down:
+            self.attempts.append((when, server, data, False))
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        self.attempts.append((when, server, data, True))
+
+    @property
+    def delivered(self):
+        return [(server, data) for _, server, data, ok in self.attempts if ok]
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def network(clock):
+    return Network(clock)
+
+
+@pytest.fixture
+def state(tmp_path):
+    return tmp_path / "state"
+
+
+def config_for(state, **changes):
+    settings = dict(state_directory=state, frequency=5, server_address=PRIMARY.host,
+                    port=PRIMARY.port, timeout=1.0)
+    settings.update(changes)
+    return Config(**settings)
+
+
+@pytest.fixture
+def make_sink(state, clock, network):
+    """Sinks with the fake network and clocks and no delivery thread; all closed afterwards."""
+    made = []
+
+    def make(echo=None, **changes):
+        made.append(GraphiteSink(config_for(state, **changes), echo=echo, send=network,
+                                 clock=clock.monotonic, wall_clock=clock.time, start=False))
+        return made[-1]
+    yield make
+    for sink in made:
+        sink.close(0)
+
+
+def deliver_all(sink, limit=1000):
+    """Call deliver_once until it has nothing more to send; return how many chunks went."""
+    for count in range(limit):
+        if not sink.deliver_once():
+            return count
+    raise AssertionError("deliver_once never ran out of work")
+
+
+def messages(caplog, level=logging.INFO):
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= level and r.name.startswith("gsender_bcc")]
+
+
+def outbox_bytes(state):
+    return b"".join(p.read_bytes() for p in sorted((state / "outbox").glob("*.txt")))
 
 
 class TestFraming:
     def test_encode_builds_plaintext_lines(self):
-        assert encode(graphyte.Sender("localhost"), POINTS) == LINES
+        assert encode(graphyte.Sender("localhost"), points(NOW)) == lines(NOW)
+
+    def test_tagged_series(self):
+        tagged = [Datapoint("cpu-lat.p99", 12.5, NOW, (("host", "web-01"), ("service", "db")))]
+        assert encode(graphyte.Sender("localhost"), tagged) == (
+            b"cpu-lat.p99;host=web-01;service=db 12.5 %d\n" % NOW)
 
     def test_stdout_sink_prints_the_same_lines(self):
         out = io.StringIO()
-        StdoutSink(out).submit(POINTS)
-        assert out.getvalue() == LINES.decode()
+        StdoutSink(stream=out).submit(points(NOW))
+        assert out.getvalue() == lines(NOW).decode()
 
 
-class TestOutbox:
-    def test_keeps_order_and_drops_the_oldest_past_the_limit(self):
-        box = Outbox(limit=3)
-        assert [box.put(batch(t)) for t in (10, 20, 30, 40, 50)] == [0, 0, 0, 1, 1]
-        assert [b[0].timestamp for b in box.all()] == [30, 40, 50]
-        assert box.dropped == 2
+class TestDatagrams:
+    @staticmethod
+    def backlog(count, seed=11):
+        chooser = random.Random(seed)
+        return b"".join(b"backlog.%s %d %d\n" % (b"x" * chooser.randint(1, 120), i, NOW + i // 50)
+                        for i in range(count))
 
-    def test_replayed_batches_go_first(self):
-        box = Outbox(limit=10)
-        box.put(batch(30))
-        box.put_oldest([batch(10), batch(20)])
-        assert [b[0].timestamp for b in box.all()] == [10, 20, 30]
+    def test_a_backlog_goes_in_full_datagrams_of_whole_lines_within_the_limit(self):
+        data = self.backlog(5000)
+        grams = list(datagrams(data))
+        assert b"".join(grams) == data
+        assert all(len(g) <= DATAGRAM_BYTES and g.endswith(b"\n") for g in grams)
+        for gram, following in zip(grams, grams[1:]):  # each is as full as whole lines allow
+            assert len(gram) + following.index(b"\n") + 1 > DATAGRAM_BYTES
+        assert len(grams) == 302 and len(data) == 423695  # 292 would be full to the byte
 
-    def test_replay_beyond_the_limit_drops_the_oldest_replayed(self):
-        box = Outbox(limit=2)
-        box.put(batch(30))
-        assert box.put_oldest([batch(10), batch(20)]) == 1
-        assert [b[0].timestamp for b in box.all()] == [20, 30]
+    def test_a_line_of_exactly_the_limit_fits_and_a_longer_one_goes_alone(self):
+        exact = b"a." + b"x" * (DATAGRAM_BYTES - 7) + b" 1 1\n"
+        longer = b"b." + b"y" * DATAGRAM_BYTES + b" 1 1\n"
+        assert len(exact) == DATAGRAM_BYTES
+        assert list(datagrams(exact + b"c.z 1 1\n" + longer + b"d.z 1 1\n")) == [
+            exact, b"c.z 1 1\n", longer, b"d.z 1 1\n"]
 
-    def test_head_takes_whole_batches_up_to_the_line_budget(self):
-        box = Outbox(limit=10)
-        for t in (10, 20, 30):
-            box.put(batch(t, n=3))
-        assert [b[0].timestamp for b in box.head(max_lines=7)] == [10, 20]
-        assert [b[0].timestamp for b in box.head(max_lines=1)] == [10]
+    def test_nothing_gives_no_datagram(self):
+        assert list(datagrams(b"")) == []
 
-    def test_remove_head_forgets_only_what_is_still_at_the_head(self):
-        box = Outbox(limit=2)
-        sent = box.head(100)
-        box.put(batch(10))
-        box.put(batch(20))
-        sent = box.head(100)
-        box.put(batch(30))  # pushes out batch 10 while 10 and 20 were being sent
-        box.remove_head(sent)
-        assert [b[0].timestamp for b in box.all()] == [30]
+    def test_udp_datagrams_on_loopback_carry_a_backlog_within_the_limit(self, state):
+        """A real UDP socket records what the sink's UDP sender puts on the wire."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+            receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            receiver.bind(("127.0.0.1", 0))
+            receiver.settimeout(5)
+            sink = GraphiteSink(config_for(state, protocol="udp", server_address="127.0.0.1",
+                                           port=receiver.getsockname()[1]), start=False)
+            expected = b""
+            stamp = int(time.time()) - 100
+            for k in range(40):  # 40 intervals of 100 lines: 4000 lines waiting
+                batch = [Datapoint(f"udp.backlog.series{i:03d}", k * 1000 + i + 0.125, stamp + k)
+                         for i in range(100)]
+                sink.submit(batch)
+                expected += encode(graphyte.Sender("localhost"), batch)
+            chunks = deliver_all(sink)
+            sink.close(0)
+            received = []
+            while sum(map(len, received)) < len(expected):
+                received.append(receiver.recv(65536))
+        sizes = [len(gram) for gram in received]
+        print(f"\n{len(expected)} bytes in {len(received)} datagrams from {chunks} chunks, "
+              f"sizes {min(sizes)}..{max(sizes)}")
+        assert b"".join(received) == expected
+        assert max(sizes) <= DATAGRAM_BYTES and all(g.endswith(b"\n") for g in received)
+        assert len(received) == sum(len(list(datagrams(c))) for c in self._chunks(expected))
 
-    def test_shrinking_drops_the_oldest(self):
-        box = Outbox(limit=5)
-        for t in range(5):
-            box.put(batch(t))
-        assert box.resize(2) == 3
-        assert [b[0].timestamp for b in box.all()] == [3, 4]
+    @staticmethod
+    def _chunks(data):
+        """The chunks the outbox hands over: whole intervals, up to CHUNK_BYTES."""
+        intervals, current, stamp = [], b"", None
+        for line in data.splitlines(keepends=True):
+            if stamp is not None and line.split()[2] != stamp:
+                intervals.append(current)
+                current = b""
+            current, stamp = current + line, line.split()[2]
+        intervals.append(current)
+        chunks, chunk = [], b""
+        for one in intervals:
+            if chunk and len(chunk) + len(one) > sink_module.CHUNK_BYTES:
+                chunks.append(chunk)
+                chunk = b""
+            chunk += one
+        return chunks + [chunk]
 
 
-class TestSpool:
-    def test_round_trip(self, tmp_path):
-        batches = [batch(10), batch(20, n=3), (Datapoint("x.count", 0, 30),)]
-        write_spool(tmp_path / SPOOL_NAME, batches)
-        assert parse_spool((tmp_path / SPOOL_NAME).read_text()) == batches
-        assert not (tmp_path / (SPOOL_NAME + ".tmp")).exists()
+class TestStoring:
+    def test_submit_stores_durably_and_sends_nothing_itself(self, make_sink, state, network,
+                                                            monkeypatch):
+        synced = []
+        real = os.fdatasync
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+        sink = make_sink()
+        sink.submit(points(NOW))
+        assert len(synced) == 1 and outbox_bytes(state) == lines(NOW)
+        assert network.attempts == []
+        # a crash here loses nothing: a new start finds the interval
+        assert DiskOutbox(state / "outbox", 1 << 20, 3600, clock=lambda: NOW).intervals == 1
 
-    def test_take_reads_and_removes(self, tmp_path):
-        write_spool(tmp_path / SPOOL_NAME, [batch(10)])
-        assert take_spool(tmp_path) == [batch(10)]
-        assert list(tmp_path.iterdir()) == []
+    def test_echo_prints_only_what_is_already_stored(self, make_sink, state):
+        seen = []
 
-    def test_no_spool_is_nothing(self, tmp_path):
-        assert take_spool(tmp_path) == []
+        class Witness(io.StringIO):
+            def write(self, text):
+                seen.append(outbox_bytes(state))
+                return super().write(text)
 
-    HEADER = json.dumps({"format": "gsender-bcc spool", "version": 1}) + "\n"
+        echo = Witness()
+        sink = make_sink(echo=echo)
+        sink.submit(points(NOW))
+        assert echo.getvalue() == lines(NOW).decode()
+        assert seen and all(disk == lines(NOW) for disk in seen)
 
-    @pytest.mark.parametrize("text, message", [
-        ("", "it is empty"),
-        (HEADER + '[["p.a", 1, 10]', "truncated"),
-        ('{"format": "other"}\n', "line 1 is not a gsender-bcc spool header"),
-        ("garbage\n", "line 1 is not JSON"),
-        (HEADER + '[["p.a", 1, 10]]\n{oops\n', "line 3 is not JSON"),
-        (HEADER + '[["p.a", 1]]\n', "line 2 is not a list of [path, value, timestamp]"),
-        (HEADER + '[["p a", 1, 10]]\n', "line 2 holds an empty or malformed batch"),
-        (HEADER + '[["p.a", "1", 10]]\n', "line 2 holds an empty or malformed batch"),
-        (HEADER + "[]\n", "line 2 holds an empty or malformed batch"),
+    def test_delivers_oldest_first_and_forgets_what_a_server_took(self, make_sink, state,
+                                                                  network):
+        sink = make_sink()
+        for k in range(3):
+            sink.submit(points(NOW + k, value=k))
+        assert sink.health()["queued_intervals"] == 3
+        assert deliver_all(sink) == 1
+        assert network.delivered == [(PRIMARY, lines(NOW, 0) + lines(NOW + 1, 1)
+                                      + lines(NOW + 2, 2))]
+        assert sink.health() == {"queued_intervals": 0, "dropped_intervals": 0,
+                                 "send_failures": 0, "spool_errors": 0}
+        assert list((state / "outbox").iterdir()) == []
+
+
+class TestServers:
+    def test_failover_to_the_next_server_and_back_to_the_first(self, make_sink, network, clock,
+                                                               caplog):
+        sink = make_sink(fallback_servers=(SECONDARY,))
+        network.down = {PRIMARY}
+        with caplog.at_level(logging.INFO):
+            sink.submit(points(NOW))
+            deliver_all(sink)
+            clock.advance(0.5)
+            sink.submit(points(NOW + 1))
+            deliver_all(sink)  # the primary waits out its back-off: not even tried
+            clock.advance(0.5)
+            network.down = set()
+            sink.submit(points(NOW + 2))
+            deliver_all(sink)
+        assert [(when, server, data, ok) for when, server, data, ok in network.attempts] == [
+            (0.0, PRIMARY, lines(NOW), False), (0.0, SECONDARY, lines(NOW), True),
+            (0.5, SECONDARY, lines(NOW + 1), True), (1.0, PRIMARY, lines(NOW + 2), True)]
+        assert sink.health()["send_failures"] == 1
+        assert messages(caplog) == [
+            "sending 42 bytes to Graphite at primary:2003 failed: [Errno 111] Connection "
+            "refused; next try in 1s",
+            "Graphite at primary:2003 takes datapoints again"]
+
+    def test_with_every_server_down_everything_waits(self, make_sink, network, clock):
+        sink = make_sink(fallback_servers=(SECONDARY,))
+        network.down = {PRIMARY, SECONDARY}
+        sink.submit(points(NOW))
+        deliver_all(sink)
+        clock.advance(1)
+        sink.submit(points(NOW + 1))
+        network.down = set()
+        deliver_all(sink)
+        assert network.delivered == [(PRIMARY, lines(NOW) + lines(NOW + 1))]
+        assert sink.health()["send_failures"] == 2
+
+    @pytest.mark.parametrize("frequency, tries", [
+        (5, [0, 1, 3, 7, 12, 17, 22, 27]),
+        (120, [0, 1, 3, 7, 15, 31, 63, 123, 183]),
     ])
-    def test_damage_is_named(self, text, message):
-        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            parse_spool(text)
+    def test_back_off_doubles_up_to_retry_max_seconds(self, make_sink, network, clock, caplog,
+                                                      frequency, tries):
+        sink = make_sink(frequency=frequency)
+        network.down = {PRIMARY}
+        sink.submit(points(NOW))
+        with caplog.at_level(logging.WARNING):
+            while clock.elapsed <= tries[-1]:
+                sink.deliver_once()
+                clock.advance(0.5)
+        assert [when for when, _, _, _ in network.attempts] == tries
+        waits = [b - a for a, b in zip(tries, tries[1:])]
+        assert [m.rsplit(" ", 1)[1] for m in messages(caplog)] == [f"{w}s" for w in waits] + [
+            f"{min(frequency, 60)}s"]
+        assert sink.health()["send_failures"] == len(tries)
 
-    def test_damaged_spool_is_set_aside_and_reported(self, tmp_path, caplog):
-        (tmp_path / SPOOL_NAME).write_text(self.HEADER + "{oops\n")
-        with caplog.at_level(logging.ERROR):
-            assert take_spool(tmp_path) == []
-        aside = list(tmp_path.glob(SPOOL_NAME + ".corrupt-*"))
-        assert len(aside) == 1 and aside[0].read_text() == self.HEADER + "{oops\n"
-        assert not (tmp_path / SPOOL_NAME).exists()
-        assert "is damaged: line 2 is not JSON; moved it to" in caplog.text
+    def test_the_first_failure_after_a_success_sends_the_last_chunk_again(self, make_sink,
+                                                                          network, clock):
+        sink = make_sink()
+        sink.submit(points(NOW))
+        deliver_all(sink)
+        sink.submit(points(NOW + 1))
+        network.down = {PRIMARY}
+        deliver_all(sink)
+        clock.advance(1)
+        deliver_all(sink)  # fails again: the repeat waits its turn, on disk, once
+        clock.advance(2)
+        network.down = set()
+        deliver_all(sink)
+        assert [(data, ok) for _, _, data, ok in network.attempts] == [
+            (lines(NOW), True), (lines(NOW + 1), False),
+            (lines(NOW + 1) + lines(NOW), False), (lines(NOW + 1) + lines(NOW), True)]
+        sink.submit(points(NOW + 2))
+        deliver_all(sink)
+        assert network.delivered[-1] == (PRIMARY, lines(NOW + 2))
+        assert len(network.attempts) == 5
+
+    def test_a_chunk_is_at_most_chunk_bytes_of_whole_intervals(self, make_sink, network):
+        sink = make_sink()
+        batch = [Datapoint(f"big.series{i:04d}", i, NOW) for i in range(1000)]
+        for k in range(3):
+            sink.submit([Datapoint(p.path, p.value, NOW + k) for p in batch])
+        assert deliver_all(sink) == 2
+        sizes = [len(data) for _, data in network.delivered]
+        one = len(encode(graphyte.Sender("localhost"), batch))
+        assert sizes == [2 * one, one] and 2 * one <= sink_module.CHUNK_BYTES
+
+
+class TestLimits:
+    def test_drops_are_logged_once_per_outage_and_summed_when_graphite_is_back(
+            self, make_sink, network, clock, caplog, monkeypatch):
+        monkeypatch.setattr(outbox, "SEGMENT_BYTES", 1)  # one interval per segment
+        sink = make_sink(buffer_hours=0.01)  # 36 s
+        network.down = {PRIMARY}
+        with caplog.at_level(logging.WARNING):
+            for k in range(41):  # an interval a second, kept for 36 s
+                clock.elapsed = k
+                sink.submit(points(NOW + k))
+            assert sink.health()["dropped_intervals"] == 4
+            network.down = set()
+            deliver_all(sink)
+            network.down = {PRIMARY}
+            for k in range(41, 82):
+                clock.elapsed = k
+                sink.submit(points(NOW + k))
+        notes = [m for m in messages(caplog) if "sending" not in m]
+        assert notes == [
+            "outbox full (128 MiB or 0.01 h): dropping the oldest intervals until Graphite is back",
+            "Graphite is back; 4 intervals were dropped during the outage",
+            "outbox full (128 MiB or 0.01 h): dropping the oldest intervals until Graphite is back"]
+        delivered = b"".join(data for _, data in network.delivered)
+        assert delivered == b"".join(lines(NOW + k) for k in range(4, 41))
+        assert sink.health()["dropped_intervals"] == 4
+
+    def test_memory_fallback_is_bounded_too(self, tmp_path, make_sink, network, monkeypatch):
+        monkeypatch.setattr(sink_module, "MEMORY_FALLBACK_BYTES", 3 * len(lines(NOW)))
+        (tmp_path / "file").write_text("in the way")
+        sink = make_sink(state_directory=tmp_path / "file" / "state")
+        network.down = {PRIMARY}
+        for k in range(5):
+            sink.submit(points(NOW + k))
+        assert sink.health()["dropped_intervals"] == 2
+        network.down = set()
+        deliver_all(sink)
+        assert [data for _, data in network.delivered] == [lines(NOW + k) for k in (2, 3, 4)]
+
+
+def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, monkeypatch):
+    """Python's own count of its allocations, while 1 MB waits for a server that refuses."""
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)  # durability is tested above
+    monkeypatch.setattr(logging.getLogger("gsender_bcc.sink"), "disabled", True)
+    sink = make_sink()
+    network.down = {PRIMARY}
+    series = [f"memory.series{i:03d}" for i in range(100)]
+
+    def interval(k):
+        sink.submit([Datapoint(name, k + i / 8, NOW + k) for i, name in enumerate(series)])
+        if k % 10 == 0:
+            sink.deliver_once()
+        sink.health()
+        clock.advance(1)
+        network.attempts.clear()  # the fake network's record is not the sink's memory
+    for k in range(50):
+        interval(k)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(50, 350):
+            interval(k)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        print(f"\n{grown} bytes more held by Python after 300 more intervals waiting")
+    finally:
+        tracemalloc.stop()
+    waiting = sum(p.stat().st_size for p in (sink._config.state_directory / "outbox").iterdir())
+    assert sink.health()["queued_intervals"] == 350 and waiting > 1_000_000
+    assert grown < 20_000, f"{grown} bytes more held after 300 more intervals waiting"
+    network.down = set()
+    clock.advance(10)
+    deliver_all(sink)
+    assert b"".join(data for _, data in network.delivered).count(b"\n") == 350 * 100
+
+
+class TestStateDirectoryTrouble:
+    def test_an_unusable_state_directory_falls_back_to_memory_with_one_line(
+            self, tmp_path, make_sink, network, caplog):
+        blocker = tmp_path / "file"
+        blocker.write_text("in the way")
+        with caplog.at_level(logging.WARNING):
+            sink = make_sink(state_directory=blocker / "state")
+            for k in range(3):
+                sink.submit(points(NOW + k))
+            health = sink.health()
+            deliver_all(sink)
+        assert health == {"queued_intervals": 3, "dropped_intervals": 0, "send_failures": 0,
+                          "spool_errors": 4}
+        assert [data for _, data in network.delivered] == [lines(NOW + k) for k in range(3)]
+        assert messages(caplog) == [
+            f"cannot use {blocker}/state/outbox for undelivered data (Not a directory): "
+            f"measuring and delivering continue, but data cannot survive a Graphite outage "
+            f"longer than a few hundred intervals, or a restart, until this is fixed"]
+        caplog.clear()
+        blocker.unlink()  # the operator fixes it
+        with caplog.at_level(logging.WARNING):
+            sink.submit(points(NOW + 3))
+        assert outbox_bytes(blocker / "state") == lines(NOW + 3)
+        assert messages(caplog) == [f"the outbox in {blocker}/state/outbox takes data again"]
+        assert sink.health()["spool_errors"] == 0
+
+    def test_a_failing_append_keeps_data_in_memory_with_one_line(self, make_sink, network,
+                                                                 state, caplog, monkeypatch):
+        sink = make_sink()
+        network.down = {PRIMARY}
+        sink.submit(points(NOW))
+
+        def full(data, stamp):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(sink._disk, "append", full)
+        with caplog.at_level(logging.WARNING):
+            for k in range(1, 4):
+                sink.submit(points(NOW + k))
+        assert sink.health() == {"queued_intervals": 4, "dropped_intervals": 0,
+                                 "send_failures": 0, "spool_errors": 3}
+        assert messages(caplog) == [
+            f"cannot write undelivered data to {state}/outbox (No space left on device): it is "
+            f"kept in memory meanwhile, so it cannot survive a restart or a long Graphite "
+            f"outage until this is fixed"]
+        caplog.clear()
+        monkeypatch.undo()  # space again
+        with caplog.at_level(logging.WARNING):
+            sink.submit(points(NOW + 4))
+        assert messages(caplog) == [f"the outbox in {state}/outbox takes data again"]
+        network.down = set()
+        deliver_all(sink)
+        assert sorted(data for _, data in network.delivered) == sorted(
+            [lines(NOW) + lines(NOW + 4)] + [lines(NOW + k) for k in (1, 2, 3)])
+
+
+class TestReconfigure:
+    def test_new_servers_take_what_waits(self, make_sink, network):
+        sink = make_sink()
+        network.down = {PRIMARY}
+        sink.submit(points(NOW))
+        sink.submit(points(NOW + 1))
+        sink.reconfigure(config_for(sink._config.state_directory, server_address="secondary",
+                                    port=SECONDARY.port))
+        deliver_all(sink)
+        assert network.delivered == [(SECONDARY, lines(NOW) + lines(NOW + 1))]
+
+    def test_smaller_limits_drop_the_oldest_at_once(self, make_sink, network, clock, state):
+        sink = make_sink()
+        network.down = {PRIMARY}
+        for k in range(3):
+            sink.submit(points(NOW + k))
+        clock.advance(100)
+        sink.reconfigure(config_for(state, buffer_hours=0.01))
+        assert sink.health()["dropped_intervals"] == 3
+        network.down = set()
+        assert deliver_all(sink) == 0
+
+    def test_a_new_state_directory_keeps_what_waits(self, make_sink, network, tmp_path):
+        sink = make_sink()
+        network.down = {PRIMARY}
+        sink.submit(points(NOW))
+        sink.submit(points(NOW + 1))
+        sink.reconfigure(config_for(tmp_path / "elsewhere"))
+        sink.submit(points(NOW + 2))
+        network.down = set()
+        deliver_all(sink)
+        assert b"".join(data for _, data in network.delivered) == (
+            lines(NOW) + lines(NOW + 1) + lines(NOW + 2))
+        assert sink.health()["queued_intervals"] == 0
+
+
+class TestClose:
+    def test_what_waits_stays_on_disk_for_the_next_start(self, make_sink, network, state, clock,
+                                                         caplog):
+        sink = make_sink()
+        network.down = {PRIMARY}
+        sink.submit(points(NOW))
+        sink.submit(points(NOW + 1))
+        deliver_all(sink)
+        with caplog.at_level(logging.INFO):
+            sink.close(seconds=5)
+        assert clock.elapsed == 0  # nothing to wait for with no thread and the server down
+        assert messages(caplog)[-1] == f"2 undelivered intervals wait in {state}/outbox for " \
+                                       f"the next start"
+        network.down = set()
+        after = make_sink()
+        deliver_all(after)
+        assert network.delivered == [(PRIMARY, lines(NOW) + lines(NOW + 1))]
+
+    def test_memory_fallback_is_written_to_disk_at_close(self, make_sink, network, state,
+                                                         monkeypatch):
+        sink = make_sink()
+        network.down = {PRIMARY}
+        monkeypatch.setattr(sink._disk, "append",
+                            lambda data, stamp: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+        sink.submit(points(NOW))
+        monkeypatch.undo()
+        sink.close(0)
+        assert outbox_bytes(state) == lines(NOW)
+
+    def test_memory_that_cannot_be_saved_is_reported_lost(self, tmp_path, make_sink, network,
+                                                          caplog):
+        (tmp_path / "file").write_text("in the way")
+        sink = make_sink(state_directory=tmp_path / "file" / "state")
+        network.down = {PRIMARY}
+        sink.submit(points(NOW))
+        with caplog.at_level(logging.WARNING):
+            sink.close(0)
+        assert messages(caplog)[-1] == ("1 undelivered intervals are lost: the state directory "
+                                        "cannot take them")
+
+    def test_close_waits_for_delivery_while_a_server_takes_data(self, state):
+        received = []
+        sink = GraphiteSink(config_for(state), send=lambda server, data: received.append(data))
+        for k in range(3):
+            sink.submit(points(int(time.time()) - 10 + k))
+        sink.close(seconds=5)
+        assert b"".join(received).count(b"\n") == 6
+        assert not sink._thread.is_alive()
+
+    def test_close_does_not_wait_for_servers_that_refuse(self, state):
+        def refuse(server, data):
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        sink = GraphiteSink(config_for(state), send=refuse)
+        sink.submit(points(int(time.time())))
+        started = time.monotonic()
+        sink.close(seconds=5)
+        assert time.monotonic() - started < 1.0
+        assert not sink._thread.is_alive()
+
+
+class TestDeliveryThread:
+    def test_an_unexpected_exception_is_counted_logged_once_per_kind_and_survived(
+            self, state, caplog, monkeypatch):
+        monkeypatch.setattr(sink_module, "BACKOFF_FIRST", 0.01)
+        network = Network()
+        network.raises = [RuntimeError("boom"), RuntimeError("boom again"), KeyError("k")]
+        stamp = int(time.time()) - 10
+        with caplog.at_level(logging.INFO):
+            sink = GraphiteSink(config_for(state), send=network)
+            try:
+                sink.submit(points(stamp))
+                wait_until(lambda: network.delivered, "the first delivery")
+                sink.submit(points(stamp + 1))
+                wait_until(lambda: len(network.delivered) == 2, "the second delivery")
+                assert sink.alive()
+                health = sink.health()
+            finally:
+                sink.close()
+        assert network.delivered == [(PRIMARY, lines(stamp)), (PRIMARY, lines(stamp + 1))]
+        assert health["send_failures"] == 3 and health["queued_intervals"] == 0
+        assert messages(caplog, logging.ERROR) == [
+            "delivery hit an unexpected RuntimeError: boom; it carries on",
+            "delivery hit an unexpected KeyError: 'k'; it carries on"]
+
+    def test_alive_tells_a_stuck_delivery_thread(self, state, clock):
+        release = threading.Event()
+        entered = threading.Event()
+
+        def stuck(server, data):
+            entered.set()
+            release.wait(10)
+        sink = GraphiteSink(config_for(state), send=stuck, clock=clock.monotonic)
+        try:
+            assert sink.alive()
+            sink.submit(points(int(time.time())))
+            assert entered.wait(5)
+            clock.advance(1.0 * 2 + 10 - 0.1)  # timeout * (servers + 1) + 10, not quite
+            assert sink.alive()
+            clock.advance(0.2)
+            assert not sink.alive()
+            release.set()
+            wait_until(sink.alive, "the thread to make progress again")
+        finally:
+            release.set()
+            sink.close(0)
+        assert not sink.alive()
+
+    def test_an_unstarted_sink_is_not_alive(self, make_sink):
+        assert not make_sink().alive()
+
+
+def wait_until(predicate, what, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

@@ -11,7 +11,7 @@ FMT_6X = ('print fmt: "prev_state=%s%s", (REC->prev_state & ((((0x00000000 | 0x0
           ' ? "+" : "", REC->next_comm')
 FMT_4_14 = ('print fmt: "...", (REC->prev_state & ((((0x0000 | 0x0001 | 0x0002 | 0x0004 | 0x0008 | '
             '0x0010 | 0x0020 | 0x0040) + 1) << 1) - 1)) ? __print_flags(...) : "R", REC->prev_state'
-            ' & (((0x0000 | 0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020 | 0x0040) + 1) << 1)'
+            ' & (((0x0000 | 0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020 | 0x0040) + 1) << 1)'  # noqa: E501 (the kernel's own text)
             ' ? "+" : "", REC->next_comm')
 FMT_4_4 = ('print fmt: "...", REC->prev_state & (2048-1) ? __print_flags(...) : "R", '
            'REC->prev_state & 2048 ? "+" : "", REC->next_comm')

@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "var" / "vm"
 RELEASES = {"bullseye": "5.10.", "bookworm": "6.1.", "trixie": "6.12."}  # release: kernel
 CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69", "series-arrived",
-          "accuracy", "series-stamps", "series-order", "series-rates", "series-slots", "reload",
+          "service-series", "accuracy", "series-stamps", "series-order", "series-rates",
+          "series-slots", "reload",
           "reload-frequency", "security-score", "no-restarts", "watchdog", "bpf-programs",
-          "clean-stop", "config-error", "config-error-message", "service-classic", "purge"]
+          "clean-stop", "config-error", "config-error-message", "purge"]
 SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or list(RELEASES)
 
 vm = [pytest.mark.bpf, pytest.mark.vm]

@@ -125,6 +125,16 @@ said=$(helper accuracy "$whisper_dir" --frequency $f --from "$start_boundary" --
 code=$?
 [ $stopped -eq 0 ] || { code=1; said="$said (the busy unit's threads did not all stop)"; }
 check accuracy $code "${said#VMCHECK accuracy [A-Z]* }; busy unit: $threads threads, ${busy_seconds}s"
+# The same window from the busy unit's own series, under its unit name: sum of count x mean.
+service_dir="$whisper_dir/service/${busy%.service}"
+said=$(paste <(whisper-fetch --from="$start_boundary" --until="$last" "$service_dir/count.wsp" 2>&1) \
+	<(whisper-fetch --from="$start_boundary" --until="$last" "$service_dir/mean.wsp" 2>&1) |
+	awk -v delay="$run_delay" '$2 != "None" && $4 != "None" { wait += $2 * $4; n++ }
+		END { ratio = delay > 0 ? wait * 1000 / delay : 0
+		      printf "%d intervals, %.3fs of wait vs run_delay %.3fs: %+.2f%% (tolerance 5%%)",
+		             n, wait / 1e6, delay / 1e9, (ratio - 1) * 100
+		      exit !(n > 0 && ratio > 0.95 && ratio < 1.05) }')
+check service-series $? "service.${busy%.service}: $said"
 systemctl stop "$busy"
 
 # Plausible series: every interval since the start, before the reload.
@@ -183,30 +193,14 @@ journalctl -u "$unit" -o cat | grep -q "gsender-bcc: /etc/gsender.conf: \[defaul
 check config-error-message $? "$(journalctl -u $unit -o cat | grep 'frequency =' | tail -n 1)"
 mv /root/vm-good.conf /etc/gsender.conf
 
-# ---- the service itself in classic mode, under the hardened unit -------------------------
-sed -i 's/^\[default\]$/[default]\ntracepoints = classic/' /etc/gsender.conf
-systemctl reset-failed "$unit" 2>/dev/null
-started_at=$(date +%s)
-timeout 200 systemctl start "$unit"  # returns once READY, or once the agent has exited
-sleep 1
-state=$(prop ActiveState); code=$(prop ExecMainStatus); pid=$(prop MainPID)
-ids=$(helper progs --pid "$pid" 2> /root/vm-progs.err)
-delivered_since() { [ "$(helper stamps "$whisper_dir" --since "$1" | wc -w)" -ge 2 ]; }
-[ "$state" = active ] && wait_for 30 delivered_since "$started_at"
-[ "$state" = active ] && grep -q "types: tracepoint)" /root/vm-progs.err && delivered_since "$started_at"
-ok=$?
-said=$(journalctl -u "$unit" --since "@$started_at" -o cat | grep '^gsender-bcc: ' | tail -n 1)
-check service-classic $ok "tracepoints = classic: $state, exit status $code, programs ${ids:-none} $(one_line "$(cat /root/vm-progs.err)"), intervals since start: $(helper stamps "$whisper_dir" --since "$started_at" | wc -w)${said:+; the agent said: $said}"
-systemctl stop "$unit"
-sed -i '/^tracepoints = classic$/d' /etc/gsender.conf
-
-# ---- purge while the service runs (default mode) ------------------------------------------
+# ---- purged while it runs ----------------------------------------------------------------
 systemctl reset-failed "$unit" 2>/dev/null
 systemctl start "$unit"
 wait_for 150 systemctl is-active --quiet "$unit"
 running=$?
 pid=$(prop MainPID)
-ids=$(helper progs --pid "$pid" 2>/dev/null)
+ids=$(helper progs --pid "$pid" 2> /root/vm-progs.err)
+[ $running -eq 0 ] || log_tail
 DEBIAN_FRONTEND=noninteractive timeout 300 apt-get purge -y -q gsender-bcc > /root/vm-purge.log 2>&1
 code=$?
 sleep 2

@@ -1,0 +1,313 @@
+"""What one interval costs the agent with many live services, timed in-process.
+
+Makes COUNT cgroups under the cgroup v2 mount (``gsender-bench-<pid>.slice/svcNNNN.service``,
+each its own service), puts one process in each that wakes every 50 ms (bench/ticker.c),
+loads the BPF program as the agent does (``Probe(Config())``, per-service breakdown on),
+and times what the daemon does for one interval: ``Daemon._measure`` (read_snapshot, delta)
+then ``Daemon._services`` (CgroupTree.resolve, by_service, top_services, cpu.pressure of
+the top services, interval_stats for the top 20 and other). The daemon's own methods are
+called, so the timing follows whatever it does.
+
+Two cases, each repeated: "few changed" (the tickers stopped: every service is in the map,
+only the host's own cgroups changed since the last reading) and "all changed" (the tickers
+ran between the readings, so every one of the COUNT services has new samples). The tickers
+are stopped (SIGSTOP) while a reading is timed, so they do not compete with it. One more
+all-changed reading runs under cProfile for where the time goes.
+
+Every cgroup and process made here is removed before returning. Needs root and the BPF
+toolchain; run it under the bench lock, as bench/run.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import os
+import pstats
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKER = ROOT / "bench" / "build" / "ticker"
+TICK_MS = 50
+LIFETIME_S = 600  # a bound on the tickers' life should this process die without cleaning up
+
+# The functions whose cumulative time the profile reports, in the order the daemon calls them.
+STAGES = [
+    ("read_snapshot", "probe.py", "read_snapshot"),
+    ("  of which _read_cgroups", "probe.py", "_read_cgroups"),
+    ("  of which _batched_entries", "probe.py", "_batched_entries"),
+    ("delta", "histogram.py", "delta"),
+    ("  of which subtract_counts", "histogram.py", "subtract_counts"),
+    ("  of which sum_counts", "histogram.py", "sum_counts"),
+    ("CgroupTree.resolve", "cgroups.py", "resolve"),
+    ("  of which CgroupTree.walk", "cgroups.py", "walk"),
+    ("by_service", "histogram.py", "by_service"),
+    ("top_services", "histogram.py", "top_services"),
+    ("PressureReader.read (top services)", "cgroups.py", "read"),
+    ("interval_stats", "histogram.py", "interval_stats"),
+]
+
+
+def build_ticker() -> None:
+    source = ROOT / "bench" / "ticker.c"
+    TICKER.parent.mkdir(parents=True, exist_ok=True)
+    if not TICKER.exists() or TICKER.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(TICKER), str(source)],
+                       check=True)
+
+
+class Cgroups:
+    """COUNT empty cgroups under a parent of their own; remove() takes them all away."""
+
+    def __init__(self, mount: Path, count: int):
+        self.parent = mount / f"gsender-bench-{os.getpid()}.slice"
+        self.children = [self.parent / f"svc{i:04d}.service" for i in range(count)]
+        self.parent.mkdir()
+        try:
+            for child in self.children:
+                child.mkdir()
+        except OSError:
+            self.remove()
+            raise
+
+    def ids(self) -> set:
+        return {os.stat(child).st_ino for child in self.children if child.exists()}
+
+    def remove(self, timeout: float = 20.0) -> List[str]:
+        """Remove every cgroup made; return those that could not be removed."""
+        deadline = time.monotonic() + timeout
+        left = [d for d in self.children + [self.parent] if d.exists()]
+        while left:
+            still = []
+            for folder in left:  # children first: the parent goes last
+                try:
+                    folder.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    still.append(folder)
+            left = still
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # tasks just killed may take a moment to leave
+        return [str(d) for d in left]
+
+
+class Tickers:
+    """One bench/ticker process group: a waking process in each cgroup."""
+
+    def __init__(self, parent: Path, count: int):
+        self.proc = subprocess.Popen([str(TICKER), str(parent), str(count), str(TICK_MS),
+                                      str(LIFETIME_S)], stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.close()
+            raise RuntimeError(f"ticker did not start (exit {self.proc.returncode})")
+        self.running = True
+
+    def _group(self, signo: int) -> None:
+        try:
+            os.killpg(self.proc.pid, signo)
+        except ProcessLookupError:
+            pass
+
+    def pause(self) -> None:
+        self._group(signal.SIGSTOP)
+        self.running = False
+
+    def resume(self) -> None:
+        self._group(signal.SIGCONT)
+        self.running = True
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self._group(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._group(signal.SIGKILL)
+                self.proc.wait()
+        # The group's children, should any be left (ticker reaps them on SIGTERM).
+        self._group(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def stage_timers(daemon) -> Iterator[Dict[str, List[float]]]:
+    """Time each step the daemon takes for an interval, by wrapping what it calls.
+
+    Yields {stage: [ms per interval, ...]}; a stage called several times in an
+    interval (interval_stats) is summed over it. The wrappers are removed on exit.
+    """
+    from gsender_bcc import daemon as daemon_module
+    stages: Dict[str, List[float]] = {}
+    current: Dict[str, float] = {}
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                current[name] = current.get(name, 0.0) + (time.perf_counter() - started) * 1000
+        return wrapper
+
+    instance_patches = [(daemon.probe, "read_snapshot"), (daemon.cgroup_tree, "resolve"),
+                        (daemon._pressure, "read")]
+    labels = {"read_snapshot": "read_snapshot", "resolve": "resolve", "read": "cpu.pressure"}
+    module_patches = ["delta", "by_service", "top_services", "interval_stats"]
+    saved = {name: getattr(daemon_module, name) for name in module_patches}
+    measure = daemon._measure
+
+    def whole_interval():
+        current.clear()
+        return measure()
+
+    def finish(result):
+        for name, ms in current.items():
+            stages.setdefault(name, []).append(ms)
+        return result
+
+    services = daemon._services
+    try:
+        for owner, attribute in instance_patches:
+            setattr(owner, attribute, timed(labels[attribute], getattr(owner, attribute)))
+        for name in module_patches:
+            setattr(daemon_module, name, timed(name, saved[name]))
+        daemon._measure = whole_interval
+        daemon._services = lambda measured: finish(services(measured))
+        yield stages
+    finally:
+        for owner, attribute in instance_patches:
+            delattr(owner, attribute)  # back to the class's method
+        for name in module_patches:
+            setattr(daemon_module, name, saved[name])
+        del daemon._measure, daemon._services
+
+
+def profile_lines(profile: cProfile.Profile, calls: int) -> List[str]:
+    stats = pstats.Stats(profile)
+    found: Dict[tuple, float] = {}
+    for (filename, _line, name), (_cc, _nc, _tt, cumulative, _callers) in stats.stats.items():
+        for label, file_end, function in STAGES:
+            if name == function and filename.endswith(file_end):
+                found[label] = found.get(label, 0.0) + cumulative
+    lines = [f"{label}: {found[label] / calls * 1000:.2f} ms" for label, _, _ in STAGES
+             if label in found]
+    # The busiest functions by their own time, whatever they are.
+    top = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:8]
+    lines.append("most own time: " + "; ".join(
+        f"{Path(f).name}:{n} {tt / calls * 1000:.2f} ms ({nc // calls} calls)"
+        for (f, _l, n), (_cc, nc, tt, _cum, _callers) in top))
+    return lines
+
+
+def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
+    """Return the timings (ms) and profile of one interval with ``count`` live services."""
+    sys.path.insert(0, str(ROOT))
+    from gsender_bcc import cgroups
+    from gsender_bcc.config import Config
+    from gsender_bcc.daemon import Daemon
+    from gsender_bcc.probe import Probe
+
+    build_ticker()
+    mount = cgroups.v2_mount()
+    if mount is None:
+        raise RuntimeError("cgroup v2 is not mounted")
+    config = Config()
+    made = Cgroups(mount, count)
+    tickers: Optional[Tickers] = None
+    result: dict = {"count": count, "repeats": repeats, "mount": str(mount)}
+    try:
+        progress(f"{count} cgroups made under {made.parent}; loading the probe")
+        with Probe(config) as probe:
+            tickers = Tickers(made.parent, count)
+            ours = made.ids()
+            tree = cgroups.CgroupTree(mount)
+            daemon = Daemon(probe, sink=None, config=config, cgroup_tree=tree)
+            daemon._previous, daemon._started = probe.read_snapshot(), time.monotonic()
+
+            def interval(run_tickers: bool) -> tuple:
+                if run_tickers:
+                    tickers.resume()
+                    time.sleep(0.3)  # about six wakeups of every ticker
+                tickers.pause()
+                time.sleep(0.2)
+                started = time.perf_counter()
+                measured = daemon._measure()
+                top = daemon._services(measured)
+                spent = (time.perf_counter() - started) * 1000
+                changed = sum(1 for cgroup in measured.cgroups if cgroup in ours)
+                return spent, changed, len(top), len(measured.cgroups)
+
+            # The first reading meets COUNT unknown ids: it walks the tree.
+            first, changed, _, _ = interval(True)
+            result["first_ms"] = first
+            result["first_changed"] = changed
+            result["map_entries"] = len(daemon._previous.cgroups)
+            progress(f"first interval (walks the tree): {first:.1f} ms, {changed} services changed")
+            for case, run_tickers in (("all_changed", True), ("few_changed", False)):
+                times, changes, sizes = [], [], []
+                for _ in range(repeats):
+                    spent, changed, services, listed = interval(run_tickers)
+                    times.append(spent)
+                    changes.append(changed)
+                    sizes.append(services)
+                result[case] = {"ms": times, "median_ms": statistics.median(times),
+                                "min_ms": min(times), "max_ms": max(times),
+                                "changed": [min(changes), max(changes)],
+                                "series_sent": max(sizes)}
+                progress(f"{case.replace('_', ' ')}: median {statistics.median(times):.1f} ms "
+                         f"({min(times):.1f}-{max(times):.1f}), {min(changes)}-{max(changes)} "
+                         f"of the {count} services changed")
+            with stage_timers(daemon) as stages:
+                for _ in range(repeats):
+                    interval(True)
+            result["stages_ms"] = {name: statistics.median(times)
+                                   for name, times in stages.items()}
+            progress("all changed, by stage (medians, ms): " + ", ".join(
+                f"{name} {ms:.1f}" for name, ms in result["stages_ms"].items()))
+            profile, calls = cProfile.Profile(), 3
+            for _ in range(calls):
+                tickers.resume()
+                time.sleep(0.3)
+                tickers.pause()
+                time.sleep(0.2)
+                profile.enable()
+                daemon._services(daemon._measure())
+                profile.disable()
+            result["profile"] = profile_lines(profile, calls)
+    finally:
+        if tickers is not None:
+            tickers.close()
+        left = made.remove()
+        result["cgroups_left"] = left
+        if left:
+            progress(f"could not remove {len(left)} cgroups, e.g. {left[0]}")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args()
+    result = measure(args.count, args.repeats,
+                     progress=lambda text: print(f"many_services: {text}", file=sys.stderr))
+    for line in result.pop("profile", []):
+        print(f"  {line}", file=sys.stderr)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,458 @@
+"""The on-disk outbox: segments of plain Graphite lines, limits, and what it finds at start.
+
+No sockets and no sleeps: the outbox's wall clock is a fake, and segments are made small
+where a test needs several of them.
+"""
+
+import json
+import logging
+import os
+
+import pytest
+
+from gsender_bcc import outbox
+from gsender_bcc.outbox import DiskOutbox, MemoryOutbox, parse_line
+
+NOW = 1_800_000_000
+DAY = 86400
+
+
+class Clock:
+    """A wall clock that moves only when a test says so."""
+
+    def __init__(self, now=NOW):
+        self.now = float(now)
+
+    def __call__(self):
+        return self.now
+
+
+def interval(stamp, lines=3, value=1, prefix=b"box"):
+    """One interval's plaintext: ``lines`` series, all stamped ``stamp``."""
+    return b"".join(b"%s.s%d %d %d\n" % (prefix, i, value + i, stamp) for i in range(lines))
+
+
+def segment_name(sequence):
+    return f"{sequence:016d}.txt"
+
+
+def drain(box, max_bytes=1 << 16):
+    """Peek and consume until nothing waits; return the chunks' data in order."""
+    sent = []
+    for _ in range(10000):
+        chunk = box.peek(max_bytes)
+        if chunk is None:
+            return sent
+        sent.append(chunk.data)
+        box.consume(chunk)
+    raise AssertionError("the outbox never ran dry")
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return tmp_path / "state" / "outbox"
+
+
+@pytest.fixture
+def one_interval_per_segment(monkeypatch):
+    """Every interval (of the default size) fills a segment, so limits act on single intervals."""
+    monkeypatch.setattr(outbox, "SEGMENT_BYTES", len(interval(NOW)))
+
+
+def open_box(folder, clock, max_bytes=1 << 20, max_age=3600.0):
+    return DiskOutbox(folder, max_bytes, max_age, clock=clock)
+
+
+def records(caplog, level=logging.WARNING):
+    return [r.getMessage() for r in caplog.records if r.levelno >= level]
+
+
+class TestParseLine:
+    @pytest.mark.parametrize("line, parsed", [
+        (b"a.b 1 1700000000", (b"a.b", 1.0, 1700000000)),
+        (b"a-b_c.d 12.346 1", (b"a-b_c.d", 12.346, 1)),
+        (b"cpu-lat.mean;host=web-01 2.5 1700000000", (b"cpu-lat.mean;host=web-01", 2.5,
+                                                      1700000000)),
+        (b"a.b -3e2 1700000000", (b"a.b", -300.0, 1700000000)),
+    ])
+    def test_accepts_the_agents_lines(self, line, parsed):
+        assert parse_line(line) == parsed
+
+    @pytest.mark.parametrize("line", [
+        b"", b"a.b 1", b"a.b 1 1700000000 extra", b"a b 1 1700000000", b"a.b  1 1700000000",
+        b"a.b abc 1700000000", b"a.b nan 1700000000", b"a.b inf 1700000000",
+        b"a.b 1 -1700000000", b"a.b 1 17000000000000", b"a.b 1 1.5", b"\xc3\xa9.b 1 1700000000",
+        b"a/b 1 1700000000", b"a.b\x00 1 1700000000", b"a.b 1 1700000000\r", b"x" * 1001 + b" 1 1",
+    ])
+    def test_refuses_anything_else(self, line):
+        assert parse_line(line) is None
+
+
+class TestAppendAndDeliver:
+    def test_append_is_written_and_synced_before_it_returns(self, folder, clock, monkeypatch):
+        synced = []
+        real = os.fdatasync
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(os.readlink(
+            f"/proc/self/fd/{fd}")), real(fd)))
+        box = open_box(folder, clock)
+        assert box.append(interval(NOW), NOW) == 0
+        assert synced == [str(folder / segment_name(1))]
+        assert (folder / segment_name(1)).read_bytes() == interval(NOW)
+        box.append(interval(NOW + 1), NOW + 1)
+        assert synced == [str(folder / segment_name(1))] * 2
+        assert (folder / segment_name(1)).read_bytes() == interval(NOW) + interval(NOW + 1)
+
+    def test_oldest_first_and_consumed_lines_are_forgotten(self, folder, clock):
+        box = open_box(folder, clock)
+        for stamp in (NOW, NOW + 1, NOW + 2):
+            box.append(interval(stamp), stamp)
+        assert (box.intervals, box.size) == (3, 3 * len(interval(NOW)))
+        chunk = box.peek(1 << 16)
+        assert chunk.data == interval(NOW) + interval(NOW + 1) + interval(NOW + 2)
+        assert (chunk.intervals, chunk.last_stamp, chunk.length) == (3, NOW + 2, len(chunk.data))
+        assert box.peek(1 << 16) == chunk  # peeking again changes nothing
+        box.consume(chunk)
+        assert (box.intervals, box.size, box.peek(1 << 16)) == (0, 0, None)
+        assert list(folder.iterdir()) == []
+        box.append(interval(NOW + 3), NOW + 3)
+        assert drain(box) == [interval(NOW + 3)]
+
+    def test_a_chunk_holds_whole_intervals(self, folder, clock):
+        box = open_box(folder, clock)
+        for stamp in (NOW, NOW + 1, NOW + 2):
+            box.append(interval(stamp), stamp)
+        size = len(interval(NOW))
+        chunk = box.peek(size + size // 2)
+        assert (chunk.data, chunk.intervals) == (interval(NOW), 1)
+        box.consume(chunk)
+        assert box.intervals == 2
+        chunk = box.peek(2 * size + size // 2)
+        assert (chunk.data, chunk.intervals) == (interval(NOW + 1) + interval(NOW + 2), 2)
+        box.consume(chunk)
+        assert box.intervals == 0
+
+    def test_an_interval_larger_than_a_chunk_goes_in_pieces_of_whole_lines(self, folder, clock):
+        box = open_box(folder, clock)
+        big = interval(NOW, lines=10)
+        box.append(big, NOW)
+        box.append(interval(NOW + 1), NOW + 1)
+        line = len(big) // 10
+        pieces = drain(box, max_bytes=3 * line + 5)
+        assert b"".join(pieces) == big + interval(NOW + 1)
+        assert all(piece.endswith(b"\n") and len(piece) <= 3 * line + 5 for piece in pieces)
+        assert box.intervals == 0
+
+    def test_a_line_longer_than_a_chunk_goes_whole(self, folder, clock):
+        box = open_box(folder, clock)
+        long_line = b"box." + b"x" * 900 + b" 1 %d\n" % NOW
+        box.append(long_line + interval(NOW + 1), NOW)
+        assert drain(box, max_bytes=100) == [long_line, interval(NOW + 1)]
+
+    def test_segments_roll_over_and_go_once_delivered(self, folder, clock, monkeypatch):
+        monkeypatch.setattr(outbox, "SEGMENT_BYTES", 2 * len(interval(NOW)))
+        box = open_box(folder, clock)
+        for stamp in range(NOW, NOW + 5):
+            box.append(interval(stamp), stamp)
+        assert sorted(p.name for p in folder.iterdir()) == [segment_name(n) for n in (1, 2, 3)]
+        assert (folder / segment_name(3)).read_bytes() == interval(NOW + 4)
+        chunk = box.peek(1 << 16)
+        assert chunk.data == interval(NOW) + interval(NOW + 1)  # never across segments
+        box.consume(chunk)
+        assert sorted(p.name for p in folder.iterdir()) == [segment_name(n) for n in (2, 3)]
+        assert drain(box) == [interval(NOW + 2) + interval(NOW + 3), interval(NOW + 4)]
+        assert list(folder.iterdir()) == []
+
+    def test_a_new_start_finds_what_waits(self, folder, clock, one_interval_per_segment):
+        box = open_box(folder, clock)
+        for stamp in (NOW, NOW + 1, NOW + 2):
+            box.append(interval(stamp), stamp)
+        box.consume(box.peek(1 << 16))
+        # no close: the process died here
+        again = open_box(folder, clock)
+        assert (again.intervals, again.dropped) == (2, 0)
+        again.append(interval(NOW + 3), NOW + 3)
+        assert sorted(p.name for p in folder.iterdir()) == [segment_name(n) for n in (2, 3, 4)]
+        assert drain(again) == [interval(NOW + 1), interval(NOW + 2), interval(NOW + 3)]
+
+    def test_a_partly_delivered_segment_is_sent_again_after_a_restart(self, folder, clock):
+        box = open_box(folder, clock)
+        box.append(interval(NOW), NOW)
+        box.append(interval(NOW + 1), NOW + 1)
+        box.consume(box.peek(len(interval(NOW)) * 3 // 2))
+        assert box.intervals == 1
+        again = open_box(folder, clock)  # at least once: the read position is not kept
+        assert again.intervals == 2
+        assert drain(again) == [interval(NOW) + interval(NOW + 1)]
+
+
+class TestLimits:
+    def test_bytes_drop_the_oldest_and_count_them(self, folder, clock, one_interval_per_segment):
+        size = len(interval(NOW))
+        box = open_box(folder, clock, max_bytes=4 * size)
+        dropped = [box.append(interval(stamp), stamp) for stamp in range(NOW, NOW + 10)]
+        assert dropped == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+        assert (box.dropped, box.intervals, box.size) == (6, 4, 4 * size)
+        assert drain(box) == [interval(stamp) for stamp in range(NOW + 6, NOW + 10)]
+
+    def test_bytes_never_drop_the_only_segment(self, folder, clock):
+        box = open_box(folder, clock, max_bytes=10)
+        assert box.append(interval(NOW), NOW) == 0
+        assert drain(box) == [interval(NOW)]
+
+    def test_age_drops_segments_whose_newest_line_is_too_old(self, folder, clock,
+                                                           one_interval_per_segment):
+        box = open_box(folder, clock, max_age=100)
+        box.append(interval(NOW), NOW)
+        clock.now = NOW + 10
+        box.append(interval(NOW + 10), NOW + 10)
+        clock.now = NOW + 105
+        assert box.append(interval(NOW + 105), NOW + 105) == 1
+        assert (box.dropped, box.intervals) == (1, 2)
+        box.set_limits(1 << 20, 50)  # a reload that shortens buffer_hours
+        assert (box.dropped, box.intervals) == (2, 1)
+        assert drain(box) == [interval(NOW + 105)]
+
+    def test_shrinking_the_bytes_drops_at_once(self, folder, clock, one_interval_per_segment):
+        box = open_box(folder, clock)
+        for stamp in range(NOW, NOW + 5):
+            box.append(interval(stamp), stamp)
+        box.set_limits(2 * len(interval(NOW)), 3600)
+        assert (box.dropped, box.intervals) == (3, 2)
+
+    def test_old_lines_in_a_kept_segment_are_skipped_with_one_warning(self, folder, clock,
+                                                                      caplog):
+        box = open_box(folder, clock, max_age=100)
+        for stamp, prefix in ((NOW - 200, b"box"), (NOW - 150, b"old"), (NOW, b"box")):
+            clock.now = stamp
+            box.append(interval(stamp, prefix=prefix), stamp)
+        size = len(interval(NOW))
+        with caplog.at_level(logging.WARNING):
+            first = box.peek(size * 3 // 2)
+            box.consume(first)
+            rest = drain(box)
+        assert first.data == b"" and first.intervals == 1
+        assert rest == [interval(NOW)]
+        assert records(caplog) == [f"{folder / segment_name(1)}: skipped 3 lines that are "
+                                   f"malformed or older than the age limit"]
+
+    def test_a_chunk_taken_before_a_drop_does_not_consume_newer_data(self, folder, clock):
+        box = open_box(folder, clock, max_age=100)
+        box.append(interval(NOW), NOW)
+        chunk = box.peek(1 << 16)  # being sent ...
+        clock.now = NOW + 200
+        box.set_limits(1 << 20, 100)  # ... while a reload drops it for its age
+        box.append(interval(NOW + 200), NOW + 200)
+        box.consume(chunk)  # the send of the dropped chunk completes
+        assert drain(box) == [interval(NOW + 200)]
+
+
+class TestFoundAtStart:
+    """Nothing on disk is trusted: damage is set aside with one log line, never sent."""
+
+    @pytest.mark.parametrize("content, reason", [
+        (interval(NOW) + b"\x00\xff\xfejunk\n" + interval(NOW + 1),
+         "line 4 is not a Graphite line of this agent"),
+        (b"box.a 1 %d\nbox b 1 %d\n" % (NOW, NOW), "line 2 is not a Graphite line of this agent"),
+        (b"box.\xc3\xa9 1 %d\n" % NOW, "line 1 is not a Graphite line of this agent"),
+        (b"box.a 1 %d\nbox.b abc %d\n" % (NOW, NOW), "line 2 is not a Graphite line of this agent"),
+        (b"box.a nan %d\n" % NOW, "line 1 is not a Graphite line of this agent"),
+        (b"box.a 1 %d\n" % (NOW + 2 * DAY), "line 1 has a timestamp in the future"),
+        (b"[" * 100000 + b"\n", "line 1 is not a Graphite line of this agent"),
+    ], ids=["junk", "space", "non-ascii", "non-numeric", "nan", "future", "nested"])
+    def test_a_damaged_segment_is_set_aside(self, folder, clock, caplog, content, reason):
+        folder.mkdir(parents=True)
+        (folder / segment_name(1)).write_bytes(content)
+        with caplog.at_level(logging.INFO):
+            box = open_box(folder, clock)
+        aside = folder / (segment_name(1) + ".damaged")
+        assert records(caplog, logging.INFO) == [
+            f"{folder / segment_name(1)} is damaged ({reason}): moved it to {aside}"]
+        assert aside.read_bytes() == content
+        assert (box.intervals, box.peek(1 << 16)) == (0, None)
+        box.append(interval(NOW + 5), NOW + 5)
+        assert drain(box) == [interval(NOW + 5)]
+
+    def test_a_segment_too_large_for_this_agent_is_set_aside(self, folder, clock, caplog,
+                                                             monkeypatch):
+        monkeypatch.setattr(outbox, "SEGMENT_BYTES", 20)
+        folder.mkdir(parents=True)
+        (folder / segment_name(1)).write_bytes(interval(NOW, lines=10))
+        with caplog.at_level(logging.WARNING):
+            box = open_box(folder, clock)
+        assert len(records(caplog)) == 1 and "more than a segment ever holds" in caplog.text
+        assert box.intervals == 0
+
+    @pytest.mark.parametrize("kind", ["directory", "fifo", "symlink", "dangling-symlink"])
+    def test_what_is_not_a_regular_file_is_set_aside(self, folder, clock, caplog, tmp_path,
+                                                     kind):
+        folder.mkdir(parents=True)
+        path = folder / segment_name(1)
+        target = tmp_path / "elsewhere.txt"
+        target.write_bytes(interval(NOW, prefix=b"stolen"))
+        {"directory": lambda: path.mkdir(), "fifo": lambda: os.mkfifo(path),
+         "symlink": lambda: path.symlink_to(target),
+         "dangling-symlink": lambda: path.symlink_to(tmp_path / "missing")}[kind]()
+        with caplog.at_level(logging.WARNING):
+            box = open_box(folder, clock)
+        assert records(caplog) == [f"{path} is damaged (not a regular file): moved it to "
+                                   f"{path}.damaged"]
+        assert box.peek(1 << 16) is None
+        assert target.read_bytes() == interval(NOW, prefix=b"stolen")
+        box.append(interval(NOW), NOW)
+        assert drain(box) == [interval(NOW)]
+
+    def test_a_torn_last_line_is_ignored_and_the_complete_lines_kept(self, folder, clock,
+                                                                     caplog):
+        folder.mkdir(parents=True)
+        (folder / segment_name(1)).write_bytes(interval(NOW) + b"box.torn 12")
+        with caplog.at_level(logging.WARNING):
+            box = open_box(folder, clock)
+        assert records(caplog) == [f"{folder / segment_name(1)}: ignoring a torn last line "
+                                   f"(11 bytes)"]
+        assert box.intervals == 1
+        box.append(interval(NOW + 1), NOW + 1)
+        assert drain(box) == [interval(NOW), interval(NOW + 1)]
+        assert len(caplog.records) == 1
+
+    def test_segments_older_than_the_age_limit_are_dropped_with_one_line(self, folder, clock,
+                                                                         caplog):
+        folder.mkdir(parents=True)
+        (folder / segment_name(1)).write_bytes(interval(NOW - DAY - 10))
+        (folder / segment_name(2)).write_bytes(interval(NOW - 10))
+        with caplog.at_level(logging.WARNING):
+            box = open_box(folder, clock, max_age=DAY)
+        assert (box.dropped, box.intervals) == (1, 1)
+        assert len(records(caplog)) == 1 and "1 intervals" in caplog.text
+        assert drain(box) == [interval(NOW - 10)]
+
+    def test_unknown_names_are_left_alone(self, folder, clock, caplog):
+        folder.mkdir(parents=True)
+        for name in ("notes.txt", "1.txt", segment_name(1) + ".damaged", "00000000000000001.txt"):
+            (folder / name).write_bytes(b"box.x 1 %d\n" % NOW)
+        with caplog.at_level(logging.WARNING):
+            box = open_box(folder, clock)
+        assert box.peek(1 << 16) is None and caplog.records == []
+
+    def test_new_segments_never_reuse_the_name_of_one_left_in_place(self, folder, clock,
+                                                                   monkeypatch, caplog):
+        folder.mkdir(parents=True)
+        (folder / segment_name(1)).mkdir()
+        monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(
+            PermissionError(1, "Operation not permitted")))
+        with caplog.at_level(logging.WARNING):
+            box = open_box(folder, clock)
+        assert "left it there and ignore it" in caplog.text
+        box.append(interval(NOW), NOW)
+        assert drain(box) == [interval(NOW)]
+
+    @pytest.mark.parametrize("make", [
+        lambda p: p.write_text("a file"),
+        lambda p: (p.parent / "real").mkdir() or p.symlink_to(p.parent / "real"),
+    ], ids=["file", "symlink"])
+    def test_an_outbox_that_is_not_a_directory_is_refused(self, folder, clock, make):
+        folder.parent.mkdir(parents=True)
+        make(folder)
+        with pytest.raises(OSError):
+            open_box(folder, clock)
+
+
+HEADER = json.dumps({"format": "gsender-bcc spool", "version": 1}) + "\n"
+
+
+def spool_line(stamp, prefix="old"):
+    return json.dumps([[f"{prefix}.a", 1, stamp], [f"{prefix}.b", 2.5, stamp]]) + "\n"
+
+
+class TestLegacySpool:
+    """spool.jsonl of the previous version moves into the outbox, checked like the rest."""
+
+    def test_it_is_moved_in_before_new_data_and_removed(self, folder, clock, caplog):
+        folder.parent.mkdir(parents=True)
+        spool = folder.parent / "spool.jsonl"
+        spool.write_text(HEADER + spool_line(NOW - 20) + spool_line(NOW - 10))
+        with caplog.at_level(logging.INFO):
+            box = open_box(folder, clock)
+        assert not spool.exists()
+        assert records(caplog, logging.INFO) == [f"moved 2 intervals from {spool} into the outbox"]
+        box.append(interval(NOW), NOW)
+        assert b"".join(drain(box)) == (b"old.a 1 %d\nold.b 2.5 %d\n" % (NOW - 20, NOW - 20)
+                                        + b"old.a 1 %d\nold.b 2.5 %d\n" % (NOW - 10, NOW - 10)
+                                        + interval(NOW))
+
+    @pytest.mark.parametrize("text", [
+        "",
+        HEADER + spool_line(NOW)[:-1],
+        '{"format": "other"}\n' + spool_line(NOW),
+        '{"format": ' + "[" * 100000 + "\n",
+        HEADER + "[" * 100000 + "\n",
+        HEADER + '[["old.a", 1, Infinity]]\n',
+        HEADER + '[["old.a", 1, 1e400]]\n',
+        HEADER + '[["old.a", 1, NaN]]\n',
+        HEADER + '{"123": 0}\n',
+        HEADER + '[["old.a", 1]]\n',
+        HEADER + '[["old\\nevil.path", 1, %d]]\n' % NOW,
+        HEADER + '[["old a", 1, %d]]\n' % NOW,
+        HEADER + '[["old.\\ud800", 1, %d]]\n' % NOW,
+        HEADER + '[["old.a", "abc", %d]]\n' % NOW,
+        HEADER + '[["old.a", 1, %d]]\n' % (NOW + 2 * DAY),
+        HEADER + "[]\n",
+        HEADER + "7\n",
+    ], ids=["empty", "truncated", "header", "nested-header", "nested-batch", "infinity",
+            "overflow", "nan", "mapping", "short", "newline-in-path", "space-in-path",
+            "surrogate", "non-numeric", "future", "empty-batch", "not-a-list"])
+    def test_damage_is_set_aside_with_one_line_and_nothing_sent(self, folder, clock, caplog,
+                                                                text):
+        folder.parent.mkdir(parents=True)
+        spool = folder.parent / "spool.jsonl"
+        spool.write_text(text)
+        with caplog.at_level(logging.INFO):
+            box = open_box(folder, clock)
+        assert [r.levelno for r in caplog.records] == [logging.ERROR]
+        assert caplog.records[0].getMessage().startswith(f"{spool} is damaged (")
+        assert caplog.records[0].getMessage().endswith(f"moved it to {spool}.damaged")
+        assert (folder.parent / "spool.jsonl.damaged").read_text() == text
+        assert not spool.exists() and box.peek(1 << 16) is None
+
+    @pytest.mark.parametrize("kind", ["directory", "fifo", "dangling-symlink"])
+    def test_what_is_not_a_file_is_set_aside(self, folder, clock, caplog, tmp_path, kind):
+        folder.parent.mkdir(parents=True)
+        spool = folder.parent / "spool.jsonl"
+        {"directory": lambda: spool.mkdir(), "fifo": lambda: os.mkfifo(spool),
+         "dangling-symlink": lambda: spool.symlink_to(tmp_path / "missing")}[kind]()
+        with caplog.at_level(logging.INFO):
+            box = open_box(folder, clock)
+        assert records(caplog, logging.INFO) == [
+            f"{spool} is damaged (not a regular file of a sane size): moved it to "
+            f"{spool}.damaged"]
+        assert box.peek(1 << 16) is None
+
+
+class TestMemoryOutbox:
+    def test_bounded_by_bytes_dropping_the_oldest(self):
+        size = len(interval(NOW))
+        box = MemoryOutbox(max_bytes=3 * size)
+        assert [box.append(interval(s), s) for s in range(NOW, NOW + 5)] == [0, 0, 0, 1, 1]
+        assert (box.dropped, box.intervals) == (2, 3)
+        assert drain(box) == [interval(s) for s in range(NOW + 2, NOW + 5)]
+
+    def test_consume_forgets_only_the_chunk_still_at_the_head(self):
+        box = MemoryOutbox(max_bytes=2 * len(interval(NOW)))
+        box.append(interval(NOW), NOW)
+        chunk = box.peek(1 << 16)
+        box.append(interval(NOW + 1), NOW + 1)
+        box.append(interval(NOW + 2), NOW + 2)  # pushes the chunk being sent out
+        box.consume(chunk)
+        assert drain(box) == [interval(NOW + 1), interval(NOW + 2)]
+
+    def test_drain_hands_everything_over(self):
+        box = MemoryOutbox(max_bytes=1 << 20)
+        box.append(interval(NOW), NOW)
+        box.append(interval(NOW + 1), NOW + 1)
+        assert [(c.data, c.last_stamp) for c in box.drain()] == [(interval(NOW), NOW),
+                                                                 (interval(NOW + 1), NOW + 1)]
+        assert box.intervals == 0 and box.peek(1 << 16) is None

@@ -1,0 +1,192 @@
+"""A restart leaves no hole: the unfinished interval is kept and sent at its own boundary."""
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from array import array
+
+import pytest
+
+from gsender_bcc import carryover
+from gsender_bcc.histogram import Counts, Layout, Measured
+from test_delivery import agent_args, agents, assert_carbon_holds_exactly  # noqa: F401 (fixture)
+from conftest import REQUIRE_BPF
+from test_delivery import wall_sleep_until_fraction
+
+LAYOUT = Layout(sub_bits=3, log2_max=32)
+FREQUENCY = 5
+PREFIX = "restart.cpu-lat"
+
+
+def counts(**slots):
+    values = array("q", bytes(8 * LAYOUT.slots))
+    for slot, n in slots.items():
+        values[int(slot[1:])] = n
+    return Counts(values, sum(n * 1000 for n in slots.values()))
+
+
+MEASURED = Measured(3.25, counts(s3=10, s20=2), 1, {4242: counts(s3=10, s20=2)})
+
+
+class TestUnfinishedFile:
+    def test_round_trip(self, tmp_path):
+        carryover.save(tmp_path, carryover.Unfinished(1800000005, MEASURED))
+        assert carryover.take(tmp_path, LAYOUT) == carryover.Unfinished(1800000005, MEASURED)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_nothing_there_is_nothing(self, tmp_path):
+        assert carryover.take(tmp_path, LAYOUT) is None
+
+    def test_cgroup_ids_are_forgotten_after_a_reboot(self, tmp_path):
+        carryover.save(tmp_path, carryover.Unfinished(1800000005, MEASURED))
+        path = tmp_path / carryover.FILE_NAME
+        document = json.loads(path.read_text())
+        document["boot_id"] = "another boot"
+        path.write_text(json.dumps(document))
+        taken = carryover.take(tmp_path, LAYOUT)
+        assert taken.measured.cgroups == {} and taken.measured.host == MEASURED.host
+
+    @staticmethod
+    def document(**changes):
+        document = {"format": carryover.FORMAT, "version": 1, "boot_id": carryover.boot_id(),
+                    "boundary": 1800000005, "seconds": 3.0, "lost": 0,
+                    "host": [5000, {"3": 5}], "cgroups": {}}
+        document.update(changes)
+        return json.dumps(document)
+
+    @pytest.mark.parametrize("text, reason", [
+        ('{"format": ' + "[" * 100000, "recursion"),
+        ("[" * 100000, "recursion"),
+        ("{", "Expecting property name"),
+        ('"just a string"', "not a gsender-bcc unfinished interval"),
+        (document.__func__(seconds="3"), "its length in seconds is missing or out of range"),
+        (document.__func__(seconds=0), "its length in seconds is missing or out of range"),
+        (document.__func__(seconds=-1), "its length in seconds is missing or out of range"),
+        (document.__func__(seconds=1e9), "its length in seconds is missing or out of range"),
+        (document.__func__(host=[5000, {"3": -5}]), "-5 is not a whole number from 0"),
+        (document.__func__(host=[5000, {"3": 5.5}]), "5.5 is not a whole number from 0"),
+        (document.__func__(host=[5000, {"999": 5}]), "999 is not a whole number from 0"),
+        (document.__func__(host=[5000, {"9" * 5000: 5}]), "Exceeds the limit"),
+        (document.__func__(host=[5000]), "a histogram is not"),
+        (document.__func__(boundary="soon"), "'soon' is not a whole number from 1"),
+        (document.__func__(boundary=2 ** 70), "is not a whole number from 1"),
+        (document.__func__(lost=True), "True is not a whole number"),
+        (document.__func__(cgroups=[]), "its cgroups are not a mapping"),
+        (document.__func__(cgroups={"x": [0, {}]}), "-1 is not a whole number"),
+        (document.__func__(version=2), "not a gsender-bcc unfinished interval"),
+    ], ids=lambda value: str(value)[:30])
+    def test_damage_is_set_aside_with_one_line(self, tmp_path, caplog, text, reason):
+        (tmp_path / carryover.FILE_NAME).write_text(text)
+        with caplog.at_level(logging.INFO):
+            assert carryover.take(tmp_path, LAYOUT) is None
+        assert [r.levelno for r in caplog.records] == [logging.ERROR]
+        message = caplog.records[0].getMessage()
+        assert message.startswith(f"{tmp_path / carryover.FILE_NAME} is damaged (")
+        assert reason in message and "its interval is not sent; moved it to" in message
+        aside = list(tmp_path.glob(carryover.FILE_NAME + ".damaged-*"))
+        assert [p.read_text() for p in aside] == [text]
+
+    @pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
+    def test_what_is_not_a_regular_file_is_set_aside(self, tmp_path, caplog, kind):
+        path = tmp_path / carryover.FILE_NAME
+        target = tmp_path / "elsewhere.json"
+        target.write_text(self.document())
+        {"directory": path.mkdir, "fifo": lambda: os.mkfifo(path),
+         "symlink": lambda: path.symlink_to(target)}[kind]()
+        with caplog.at_level(logging.INFO):
+            assert carryover.take(tmp_path, LAYOUT) is None
+        assert len(caplog.records) == 1
+        assert "is damaged (not a regular file of a sane size)" in caplog.text
+        assert not path.exists() and not path.is_symlink()
+
+
+@pytest.fixture
+def steady_load():
+    """A process waking every 2 ms in a service of its own, ``steady``: a stream of samples
+    that the rest of the machine's activity does not change."""
+    from gsender_bcc.cgroups import v2_mount
+    mount = v2_mount()
+    if mount is None:
+        pytest.fail("cgroup v2 is not mounted") if REQUIRE_BPF else pytest.skip(
+            "cgroup v2 is not mounted")
+    folder = mount / f"gsender-restart-{os.getpid()}" / "steady.service"
+    folder.mkdir(parents=True)
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.stdin.readline()\n"
+                              "while True: time.sleep(0.002)"], stdin=subprocess.PIPE)
+    try:
+        (folder / "cgroup.procs").write_text(str(child.pid))
+        child.stdin.write(b"go\n")  # it starts waking only once inside its cgroup
+        child.stdin.flush()
+        yield "steady"
+    finally:
+        child.kill()
+        child.wait(timeout=5)
+        for empty in (folder, folder.parent):
+            deadline = time.monotonic() + 5
+            while empty.exists():
+                try:
+                    empty.rmdir()
+                except OSError:
+                    assert time.monotonic() < deadline, f"cannot remove {empty}"
+                    time.sleep(0.05)
+
+
+@pytest.mark.bpf
+def test_restarts_early_late_and_very_late_leave_no_missing_boundary(carbon_factory, agents,
+                                                                     tmp_path, steady_load):
+    carbon = carbon_factory().start()
+    args = agent_args(carbon.port, tmp_path / "state", frequency=FREQUENCY, prefix=PREFIX)
+    agent = agents(args, "first")
+    printed, restarts = [], []
+    for fraction in (0.1, 0.7, 0.95):
+        agent.wait_intervals(3, timeout=30)  # a partial first interval, then two whole ones
+        stopped_at = wall_sleep_until_fraction(FREQUENCY, fraction)
+        assert agent.stop() == 0
+        printed += agent.lines()
+        kept = re.search(r"the unfinished interval \((\d+\.\d)s, (\d+) samples\) is kept for the "
+                         r"next start", agent.stderr())
+        assert kept, agent.stderr()
+        agent = agents(args, f"after-{fraction}")
+        boundary = (int(stopped_at) // FREQUENCY + 1) * FREQUENCY
+        restarts.append((fraction, boundary, float(kept.group(1)), agent))
+    agent.wait_intervals(3, timeout=30)
+    assert agent.stop() == 0
+    printed += agent.lines()
+
+    host = {stamp: value for path, value, stamp in printed if path == PREFIX + ".count"}
+    stamps = sorted(host)
+    assert stamps == list(range(stamps[0], stamps[-1] + FREQUENCY, FREQUENCY))
+    assert_carbon_holds_exactly(carbon, printed)
+    stored = [stamp for stamp, _ in carbon.series()[PREFIX + ".count"]]
+    assert stored == stamps
+
+    # Plausible counts: those of the steady service, which other activity does not disturb.
+    steady = f"{PREFIX}.service.{steady_load}.count"
+    count = {stamp: value for path, value, stamp in printed if path == steady}
+    assert sorted(count) == stamps
+
+    boundaries = [boundary for _, boundary, _, _ in restarts]
+    touched = {stamps[0]} | set(boundaries) | {b + FREQUENCY for b in boundaries}
+    whole = sorted(count[s] for s in stamps if s not in touched)
+    typical = whole[len(whole) // 2]
+    report = [f"whole intervals: {len(whole)}, median count of {steady} {typical:g} "
+              f"({whole[0]:g}..{whole[-1]:g})"]
+    for fraction, boundary, kept_seconds, after in restarts:
+        log = after.stderr()
+        merged = re.search(rf"adding the (\d+\.\d)s measured before the restart to the interval "
+                           rf"ending {boundary}$", log, re.M)
+        alone = re.search(rf"sending the (\d+\.\d)s measured before the restart as the interval "
+                          rf"ending {boundary}$", log, re.M)
+        assert (merged is None) != (alone is None), log
+        assert float((merged or alone).group(1)) == kept_seconds
+        ratio, following = count[boundary] / typical, count[boundary + FREQUENCY] / typical
+        report.append(f"restart at {fraction:.2f}: {kept_seconds}s kept, "
+                      f"{'merged into' if merged else 'sent alone as'} {boundary}: "
+                      f"{count[boundary]:g} ({ratio:.2f} of the median), next "
+                      f"{count[boundary + FREQUENCY]:g} ({following:.2f})")
+        assert 0.6 < ratio < 1.4 and 0.5 < following < 1.4, "\n".join(report)
+    print("\n" + "\n".join(report))
