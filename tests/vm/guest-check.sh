@@ -52,7 +52,8 @@ all_stopped() { # all_stopped UNIT: every thread of the unit is in the stopped s
 . /etc/os-release
 say "VMCHECK-START uptime $(cut -d' ' -f1 /proc/uptime)s release ${VERSION_CODENAME:-unknown} kernel $(uname -r)" \
 	"bcc $(dpkg-query -W -f='${Version}' python3-bpfcc) $(python3 -V) systemd $(dpkg-query -W -f='${Version}' systemd)" \
-	"cpus $(nproc) btf $([ -e /sys/kernel/btf/vmlinux ] && echo yes || echo no)"
+	"cpus $(nproc) btf $([ -e /sys/kernel/btf/vmlinux ] && echo yes || echo no)" \
+	"perf_event_paranoid $(cat /proc/sys/kernel/perf_event_paranoid)"
 
 # ---- the service as installed and started at boot --------------------------------------
 wait_for 150 systemctl is-active --quiet "$unit"
