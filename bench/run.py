@@ -403,10 +403,40 @@ def cpu_times(cpu: int) -> Tuple[int, int]:
     """Return (busy, total) jiffies of one CPU from /proc/stat."""
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith(f"cpu{cpu} "):
-            values = [int(v) for v in line.split()[1:]]
+            values = [int(v) for v in line.split()[1:9]]  # guest time is in user already
             idle = values[3] + values[4]  # idle and iowait
             return sum(values) - idle, sum(values)
     return 0, 0
+
+
+def machine_busy(seconds: float = 2.0) -> float:
+    """Return how busy all CPUs were over ``seconds``, % (this process sleeps meanwhile)."""
+    def totals() -> Tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return sum(values) - values[3] - values[4], sum(values)
+    busy, total = totals()
+    time.sleep(seconds)
+    busy2, total2 = totals()
+    return (busy2 - busy) / max(1, total2 - total) * 100
+
+
+waited_for_quiet: List[float] = []
+
+
+def wait_for_quiet(limit: float = 10.0, patience: float = 300.0) -> None:
+    """Wait, up to ``patience`` seconds, until the machine is less than ``limit`` % busy:
+    work that did not take the bench lock would otherwise be timed along with the tracers."""
+    started = time.monotonic()
+    while True:
+        busy = machine_busy()
+        if busy < limit:
+            break
+        if time.monotonic() - started > patience:
+            progress(f"machine still {busy:.0f} % busy after {patience:.0f} s: going on anyway")
+            break
+        progress(f"machine {busy:.0f} % busy (others' work): waiting for it to be quiet")
+        time.sleep(5)
+    waited_for_quiet.append(time.monotonic() - started)
 
 
 def baseline_block(rounds: int, runs: int) -> List[float]:
@@ -778,6 +808,10 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     notes += [f"- failed: {f[:300]}" for f in failures]
     notes.append("- ns / BPF run leaves out the tracepoint's own argument marshalling, which "
                  "is where classic and raw tracepoints differ; added ns / round trip has it.")
+    waited = sum(waited_for_quiet) - 2.0 * len(waited_for_quiet)
+    if waited > 1:
+        notes.append(f"- the machine was busy with other work at times: the bench waited "
+                     f"{waited:.0f} s in all for it to be quiet (< 10 % busy) before a phase.")
     if other_cpu_busy:
         notes.append(f"- quiet machine check: while the baseline blocks ran pingpong on CPU 0, "
                      f"CPU 1 was busy {spread(other_cpu_busy, '.1f')} % of the time (the bench "
@@ -846,7 +880,7 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
         marks = sorted(undelivered["marks"])
         figures = ", ".join(
             f"after {m} intervals {undelivered['marks'][m]['rss_anon_kib'] / 1024:.1f} MiB "
-            f"(outbox {undelivered['marks'][m]['outbox_bytes'] / 2**20:.1f} MiB on disk)"
+            f"(outbox {undelivered['marks'][m]['outbox_bytes'] / 1024:.0f} KiB on disk)"
             for m in marks)
         memory_lines.append(f"- Graphite down (issue 11): gsender-bcc default at frequency 1, "
                             f"nothing listening on 127.0.0.1:{undelivered['port']}; RssAnon "
@@ -973,6 +1007,7 @@ def main() -> int:
     try:
         for run in range(args.runs):
             if "cost" not in skip:
+                wait_for_quiet()
                 shift = run % len(all_tracers)
                 order = all_tracers[shift:] + all_tracers[:shift]
                 bench.order.append([t.key for t in order])
@@ -981,6 +1016,7 @@ def main() -> int:
                 bench.cost.append(cost_run(run + 1, args.runs, order, args.rounds, args.block,
                                            sink.port))
             if "idle" not in skip:
+                wait_for_quiet()
                 progress(f"run {run + 1}/{args.runs}: idle, both modes, "
                          f"{args.idle_intervals} intervals of {args.frequency} s")
                 bench.idle.append(idle_run(run + 1, args.runs, args.idle_intervals,
@@ -988,9 +1024,11 @@ def main() -> int:
     finally:
         sink.close()
     if "undelivered" not in skip:
+        wait_for_quiet()
         progress(f"Graphite down: {args.undelivered} intervals at frequency 1")
         bench.undelivered = undelivered_run(tuple(sorted({20, args.undelivered})))
     if "services" not in skip:
+        wait_for_quiet()
         progress(f"{args.services} live services")
         bench.services = services_run(args.services, args.services_repeats)
     bench.seconds = time.monotonic() - started_at
