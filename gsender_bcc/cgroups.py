@@ -151,8 +151,10 @@ class CgroupTree:
         listed = (changed | set(present)) - keep
         if listed - self._names.keys():
             self.walk()
-        gone = {cgroup for cgroup in listed
-                if cgroup not in self._names or not self._exists(cgroup)}
+        # A cgroup that counted samples this interval had a task in it: its directory is
+        # looked at once it stops counting, which keeps a busy interval's checks few.
+        gone = {cgroup for cgroup in listed if cgroup not in self._names
+                or (cgroup not in changed and not self._exists(cgroup))}
         names = {cgroup: self._names[cgroup][0] if cgroup in self._names else OTHER
                  for cgroup in changed}
         for cgroup in gone:
@@ -163,29 +165,40 @@ class CgroupTree:
         return self._directories.get(service, [])
 
 
-def read_pressure_total(directory: Path) -> Optional[int]:
-    """Return the "some" total of a cgroup's cpu.pressure, in microseconds, or None."""
+def _read_small(path: str) -> Optional[bytes]:
+    """Return a small kernel file's contents, or None if it cannot be read."""
     try:
-        text = (directory / "cpu.pressure").read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    for line in text.splitlines():
-        if line.startswith("some "):
-            for item in line.split():
-                if item.startswith("total="):
-                    return int(item[len("total="):])
-    return None
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_pressure_total(directory: Path) -> Optional[int]:
+    """Return the "some" total of a cgroup's cpu.pressure, in microseconds, or None."""
+    text = _read_small(f"{directory}/cpu.pressure")
+    if text is None or not text.startswith(b"some "):
+        return None
+    start = text.find(b"total=")
+    if start < 0:
+        return None
+    end = text.find(b"\n")
+    return int(text[start + 6:end if end > start else None])
 
 
 def read_throttled_usec(directory: Path) -> Optional[int]:
     """Return a cgroup's cpu.stat throttled_usec, or None where the cpu controller is off."""
-    try:
-        text = (directory / "cpu.stat").read_text()
-    except OSError:
+    text = _read_small(f"{directory}/cpu.stat")
+    if text is None:
         return None
     for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "throttled_usec":
+        key, _, value = line.partition(b" ")
+        if key == b"throttled_usec":
             return int(value)
     return None
 

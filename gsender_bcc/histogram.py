@@ -85,16 +85,62 @@ def slot_value(layout: Layout, slot: int) -> float:
     return float(low) if high is None else (low + high) / 2
 
 
-@dataclass(frozen=True)
 class Counts:
-    """A histogram's slot counts and the exact sum of its latencies in nanoseconds."""
+    """A histogram's slot counts and the exact sum of its latencies in nanoseconds.
 
-    slots: Sequence[int]
-    sum_ns: int
+    The slots may also be held packed, as one integer with slot i in bits [64 i, 64 i + 64)
+    (see the fast paths below): a histogram read or subtracted that way is unpacked only
+    if its slots are looked at, and one packed once is not packed again.
+    """
+
+    __slots__ = ("_slots", "_packed", "_width", "sum_ns")
+
+    def __init__(self, slots: Sequence[int], sum_ns: int):
+        self._slots: Optional[Sequence[int]] = slots
+        self._packed: Optional[int] = None
+        self._width = len(slots)
+        self.sum_ns = sum_ns
+
+    @classmethod
+    def from_packed(cls, packed: int, width: int, sum_ns: int) -> Counts:
+        """Make Counts of ``width`` slots from slots packed as _packed() does."""
+        counts = cls.__new__(cls)
+        counts._slots, counts._packed, counts._width, counts.sum_ns = None, packed, width, sum_ns
+        return counts
+
+    @property
+    def slots(self) -> Sequence[int]:
+        if self._slots is None:
+            self._slots = _unpacked(self._packed, self._width)
+        return self._slots
+
+    @property
+    def packed(self) -> Optional[int]:
+        """The slots packed, or None where they cannot be (not an array("q"))."""
+        if self._packed is None and self._slots is not None:
+            self._packed = _packed(self._slots)
+        return self._packed
 
     @property
     def count(self) -> int:
         return sum(self.slots)
+
+    def __len__(self) -> int:
+        return self._width
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Counts):
+            return NotImplemented
+        if self.sum_ns != other.sum_ns or self._width != other._width:
+            return False
+        if self._packed is not None and other._packed is not None:
+            return self._packed == other._packed
+        return self.slots == other.slots
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Counts(slots={self.slots!r}, sum_ns={self.sum_ns!r})"
 
 
 def empty_counts(layout: Layout) -> Counts:
@@ -134,14 +180,14 @@ def _masks(slots: int) -> Tuple[int, int, int]:
             repeat(b"\xff" * 7 + b"\x7f" + b"\0" * 8))
 
 
-def _packed_difference(current: Sequence[int], previous: Sequence[int]) -> Optional[int]:
+def _packed_difference(current: Counts, previous: Counts) -> Optional[int]:
     """Return current - previous slot by slot, packed, or None where the fast path cannot say.
 
     With every slot in [0, 2**63), setting bit 63 of each slot of ``current`` before
     subtracting keeps each slot's borrow inside that slot, and leaves its bit 63 set
     exactly when the slot did not go backwards. None: a slot is negative or went back.
     """
-    a, b = _packed(current), _packed(previous)
+    a, b = current.packed, previous.packed
     if a is None or b is None:
         return None
     high = _masks(len(current))[0]
@@ -174,35 +220,27 @@ def _packed_sum(slots: int, many: Iterable[Optional[int]]) -> Optional[array]:
     return _unpacked(evens | (odds << 64), slots)
 
 
-def _subtract(current: Counts, previous: Counts) -> Tuple[Counts, Optional[int]]:
-    """Return subtract_counts(current, previous) and its slots packed (None if not packed)."""
-    if len(previous.slots) != len(current.slots):
-        raise ValueError("snapshots have different slot counts")
-    packed = _packed_difference(current.slots, previous.slots)
-    if packed is None:
-        slots = array("q", map(operator.sub, current.slots, previous.slots))
-        if slots and min(slots) < 0:
-            raise ValueError(BACKWARDS)
-    else:
-        slots = _unpacked(packed, len(current.slots))
-    if current.sum_ns < previous.sum_ns:
-        raise ValueError(BACKWARDS)
-    return Counts(slots, current.sum_ns - previous.sum_ns), packed
-
-
 def subtract_counts(current: Counts, previous: Counts) -> Counts:
     """Return what was counted between two readings; raise ValueError if a counter went back."""
-    return _subtract(current, previous)[0]
+    if len(previous) != len(current):
+        raise ValueError("snapshots have different slot counts")
+    if current.sum_ns < previous.sum_ns:
+        raise ValueError(BACKWARDS)
+    packed = _packed_difference(current, previous)
+    if packed is not None:
+        return Counts.from_packed(packed, len(current), current.sum_ns - previous.sum_ns)
+    slots = array("q", map(operator.sub, current.slots, previous.slots))
+    if slots and min(slots) < 0:
+        raise ValueError(BACKWARDS)
+    return Counts(slots, current.sum_ns - previous.sum_ns)
 
 
-def sum_counts(layout: Layout, many: Iterable[Counts], packed: Optional[List] = None) -> Counts:
-    """Sum histograms; ``packed``, if given, holds their slots packed (None where not)."""
+def sum_counts(layout: Layout, many: Iterable[Counts]) -> Counts:
+    """Sum histograms."""
     many = list(many)
     total_ns = sum(counts.sum_ns for counts in many)
-    if packed is None:
-        packed = [_packed(counts.slots) for counts in many]
-    summed = _packed_sum(layout.slots, packed) if all(
-        len(counts.slots) == layout.slots for counts in many) else None
+    summed = _packed_sum(layout.slots, [counts.packed for counts in many]) if all(
+        len(counts) == layout.slots for counts in many) else None
     if summed is None:
         slots = [0] * layout.slots
         for counts in many:
@@ -244,19 +282,33 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
     (its entry was removed after its last reading) counts nothing.
     """
     cgroups: Dict[int, Counts] = {}
-    packed: List[Optional[int]] = []  # each one's slots packed, for the host's sum
+    width, high = layout.slots, _masks(layout.slots)[0]
+    earlier = previous.cgroups
     for cgroup, counts in current.cgroups.items():
-        before = previous.cgroups.get(cgroup)
+        before = earlier.get(cgroup)
         if before is None:
             if counts.sum_ns or counts.count:
                 cgroups[cgroup] = counts
-                packed.append(_packed(counts.slots))
-        elif counts is not before and counts != before:
-            cgroups[cgroup], difference = _subtract(counts, before)
-            packed.append(difference)
+            continue
+        if counts is before:
+            continue
+        # subtract_counts inlined for the common case, both packed (hundreds a call).
+        a, b = counts._packed, before._packed
+        if a is None or b is None or counts._width != width or before._width != width \
+                or (a | b) & high or counts.sum_ns < before.sum_ns:
+            if counts != before:
+                cgroups[cgroup] = subtract_counts(counts, before)
+            continue
+        if a == b and counts.sum_ns == before.sum_ns:
+            continue
+        difference = (a | high) - b
+        if difference & high != high:
+            raise ValueError(BACKWARDS)
+        cgroups[cgroup] = Counts.from_packed(difference ^ high, width,
+                                             counts.sum_ns - before.sum_ns)
     host = subtract_counts(current.host, previous.host)
     if cgroups:
-        host = add_counts(host, sum_counts(layout, cgroups.values(), packed))
+        host = add_counts(host, sum_counts(layout, cgroups.values()))
     lost = current.lost - previous.lost
     if lost < 0:
         raise ValueError(BACKWARDS)
@@ -281,10 +333,11 @@ def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
     it. Ties go by name, so the order is stable.
     """
     ranked = sorted(((name, counts) for name, counts in services.items()
-                     if counts.count and name != other),
+                     if (counts.sum_ns > 0 or counts.count) and name != other),
                     key=lambda item: (-item[1].sum_ns, item[0]))
     rest = [counts for _, counts in ranked[limit:]]
-    if services.get(other) is not None and services[other].count:
+    if services.get(other) is not None and (services[other].sum_ns > 0
+                                             or services[other].count):
         rest.append(services[other])
     chosen = ranked[:limit]
     if rest:

@@ -7,15 +7,15 @@ import ctypes
 import errno
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
-from array import array
 from typing import Dict, Iterable, Iterator, Optional
 
 from . import btf, cgroups, program, tracefs
 from .config import Config
 from .errors import EX_NOPERM, EX_UNAVAILABLE, AgentError
-from .histogram import Counts, Layout, Snapshot
+from .histogram import Counts, Layout, Snapshot, empty_counts, sum_counts
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,38 @@ def _last_useful_line(lines: list) -> str:
     return ""
 
 
+REFUSED = ("Permission denied", "Operation not permitted")
+
+
+def perf_event_paranoid() -> Optional[int]:
+    try:
+        return int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_failure(failure: Exception, messages: list, settings: program.ProgramSettings,
+                 paranoid: Optional[int]) -> AgentError:
+    """Turn bcc's failure to compile, load or attach into the error that names the fix.
+
+    Classic tracepoints are attached with perf_event_open, which Debian's kernels at
+    perf_event_paranoid 3 allow only with CAP_SYS_ADMIN: a hardened unit without it is refused.
+    That will not fix itself, so it is a missing privilege (77), not a missing feature (69).
+    """
+    detail = _last_useful_line(messages)
+    refused = any("perf_event_open" in line and any(r in line for r in REFUSED)
+                  for line in messages)
+    if settings.raw is None and refused:
+        level = f"kernel.perf_event_paranoid is {paranoid}" if paranoid is not None else ""
+        return AgentError(f"attaching the classic tracepoints was refused ({detail}"
+                          + (f"; {level}" if level else "") + "): they need CAP_SYS_ADMIN "
+                          "where perf_event_paranoid is 3 (Debian); use tracepoints = raw, or "
+                          "give the agent CAP_SYS_ADMIN (README: 'Classic tracepoints under "
+                          "systemd')", EX_NOPERM)
+    return AgentError(f"compiling or loading the BPF program failed: {failure}"
+                      + (f" ({detail})" if detail else ""), EX_UNAVAILABLE)
+
+
 def release_compiler_memory() -> None:
     """Give the heap that clang and LLVM freed after compiling back to the kernel (glibc only)."""
     try:
@@ -179,11 +211,14 @@ class Probe:
         for line in messages:
             log.debug("bcc: %s", line)
         if failure is not None:
-            detail = _last_useful_line(messages)
-            raise AgentError(f"compiling or loading the BPF program failed: {failure}"
-                             + (f" ({detail})" if detail else ""), EX_UNAVAILABLE)
+            raise load_failure(failure, messages, self.settings, perf_event_paranoid())
         release_compiler_memory()
         self._stats = self._bpf[b"stats"]
+        # Read the per-CPU stats raw into one buffer: bcc's own reader builds every field.
+        self._stats_key, self._stats_value = self._stats.Key(0), self._stats.Leaf()
+        per_cpu = self._stats.sLeaf
+        self._stats_stride = ctypes.sizeof(per_cpu)
+        self._stats_offsets = (per_cpu.slots.offset, per_cpu.sum_ns.offset, per_cpu.lost.offset)
         self._cgroups = None
         if self.settings.per_cgroup:
             self._cgroups = self._bpf[b"cgroup_counts"]
@@ -198,35 +233,43 @@ class Probe:
 
     def read_snapshot(self) -> Snapshot:
         """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup."""
-        per_cpu = self._stats[self._stats.Key(0)]
-        slots = [0] * self.layout.slots
-        sum_ns = lost = 0
-        for cpu in per_cpu:
+        from bcc.libbcc import lib
+        if lib.bpf_lookup_elem(self._stats.map_fd, ctypes.byref(self._stats_key),
+                               ctypes.byref(self._stats_value)) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"reading the BPF stats map: {os.strerror(code)}")
+        raw = ctypes.string_at(ctypes.addressof(self._stats_value),
+                               ctypes.sizeof(self._stats_value))
+        stride, (slots_at, sum_at, lost_at) = self._stats_stride, self._stats_offsets
+        width, order = self.layout.slots, sys.byteorder
+        lost, per_cpu = 0, []
+        for base in range(0, len(raw), stride):
+            lost += int.from_bytes(raw[base + lost_at:base + lost_at + 8], order)
             if not self.settings.per_cgroup:
-                slots = [a + b for a, b in zip(slots, cpu.slots)]
-                sum_ns += cpu.sum_ns
-            lost += cpu.lost
-        host = Counts(array("q", slots), sum_ns)
+                per_cpu.append(Counts.from_packed(
+                    int.from_bytes(raw[base + slots_at:base + slots_at + 8 * width], order),
+                    width, int.from_bytes(raw[base + sum_at:base + sum_at + 8], order)))
+        host = sum_counts(self.layout, per_cpu) if per_cpu else empty_counts(self.layout)
         return Snapshot(host, lost, self._read_cgroups() if self._cgroups is not None else {})
 
     def _read_cgroups(self) -> Dict[int, Counts]:
         """Read every cgroup's counters; an entry unchanged since the last read is reused.
 
-        Each entry is compared where the kernel put it, and copied only if it changed.
+        Each entry's slots are kept packed into one integer (histogram.Counts.from_packed):
+        they are unpacked only for the few services whose histograms are sent.
         """
         size = ctypes.sizeof(self._cgroups.Leaf)
-        slots_bytes = 8 * self.layout.slots
+        width, order = self.layout.slots, sys.byteorder
+        slots_bytes = 8 * width
         cache, fresh = self._counts_cache, {}
         for cgroup, raw in self._cgroup_entries(size):
-            sum_ns = int.from_bytes(raw[slots_bytes:slots_bytes + 8], "little")
+            sum_ns = int.from_bytes(raw[slots_bytes:slots_bytes + 8], order)
+            packed = int.from_bytes(raw[:slots_bytes], order)
             known = cache.get(cgroup)
-            if known is not None and known.sum_ns == sum_ns and \
-                    known.slots == raw[:slots_bytes].cast("q"):
+            if known is not None and known.sum_ns == sum_ns and known.packed == packed:
                 fresh[cgroup] = known
-                continue
-            slots = array("q")
-            slots.frombytes(raw[:slots_bytes])
-            fresh[cgroup] = Counts(slots, sum_ns)
+            else:
+                fresh[cgroup] = Counts.from_packed(packed, width, sum_ns)
         self._counts_cache = fresh
         return dict(fresh)
 

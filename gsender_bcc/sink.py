@@ -152,7 +152,7 @@ class GraphiteSink:
         self._reported: Dict[str, int] = {}
         self._exceptions_seen: set = set()
         self._last_sent: Optional[Chunk] = None
-        self._heartbeat = clock()
+        self._busy_since: Optional[float] = None  # when the send in progress began
         self._dropped_in_outage = 0
         self._disk_failing = False
         self._memory = MemoryOutbox(MEMORY_FALLBACK_BYTES)
@@ -258,9 +258,11 @@ class GraphiteSink:
                     "spool_errors": since["spool_errors"]}
 
     def alive(self) -> bool:
-        """Tell whether the delivery thread runs and has made progress recently."""
+        """Tell whether the delivery thread runs and is not stuck in one delivery."""
         stuck_after = self._config.timeout * (len(self._routes) + 1) + 10
-        return self._thread.is_alive() and self._clock() - self._heartbeat < stuck_after
+        busy_since = self._busy_since
+        return self._thread.is_alive() and (busy_since is None
+                                            or self._clock() - busy_since < stuck_after)
 
     def close(self, seconds: float = CLOSE_SECONDS) -> None:
         """Give delivery ``seconds`` to empty the outbox, then stop; what waits stays on disk."""
@@ -314,19 +316,25 @@ class GraphiteSink:
     def _deliver_forever(self) -> None:
         while True:
             with self._lock:
-                self._heartbeat = self._clock()
                 if self._closing:
                     return
                 if not (self._pending() and self._any_route_up()):
-                    soonest = min((r.down_until for r in self._routes), default=0.0)
-                    wait = max(0.05, soonest - self._clock()) if self._pending() else 1.0
-                    self._lock.wait(min(wait, 1.0))
+                    # Nothing to send: sleep until submit or close wakes us (a periodic wake
+                    # costs an idle host more than the whole interval's work).
+                    wait = None
+                    if self._pending():
+                        soonest = min((r.down_until for r in self._routes), default=0.0)
+                        wait = max(0.05, soonest - self._clock())
+                    self._lock.wait(wait)
                     continue
+                self._busy_since = self._clock()
             try:
                 self.deliver_once()
             except Exception as error:  # the thread must outlive any bug or surprise
                 self._count_failure(error)
                 time.sleep(BACKOFF_FIRST)
+            finally:
+                self._busy_since = None
 
     def _count_failure(self, error: BaseException) -> None:
         with self._lock:

@@ -71,15 +71,17 @@ class TestCgroupTree:
         resolved = CgroupTree(tree).resolve([123456789])
         assert resolved.service_of(123456789) == "other" and resolved.gone == {123456789}
 
-    def test_a_removed_cgroup_keeps_its_name_once_then_is_forgotten(self, tree):
+    def test_a_removed_cgroup_is_gone_once_it_stops_counting_then_forgotten(self, tree):
         walker = CgroupTree(tree)
         job = inode(tree / "batch/job-1")
         walker.resolve([job])
         (tree / "batch/job-1").rmdir()
-        resolved = walker.resolve([job])
-        assert resolved.service_of(job) == "batch" and resolved.gone == {job}
+        # Its last samples still count under its name: a cgroup that counted is not looked at.
+        resolved = walker.resolve([job], present=[job])
+        assert resolved.service_of(job) == "batch" and resolved.gone == set()
+        resolved = walker.resolve([], present=[job])
+        assert resolved.gone == {job} and job not in walker._names
         assert walker.resolve([], present=[job]).gone == {job}
-        assert job not in walker._names
 
     def test_present_but_unchanged_live_cgroups_are_kept(self, tree):
         walker = CgroupTree(tree)

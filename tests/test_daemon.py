@@ -275,7 +275,10 @@ class TestServices:
             probe.add(20, n=3, cgroup=cgroup)
             doomed.rmdir()
         clock = FakeClock(100.0, [(101, lambda: probe.add(20, n=2, cgroup=cgroup)), (106, remove),
-                                  stop_at(111)])
+                                  (111, lambda: forgotten_by_then.update(probe.forgotten)),
+                                  stop_at(116)])
+        forgotten_by_then = set()
         sink, _ = run_daemon(clock, probe, cgroup_tree=CgroupTree(tree), keep_unfinished=False)
-        assert [i.get("t.service.batch.count") for i in sink.intervals] == [2, 3]
-        assert probe.forgotten == {cgroup}
+        # Its last samples are sent under its name; it is forgotten once it no longer counts.
+        assert [i.get("t.service.batch.count") for i in sink.intervals] == [2, 3, None]
+        assert forgotten_by_then == set() and probe.forgotten == {cgroup}

@@ -1,3 +1,4 @@
+import sys
 from array import array
 
 import pytest
@@ -106,6 +107,12 @@ def c(layout, pairs, sum_ns):
     return Counts(array("q", counts(layout, pairs)), sum_ns)
 
 
+def packed(layout, pairs, sum_ns):
+    """Counts as the probe makes them: slots packed into one integer, unpacked when asked."""
+    slots = array("q", counts(layout, pairs))
+    return Counts.from_packed(int.from_bytes(slots.tobytes(), sys.byteorder), layout.slots, sum_ns)
+
+
 def snap(host, lost=0, cgroups=None):
     return Snapshot(host, lost, cgroups or {})
 
@@ -127,16 +134,30 @@ class TestDelta:
         with pytest.raises(ValueError, match="went backwards"):
             delta(SMALL, snap(c(SMALL, [(1, 2)], 9000), 1), after, 1.0)
 
+    @pytest.mark.parametrize("make", [c, packed])
+    @pytest.mark.parametrize("pairs, sum_ns", [([(1, 1)], 9000), ([(1, 2)], 8999),
+                                               ([(1, 3), (2, -1)], 9000)])
+    def test_a_cgroup_going_backwards_is_refused(self, make, pairs, sum_ns):
+        zero = c(SMALL, [], 0)
+        with pytest.raises(ValueError, match="went backwards"):
+            delta(SMALL, snap(zero, cgroups={7: make(SMALL, [(1, 2)], 9000)}),
+                  snap(zero, cgroups={7: make(SMALL, pairs, sum_ns)}), 1.0)
+
+    def test_packed_counts_unpack_to_the_same_slots(self):
+        assert packed(SMALL, [(1, 2), (16, 7)], 5) == c(SMALL, [(1, 2), (16, 7)], 5)
+        assert tuple(packed(SMALL, [(1, 2), (16, 7)], 5).slots) == counts(SMALL, [(1, 2), (16, 7)])
+
     def test_different_layouts_are_refused(self):
         with pytest.raises(ValueError, match="different slot counts"):
             delta(LAYOUT, snap(c(SMALL, [], 0)), snap(c(LAYOUT, [], 0)), 1.0)
 
-    def test_the_host_is_the_sum_of_the_cgroups(self):
+    @pytest.mark.parametrize("make", [c, packed])
+    def test_the_host_is_the_sum_of_the_cgroups(self, make):
         zero = c(SMALL, [], 0)
-        before = snap(zero, cgroups={7: c(SMALL, [(1, 2)], 3000), 8: c(SMALL, [(2, 1)], 2000),
-                                     9: c(SMALL, [(4, 4)], 20000)})
-        after = snap(zero, cgroups={7: c(SMALL, [(1, 5)], 9000), 8: c(SMALL, [(2, 1)], 2000),
-                                    10: c(SMALL, [(3, 1), (4, 1)], 8000)})
+        before = snap(zero, cgroups={7: make(SMALL, [(1, 2)], 3000), 8: make(SMALL, [(2, 1)], 2000),
+                                     9: make(SMALL, [(4, 4)], 20000)})
+        after = snap(zero, cgroups={7: make(SMALL, [(1, 5)], 9000), 8: make(SMALL, [(2, 1)], 2000),
+                                    10: make(SMALL, [(3, 1), (4, 1)], 8000)})
         measured = delta(SMALL, before, after, 1.0)
         # 8 did not change; 9 was removed after its last reading; 10 is new.
         assert measured.cgroups == {7: c(SMALL, [(1, 3)], 6000),

@@ -56,3 +56,32 @@ def test_unreadable_headers_are_one_line(monkeypatch, tmp_path):
                                          r"Permission denied; if this runs under systemd, drop "
                                          r"ProtectKernelModules="):
         probe.check_kernel_headers("x")
+
+
+CLASSIC = probe.program.ProgramSettings(preempted_state=0x100)
+RAW = probe.program.ProgramSettings(raw=probe.program.RawLayout(1264, False, 24, 8))
+ATTACH = Exception("Failed to attach BPF program b'tracepoint__sched__sched_switch' to "
+                   "tracepoint b'sched:sched_switch'")
+REFUSED_LINES = ["perf_event_open(/sys/kernel/tracing/events/sched/sched_switch/id): "
+                 "Permission denied"]
+
+
+def test_classic_tracepoints_refused_are_a_missing_privilege_that_names_the_fix():
+    error = probe.load_failure(ATTACH, REFUSED_LINES, CLASSIC, 3)
+    assert error.exit_code == 77
+    assert str(error) == (
+        "attaching the classic tracepoints was refused (perf_event_open(/sys/kernel/tracing/"
+        "events/sched/sched_switch/id): Permission denied; kernel.perf_event_paranoid is 3): "
+        "they need CAP_SYS_ADMIN where perf_event_paranoid is 3 (Debian); use tracepoints = raw, "
+        "or give the agent CAP_SYS_ADMIN (README: 'Classic tracepoints under systemd')")
+
+
+@pytest.mark.parametrize("failure, lines, settings", [
+    (ATTACH, REFUSED_LINES, RAW),  # raw tracepoints are not attached with perf_event_open
+    (ATTACH, ["perf_event_open(/x/id): No such file or directory"], CLASSIC),
+    (Exception("Failed to compile BPF module"), ["error: unknown type name 'u99'"], CLASSIC),
+])
+def test_other_load_failures_are_a_missing_feature(failure, lines, settings):
+    error = probe.load_failure(failure, lines, settings, 3)
+    assert error.exit_code == 69
+    assert str(error) == f"compiling or loading the BPF program failed: {failure} ({lines[-1]})"

@@ -31,7 +31,8 @@ CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69",
           "service-series", "accuracy", "series-stamps", "series-order", "series-rates",
           "series-slots", "reload",
           "reload-frequency", "security-score", "no-restarts", "watchdog", "bpf-programs",
-          "clean-stop", "config-error", "config-error-message", "purge"]
+          "clean-stop", "config-error", "config-error-message",
+          "service-classic-refused", "service-classic", "purge"]
 SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or list(RELEASES)
 
 vm = [pytest.mark.bpf, pytest.mark.vm]

@@ -193,6 +193,40 @@ journalctl -u "$unit" -o cat | grep -q "gsender-bcc: /etc/gsender.conf: \[defaul
 check config-error-message $? "$(journalctl -u $unit -o cat | grep 'frequency =' | tail -n 1)"
 mv /root/vm-good.conf /etc/gsender.conf
 
+# ---- classic tracepoints under the hardened unit -----------------------------------------
+# Debian runs perf_event_paranoid 3, where attaching a classic tracepoint needs CAP_SYS_ADMIN,
+# which the unit does not grant: the agent says so and exits 77, without a restart loop. With
+# the drop-in the README gives, the service runs on classic tracepoints.
+sed -i 's/^\[default\]$/[default]\ntracepoints = classic/' /etc/gsender.conf
+systemctl reset-failed "$unit" 2>/dev/null
+started_at=$(date +%s)
+timeout 300 systemctl start "$unit"  # returns once READY, or once the agent has exited
+sleep 7  # longer than RestartSec: a restart loop would show by now
+code=$(prop ExecMainStatus); state=$(prop ActiveState); restarts=$(prop NRestarts)
+said=$(journalctl -u "$unit" --since "@$started_at" -o cat | grep '^gsender-bcc: ' | tail -n 1)
+[ "$code" = 77 ] && [ "$state" = failed ] && [ "$restarts" = 0 ] \
+	&& grep -q "attaching the classic tracepoints was refused" <<< "$said"
+check service-classic-refused $? "ExecMainStatus=$code ActiveState=$state NRestarts=$restarts; the agent said: ${said:-nothing}"
+mkdir -p "/etc/systemd/system/$unit.d"
+printf '[Service]\nCapabilityBoundingSet=CAP_SYS_ADMIN\n' > "/etc/systemd/system/$unit.d/classic.conf"
+systemctl daemon-reload
+systemctl reset-failed "$unit" 2>/dev/null
+started_at=$(date +%s)
+timeout 300 systemctl start "$unit"
+state=$(prop ActiveState); pid=$(prop MainPID)
+ids=$(helper progs --pid "$pid" 2> /root/vm-progs.err)
+delivered_since() { [ "$(helper stamps "$whisper_dir" --since "$1" | wc -w)" -ge 2 ]; }
+[ "$state" = active ] && wait_for 40 delivered_since "$started_at"
+[ "$state" = active ] && [ -n "$ids" ] && grep -q "types: tracepoint)" /root/vm-progs.err \
+	&& delivered_since "$started_at"
+ok=$?
+said=$(journalctl -u "$unit" --since "@$started_at" -o cat | grep '^gsender-bcc: ' | tail -n 1)
+check service-classic $ok "with the drop-in: $state, programs ${ids:-none} $(one_line "$(cat /root/vm-progs.err)"), intervals since start: $(helper stamps "$whisper_dir" --since "$started_at" | wc -w)${said:+; the agent said: $said}"
+timeout 30 systemctl stop "$unit"
+rm -r "/etc/systemd/system/$unit.d"
+systemctl daemon-reload
+sed -i '/^tracepoints = classic$/d' /etc/gsender.conf
+
 # ---- purged while it runs ----------------------------------------------------------------
 systemctl reset-failed "$unit" 2>/dev/null
 systemctl start "$unit"
