@@ -952,6 +952,14 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
             "- profile (cProfile, which slows pure Python more than C; ms per interval): "
             + "; ".join(result.get("profile", [])),
         ]
+        pages = result.get("pages")
+        if pages:
+            services_lines.append(
+                f"- this machine's memory after a pause: writing one byte in each of "
+                f"{pages['pages']} pages (as many as the map's values fill) takes "
+                f"{pages['warm_ms']:.2f} ms warm and {pages['after_pause_ms']:.2f} ms after "
+                f"the same {pages['pause_s']:g} s pause the timed readings follow; every "
+                f"interval of the agent starts after such a pause.")
     elif result.get("failure"):
         services_lines = ["", f"## Many live services: FAILED: {result['failure']}"]
 
