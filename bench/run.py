@@ -511,6 +511,17 @@ class Idle:
 IDLE_MODES = [("host_only", "bench.hostonly", ["--max-services", "0"]),
               ("gsender", "bench.default", [])]
 
+# For comparison in the idle runs: a Python process that only wakes once an interval, on the
+# same boundaries as the agent, and does a trifle (what a machine charges for waking at all).
+WAKER = """
+import json, sys, time
+frequency, data = float(sys.argv[1]), list(range(2000))
+while True:
+    time.sleep(frequency - time.time() % frequency)
+    with open("/dev/null", "w") as sink:
+        sink.write(json.dumps(data))
+"""
+
 
 def idle_run(index: int, total: int, intervals: int, frequency: int) -> Dict[str, Idle]:
     """Run both modes side by side against one carbon-cache; return their figures."""
@@ -518,6 +529,8 @@ def idle_run(index: int, total: int, intervals: int, frequency: int) -> Dict[str
     carbon = CarbonCache(folder)
     results = {key: Idle() for key, _, _ in IDLE_MODES}
     agents: Dict[str, Running] = {}
+    waker = subprocess.Popen([sys.executable, "-c", WAKER, str(frequency)])
+    waker_first: Optional[Tuple[float, float]] = None
     try:
         carbon.start()
         for key, prefix, extra in IDLE_MODES:
@@ -531,6 +544,7 @@ def idle_run(index: int, total: int, intervals: int, frequency: int) -> Dict[str
             if not agent.wait_intervals(1, wait):
                 results[key].failure = "no interval reported"
             first[key] = (time.monotonic(), cpu_seconds(agent.proc.pid))
+            waker_first = waker_first or (time.monotonic(), cpu_seconds(waker.pid))
         for key, agent in agents.items():
             if not agent.wait_intervals(1 + intervals, wait):
                 results[key].failure = f"{agent.intervals} intervals reported, not {1 + intervals}"
@@ -542,6 +556,10 @@ def idle_run(index: int, total: int, intervals: int, frequency: int) -> Dict[str
             result.rss_anon_kib, result.peak_rss_kib = status.get("RssAnon"), status.get("VmHWM")
             result.maps = map_memory(agent.maps)
             result.intervals = agent.intervals
+        if waker_first is not None and waker.poll() is None:
+            seconds = time.monotonic() - waker_first[0]
+            results["waker"] = Idle(cpu_percent=(cpu_seconds(waker.pid) - waker_first[1])
+                                    / seconds * 100, seconds=seconds)
     except RuntimeError as error:
         for result in results.values():
             result.failure = result.failure or str(error)
@@ -553,11 +571,17 @@ def idle_run(index: int, total: int, intervals: int, frequency: int) -> Dict[str
             if agent.proc.returncode not in (0, -signal.SIGINT):
                 results[key].failure = f"ended with {agent.proc.returncode}: {stderr[-300:]}"
         carbon.stop()
+        waker.kill()
+        waker.wait()
     for key, prefix, _ in IDLE_MODES:
         results[key].series = sum(1 for _ in carbon.whisper_dir.joinpath(
             *prefix.split(".")).rglob("*.wsp")) if carbon.whisper_dir.exists() else 0
     shutil.rmtree(folder, ignore_errors=True)
+    if "waker" in results:
+        progress(f"idle {index}/{total}: waker: CPU {results['waker'].cpu_percent:.3f} %")
     for key, result in results.items():
+        if key == "waker":
+            continue
         progress(f"idle {index}/{total}: {key}: " + (
             f"CPU {result.cpu_percent:.3f} % over {result.seconds:.0f} s, RssAnon "
             f"{(result.rss_anon_kib or 0) / 1024:.1f} MiB after {result.intervals} intervals, "
@@ -812,6 +836,12 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     if waited > 1:
         notes.append(f"- the machine was busy with other work at times: the bench waited "
                      f"{waited:.0f} s in all for it to be quiet (< 10 % busy) before a phase.")
+    waker = [run["waker"].cpu_percent for run in bench.idle if "waker" in run]
+    if waker:
+        notes.append(f"- for comparison with the idle CPU below: a Python process that only wakes "
+                     f"once an interval (frequency {bench.frequency}, on the same boundaries) and "
+                     f"serialises a short list used {spread(waker, '.3f')} % of a core over the "
+                     f"same windows: what this machine charges for waking at all.")
     if other_cpu_busy:
         notes.append(f"- quiet machine check: while the baseline blocks ran pingpong on CPU 0, "
                      f"CPU 1 was busy {spread(other_cpu_busy, '.1f')} % of the time (the bench "
