@@ -8,12 +8,12 @@ out=/dev/ttyS0
 unit=gsender-bcc.service
 busy=gsender-vm-busy.service
 whisper_dir=/var/lib/graphite/whisper/vm/cpu-lat
-helper() { /usr/bin/python3 /usr/local/lib/gsender-vm/guest_checks.py "$@"; }
+helper() { timeout 300 /usr/bin/python3 /usr/local/lib/gsender-vm/guest_checks.py "$@"; }
 say() { echo "$*" > "$out"; }
 check() { # check NAME OK(0|1) DETAIL
 	if [ "$2" -eq 0 ]; then say "VMCHECK $1 PASS $3"; else say "VMCHECK $1 FAIL $3"; fi
 }
-prop() { systemctl show -p "$1" --value "${2:-$unit}"; }
+prop() { timeout 60 systemctl show -p "$1" --value "${2:-$unit}"; }
 wait_for() { # wait_for SECONDS COMMAND...: true once COMMAND succeeds
 	local deadline=$((SECONDS + $1)); shift
 	until "$@"; do [ $SECONDS -ge $deadline ] && return 1; sleep 1; done
@@ -48,6 +48,13 @@ all_stopped() { # all_stopped UNIT: every thread of the unit is in the stopped s
 		done
 	done
 }
+
+# Should a step hang, the host's report says which: every minute, what this script runs now.
+( while sleep 60; do
+	say "VMLOG check script at ${SECONDS}s, running: $(ps -o pid=,stat=,etimes=,wchan:20=,args= --ppid $$ \
+		| grep -v ' sleep 60$' | tr '\n' ';' | cut -c1-300)"
+done ) &
+progress_reporter=$!
 
 . /etc/os-release
 say "VMCHECK-START uptime $(cut -d' ' -f1 /proc/uptime)s release ${VERSION_CODENAME:-unknown} kernel $(uname -r)" \
@@ -258,5 +265,6 @@ check purge $? "ran while active (pid $pid, programs ${ids:-none}): $([ $running
 [ $code -eq 0 ] || sed 's/^/VMLOG apt: /' /root/vm-purge.log | tail -n 10 > "$out"
 
 log_tail
+kill "$progress_reporter" 2>/dev/null
 say "VMCHECK-DONE uptime $(cut -d' ' -f1 /proc/uptime)s"
 systemctl poweroff --no-block
