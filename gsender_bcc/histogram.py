@@ -282,30 +282,13 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
     (its entry was removed after its last reading) counts nothing.
     """
     cgroups: Dict[int, Counts] = {}
-    width, high = layout.slots, _masks(layout.slots)[0]
-    earlier = previous.cgroups
     for cgroup, counts in current.cgroups.items():
-        before = earlier.get(cgroup)
+        before = previous.cgroups.get(cgroup)
         if before is None:
             if counts.sum_ns or counts.count:
                 cgroups[cgroup] = counts
-            continue
-        if counts is before:
-            continue
-        # subtract_counts inlined for the common case, both packed (hundreds a call).
-        a, b = counts._packed, before._packed
-        if a is None or b is None or counts._width != width or before._width != width \
-                or (a | b) & high or counts.sum_ns < before.sum_ns:
-            if counts != before:
-                cgroups[cgroup] = subtract_counts(counts, before)
-            continue
-        if a == b and counts.sum_ns == before.sum_ns:
-            continue
-        difference = (a | high) - b
-        if difference & high != high:
-            raise ValueError(BACKWARDS)
-        cgroups[cgroup] = Counts.from_packed(difference ^ high, width,
-                                             counts.sum_ns - before.sum_ns)
+        elif counts is not before and counts != before:
+            cgroups[cgroup] = subtract_counts(counts, before)
     host = subtract_counts(current.host, previous.host)
     if cgroups:
         host = add_counts(host, sum_counts(layout, cgroups.values()))
@@ -332,12 +315,14 @@ def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
     A service named ``other`` joins the rest; ``other`` is left out when nothing falls in
     it. Ties go by name, so the order is stable.
     """
+    def counted(counts: Optional[Counts]) -> bool:
+        return counts is not None and (counts.sum_ns > 0 or counts.count != 0)
+
     ranked = sorted(((name, counts) for name, counts in services.items()
-                     if (counts.sum_ns > 0 or counts.count) and name != other),
+                     if counted(counts) and name != other),
                     key=lambda item: (-item[1].sum_ns, item[0]))
     rest = [counts for _, counts in ranked[limit:]]
-    if services.get(other) is not None and (services[other].sum_ns > 0
-                                             or services[other].count):
+    if counted(services.get(other)):
         rest.append(services[other])
     chosen = ranked[:limit]
     if rest:
