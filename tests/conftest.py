@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -129,16 +130,21 @@ class Cgroup:
         self.id = os.stat(self.path).st_ino
         self.children = []
 
-    def spin(self, cpu: int, kind: str = "user") -> subprocess.Popen:
-        """Start a busy process pinned to ``cpu`` inside this cgroup."""
+    def start(self, code: str, cpu: Optional[int] = None) -> subprocess.Popen:
+        """Start a Python process running ``code`` inside this cgroup (pinned to ``cpu``)."""
         child = subprocess.Popen([sys.executable, "-c", "import sys\nsys.stdin.readline()\n"
-                                  + BUSY_LOOPS[kind]], stdin=subprocess.PIPE)
+                                  + code], stdin=subprocess.PIPE)
         (self.path / "cgroup.procs").write_text(str(child.pid))
-        os.sched_setaffinity(child.pid, {cpu})
-        child.stdin.write(b"go\n")  # it starts burning only once inside the cgroup
+        if cpu is not None:
+            os.sched_setaffinity(child.pid, {cpu})
+        child.stdin.write(b"go\n")  # it starts only once inside the cgroup
         child.stdin.flush()
         self.children.append(child)
         return child
+
+    def spin(self, cpu: int, kind: str = "user") -> subprocess.Popen:
+        """Start a busy process pinned to ``cpu`` inside this cgroup."""
+        return self.start(BUSY_LOOPS[kind], cpu)
 
     @property
     def pids(self):

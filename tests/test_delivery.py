@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -283,38 +282,12 @@ def require_ipv6_loopback():
 # -- memory across a long outage --
 
 @pytest.fixture
-def services():
+def services(cgroup_factory):
     """Make services: a cgroup each (svcNN.service), with a process waking 20 times a second."""
-    from gsender_bcc.cgroups import v2_mount
-    mount = v2_mount()
-    if mount is None:
-        pytest.fail("cgroup v2 is not mounted") if REQUIRE_BPF else pytest.skip(
-            "cgroup v2 is not mounted")
-    parent = mount / f"gsender-memtest-{os.getpid()}"
-    children, folders = [], []
-
     def make(count):
         for i in range(count):
-            folder = parent / f"svc{i:02d}.service"
-            folder.mkdir(parents=True)
-            folders.append(folder)
-            child = subprocess.Popen([sys.executable, "-c",
-                                      "import time\nwhile True: time.sleep(0.05)"])
-            children.append(child)
-            (folder / "cgroup.procs").write_text(str(child.pid))
-    yield make
-    for child in children:
-        child.kill()
-    for child in children:
-        child.wait(timeout=5)
-    for folder in folders + [parent]:
-        deadline = time.monotonic() + 5
-        while folder.exists():
-            try:
-                folder.rmdir()
-            except OSError:
-                assert time.monotonic() < deadline, f"cannot remove {folder}"
-                time.sleep(0.05)
+            cgroup_factory(f"svc{i:02d}.service").start("import time\nwhile True: time.sleep(0.05)")
+    return make
 
 
 def rss_anon_kib(pid):

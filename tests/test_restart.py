@@ -4,9 +4,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
-import time
 from array import array
 
 import pytest
@@ -14,7 +11,6 @@ import pytest
 from gsender_bcc import carryover
 from gsender_bcc.histogram import Counts, Layout, Measured
 from test_delivery import agent_args, agents, assert_carbon_holds_exactly  # noqa: F401 (fixture)
-from conftest import REQUIRE_BPF
 from test_delivery import wall_sleep_until_fraction
 
 LAYOUT = Layout(sub_bits=3, log2_max=32)
@@ -105,34 +101,11 @@ class TestUnfinishedFile:
 
 
 @pytest.fixture
-def steady_load():
+def steady_load(cgroup_factory):
     """A process waking every 2 ms in a service of its own, ``steady``: a stream of samples
     that the rest of the machine's activity does not change."""
-    from gsender_bcc.cgroups import v2_mount
-    mount = v2_mount()
-    if mount is None:
-        pytest.fail("cgroup v2 is not mounted") if REQUIRE_BPF else pytest.skip(
-            "cgroup v2 is not mounted")
-    folder = mount / f"gsender-restart-{os.getpid()}" / "steady.service"
-    folder.mkdir(parents=True)
-    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.stdin.readline()\n"
-                              "while True: time.sleep(0.002)"], stdin=subprocess.PIPE)
-    try:
-        (folder / "cgroup.procs").write_text(str(child.pid))
-        child.stdin.write(b"go\n")  # it starts waking only once inside its cgroup
-        child.stdin.flush()
-        yield "steady"
-    finally:
-        child.kill()
-        child.wait(timeout=5)
-        for empty in (folder, folder.parent):
-            deadline = time.monotonic() + 5
-            while empty.exists():
-                try:
-                    empty.rmdir()
-                except OSError:
-                    assert time.monotonic() < deadline, f"cannot remove {empty}"
-                    time.sleep(0.05)
+    cgroup_factory("steady.service").start("import time\nwhile True: time.sleep(0.002)")
+    return "steady"
 
 
 @pytest.mark.bpf
