@@ -2,32 +2,36 @@
 /*
  * Run-queue latency: time from a task becoming runnable until it is switched in.
  *
- * Two ways to attach, chosen by gsender_bcc.program and given as -D flags:
+ * Two ways to measure it, chosen by gsender_bcc.program and given as -D flags.
  *
- * RAW_TRACEPOINTS (when the kernel's BTF describes the layout): the cheaper raw
- * tracepoints, whose arguments are task_struct pointers. Tasks are keyed by
- * pointer; the one field read, the pid (to leave out the idle task), is read at
- * TASK_PID_OFFSET. sched_switch passes prev_state since Linux 5.18, commit
- * fa2c3254d7cf "sched/tracing: Don't re-read p->state when emitting
- * sched_switch event" (SWITCH_HAS_PREV_STATE=1); before, it is read at
- * TASK_STATE_OFFSET, TASK_STATE_SIZE bytes: task_struct.__state, an unsigned
- * int, since Linux 5.14, commit 2f064a59a11f "sched: Change
- * task_struct::state"; a long named state before that. A preempted task is
- * flagged by the preempt argument.
+ * RAW_TRACEPOINTS (the kernel's BTF locates task_struct.sched_info): the
+ * scheduler already measures every such wait. When a task becomes runnable it
+ * stamps sched_info.last_queued; when the task is switched in (just after the
+ * sched_switch tracepoint) it adds the wait to sched_info.run_delay and counts
+ * the dispatch in sched_info.pcount. This is what /proc/PID/schedstat shows.
+ * So one program, on sched_switch only, reads the task leaving the CPU: since
+ * it was last seen leaving, one more dispatch (pcount) and run_delay's growth
+ * is exactly the wait before the run now ending. No clock is read and no
+ * wakeup is traced. The task leaving is the current task, so its cgroup is
+ * bpf_get_current_cgroup_id(). SCHED_INFO_OFFSET is the byte offset in
+ * task_struct of sched_info.pcount, followed by sched_info.run_delay (both
+ * u64). Tasks are keyed by task_struct pointer; the idle task (pid 0) is left
+ * out, as the scheduler leaves it out.
  *
- * Otherwise classic tracepoints, whose fields come from tracefs: tasks are keyed
- * by pid, and a preempted task shows the PREEMPTED_STATE bit in prev_state.
+ * Otherwise classic tracepoints, whose fields come from tracefs: the wait is
+ * timed here, from sched_wakeup, sched_wakeup_new or a switch-out while still
+ * runnable (prev_state 0, or the PREEMPTED_STATE bit) to the switch-in. Tasks
+ * are keyed by pid.
  *
- * START_ENTRIES sizes the map of enqueue timestamps.
+ * START_ENTRIES sizes the map of tasks.
  *
- * PER_CGROUP=1 charges each sample to the cgroup v2 of the task that waited:
- * the task being switched in. At sched_switch the current task is still the
- * one leaving the CPU, so the sample waits in its CPU's pending_ns until the
- * next sched_switch on that CPU, whose current task is the one switched in
- * now; bpf_get_current_cgroup_id() then names its cgroup, with no task fields
- * read. The host's histogram is then the sum of the cgroups'. MAX_CGROUPS
- * bounds the cgroups tracked; samples of cgroups beyond it are counted under
- * OVERFLOW_CGROUP, an entry user space creates before attaching.
+ * PER_CGROUP=1 charges each sample to the cgroup v2 of the task that waited,
+ * and the host's histogram is then the sum of the cgroups'. On classic
+ * tracepoints the sample is taken at the switch-in, where the current task is
+ * still the one leaving; it waits in its CPU's pending_ns until the next
+ * sched_switch on that CPU, whose current task is the one that waited.
+ * MAX_CGROUPS bounds the cgroups tracked; samples of cgroups beyond it are
+ * counted under OVERFLOW_CGROUP, an entry user space creates before attaching.
  *
  * Counters are per CPU, cumulative and never cleared: user space sums the CPUs
  * and takes differences between reads.
@@ -38,12 +42,6 @@ _Static_assert(HIST_SLOTS == (HIST_LOG2_MAX - HIST_SUB_BITS + 1) * HIST_SUB_COUN
 	       "HIST_SLOTS does not match the layout constants");
 _Static_assert(HIST_SUB_COUNT == 1 << HIST_SUB_BITS, "HIST_SUB_COUNT must be 2^HIST_SUB_BITS");
 
-/*
- * task -> time it became runnable (ns), 0 once consumed. Entries are updated in
- * place, so the steady state costs one lookup per event and takes no lock; the
- * LRU policy retires the entries of tasks that have exited.
- */
-BPF_TABLE("lru_hash", u64, u64, enqueued_at, START_ENTRIES);
 BPF_PERCPU_ARRAY(stats, struct latency_stats, 1);
 
 #if PER_CGROUP
@@ -51,23 +49,6 @@ BPF_HASH(cgroup_counts, u64, struct cgroup_stats, MAX_CGROUPS);
 /* An all-zero value to create entries from: too large for the BPF stack. */
 BPF_ARRAY(zero_cgroup_stats, struct cgroup_stats, 1);
 #endif
-
-static __always_inline void mark_runnable(u64 task, u64 now)
-{
-	u64 *ts = enqueued_at.lookup(&task);
-
-	if (ts) {
-		*ts = now;
-		return;
-	}
-	if (enqueued_at.update(&task, &now) != 0) {
-		u32 zero = 0;
-		struct latency_stats *s = stats.lookup(&zero);
-
-		if (s)
-			s->lost++;
-	}
-}
 
 static __always_inline u64 clamped_slot(u64 delta_ns)
 {
@@ -81,6 +62,7 @@ static __always_inline u64 clamped_slot(u64 delta_ns)
 }
 
 #if PER_CGROUP
+/* Count one sample of the current task's cgroup. */
 static __always_inline void charge_cgroup(u64 delta_ns)
 {
 	u64 cgroup = bpf_get_current_cgroup_id();
@@ -106,6 +88,101 @@ static __always_inline void charge_cgroup(u64 delta_ns)
 	__sync_fetch_and_add(&c->sum_ns, delta_ns);
 }
 #endif
+
+/* Count one sample in this CPU's histogram. */
+static __always_inline void count_on_cpu(struct latency_stats *s, u64 delta_ns)
+{
+	s->slots[clamped_slot(delta_ns)]++;
+	s->sum_ns += delta_ns;
+}
+
+#ifdef RAW_TRACEPOINTS
+
+/* The first two fields of task_struct.sched_info, as the scheduler keeps them. */
+struct dispatches {
+	u64 pcount;	/* times switched in after a counted wait */
+	u64 run_delay;	/* ns waited in all, over those */
+};
+
+/*
+ * task -> its dispatches when it last left a CPU. Entries are updated in place,
+ * so the steady state costs one lookup per switch and takes no lock; the LRU
+ * policy retires the entries of tasks that have exited.
+ */
+BPF_TABLE("lru_hash", u64, struct dispatches, last_seen, START_ENTRIES);
+
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+	u64 prev = ctx->args[1];
+	struct dispatches now, *seen;
+	struct latency_stats *s;
+	u32 zero = 0;
+	u64 waited;
+
+	/* The task leaving is still the current one; pid 0 is the idle task. */
+	if ((u32)bpf_get_current_pid_tgid() == 0)
+		return 0;
+	if (bpf_probe_read_kernel(&now, sizeof(now), (void *)(prev + SCHED_INFO_OFFSET)) != 0)
+		return 0;
+	s = stats.lookup(&zero);
+	if (!s)
+		return 0;
+	seen = last_seen.lookup(&prev);
+	if (seen && now.pcount >= seen->pcount) {
+		/* No new dispatch: it ran on without a counted wait (none to report). */
+		if (now.pcount == seen->pcount)
+			return 0;
+		if (now.pcount - seen->pcount > 1) {
+			/* Several waits summed together cannot be told apart. */
+			s->lost += now.pcount - seen->pcount;
+			*seen = now;
+			return 0;
+		}
+		waited = now.run_delay - seen->run_delay;
+		*seen = now;
+	} else {
+		/* First seen, or a new task at an exited one's address. */
+		if (seen)
+			*seen = now;
+		else if (last_seen.update(&prev, &now) != 0)
+			s->lost++;
+		/* Only a first dispatch is known to be one wait. */
+		if (now.pcount != 1)
+			return 0;
+		waited = now.run_delay;
+	}
+#if PER_CGROUP
+	charge_cgroup(waited);
+#else
+	count_on_cpu(s, waited);
+#endif
+	return 0;
+}
+
+#else /* classic tracepoints */
+
+/*
+ * pid -> time it became runnable (ns), 0 once consumed. Updated in place, as
+ * last_seen is.
+ */
+BPF_TABLE("lru_hash", u64, u64, enqueued_at, START_ENTRIES);
+
+static __always_inline void mark_runnable(u64 task, u64 now)
+{
+	u64 *ts = enqueued_at.lookup(&task);
+
+	if (ts) {
+		*ts = now;
+		return;
+	}
+	if (enqueued_at.update(&task, &now) != 0) {
+		u32 zero = 0;
+		struct latency_stats *s = stats.lookup(&zero);
+
+		if (s)
+			s->lost++;
+	}
+}
 
 /*
  * Called at every sched_switch with the task switched in: first charge the
@@ -135,63 +212,9 @@ static __always_inline void record_switch_in(u64 task, u64 now)
 	s->pending_ns = delta;
 	s->pending = 1;
 #else
-	s->slots[clamped_slot(delta)]++;
-	s->sum_ns += delta;
+	count_on_cpu(s, delta);
 #endif
 }
-
-#ifdef RAW_TRACEPOINTS
-
-static __always_inline u32 task_pid(u64 task)
-{
-	u32 pid = 0;
-
-	bpf_probe_read_kernel(&pid, sizeof(pid), (void *)(task + TASK_PID_OFFSET));
-	return pid;
-}
-
-static __always_inline u64 prev_state(struct bpf_raw_tracepoint_args *ctx)
-{
-#if SWITCH_HAS_PREV_STATE
-	return (u32)ctx->args[3];
-#elif TASK_STATE_SIZE == 4
-	u32 state = 0;
-
-	bpf_probe_read_kernel(&state, sizeof(state), (void *)(ctx->args[1] + TASK_STATE_OFFSET));
-	return state;
-#else
-	u64 state = 0;
-
-	bpf_probe_read_kernel(&state, sizeof(state), (void *)(ctx->args[1] + TASK_STATE_OFFSET));
-	return state;
-#endif
-}
-
-RAW_TRACEPOINT_PROBE(sched_wakeup)
-{
-	mark_runnable(ctx->args[0], bpf_ktime_get_ns());
-	return 0;
-}
-
-RAW_TRACEPOINT_PROBE(sched_wakeup_new)
-{
-	mark_runnable(ctx->args[0], bpf_ktime_get_ns());
-	return 0;
-}
-
-RAW_TRACEPOINT_PROBE(sched_switch)
-{
-	u64 now = bpf_ktime_get_ns();
-	u64 prev = ctx->args[1];
-
-	if (((u8)ctx->args[0] || prev_state(ctx) == 0) && task_pid(prev) != 0)
-		mark_runnable(prev, now);
-	/* The idle task is never marked runnable, so switching to it records nothing. */
-	record_switch_in(ctx->args[2], now);
-	return 0;
-}
-
-#else /* classic tracepoints */
 
 TRACEPOINT_PROBE(sched, sched_wakeup)
 {

@@ -1,6 +1,6 @@
 """Read the few facts we need from the kernel's BTF (/sys/kernel/btf/vmlinux).
 
-Raw tracepoints hand the program task_struct pointers, not fields. The offsets
+Raw tracepoints hand the program task_struct pointers, not fields. The offset
 of the fields it reads, and the argument list of sched_switch, come from the
 running kernel's own type information, so they are right whatever headers the
 host has installed.
@@ -8,10 +8,12 @@ host has installed.
 
 from __future__ import annotations
 
+import bisect
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 MAGIC = 0xEB9F
@@ -39,8 +41,35 @@ class BtfType:
 # FUNC, FLOAT, TYPE_TAG. Any kind not listed here or above is refused, never skipped blindly.
 _KNOWN_KINDS = frozenset({2, 7, 8, 9, 10, 11, 12, 16, 18}) | set(_FIXED_EXTRA) | set(_PER_ITEM)
 _HEADER = struct.Struct("<III")
-_EXTRA = [_FIXED_EXTRA.get(kind, 0) for kind in range(32)]
 _ITEM = [_PER_ITEM.get(kind, 0) for kind in range(32)]
+# In 4-byte words: a record's length before its items, or None for a kind not known.
+_HEAD_WORDS = [3 + _FIXED_EXTRA.get(kind, 0) // 4 if kind in _KNOWN_KINDS else None
+               for kind in range(32)]
+_ITEM_WORDS = [width // 4 for width in _ITEM]
+
+
+def _type_positions(words: memoryview) -> List[int]:
+    """Return where each type starts, in words from the first; type id 0 (void) is at -1.
+
+    This loop visits every type of the kernel (over 100000), so it does no more than it must.
+    """
+    positions = [-1]
+    append, head_words, item_words = positions.append, _HEAD_WORDS, _ITEM_WORDS
+    at, end = 0, len(words)
+    while at < end:
+        if at + 3 > end:
+            raise ValueError(f"BTF type {len(positions)} is cut short")
+        info = words[at + 1]
+        kind = (info >> 24) & 0x1F
+        head = head_words[kind]
+        if head is None:
+            raise ValueError(f"BTF type {len(positions)} has kind {kind}, which this reader "
+                             f"does not know; it cannot find the fields it needs")
+        append(at)
+        at += head + item_words[kind] * (info & 0xFFFF)
+    if at != end:
+        raise ValueError(f"BTF type {len(positions) - 1} is cut short")
+    return positions
 
 
 class Btf:
@@ -55,25 +84,13 @@ class Btf:
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
         if hdr_len + max(type_off + type_len, str_off + str_len) > len(blob):
             raise ValueError("BTF header points past the end of the data")
+        if sys.byteorder != "little" or (hdr_len + type_off) % 4 or type_len % 4:
+            raise ValueError("BTF types are not little-endian 4-byte words on this machine")
         self._blob = blob
         self._strings = blob[hdr_len + str_off: hdr_len + str_off + str_len]
-        self._positions = [0]  # type id 0 is void
-        self._by_name: Dict[Tuple[int, int], int] = {}
-        unpack, extra, item = _HEADER.unpack_from, _EXTRA, _ITEM
-        positions, by_name = self._positions, self._by_name
-        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
-        while pos < end:
-            if pos + 12 > end:
-                raise ValueError(f"BTF type {len(positions)} is cut short")
-            name_off, info, _ = unpack(blob, pos)
-            kind = (info >> 24) & 0x1F
-            if kind not in _KNOWN_KINDS:
-                raise ValueError(f"BTF type {len(positions)} has kind {kind}, which this reader "
-                                 f"does not know; it cannot find the fields it needs")
-            if name_off:
-                by_name.setdefault((kind, name_off), len(positions))
-            positions.append(pos)
-            pos += 12 + extra[kind] + item[kind] * (info & 0xFFFF)
+        self._types_at = hdr_len + type_off
+        self._positions = _type_positions(
+            memoryview(blob)[self._types_at:self._types_at + type_len].cast("I"))
 
     def string(self, offset: int) -> str:
         end = self._strings.index(b"\0", offset)
@@ -87,7 +104,7 @@ class Btf:
         return found + 1
 
     def type(self, type_id: int) -> BtfType:
-        pos = self._positions[type_id]
+        pos = self._types_at + 4 * self._positions[type_id]
         name_off, info, size_or_type = _HEADER.unpack_from(self._blob, pos)
         kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
         width = _ITEM[kind]
@@ -97,10 +114,23 @@ class Btf:
         return BtfType(kind, self.string(name_off), size_or_type, bool(info >> 31), items)
 
     def find(self, kind: int, name: str) -> BtfType:
-        try:
-            return self.type(self._by_name[(kind, self._string_offset(name))])
-        except KeyError:
-            raise LookupError(f"BTF has no {name}") from None
+        """Return the first type of this kind and name.
+
+        Its record starts with the name's string offset: search the bytes for that, and keep
+        the hits that are the start of a type of the right kind.
+        """
+        needle = struct.pack("<I", self._string_offset(name))
+        positions, at = self._positions, self._types_at
+        hit = self._blob.find(needle, at)
+        while hit >= 0:
+            word = (hit - at) // 4
+            index = bisect.bisect_left(positions, word)
+            if (hit - at) % 4 == 0 and index < len(positions) and positions[index] == word:
+                found = self.type(index)
+                if found.kind == kind:
+                    return found
+            hit = self._blob.find(needle, hit + 1)
+        raise LookupError(f"BTF has no {name}")
 
     def member_offset(self, struct_name: str, member: str) -> Tuple[int, int]:
         """Return the byte offset and byte size of a struct's member."""
@@ -136,30 +166,25 @@ class Btf:
 class RawLayout:
     """What the raw-tracepoint program needs to know about this kernel."""
 
-    task_pid_offset: int
-    switch_has_prev_state: bool
-    task_state_offset: int
-    task_state_size: int
+    # Offset in task_struct of sched_info.pcount, which sched_info.run_delay follows.
+    sched_info_offset: int
 
 
 def raw_layout(btf: Btf) -> RawLayout:
     """Work out the raw-tracepoint layout, or raise LookupError saying what is missing."""
-    pid_offset, pid_size = btf.member_offset("task_struct", "pid")
-    if pid_size != 4:
-        raise LookupError(f"task_struct.pid is {pid_size} bytes, not 4")
     # sched_switch is (bool preempt, task *prev, task *next) and, since Linux 5.18
-    # (commit fa2c3254d7cf), (..., unsigned int prev_state); sched_wakeup[_new] is (task *p).
+    # (commit fa2c3254d7cf), (..., unsigned int prev_state).
     switch = btf.tracepoint_argument_sizes("sched_switch")
     if switch[:3] != [1, 8, 8] or switch[3:] not in ([], [4]):
         raise LookupError(f"sched_switch's argument sizes are {switch}, not 1, 8, 8[, 4]")
-    for wakeup in ("sched_wakeup", "sched_wakeup_new"):
-        if btf.tracepoint_argument_sizes(wakeup) != [8]:
-            raise LookupError(f"{wakeup} does not take one task pointer")
-    try:  # renamed from "state" (a long) in Linux 5.14, commit 2f064a59a11f
-        state_offset, state_size = btf.member_offset("task_struct", "__state")
-    except LookupError:
-        state_offset, state_size = btf.member_offset("task_struct", "state")
-    return RawLayout(pid_offset, len(switch) == 4, state_offset, state_size)
+    # struct sched_info is empty without CONFIG_SCHED_INFO.
+    sched_info, _ = btf.member_offset("task_struct", "sched_info")
+    pcount = btf.member_offset("sched_info", "pcount")
+    run_delay = btf.member_offset("sched_info", "run_delay")
+    if pcount[1] != 8 or run_delay != (pcount[0] + 8, 8):
+        raise LookupError(f"sched_info.pcount and run_delay are at {pcount} and {run_delay} "
+                          f"(offset, size), not two u64 in a row")
+    return RawLayout(sched_info + pcount[0])
 
 
 def read_raw_layout(path: Path = VMLINUX) -> RawLayout:

@@ -119,10 +119,10 @@ def _check(attached) -> str:
         resolved = CgroupTree(v2_mount()).resolve(counted.cgroups)
         services = len({resolved.service_of(cgroup) for cgroup in counted.cgroups})
         breakdown = f"{services} services seen"
-    return (f"OK: BPF program attached to the {attached.settings.kind} sched_wakeup, "
-            f"sched_wakeup_new and sched_switch; {counted.host.count} samples in "
-            f"{CHECK_SECONDS:g}s; "
-            f"{breakdown}; detached")
+    names = attached.settings.tracepoints
+    where = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+    return (f"OK: BPF program attached to the {attached.settings.kind} {where}; "
+            f"{counted.host.count} samples in {CHECK_SECONDS:g}s; {breakdown}; detached")
 
 
 def _make_sink(args, config: configuration.Config):

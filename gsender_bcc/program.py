@@ -8,17 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from . import tracefs
 from .btf import RawLayout
 from .histogram import Layout
 
 SOURCE_NAME = "runqlat.c"
 HEADER_NAME = "runqlat.h"
 
-# The map of enqueue timestamps holds one entry per thread seen recently; the
-# LRU policy evicts the least recently woken. 65536 entries (about 5 MiB of
-# kernel memory) exceed the threads a host normally has alive, so a thread
-# still waiting to run is never the least recently woken one. A failed insert
-# is counted (agent.samples_lost), never silent.
+# The map of tasks holds one entry per thread seen recently; the LRU policy
+# evicts the least recently seen. 65536 entries (about 5 MiB of kernel memory)
+# exceed the threads a host normally has alive, so a thread that runs is never
+# the least recently seen one. A failed insert is counted (agent.samples_lost),
+# never silent.
 DEFAULT_START_ENTRIES = 65536
 
 # The per-cgroup map holds one entry per cgroup that had a sample since it was created
@@ -77,15 +78,20 @@ class ProgramSettings:
     def kind(self) -> str:
         return "raw tracepoints" if self.raw else "tracepoints"
 
+    @property
+    def tracepoints(self) -> Tuple[str, ...]:
+        """Name the tracepoints the program attaches to, one program each.
+
+        Classic tracepoints time the wait from wakeup to switch-in; raw ones read the
+        scheduler's own accounting at sched_switch alone.
+        """
+        return ("sched_switch",) if self.raw else tracefs.TRACEPOINTS
+
     def cflags(self, include_dir: Path) -> Tuple[str, ...]:
         flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}",
                  f"-DPER_CGROUP={int(self.per_cgroup)}", f"-DMAX_CGROUPS={self.max_cgroups}"]
         if self.raw is not None:
-            flags += ["-DRAW_TRACEPOINTS",
-                      f"-DTASK_PID_OFFSET={self.raw.task_pid_offset}",
-                      f"-DSWITCH_HAS_PREV_STATE={int(self.raw.switch_has_prev_state)}",
-                      f"-DTASK_STATE_OFFSET={self.raw.task_state_offset}",
-                      f"-DTASK_STATE_SIZE={self.raw.task_state_size}"]
+            flags += ["-DRAW_TRACEPOINTS", f"-DSCHED_INFO_OFFSET={self.raw.sched_info_offset}"]
         else:
             flags.append(f"-DPREEMPTED_STATE={self.preempted_state:#x}")
         return tuple(flags)

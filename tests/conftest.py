@@ -36,7 +36,7 @@ def pytest_runtest_setup(item):
 
 
 # A user-space loop is switched out at its return to user mode, with prev_state 0.
-# A loop inside the kernel (long reads of /dev/zero) is preempted there, and
+# A loop inside the kernel (long reads of /dev/zero) is preempted there, and classic
 # sched_switch reports it with the preempted bit: only that kind proves the bit is read.
 BUSY_LOOPS = {
     "user": "while True: pass",
@@ -90,7 +90,14 @@ def program_ids_of(pid):
     return ids
 
 
-def wait_for_programs_of(pid, count=3, timeout=30.0):
+def agent_program_count():
+    """Return how many BPF programs the agent attaches here by default (one per tracepoint)."""
+    from gsender_bcc import probe
+    from gsender_bcc.config import Config
+    return len(probe.compile_settings(Config()).tracepoints)
+
+
+def wait_for_programs_of(pid, count, timeout=30.0):
     """Poll until process ``pid`` holds ``count`` BPF programs; return their ids."""
     deadline = time.monotonic() + timeout
     while True:
@@ -112,13 +119,23 @@ def assert_unloaded(ids, timeout=5.0):
         time.sleep(0.05)
 
 
-def run_delay_of(pids) -> int:
-    """Sum schedstat run_delay (ns) over the threads of the given processes."""
+def schedstat_sum(pids, field: int) -> int:
+    """Sum one field of schedstat over the threads of the given processes."""
     total = 0
     for pid in pids:
         for path in Path(f"/proc/{pid}/task").glob("[0-9]*/schedstat"):
-            total += int(path.read_text().split()[1])
+            total += int(path.read_text().split()[field])
     return total
+
+
+def run_delay_of(pids) -> int:
+    """Sum schedstat run_delay (ns) over the threads of the given processes."""
+    return schedstat_sum(pids, 1)
+
+
+def dispatches_of(pids) -> int:
+    """Sum schedstat's count of runs after a wait (pcount) over the given processes' threads."""
+    return schedstat_sum(pids, 2)
 
 
 class Cgroup:

@@ -20,6 +20,9 @@ class BlobBuilder:
     def name(self, text):
         if not text:
             return 0
+        known = self.strings.find(b"\0" + text.encode() + b"\0")
+        if known >= 0:  # each string once, as in the kernel's deduplicated BTF
+            return known + 1
         offset = len(self.strings)
         self.strings += text.encode() + b"\0"
         return offset
@@ -51,33 +54,38 @@ class BlobBuilder:
         return header + self.types + self.strings
 
 
-def kernel_like(state_member="__state", state_size=4, switch_has_state=True):
+def kernel_like(switch_has_state=True, run_delay_at=8):
     b = BlobBuilder()
     u8, u32, s64 = b.integer("_Bool", 1), b.integer("unsigned int", 4), b.integer("long", 8)
-    state_type = u32 if state_size == 4 else s64
-    task = b.struct("task_struct", 4096, [("thread_info", s64, 0), (state_member, state_type, 192),
+    u64 = b.integer("unsigned long long", 8)
+    sched_info = b.struct("sched_info", 48, [("pcount", s64, 0), ("run_delay", u64,
+                                                                   8 * run_delay_at),
+                                             ("last_queued", u64, 8 * 40)])
+    task = b.struct("task_struct", 4096, [("thread_info", s64, 0), ("__state", u32, 192),
+                                          ("sched_info", sched_info, 8 * 1008),
                                           ("pid", b.integer("int", 4), 8 * 2456)])
     task_pointer = b.add(PTR, "", task)
     b.tracepoint("sched_switch", [u8, task_pointer, task_pointer] + ([u32] if switch_has_state else []))
     b.tracepoint("sched_wakeup", [task_pointer])
-    b.tracepoint("sched_wakeup_new", [task_pointer])
     return b
 
 
 class TestSyntheticBlobs:
     def test_a_current_kernel_layout(self):
-        assert raw_layout(Btf(kernel_like().blob())) == RawLayout(
-            task_pid_offset=2456, switch_has_prev_state=True, task_state_offset=24,
-            task_state_size=4)
+        assert raw_layout(Btf(kernel_like().blob())) == RawLayout(sched_info_offset=1008)
 
-    def test_a_kernel_before_5_14_and_5_18(self):
-        blob = kernel_like("state", 8, switch_has_state=False).blob()
-        assert raw_layout(Btf(blob)) == RawLayout(2456, False, 24, 8)
+    def test_a_kernel_before_5_18(self):
+        assert raw_layout(Btf(kernel_like(switch_has_state=False).blob())) == RawLayout(1008)
+
+    def test_run_delay_must_follow_pcount(self):
+        with pytest.raises(LookupError, match=r"sched_info.pcount and run_delay are at \(0, 8\) "
+                                              r"and \(16, 8\)"):
+            raw_layout(Btf(kernel_like(run_delay_at=16).blob()))
 
     def test_an_unknown_kind_is_refused_by_name(self):
         b = kernel_like()
         b.add(25, "future", 0)
-        with pytest.raises(ValueError, match=r"BTF type 19 has kind 25, which this reader does "
+        with pytest.raises(ValueError, match=r"BTF type 17 has kind 25, which this reader does "
                                              r"not know"):
             Btf(b.blob())
 
@@ -91,14 +99,43 @@ class TestSyntheticBlobs:
 
     def test_a_missing_field_is_named(self):
         b = BlobBuilder()
-        b.struct("task_struct", 64, [("comm", b.integer("char", 1), 0)])
-        with pytest.raises(LookupError, match="struct task_struct has no member pid"):
+        u8, u64 = b.integer("_Bool", 1), b.integer("unsigned long long", 8)
+        task = b.struct("task_struct", 64, [("pid", u64, 0)])
+        task_pointer = b.add(PTR, "", task)
+        b.tracepoint("sched_switch", [u8, task_pointer, task_pointer])
+        with pytest.raises(LookupError, match="struct task_struct has no member sched_info"):
             raw_layout(Btf(b.blob()))
+
+    def test_a_missing_tracepoint_is_named(self):
+        b = BlobBuilder()
+        b.struct("task_struct", 64, [("__state", b.integer("unsigned int", 4), 0)])
+        with pytest.raises(LookupError, match="BTF has no btf_trace_sched_switch"):
+            raw_layout(Btf(b.blob()))
+
+    def test_a_name_found_inside_another_record_is_not_a_type(self):
+        # "pid" names a member: its string offset is found inside task_struct's record, and the
+        # struct that follows it is not taken for a struct named pid.
+        b = kernel_like()
+        b.add(TYPEDEF, "task_struct", 1)
+        b.struct("after", 4, [])
+        blob = Btf(b.blob())
+        assert blob.find(STRUCT, "task_struct").size_or_type == 4096
+        assert blob.find(TYPEDEF, "task_struct").size_or_type == 1
+        b2 = BlobBuilder()
+        b2.struct("outer", 4, [("pid", b2.integer("int", 4), 0)])
+        b2.struct("next_one", 8, [])
+        with pytest.raises(LookupError, match="BTF has no pid"):
+            Btf(b2.blob()).find(STRUCT, "pid")
+
+    def test_a_last_type_running_past_the_end_is_refused(self):
+        b = kernel_like()
+        b.add(STRUCT, "cut", 8, vlen=3)  # three members announced, none written
+        with pytest.raises(ValueError, match="is cut short"):
+            Btf(b.blob())
 
     def test_an_unexpected_switch_signature_is_refused(self):
         b = BlobBuilder()
         u32 = b.integer("unsigned int", 4)
-        b.struct("task_struct", 64, [("pid", u32, 0), ("__state", u32, 32)])
         b.tracepoint("sched_switch", [u32, u32])
         with pytest.raises(LookupError, match=r"sched_switch's argument sizes are \[4, 4\]"):
             raw_layout(Btf(b.blob()))
@@ -107,4 +144,4 @@ class TestSyntheticBlobs:
 @pytest.mark.skipif(not VMLINUX.exists(), reason="this kernel has no BTF")
 def test_this_kernel_btf_is_read_without_error():
     layout = raw_layout(Btf(VMLINUX.read_bytes()))
-    assert 0 < layout.task_pid_offset < 8192 and layout.task_state_size in (4, 8)
+    assert 0 < layout.sched_info_offset < 8192

@@ -98,15 +98,14 @@ class TestSettings:
         assert settings.kind == "tracepoints"
 
     def test_raw_flags(self, tmp_path):
-        settings = program.ProgramSettings(raw=RawLayout(1264, False, 24, 8), per_cgroup=True,
+        settings = program.ProgramSettings(raw=RawLayout(1008), per_cgroup=True,
                                            max_cgroups=100)
         assert settings.cflags(tmp_path) == (
             f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
-            "-DRAW_TRACEPOINTS", "-DTASK_PID_OFFSET=1264",
-            "-DSWITCH_HAS_PREV_STATE=0", "-DTASK_STATE_OFFSET=24", "-DTASK_STATE_SIZE=8")
+            "-DRAW_TRACEPOINTS", "-DSCHED_INFO_OFFSET=1008")
         assert settings.kind == "raw tracepoints"
 
-    @pytest.mark.parametrize("raw, bit", [(None, None), (RawLayout(1, True, 2, 4), 0x100)])
+    @pytest.mark.parametrize("raw, bit", [(None, None), (RawLayout(8), 0x100)])
     def test_exactly_one_mode(self, raw, bit):
         with pytest.raises(ValueError, match="either"):
             program.ProgramSettings(raw=raw, preempted_state=bit)

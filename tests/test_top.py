@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import assert_unloaded, wait_for_programs_of
+from conftest import agent_program_count, assert_unloaded, wait_for_programs_of
 from gsender_bcc import cli, top
 from gsender_bcc.histogram import Counts, IntervalStats, Layout, Snapshot
 from gsender_bcc.metrics import ServiceStats, short_hostname
@@ -471,7 +471,7 @@ def test_top_shows_the_host_and_a_busy_service_then_q_detaches(cgroup_factory, p
     busy = cgroup_factory("gsender-top-test.service")
     busy.spin(0), busy.spin(0)  # two on one CPU: each waits while the other runs
     pane = pane_factory(120, 40, ["--config", str(quiet_graphite.config)])
-    programs = wait_for_programs_of(pane.pid, count=3, timeout=90)
+    programs = wait_for_programs_of(pane.pid, count=agent_program_count(), timeout=90)
 
     # The busy cgroup's pressure needs two readings: wait for the row with its figure.
     lines = pane.wait_for(lambda lines: any(
@@ -520,7 +520,7 @@ def test_top_in_80x24_survives_resizes(cgroup_factory, pane_factory, quiet_graph
     busy = cgroup_factory("gsender-top-test.service")
     busy.spin(0), busy.spin(0)
     pane = pane_factory(80, 24, ["--config", str(quiet_graphite.config), "--frequency", "2"])
-    programs = wait_for_programs_of(pane.pid, count=3, timeout=90)
+    programs = wait_for_programs_of(pane.pid, count=agent_program_count(), timeout=90)
 
     def complete(width):
         def check(lines):
@@ -556,7 +556,7 @@ def test_top_in_80x24_survives_resizes(cgroup_factory, pane_factory, quiet_graph
 @pytest.mark.parametrize("ending", ["C-c", "SIGHUP"])
 def test_ctrl_c_and_sighup_end_it_with_nothing_attached(pane_factory, quiet_graphite, ending):
     pane = pane_factory(100, 30, ["--config", str(quiet_graphite.config)])
-    programs = wait_for_programs_of(pane.pid, count=3, timeout=90)
+    programs = wait_for_programs_of(pane.pid, count=agent_program_count(), timeout=90)
     pane.wait_for(lambda lines: section(lines)[1] is not None, 20, "the first interval")
     if ending == "C-c":
         pane.keys("C-c")
