@@ -12,7 +12,7 @@
  * So one program, on sched_switch only, reads the task leaving the CPU: since
  * it was last seen leaving, one more dispatch (pcount) and run_delay's growth
  * is exactly the wait before the run now ending. No clock is read and no
- * wakeup is traced. The task leaving is the current task, so its cgroup is
+ * wakeup is traced; a second program forgets each task as it is freed. The task leaving is the current task, so its cgroup is
  * bpf_get_current_cgroup_id(). SCHED_INFO_OFFSET is the byte offset in
  * task_struct of sched_info.pcount, followed by sched_info.run_delay (both
  * u64). Tasks are keyed by task_struct pointer; the idle task (pid 0) is left
@@ -128,7 +128,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 	if (!s)
 		return 0;
 	seen = last_seen.lookup(&prev);
-	if (seen && now.pcount >= seen->pcount) {
+	if (seen && now.pcount >= seen->pcount && now.run_delay >= seen->run_delay) {
 		/* No new dispatch: it ran on without a counted wait (none to report). */
 		if (now.pcount == seen->pcount)
 			return 0;
@@ -141,7 +141,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 		waited = now.run_delay - seen->run_delay;
 		*seen = now;
 	} else {
-		/* First seen, or a new task at an exited one's address. */
+		/* First seen, or a new task at an exited one's address (a missed free). */
 		if (seen)
 			*seen = now;
 		else if (last_seen.update(&prev, &now) != 0)
@@ -156,6 +156,18 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 #else
 	count_on_cpu(s, waited);
 #endif
+	return 0;
+}
+
+/*
+ * A task_struct is freed here, and its address may then be a new task's: forget
+ * it, so the new task is never measured against the old one's counters.
+ */
+RAW_TRACEPOINT_PROBE(sched_process_free)
+{
+	u64 task = ctx->args[0];
+
+	last_seen.delete(&task);
 	return 0;
 }
 

@@ -173,10 +173,12 @@ class RawLayout:
 def raw_layout(btf: Btf) -> RawLayout:
     """Work out the raw-tracepoint layout, or raise LookupError saying what is missing."""
     # sched_switch is (bool preempt, task *prev, task *next) and, since Linux 5.18
-    # (commit fa2c3254d7cf), (..., unsigned int prev_state).
+    # (commit fa2c3254d7cf), (..., unsigned int prev_state); sched_process_free is (task *p).
     switch = btf.tracepoint_argument_sizes("sched_switch")
     if switch[:3] != [1, 8, 8] or switch[3:] not in ([], [4]):
         raise LookupError(f"sched_switch's argument sizes are {switch}, not 1, 8, 8[, 4]")
+    if btf.tracepoint_argument_sizes("sched_process_free") != [8]:
+        raise LookupError("sched_process_free does not take one task pointer")
     # struct sched_info is empty without CONFIG_SCHED_INFO.
     sched_info, _ = btf.member_offset("task_struct", "sched_info")
     pcount = btf.member_offset("sched_info", "pcount")

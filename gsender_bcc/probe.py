@@ -158,7 +158,7 @@ def breakdown_possible(config: Config) -> bool:
 
 
 def compile_settings(config: Config) -> program.ProgramSettings:
-    """Use raw tracepoints where the kernel's BTF describes them, classic ones otherwise.
+    """Use raw tracepoints where the kernel's BTF and run-queue delay accounting allow, else classic.
 
     ``config.tracepoints`` may force either kind; a forced kind that cannot work here is
     an AgentError naming why.

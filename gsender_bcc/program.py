@@ -83,9 +83,9 @@ class ProgramSettings:
         """Name the tracepoints the program attaches to, one program each.
 
         Classic tracepoints time the wait from wakeup to switch-in; raw ones read the
-        scheduler's own accounting at sched_switch alone.
+        scheduler's own accounting at sched_switch, and forget each task as it is freed.
         """
-        return ("sched_switch",) if self.raw else tracefs.TRACEPOINTS
+        return ("sched_switch", "sched_process_free") if self.raw else tracefs.TRACEPOINTS
 
     def cflags(self, include_dir: Path) -> Tuple[str, ...]:
         flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}",

@@ -66,7 +66,7 @@ def kernel_like(switch_has_state=True, run_delay_at=8):
                                           ("pid", b.integer("int", 4), 8 * 2456)])
     task_pointer = b.add(PTR, "", task)
     b.tracepoint("sched_switch", [u8, task_pointer, task_pointer] + ([u32] if switch_has_state else []))
-    b.tracepoint("sched_wakeup", [task_pointer])
+    b.tracepoint("sched_process_free", [task_pointer])
     return b
 
 
@@ -76,6 +76,15 @@ class TestSyntheticBlobs:
 
     def test_a_kernel_before_5_18(self):
         assert raw_layout(Btf(kernel_like(switch_has_state=False).blob())) == RawLayout(1008)
+
+    def test_sched_process_free_must_take_a_task(self):
+        b2 = BlobBuilder()
+        u8, u32 = b2.integer("_Bool", 1), b2.integer("unsigned int", 4)
+        task_pointer = b2.add(PTR, "", b2.struct("task_struct", 8, []))
+        b2.tracepoint("sched_switch", [u8, task_pointer, task_pointer])
+        b2.tracepoint("sched_process_free", [u32])
+        with pytest.raises(LookupError, match="sched_process_free does not take one task pointer"):
+            raw_layout(Btf(b2.blob()))
 
     def test_run_delay_must_follow_pcount(self):
         with pytest.raises(LookupError, match=r"sched_info.pcount and run_delay are at \(0, 8\) "
@@ -103,6 +112,7 @@ class TestSyntheticBlobs:
         task = b.struct("task_struct", 64, [("pid", u64, 0)])
         task_pointer = b.add(PTR, "", task)
         b.tracepoint("sched_switch", [u8, task_pointer, task_pointer])
+        b.tracepoint("sched_process_free", [task_pointer])
         with pytest.raises(LookupError, match="struct task_struct has no member sched_info"):
             raw_layout(Btf(b.blob()))
 

@@ -51,7 +51,7 @@ def test_raw_tracepoints_are_the_default_where_btf_describes_them():
         assert attached.settings.per_cgroup
 
 
-@pytest.mark.parametrize("kind, programs", [("raw", 1), ("classic", 3)])
+@pytest.mark.parametrize("kind, programs", [("raw", 2), ("classic", 3)])
 def test_attaches_its_programs_and_detaches_all(kind, programs):
     before = loaded_program_ids()
     with Probe(Config(), settings_for(kind)) as attached:
@@ -134,3 +134,25 @@ def test_a_removed_cgroups_entry_can_be_forgotten(probe, cgroup_factory):
     doomed.remove()
     probe.forget([doomed.id])
     assert doomed.id not in probe.read_snapshot().cgroups
+
+
+def test_short_lived_tasks_never_give_absurd_waits(cgroup_factory):
+    """Exited tasks' addresses are reused by new ones: each is measured on its own counters.
+
+    Thousands of processes that exit at once come and go here; none waits a second, so any
+    sample of a second or more is a task measured against another's counters.
+    """
+    with Probe(Config(), settings_for("raw")) as attached:
+        churn = cgroup_factory("churn")
+        first = attached.read_snapshot()
+        workers = [churn.start("import subprocess\n"
+                               "for _ in range(800):\n"
+                               "    subprocess.run(['/bin/true'])\n") for _ in range(3)]
+        for worker in workers:
+            worker.wait(timeout=120)
+        counted = delta(attached.layout, first, attached.read_snapshot(), 1.0)
+    assert counted.cgroups[churn.id].count >= 2400
+    second = next(slot for slot in range(attached.layout.slots)
+                  if slot_bounds(attached.layout, slot)[0] >= 1_000_000)
+    assert sum(counted.host.slots[second:]) == 0, (
+        f"{sum(counted.host.slots[second:])} samples of a second or more")

@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -52,25 +53,50 @@ def boot():
                    cwd=ROOT, check=True, capture_output=True, timeout=900)
     guests = {}
 
+    def run_guest(release):
+        work = WORK / release
+        started = time.monotonic()
+        run = subprocess.run([str(ROOT / "tests" / "vm" / "run-vm.sh"), deb, str(work), release],
+                             capture_output=True, text=True, timeout=3000)
+        log = work / "console.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        error = None
+        if run.returncode != 0 or "VMCHECK-START" not in text:
+            error = (f"the {release} VM did not run its checks (run-vm.sh exited "
+                     f"{run.returncode}):\n{run.stderr[-3000:]}\n--- console ---\n{text[-4000:]}")
+        return Guest(release, text, error, time.monotonic() - started)
+
     def guest(release):
         if release not in SELECTED:
             pytest.skip(f"{release} not in GSENDER_VM_RELEASES")
         if release not in guests:
-            work = WORK / release
-            started = time.monotonic()
-            run = subprocess.run([str(ROOT / "tests" / "vm" / "run-vm.sh"), deb, str(work), release],
-                                 capture_output=True, text=True, timeout=3000)
-            log = work / "console.log"
-            text = log.read_text(errors="replace") if log.exists() else ""
-            error = None
-            if run.returncode != 0 or "VMCHECK-START" not in text:
-                error = (f"the {release} VM did not run its checks (run-vm.sh exited "
-                         f"{run.returncode}):\n{run.stderr[-3000:]}\n--- console ---\n{text[-4000:]}")
-            guests[release] = Guest(release, text, error, time.monotonic() - started)
+            guests[release] = run_guest(release)
+            crash = emulated_patching_crash(guests[release].console)
+            if crash:
+                # Seen once under qemu's TCG, at the agent's stop (README: VM test).
+                saved = WORK / release / "console-crashed.log"
+                saved.write_text(guests[release].console)
+                warnings.warn(f"the {release} guest's kernel crashed while patching its own code "
+                              f"({crash}); its console is in {saved}; booting it once more",
+                              stacklevel=2)
+                guests[release] = run_guest(release)
         if guests[release].error:
             pytest.fail(guests[release].error, pytrace=False)
         return guests[release]
     return guest
+
+
+def emulated_patching_crash(console_text):
+    """Name the guest kernel's crash in its own code patching, or return None.
+
+    Detaching the last program from a tracepoint patches kernel text (static keys and
+    calls, with int3 breakpoints as the guard). Under qemu's TCG a vCPU has been seen to
+    execute a breakpoint after the patch completed ("Oops: int3"), which the kernel takes
+    as fatal; real CPUs honour the sync the kernel does. Nothing else is excused.
+    """
+    found = re.search(r"Oops: int3\b.*?(?:tracepoint_probe_unregister|text_poke|static_call)",
+                      console_text, re.DOTALL)
+    return "Oops: int3 during tracepoint unregistration" if found else None
 
 
 def guest_says(console_text, name):
@@ -236,3 +262,22 @@ def test_programs_are_matched_by_owning_pid():
                {"id": 6, "pids": [{"pid": 11, "comm": "other"}]}, {"id": 7}]
     assert gc.programs_of(listing, 10) == [5]
     assert gc.programs_of(listing, 12) == []
+
+
+OOPS_AT_DETACH = """[  103.117782] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
+[  103.119063] RIP: 0010:__schedule+0x343/0xbe0
+[  103.121491]  __static_call_update+0x55/0x1f0
+[  103.121553]  tracepoint_probe_unregister+0x181/0x370
+[  103.121581]  bpf_raw_tp_link_release+0x19/0x30
+"""
+
+
+@pytest.mark.parametrize("console, excused", [
+    (OOPS_AT_DETACH, True),
+    (OOPS_AT_DETACH.replace("int3", "general protection fault"), False),
+    (OOPS_AT_DETACH.replace("tracepoint_probe_unregister", "bpf_prog_run")
+     .replace("__static_call_update", "htab_map_update_elem"), False),
+    ("VMCHECK clean-stop PASS\n", False),
+])
+def test_only_the_emulated_patching_crash_earns_a_second_boot(console, excused):
+    assert (emulated_patching_crash(console) is not None) is excused
