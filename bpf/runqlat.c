@@ -106,8 +106,8 @@ struct dispatches {
 
 /*
  * task -> its dispatches when it last left a CPU. Entries are updated in place,
- * so the steady state costs one lookup per switch and takes no lock; the LRU
- * policy retires the entries of tasks that have exited.
+ * so the steady state costs one lookup per switch and takes no lock. A task's
+ * entry is deleted when the task is freed; the LRU policy would retire it too.
  */
 BPF_TABLE("lru_hash", u64, struct dispatches, last_seen, START_ENTRIES);
 
