@@ -840,9 +840,11 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     notes.append("- ns / BPF run leaves out the tracepoint's own argument marshalling, which "
                  "is where classic and raw tracepoints differ; added ns / round trip has it.")
     notes.append("- the empty programs and both peers attach to sched_wakeup, sched_wakeup_new "
-                 "and sched_switch; gsender-bcc on raw tracepoints attaches one program, to "
-                 "sched_switch, and reads the wait the scheduler already measured (README: "
-                 "What is measured). Each round trip runs it twice, and the others' four times.")
+                 "and sched_switch; gsender-bcc on raw tracepoints attaches to sched_switch, "
+                 "where it reads the wait the scheduler already measured (README: What is "
+                 "measured), and to sched_process_free, which a round trip never runs. Each "
+                 "round trip runs its sched_switch program twice, and the others' programs four "
+                 "times.")
     waited = sum(waited_for_quiet) - 2.0 * len(waited_for_quiet)
     if waited > 1:
         notes.append(f"- the machine was busy with other work at times: the bench waited "
