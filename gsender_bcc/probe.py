@@ -185,9 +185,9 @@ def compile_settings(config: Config) -> program.ProgramSettings:
 def run_delay_not_kept(schedstat: Path = Path("/proc/thread-self/schedstat")) -> Optional[str]:
     """Say why the scheduler does not keep per-task run-queue delays, or None if it does.
 
-    The raw-tracepoint program reads them (sched_info). Kernels before 5.14 keep them only
-    with schedstats or delay accounting on; this thread has run, so a kernel that keeps
-    them has counted at least one dispatch of it (the third field).
+    The raw-tracepoint program reads them (sched_info). Older kernels keep them only with
+    schedstats or delay accounting on, and show "0 0 0" otherwise; this thread has run, so a
+    kernel that keeps them has counted at least one dispatch of it (the third field).
     """
     try:
         fields = schedstat.read_text().split()
