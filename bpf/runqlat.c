@@ -96,6 +96,16 @@ static __always_inline void count_on_cpu(struct latency_stats *s, u64 delta_ns)
 	s->sum_ns += delta_ns;
 }
 
+/* Count samples that could not be taken (agent.samples_lost). */
+static __always_inline void count_lost(u64 samples)
+{
+	u32 zero = 0;
+	struct latency_stats *s = stats.lookup(&zero);
+
+	if (s)
+		s->lost += samples;
+}
+
 #ifdef RAW_TRACEPOINTS
 
 /* The first two fields of task_struct.sched_info, as the scheduler keeps them. */
@@ -115,17 +125,12 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 {
 	u64 prev = ctx->args[1];
 	struct dispatches now, *seen;
-	struct latency_stats *s;
-	u32 zero = 0;
 	u64 waited;
 
 	/* The task leaving is still the current one; pid 0 is the idle task. */
 	if ((u32)bpf_get_current_pid_tgid() == 0)
 		return 0;
 	if (bpf_probe_read_kernel(&now, sizeof(now), (void *)(prev + SCHED_INFO_OFFSET)) != 0)
-		return 0;
-	s = stats.lookup(&zero);
-	if (!s)
 		return 0;
 	seen = last_seen.lookup(&prev);
 	if (seen && now.pcount >= seen->pcount && now.run_delay >= seen->run_delay) {
@@ -134,7 +139,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 			return 0;
 		if (now.pcount - seen->pcount > 1) {
 			/* Several waits summed together cannot be told apart. */
-			s->lost += now.pcount - seen->pcount;
+			count_lost(now.pcount - seen->pcount);
 			*seen = now;
 			return 0;
 		}
@@ -145,7 +150,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 		if (seen)
 			*seen = now;
 		else if (last_seen.update(&prev, &now) != 0)
-			s->lost++;
+			count_lost(1);
 		/* Only a first dispatch is known to be one wait. */
 		if (now.pcount != 1)
 			return 0;
@@ -154,7 +159,13 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 #if PER_CGROUP
 	charge_cgroup(waited);
 #else
-	count_on_cpu(s, waited);
+	{
+		u32 zero = 0;
+		struct latency_stats *s = stats.lookup(&zero);
+
+		if (s)
+			count_on_cpu(s, waited);
+	}
 #endif
 	return 0;
 }
@@ -187,13 +198,8 @@ static __always_inline void mark_runnable(u64 task, u64 now)
 		*ts = now;
 		return;
 	}
-	if (enqueued_at.update(&task, &now) != 0) {
-		u32 zero = 0;
-		struct latency_stats *s = stats.lookup(&zero);
-
-		if (s)
-			s->lost++;
-	}
+	if (enqueued_at.update(&task, &now) != 0)
+		count_lost(1);
 }
 
 /*
