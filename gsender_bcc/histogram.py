@@ -125,6 +125,11 @@ class Counts:
     def count(self) -> int:
         return sum(self.slots)
 
+    @property
+    def has_samples(self) -> bool:
+        """Tell whether anything was counted (the sum first: it needs no unpacking)."""
+        return self.sum_ns != 0 or self.count != 0
+
     def __len__(self) -> int:
         return self._width
 
@@ -285,7 +290,7 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
     for cgroup, counts in current.cgroups.items():
         before = previous.cgroups.get(cgroup)
         if before is None:
-            if counts.sum_ns or counts.count:
+            if counts.has_samples:
                 cgroups[cgroup] = counts
         elif counts is not before and counts != before:
             cgroups[cgroup] = subtract_counts(counts, before)
@@ -315,14 +320,11 @@ def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
     A service named ``other`` joins the rest; ``other`` is left out when nothing falls in
     it. Ties go by name, so the order is stable.
     """
-    def counted(counts: Optional[Counts]) -> bool:
-        return counts is not None and (counts.sum_ns > 0 or counts.count != 0)
-
     ranked = sorted(((name, counts) for name, counts in services.items()
-                     if counted(counts) and name != other),
+                     if counts.has_samples and name != other),
                     key=lambda item: (-item[1].sum_ns, item[0]))
     rest = [counts for _, counts in ranked[limit:]]
-    if counted(services.get(other)):
+    if services.get(other) is not None and services[other].has_samples:
         rest.append(services[other])
     chosen = ranked[:limit]
     if rest:
