@@ -38,7 +38,8 @@ class TestToDatapoints:
     def test_full_interval(self):
         points = to_datapoints(STATS, Config(prefix="h.cpu-lat"), 1700000010)
         assert [(p.path, p.value) for p in points] == [
-            ("h.cpu-lat.count", 120), ("h.cpu-lat.wait_ms", 1.481), ("h.cpu-lat.mean", 12.346), ("h.cpu-lat.p50", 8.5),
+            ("h.cpu-lat.count", 120), ("h.cpu-lat.wait_ms", 1.481), ("h.cpu-lat.mean", 12.346),
+            ("h.cpu-lat.p50", 8.5),
             ("h.cpu-lat.p90", 21.0), ("h.cpu-lat.p99", 34.0), ("h.cpu-lat.max", 68.0),
             ("h.cpu-lat.0", 0.0), ("h.cpu-lat.1", 0.2), ("h.cpu-lat.2", 1.0), ("h.cpu-lat.4", 3.0),
             ("h.cpu-lat.8", 12.0), ("h.cpu-lat.16", 6.0), ("h.cpu-lat.32", 1.6),
