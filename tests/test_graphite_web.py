@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import AGENT, free_port, wait_for
-from local_carbon import LocalGraphite, http_get, listening
+from local_carbon import LocalGraphite, http_get, listening, stored_series
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "local_carbon.py"
 URL_LINE = re.compile(r"latency graph \(reload to refresh\): (http://127\.0\.0\.1:(\d+)/render\?\S+)")
@@ -131,11 +131,25 @@ def processes_under(folder):
 
 
 def whisper_values(folder, path):
-    import whisper
-    now = int(time.time()) + 5
-    (start, _, step), values = whisper.fetch(
-        str(folder / "storage" / "whisper" / (path.replace(".", "/") + ".wsp")), now - 600, now)
-    return {start + i * step: v for i, v in enumerate(values) if v is not None}
+    """The points of one series in the whisper files of ``folder``'s carbon-cache, once carbon
+    has finished creating its file ({} before)."""
+    return dict(stored_series(folder / "storage" / "whisper", 600).get(path, []))
+
+
+def wait_for_files(folder, names, points=1, timeout=30):
+    """Wait until carbon-cache has created each series' whisper file whole, with ``points``
+    points at least. graphite-web answers 500 to a render that reads a file carbon is still
+    writing (its header or archives are short), so the tests render only after this."""
+    def written():
+        stored = stored_series(folder / "storage" / "whisper", 600)
+        return all(len(stored.get(name, ())) >= points for name in names)
+    wait_for(written, timeout, f"carbon-cache to write {len(names)} series")
+
+
+def names_sent(prefix, service):
+    """The series FAKE_AGENT (service "svc") and test_graph_of_known_datapoints ("s") send."""
+    return [f"{prefix}.mean", f"{prefix}.p99"] + [f"{prefix}.service.{service}{k}.p99"
+                                                   for k in range(7)]
 
 
 def assert_same_as_whisper(drawn, stored):
@@ -157,10 +171,8 @@ def test_graph_of_known_datapoints(tmp_path):
             lines += [f"t.cpu-lat.service.s{k}.p99 {100 * k + i} {stamp}" for k in range(7)]
         with socket.create_connection(("127.0.0.1", graphite.carbon.port)) as sock:
             sock.sendall(("\n".join(lines) + "\n").encode())
-        url = graphite.graph_url("t.cpu-lat")
-        wait_for(lambda: len(rendered(url)[1].get("mean", {})) == 30, 20,
-                 "30 means")
-        body, series = rendered(url)
+        wait_for_files(graphite.carbon.folder, names_sent("t.cpu-lat", "s"), 30)
+        body, series = rendered(graphite.graph_url("t.cpu-lat"))
     assert png_size(body) == (900, 450)
     assert series["mean"] == {now - 30 + i: 10.0 + i for i in range(30)}
     assert series["p99"] == {now - 30 + i: 500.0 + i for i in range(30)}
@@ -177,6 +189,7 @@ def test_run_prints_a_graph_url_that_draws_the_data_and_ctrl_c_stops_everything(
     url, web_port = run.url()
     assert "target=color(alias(fake.cpu-lat.mean,'mean'),'1f77b4')" in url
     assert "from=-10min" in url
+    wait_for_files(folder, names_sent("fake.cpu-lat", "svc"))
     wait_for(lambda: len(rendered(url)[1].get("mean", {})) >= 5, 30, "five means")
     body, series = rendered(url)
     assert png_size(body) == (900, 450)
