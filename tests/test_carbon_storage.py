@@ -151,6 +151,43 @@ def test_printed_stanzas_roll_up_exactly(carbon_with):
         assert coarse_and_fine(f"service.brief.{name}") == ({start: value}, {start + 2: value})
 
 
+def test_carbon_matches_the_printed_tagged_stanzas(tmp_path):
+    """With tags, carbon sees `cpu-lat.<stat>;host=...;service=...`: each file gets the printed
+    archives and its kind's roll-up."""
+    import whisper
+    from carbon.util import TaggedSeries
+    schemas, aggregation = printed_storage("--frequency", "5", "--tags")
+    config = Config(tags=True, frequency=5)
+    stats = interval(10, 2.0, p99=30.0, rates=((0, 1.0), (1, 1.0)))
+    sent = lines(config, int(time.time()) // 5 * 5 - 30, stats,
+                 [ServiceStats("nginx", stats, {"pressure": 2.5})])
+    carbon = CarbonCache(tmp_path / "carbon", schemas=schemas, aggregation=aggregation,
+                         extra_config="ENABLE_TAGS = False\n").start()  # no tag database here
+    try:
+        carbon.send_and_settle(sent)
+    finally:
+        carbon.stop()
+    methods = {}
+    for line in sent.decode().splitlines():
+        name = line.split(" ")[0]
+        info = whisper.info(str(carbon.whisper_dir / (TaggedSeries.encode(
+            TaggedSeries.parse(name).path, "/", hash_only=True) + ".wsp")))
+        assert [(a["secondsPerPoint"], a["retention"]) for a in info["archives"]] == [
+            (5, 7 * 86400), (60, 30 * 86400), (600, 365 * 86400)], name
+        assert info["xFilesFactor"] == 0, name
+        methods[re.sub(r";host=[^;]*", "", name)] = info["aggregationMethod"]
+    assert methods == {
+        "cpu-lat.count": "sum", "cpu-lat.wait_ms": "sum", "cpu-lat.mean": "average",
+        "cpu-lat.p50": "max", "cpu-lat.p90": "max", "cpu-lat.p99": "max", "cpu-lat.max": "max",
+        "cpu-lat.bucket;lower_us=0": "average", "cpu-lat.bucket;lower_us=1": "average",
+        "cpu-lat.agent.samples_lost": "sum", "cpu-lat.service.count;service=nginx": "sum",
+        "cpu-lat.service.wait_ms;service=nginx": "sum",
+        "cpu-lat.service.mean;service=nginx": "average",
+        "cpu-lat.service.p50;service=nginx": "max", "cpu-lat.service.p90;service=nginx": "max",
+        "cpu-lat.service.p99;service=nginx": "max", "cpu-lat.service.max;service=nginx": "max",
+        "cpu-lat.service.pressure;service=nginx": "average"}
+
+
 # ---- the README's fleet recipes, rendered by graphite-web -------------------------------------
 
 def readme_recipes():
