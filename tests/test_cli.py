@@ -69,8 +69,13 @@ class TestCarbonSchemaWarning:
                 warned_before_loading.append(len(caplog.records))
                 raise AgentError("no BPF in this test", 69)
         monkeypatch.setattr(probe, "Probe", Refused)
-        with caplog.at_level("WARNING", logger="gsender_bcc"):
-            assert cli.main(["--check", "--config", "/dev/null", "--prefix", "h.cpu-lat"]) == 69
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        try:
+            with caplog.at_level("WARNING", logger="gsender_bcc"):
+                assert cli.main(["--check", "--config", "/dev/null", "--prefix", "h.cpu-lat"]) \
+                    == 69
+        finally:  # run() blocks the daemon's signals, and children would inherit that
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         assert capsys.readouterr().err == "gsender-bcc: no BPF in this test\n"
         assert warned_before_loading == [1]
         assert [r.getMessage() for r in caplog.records] == [

@@ -274,6 +274,9 @@ def test_run_with_the_agent_graphs_its_mean_and_p99(tmp_path, run_beside):
         "--config", "/dev/null", "--frequency", "1", "--prefix", prefix, "--graphite-host",
         "127.0.0.1", "--graphite-port", str(port), "--state-directory", str(tmp_path / "state")])
     url, web_port = run.url()
+    # The first interval creates every file at once; services and buckets seen later still
+    # create theirs while the graph is drawn (a short window, carbon creates them sparse).
+    wait_for_files(folder, [prefix + ".mean", prefix + ".p99"], timeout=60)
     wait_for(lambda: len(rendered(url)[1].get("mean", {})) >= 5, 60, "five intervals' means")
     body, series = rendered(url)
     assert png_size(body) == (900, 450) and len(body) > 5000
