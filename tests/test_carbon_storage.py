@@ -262,3 +262,35 @@ def test_every_readme_fleet_recipe_gives_the_numbers_worked_out_by_hand(tmp_path
                 drawn[series["target"]] = tuple(None if values.get(t) is None
                                                 else round(values[t], 9) for t in stamps)
             assert drawn == expected, recipes[target]
+
+
+@pytest.mark.bpf
+def test_the_agent_into_the_printed_stanzas_rolls_up_exactly(carbon_with, agent_factory, tmp_path):
+    """The real agent at frequency 1 into carbon-cache with the printed stanzas and the archives
+    1s:10m,5s:1h: every 5 s point is the sum (count, wait_ms) or the maximum (max, p99) of the
+    1 s points under it, for the host and each service, also where a service sent only some."""
+    schemas, aggregation = printed_storage("--frequency", "1", "--prefix", "agent.cpu-lat")
+    schemas = re.sub(r"(?m)^retentions = .*$", "retentions = 1s:10m,5s:1h", schemas)
+    carbon = carbon_with(schemas + "\n" + local_carbon.SCHEMAS,
+                         aggregation + "\n" + local_carbon.AGGREGATION)
+    agent = agent_factory(["--echo", "--config", "/dev/null", "--frequency", "1", "--prefix",
+                           "agent.cpu-lat", "--graphite-host", "127.0.0.1", "--graphite-port",
+                           str(carbon.port), "--state-directory", str(tmp_path / "state")])
+    stamps = agent.stamps(13, timeout=60)
+    code, _ = agent.stop()
+    assert code == 0
+    carbon.send_and_settle(b"")  # everything the agent sent is written
+    windows = [w for w in range(stamps[0] // 5 * 5 + 5, stamps[-1] - 4, 5)]
+    assert len(windows) >= 1
+    names = [name for name in carbon.series() if name.endswith((".count", ".wait_ms", ".max",
+                                                                ".p99"))]
+    checked = 0
+    for name in names:
+        rolled = max if name.endswith((".max", ".p99")) else sum
+        coarse = fetch(carbon, name, 5, windows[0], windows[-1] + 5)
+        fine = fetch(carbon, name, 1, windows[0], windows[-1] + 5)
+        for window in windows:
+            under = [fine[t] for t in range(window, window + 5) if t in fine]
+            assert coarse.get(window) == (rolled(under) if under else None), (name, window)
+            checked += bool(under)
+    assert checked >= 4 * len(windows)  # the host's four series at least
