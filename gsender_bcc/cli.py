@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print carbon's storage-schemas.conf and storage-aggregation.conf "
                              "stanzas that fit these settings")
     action.add_argument("--dump-bpf", action="store_true",
-                        help="print the C source that would be compiled, with its flags")
+                        help="print the C source that would be compiled, with its flags and include tree")
     action.add_argument("--top", action="store_true",
                         help="show run-queue latency live on this terminal (sends nothing)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
