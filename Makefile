@@ -23,11 +23,14 @@ setup:
 # carbon-cache under var/ takes the data, and a throwaway graphite-web beside it on
 # 127.0.0.1:$(GRAPHITE_WEB_PORT) (another port if taken) draws it: the graph's URL is printed.
 # Interval summaries go to the terminal.
+# The throwaway carbon-cache stores the series by the stanzas the agent prints for the same
+# flags (`--carbon-config`, in var/carbon-storage.conf); files made by an earlier run keep theirs.
+RUN_AGENT = $(VENV)/bin/gsender-bcc --config /dev/null --frequency $(FREQUENCY) \
+	--graphite-host 127.0.0.1 --graphite-port $(GRAPHITE_PORT) --state-directory $(CURDIR)/var/state
 run: setup
+	mkdir -p var && $(RUN_AGENT) --carbon-config > var/carbon-storage.conf
 	$(VENV)/bin/python scripts/local_carbon.py run var/carbon $(GRAPHITE_PORT) \
-		--web-port $(GRAPHITE_WEB_PORT) -- \
-		$(VENV)/bin/gsender-bcc --config /dev/null --frequency $(FREQUENCY) \
-		--graphite-host 127.0.0.1 --graphite-port $(GRAPHITE_PORT) --state-directory $(CURDIR)/var/state
+		--web-port $(GRAPHITE_WEB_PORT) --carbon-config var/carbon-storage.conf -- $(RUN_AGENT)
 
 # docs/graph.png: graphite-web's render of a 150 s run of the agent at frequency 1 against a
 # throwaway carbon-cache (build/graph-run), with every CPU busy from 60 s to 100 s.

@@ -9,9 +9,9 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
-from . import __version__, config as configuration
+from . import __version__, carbon, config as configuration
 from .errors import EX_USAGE, AgentError
 
 log = logging.getLogger("gsender_bcc")
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="load, attach, read once, detach, and report")
     action.add_argument("--check-config", action="store_true",
                         help="validate the configuration and print the effective settings")
+    action.add_argument("--carbon-config", action="store_true",
+                        help="print carbon's storage-schemas.conf and storage-aggregation.conf "
+                             "stanzas that fit these settings")
     action.add_argument("--dump-bpf", action="store_true",
                         help="print the C source that would be compiled, with its flags and include tree")
     action.add_argument("--top", action="store_true",
@@ -106,6 +109,14 @@ def _setup_logging(level: str) -> None:
     # Under systemd the journal stamps each line; elsewhere we do.
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     logging.basicConfig(level=level, stream=sys.stderr, format=stamp + "%(levelname)s %(message)s")
+
+
+def warn_about_local_schema(config: configuration.Config,
+                            read: Callable[[str], str] = lambda path: Path(path).read_text()) -> None:
+    """Log one line when this host's carbon and the frequency disagree (see carbon.py)."""
+    warning = carbon.local_schema_warning(config, read)
+    if warning:
+        log.warning("%s", warning)
 
 
 def _check(attached) -> str:
@@ -140,6 +151,11 @@ def run(args: argparse.Namespace) -> int:
     if args.check_config:
         sys.stdout.write(configuration.render(config))
         return 0
+    if args.carbon_config:
+        sys.stdout.write(carbon.render(config))
+        return 0
+    if args.check:
+        warn_about_local_schema(config)
 
     from . import probe
     from .daemon import HANDLED_SIGNALS, Daemon

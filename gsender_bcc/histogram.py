@@ -343,6 +343,7 @@ class IntervalStats:
     percentiles_us: Tuple[Tuple[int, float], ...]
     max_us: Optional[float]
     log2_rates: Tuple[Tuple[int, float], ...]
+    wait_ns: int  # the samples' summed wait, exact (the kernel sums nanoseconds)
 
 
 def percentile_slot(slots: Sequence[int], total: int, percent: float) -> int:
@@ -376,7 +377,7 @@ def interval_stats(layout: Layout, counted: Counts, seconds: float, lost: int = 
         raise ValueError("an interval must last longer than zero seconds")
     count = counted.count
     if count == 0:
-        return IntervalStats(seconds, 0, lost, None, (), None, ())
+        return IntervalStats(seconds, 0, lost, None, (), None, (), counted.sum_ns)
     highest = max(slot for slot, n in enumerate(counted.slots) if n)
     return IntervalStats(
         seconds=seconds,
@@ -389,4 +390,5 @@ def interval_stats(layout: Layout, counted: Counts, seconds: float, lost: int = 
         ),
         max_us=slot_value(layout, highest),
         log2_rates=tuple((b, n / seconds) for b, n in log2_counts(layout, counted.slots)),
+        wait_ns=counted.sum_ns,
     )

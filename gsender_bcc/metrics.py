@@ -96,7 +96,8 @@ class _Namer:
 
 
 def _stat_values(stats: IntervalStats) -> List[Tuple[str, Union[int, float]]]:
-    values: List[Tuple[str, Union[int, float]]] = [("count", stats.count)]
+    values: List[Tuple[str, Union[int, float]]] = [("count", stats.count),
+                                                   ("wait_ms", stats.wait_ns / 1e6)]
     if stats.mean_us is not None:
         values.append(("mean", stats.mean_us))
         values.extend((f"p{p}", v) for p, v in stats.percentiles_us)

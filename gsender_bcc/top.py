@@ -63,9 +63,7 @@ def format_rate(per_second: float) -> str:
 
 def total_wait_ms_per_s(stats: IntervalStats) -> float:
     """The summed wait of all samples, in milliseconds per second of the interval."""
-    if not stats.count or stats.mean_us is None:
-        return 0.0
-    return stats.mean_us * stats.count / 1000 / stats.seconds
+    return stats.wait_ns / 1e6 / stats.seconds
 
 
 def p99_of(stats: IntervalStats) -> float:

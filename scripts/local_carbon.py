@@ -3,7 +3,8 @@
 As a module:
 
 - CarbonCache(folder).start() runs Debian's carbon-cache in the foreground on free
-  loopback ports with one-second retention; .series() reads the whisper files back.
+  loopback ports with one-second retention (or the storage rules given); .series() reads
+  the whisper files back.
 - GraphiteWeb(folder, carbon).start() runs Debian's graphite-web (Django's
   development server) on 127.0.0.1, reading that carbon-cache's whisper files and,
   through carbonlink, what it has not written yet.
@@ -12,11 +13,12 @@ As a module:
 
 As a script:
 
-    local_carbon.py run FOLDER PORT [--web-port N] -- COMMAND...
+    local_carbon.py run FOLDER PORT [--web-port N] [--carbon-config FILE] -- COMMAND...
 
 starts carbon-cache on PORT and graphite-web beside it, unless something already
 listens on PORT; prints the graph's URL, runs COMMAND, and stops both when COMMAND
-ends (Ctrl-C included).
+ends (Ctrl-C included). With --carbon-config, carbon-cache stores the series by the
+stanzas `gsender-bcc --carbon-config` printed into FILE.
 
     local_carbon.py record PNG [--seconds N] [--busy-from S --busy-for N] -- COMMAND...
 
@@ -28,19 +30,22 @@ graph of that run to PNG through graphite-web's render API.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import pickle
 import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlencode
 
 CARBON = "/usr/bin/carbon-cache"
@@ -77,6 +82,7 @@ LOG_CREATES = False
 CACHE_WRITE_STRATEGY = sorted
 WHISPER_AUTOFLUSH = True
 WHISPER_FALLOCATE_CREATE = False
+WHISPER_SPARSE_CREATE = True
 """
 
 SCHEMAS = """[all]
@@ -135,23 +141,65 @@ def log_tail(path: Path, size: int = 2000) -> str:
         return "(no log)"
 
 
+BARRIER = "local_carbon.barrier"  # CarbonCache.send_and_settle's series, left out of .series()
+
+
+def wait_started(server, name: str, ready: Callable[[], bool], log: Path, timeout: float) -> None:
+    """Poll ``ready`` until it is true; if ``server.process`` ends first or ``timeout`` passes,
+    stop the server and raise RuntimeError with the tail of its log."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"{name} did not start on port {server.port}:\n{log_tail(log)}")
+        time.sleep(0.1)
+
+
+def complete(path: Path) -> bool:
+    """Whether a whisper file is whole: carbon-cache writes a new file's header, then its
+    archives, in place, and graphite-web answers 500 to a render that reads it meanwhile."""
+    import whisper
+    try:
+        last = whisper.info(str(path))["archives"][-1]
+        return path.stat().st_size >= last["offset"] + last["size"]
+    except (OSError, whisper.WhisperException, struct.error, IndexError, KeyError):
+        return False
+
+
+def stored_series(whisper_dir: Path, seconds: int = 7000) -> Dict[str, List[Tuple[int, float]]]:
+    """Every whole whisper file under ``whisper_dir`` as {dotted.path: [(timestamp, value), ...]},
+    the non-null points of the last ``seconds`` (from the finest archive that holds them)."""
+    import whisper
+    found = {}
+    now = int(time.time()) + 60
+    for path in sorted(whisper_dir.rglob("*.wsp")):
+        if not complete(path):
+            continue  # still being created: not a series yet
+        name = ".".join(path.relative_to(whisper_dir).with_suffix("").parts)
+        (start, _end, step), values = whisper.fetch(str(path), now - seconds, now)
+        found[name] = [(start + i * step, v) for i, v in enumerate(values) if v is not None]
+    return found
+
+
 class CarbonCache:
     """One carbon-cache process with its own folder and ports; ``interface`` is where it
     takes plaintext lines over TCP and UDP (127.0.0.1, or ::1 for IPv6)."""
 
     def __init__(self, folder: Path, port: Optional[int] = None, interface: str = "127.0.0.1",
-                 max_creates_per_minute: float = float("inf"), extra_config: str = ""):
+                 max_creates_per_minute: float = float("inf"), extra_config: str = "",
+                 schemas: str = SCHEMAS, aggregation: str = AGGREGATION):
         self.folder = Path(folder).resolve()
         self.interface = interface
         self.port = port or free_port(interface)
         self.query_port = free_port()  # carbonlink: graphite-web asks for unwritten points here
         self.process: Optional[subprocess.Popen] = None
+        self._barriers = itertools.count(1)
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "carbon.conf").write_text(CONFIG.format(
             folder=self.folder, interface=interface, port=self.port, pickle_port=free_port(),
             query_port=self.query_port, max_creates=max_creates_per_minute) + extra_config)
-        (self.folder / "storage-schemas.conf").write_text(SCHEMAS)
-        (self.folder / "storage-aggregation.conf").write_text(AGGREGATION)
+        (self.folder / "storage-schemas.conf").write_text(schemas)
+        (self.folder / "storage-aggregation.conf").write_text(aggregation)
 
     @property
     def whisper_dir(self) -> Path:
@@ -166,13 +214,8 @@ class CarbonCache:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)  # Ctrl-C is for the agent; carbon is stopped after it
         log.close()
-        deadline = time.monotonic() + timeout
-        while not listening(self.port, self.interface):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"carbon-cache did not start on port {self.port}:\n"
-                                   f"{log_tail(self.folder / 'carbon-cache.out')}")
-            time.sleep(0.1)
+        wait_started(self, "carbon-cache", lambda: listening(self.port, self.interface),
+                     self.folder / "carbon-cache.out", timeout)
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -182,14 +225,62 @@ class CarbonCache:
 
     def series(self) -> Dict[str, List[Tuple[int, float]]]:
         """Return every stored series as {dotted.path: [(timestamp, value), ...]}, non-null."""
-        import whisper
-        found = {}
-        now = int(time.time()) + 60
-        for path in sorted(self.whisper_dir.rglob("*.wsp")):
-            name = ".".join(path.relative_to(self.whisper_dir).with_suffix("").parts)
-            (start, _end, step), values = whisper.fetch(str(path), now - 7000, now)
-            found[name] = [(start + i * step, v) for i, v in enumerate(values) if v is not None]
+        found = stored_series(self.whisper_dir)
+        found.pop(BARRIER, None)
         return found
+
+    def cached(self, metrics: Sequence[str]) -> Dict[str, list]:
+        """Ask carbon-cache (carbonlink's cache-query-bulk) for the points of ``metrics`` it
+        holds in memory, not yet written or dropped."""
+        request = pickle.dumps({"type": "cache-query-bulk", "metrics": list(metrics)}, protocol=2)
+        with socket.create_connection(("127.0.0.1", self.query_port), timeout=10) as query:
+            query.sendall(struct.pack("!L", len(request)) + request)
+            reply = query.makefile("rb")
+            (size,) = struct.unpack("!L", reply.read(4))
+            return pickle.loads(reply.read(size))["datapointsByMetric"]
+
+    def send_and_settle(self, lines: bytes, timeout: float = 30.0) -> None:
+        """Send plaintext ``lines`` and return once carbon-cache has handled every one of them:
+        written to its whisper file, or dropped (as MAX_CREATES_PER_MINUTE drops), so no
+        settle window is guessed. Behind them on the same connection comes a point of a
+        series whose file exists already; once it has reached carbon's cache, all the lines
+        before it have too. Once none of them is in the cache any more, the single writer
+        thread has taken each one; a second such point written to its file means the writer
+        has also finished whatever it took before."""
+        import whisper
+        barrier = self.whisper_dir / (BARRIER.replace(".", "/") + ".wsp")
+        if not barrier.exists():
+            barrier.parent.mkdir(parents=True, exist_ok=True)
+            whisper.create(str(barrier), [(1, 7200)])
+        metrics = sorted({line.split(b" ", 1)[0].decode() for line in lines.splitlines()})
+        deadline = time.monotonic() + timeout
+
+        def barrier_point() -> Tuple[int, float, bytes]:
+            stamp, value = int(time.time()) - 1, float(next(self._barriers))
+            return stamp, value, f"{BARRIER} {value} {stamp}\n".encode()
+
+        def received(stamp: int, value: float) -> bool:
+            return (stamp, value) in self.cached([BARRIER])[BARRIER] or written(stamp, value)
+
+        def written(stamp: int, value: float) -> bool:
+            (start, _, step), values = whisper.fetch(str(barrier), stamp - 1, stamp + 1)
+            return dict((start + i * step, v) for i, v in enumerate(values)).get(stamp) == value
+
+        def poll(done: Callable[[], bool], what: str) -> None:
+            while not done():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"carbon-cache did not {what} within {timeout}s")
+                time.sleep(0.05)
+
+        stamp, value, line = barrier_point()
+        with socket.create_connection((self.interface, self.port)) as connection:
+            connection.sendall(lines + line)
+        poll(lambda: received(stamp, value), "receive the lines")
+        poll(lambda: not any(self.cached(metrics + [BARRIER]).values()), "take the lines")
+        stamp, value, line = barrier_point()
+        with socket.create_connection((self.interface, self.port)) as connection:
+            connection.sendall(line)
+        poll(lambda: written(stamp, value), "finish writing")
 
     def __enter__(self) -> CarbonCache:
         return self.start()
@@ -320,13 +411,7 @@ class GraphiteWeb:
                 self._django("runserver", "--noreload", f"127.0.0.1:{self.port}"),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=self.folder, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"graphite-web did not start on port {self.port}:\n"
-                                   f"{log_tail(self.log)}")
-            time.sleep(0.2)
+        wait_started(self, "graphite-web", self._answers, self.log, timeout)
         return self
 
     def _answers(self) -> bool:
@@ -378,9 +463,9 @@ class LocalGraphite:
     """A throwaway carbon-cache with a graphite-web beside it, reading its whisper files."""
 
     def __init__(self, folder: Path, port: Optional[int] = None, web_port: Optional[int] = None,
-                 time_zone: Optional[str] = None):
+                 time_zone: Optional[str] = None, **carbon_options):
         self.folder = Path(folder).resolve()
-        self.carbon = CarbonCache(self.folder, port)
+        self.carbon = CarbonCache(self.folder, port, **carbon_options)
         self.web = GraphiteWeb(self.folder / "web", self.carbon, web_port, time_zone)
 
     def start(self) -> LocalGraphite:
@@ -448,17 +533,28 @@ def wait_child(child: subprocess.Popen) -> int:
             child.send_signal(signal.SIGINT)
 
 
+def storage_rules(printed: Path) -> Dict[str, str]:
+    """carbon-cache's storage files from what `gsender-bcc --carbon-config` printed into
+    ``printed``, each followed by this script's catch-all stanza for every other series."""
+    from gsender_bcc.carbon import split_rendered
+    schemas, aggregation = split_rendered(printed.read_text())
+    return {"schemas": f"{schemas}\n{SCHEMAS}", "aggregation": f"{aggregation}\n{AGGREGATION}"}
+
+
 def run_beside(folder: Path, port: int, command: List[str],
-               web_port: int = DEFAULT_WEB_PORT) -> int:
+               web_port: int = DEFAULT_WEB_PORT, storage: Optional[Path] = None) -> int:
     """Run ``command`` with a local carbon-cache and graphite-web, unless Graphite is there.
 
-    Ctrl-C goes to the command; so does a SIGTERM sent to this process. Either way carbon-cache
-    and graphite-web (in sessions of their own) are stopped once the command has ended.
+    ``storage``: a file holding `gsender-bcc --carbon-config`'s output, for carbon-cache's
+    storage rules. Ctrl-C goes to the command; so does a SIGTERM sent to this process. Either
+    way carbon-cache and graphite-web (in sessions of their own) are stopped once the command
+    has ended.
     """
     if listening(port):
         say(f"something already listens on 127.0.0.1:{port}; using it (no graphite-web started)")
         return subprocess.call(command)
-    graphite = LocalGraphite(folder, port, pick_web_port(web_port))
+    graphite = LocalGraphite(folder, port, pick_web_port(web_port),
+                             **(storage_rules(storage) if storage else {}))
     agent: Optional[subprocess.Popen] = None
 
     def on_sigterm(signum, _frame):
@@ -547,7 +643,8 @@ def record(png: Path, command: List[str], seconds: float, busy_from: float, busy
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if "--" not in argv:
-        sys.exit("usage: local_carbon.py run FOLDER PORT [--web-port N] -- COMMAND...\n"
+        sys.exit("usage: local_carbon.py run FOLDER PORT [--web-port N] [--carbon-config FILE] "
+                 "-- COMMAND...\n"
                  "       local_carbon.py record PNG [--seconds N] [--busy-from S] [--busy-for N] "
                  "[--prefix P] -- COMMAND...")
     split = argv.index("--")
@@ -559,6 +656,8 @@ def main(argv: Sequence[str]) -> int:
     run.add_argument("port", type=int)
     run.add_argument("--web-port", type=int, default=DEFAULT_WEB_PORT,
                      help="graphite-web's port (another if taken; 0: any)")
+    run.add_argument("--carbon-config", type=Path, metavar="FILE",
+                     help="carbon's storage rules from what `gsender-bcc --carbon-config` printed")
     rec = sub.add_parser("record")
     rec.add_argument("png", type=Path)
     rec.add_argument("--seconds", type=float, default=150)
@@ -570,7 +669,7 @@ def main(argv: Sequence[str]) -> int:
         parser.error("no COMMAND after --")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if args.action == "run":
-        return run_beside(args.folder, args.port, command, args.web_port)
+        return run_beside(args.folder, args.port, command, args.web_port, args.carbon_config)
     return record(args.png, command, args.seconds, args.busy_from, args.busy_for, args.prefix)
 
 

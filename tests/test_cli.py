@@ -49,6 +49,52 @@ class TestUsage:
                                  "parts of letters, digits, '_' and '-' (see --help)\n")
 
 
+class TestCarbonSchemaWarning:
+    """--check warns in one line, before it loads anything, when this host's carbon would store
+    the series at another resolution than the frequency (gsender_bcc/carbon.py decides)."""
+
+    STOCK = "[default]\npattern = .*\nretentions = 60s:1d,5m:30d,1h:3y\n"
+
+    def test_check_warns_first_then_loads_the_program(self, tmp_path, monkeypatch, capsys,
+                                                       caplog):
+        from gsender_bcc import carbon, cli, probe
+        from gsender_bcc.errors import AgentError
+        schemas = tmp_path / "storage-schemas.conf"
+        schemas.write_text(self.STOCK)
+        monkeypatch.setattr(carbon, "LOCAL_SCHEMAS", str(schemas))
+        warned_before_loading = []
+
+        class Refused:
+            def __init__(self, config):
+                warned_before_loading.append(len(caplog.records))
+                raise AgentError("no BPF in this test", 69)
+        monkeypatch.setattr(probe, "Probe", Refused)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        try:
+            with caplog.at_level("WARNING", logger="gsender_bcc"):
+                assert cli.main(["--check", "--config", "/dev/null", "--prefix", "h.cpu-lat"]) \
+                    == 69
+        finally:  # run() blocks the daemon's signals, and children would inherit that
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        assert capsys.readouterr().err == "gsender-bcc: no BPF in this test\n"
+        assert warned_before_loading == [1]
+        assert [r.getMessage() for r in caplog.records] == [
+            f"carbon here stores h.cpu-lat.count at one point per 60 s ([default] in {schemas}), "
+            f"but the agent sends every 15 s: intervals in the same 60 s overwrite each other and "
+            f"only the last is kept; gsender-bcc --carbon-config prints stanzas that fit"]
+
+    @pytest.mark.parametrize("host, schema, warned", [
+        ("localhost", STOCK, True), ("127.0.0.1", STOCK, True),
+        ("graphite.example.com", STOCK, False),
+        ("localhost", "[all]\npattern = .*\nretentions = 15s:7d\n", False)])
+    def test_only_a_disagreeing_local_schema_is_reported(self, host, schema, warned, caplog):
+        from gsender_bcc import cli
+        from gsender_bcc.config import Config
+        with caplog.at_level("WARNING", logger="gsender_bcc"):
+            cli.warn_about_local_schema(Config(server_address=host), read=lambda path: schema)
+        assert len(caplog.records) == warned
+
+
 @pytest.mark.bpf
 class TestWithBpf:
     def test_once_stdout_prints_every_series_for_one_interval(self, busy_cpu):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import AGENT, free_port, wait_for
-from local_carbon import LocalGraphite, http_get, listening
+from local_carbon import LocalGraphite, complete, http_get, listening, stored_series
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "local_carbon.py"
 URL_LINE = re.compile(r"latency graph \(reload to refresh\): (http://127\.0\.0\.1:(\d+)/render\?\S+)")
@@ -61,11 +61,11 @@ def rendered(url):
 class RunBeside:
     """`local_carbon.py run` as `make run` starts it, in its own session (a terminal's job)."""
 
-    def __init__(self, folder, port, command):
+    def __init__(self, folder, port, command, *options):
         self.folder = folder
         self.proc = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "run", str(folder), str(port), "--web-port", "0", "--",
-             *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [sys.executable, str(SCRIPT), "run", str(folder), str(port), "--web-port", "0",
+             *options, "--", *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         self.lines = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -131,11 +131,25 @@ def processes_under(folder):
 
 
 def whisper_values(folder, path):
-    import whisper
-    now = int(time.time()) + 5
-    (start, _, step), values = whisper.fetch(
-        str(folder / "storage" / "whisper" / (path.replace(".", "/") + ".wsp")), now - 600, now)
-    return {start + i * step: v for i, v in enumerate(values) if v is not None}
+    """The points of one series in the whisper files of ``folder``'s carbon-cache, once carbon
+    has finished creating its file ({} before)."""
+    return dict(stored_series(folder / "storage" / "whisper", 600).get(path, []))
+
+
+def wait_for_files(folder, names, points=1, timeout=30):
+    """Wait until carbon-cache has created each series' whisper file whole, with ``points``
+    points at least. graphite-web answers 500 to a render that reads a file carbon is still
+    writing (its header or archives are short), so the tests render only after this."""
+    def written():
+        stored = stored_series(folder / "storage" / "whisper", 600)
+        return all(len(stored.get(name, ())) >= points for name in names)
+    wait_for(written, timeout, f"carbon-cache to write {len(names)} series")
+
+
+def names_sent(prefix, service):
+    """The series FAKE_AGENT (service "svc") and test_graph_of_known_datapoints ("s") send."""
+    return [f"{prefix}.mean", f"{prefix}.p99"] + [f"{prefix}.service.{service}{k}.p99"
+                                                   for k in range(7)]
 
 
 def assert_same_as_whisper(drawn, stored):
@@ -157,16 +171,64 @@ def test_graph_of_known_datapoints(tmp_path):
             lines += [f"t.cpu-lat.service.s{k}.p99 {100 * k + i} {stamp}" for k in range(7)]
         with socket.create_connection(("127.0.0.1", graphite.carbon.port)) as sock:
             sock.sendall(("\n".join(lines) + "\n").encode())
-        url = graphite.graph_url("t.cpu-lat")
-        wait_for(lambda: len(rendered(url)[1].get("mean", {})) == 30, 20,
-                 "30 means")
-        body, series = rendered(url)
+        wait_for_files(graphite.carbon.folder, names_sent("t.cpu-lat", "s"), 30)
+        body, series = rendered(graphite.graph_url("t.cpu-lat"))
     assert png_size(body) == (900, 450)
     assert series["mean"] == {now - 30 + i: 10.0 + i for i in range(30)}
     assert series["p99"] == {now - 30 + i: 500.0 + i for i in range(30)}
     # highestMax(..., 5): the five services with the highest p99, named by aliasByNode.
     assert sorted(set(series) - {"mean", "p99"}) == [f"s{k}.p99" for k in range(2, 7)]
     assert series["s6.p99"][now - 1] == 629.0
+
+
+def test_a_file_carbon_is_still_creating_gets_a_500_and_is_not_a_series_yet(tmp_path):
+    """Why test_graph_of_known_datapoints once saw a 500 (issue 26): carbon-cache writes a new
+    whisper file in place, header first, and graphite-web fails a render whose target matches a
+    file not yet whole. So the tests render once carbon has finished (complete())."""
+    import whisper
+    with LocalGraphite(tmp_path / "graphite") as graphite:
+        folder = graphite.carbon.whisper_dir / "t" / "cpu-lat"
+        folder.mkdir(parents=True)
+        whole = folder / "p99.wsp"
+        whisper.create(str(whole), [(1, 7200)])
+        url = graphite.graph_url("t.cpu-lat", fmt="json")
+        assert graphite.web.get(url)[0] == 200
+        for size in (0, 16, 28, 28 + 12 * 100):  # nothing, part of the header, no points, some
+            (folder / "mean.wsp").write_bytes(whole.read_bytes()[:size])
+            assert not complete(folder / "mean.wsp")
+            assert set(graphite.carbon.series()) == {"t.cpu-lat.p99"}
+            if size < 28:
+                assert graphite.web.get(url)[0] == 500
+        (folder / "mean.wsp").write_bytes(whole.read_bytes())
+        assert complete(folder / "mean.wsp") and graphite.web.get(url)[0] == 200
+
+
+def test_make_run_stores_by_the_printed_stanzas(tmp_path, run_beside):
+    """`make run` gives the throwaway carbon-cache what `--carbon-config` prints for its flags."""
+    import whisper
+    dry_run = subprocess.run(["make", "-n", "run"], capture_output=True, text=True,
+                             cwd=SCRIPT.parent.parent, check=True).stdout
+    agent = re.search(r"^mkdir -p var && (.*) --carbon-config > var/carbon-storage.conf$", dry_run,
+                      re.M)
+    assert agent and re.search(r"local_carbon\.py run var/carbon \d+ \\\n\s*--web-port \d+ "
+                               r"--carbon-config var/carbon-storage.conf -- " + re.escape(
+                                   agent.group(1)) + "$", dry_run, re.M), dry_run
+    printed = subprocess.run(AGENT + ["--config", "/dev/null", "--frequency", "5",
+                                      "--prefix", "fake.cpu-lat", "--carbon-config"],
+                             capture_output=True, text=True, check=True).stdout
+    (tmp_path / "storage.conf").write_text(printed)
+    folder, port = tmp_path / "carbon", free_port()
+    run = run_beside(folder, port, [sys.executable, "-c", FAKE_AGENT, str(port)],
+                     "--carbon-config", str(tmp_path / "storage.conf"))
+    run.url()
+    assert (folder / "storage-schemas.conf").read_text().startswith(printed.split("\n# st")[0])
+    wait_for_files(folder, names_sent("fake.cpu-lat", "svc"))
+    files = folder / "storage" / "whisper" / "fake" / "cpu-lat"
+    p99, mean = whisper.info(str(files / "p99.wsp")), whisper.info(str(files / "mean.wsp"))
+    assert [(a["secondsPerPoint"], a["retention"]) for a in p99["archives"]] == [
+        (5, 7 * 86400), (60, 30 * 86400), (600, 365 * 86400)]
+    assert (p99["aggregationMethod"], p99["xFilesFactor"]) == ("max", 0)
+    assert (mean["aggregationMethod"], mean["xFilesFactor"]) == ("average", 0)
 
 
 def test_run_prints_a_graph_url_that_draws_the_data_and_ctrl_c_stops_everything(
@@ -177,6 +239,7 @@ def test_run_prints_a_graph_url_that_draws_the_data_and_ctrl_c_stops_everything(
     url, web_port = run.url()
     assert "target=color(alias(fake.cpu-lat.mean,'mean'),'1f77b4')" in url
     assert "from=-10min" in url
+    wait_for_files(folder, names_sent("fake.cpu-lat", "svc"))
     wait_for(lambda: len(rendered(url)[1].get("mean", {})) >= 5, 30, "five means")
     body, series = rendered(url)
     assert png_size(body) == (900, 450)
@@ -211,6 +274,9 @@ def test_run_with_the_agent_graphs_its_mean_and_p99(tmp_path, run_beside):
         "--config", "/dev/null", "--frequency", "1", "--prefix", prefix, "--graphite-host",
         "127.0.0.1", "--graphite-port", str(port), "--state-directory", str(tmp_path / "state")])
     url, web_port = run.url()
+    # The first interval creates every file at once; services and buckets seen later still
+    # create theirs while the graph is drawn (a short window, carbon creates them sparse).
+    wait_for_files(folder, [prefix + ".mean", prefix + ".p99"], timeout=60)
     wait_for(lambda: len(rendered(url)[1].get("mean", {})) >= 5, 60, "five intervals' means")
     body, series = rendered(url)
     assert png_size(body) == (900, 450) and len(body) > 5000

@@ -240,11 +240,12 @@ class TestIntervalStats:
     def test_exact_numbers(self):
         # 90 samples of 3 us (slot [3, 4)), 9 of 20 us (slot [20, 22)), 1 of 1000 us (slot [960, 1024))
         slots = counts(LAYOUT, [(3, 90), (slot_of(LAYOUT, 20), 9), (slot_of(LAYOUT, 1000), 1)])
-        counted = Counts(slots, sum_ns=90 * 3_400 + 9 * 20_100 + 1_000_700)
+        counted = Counts(slots, sum_ns=90 * 3_400 + 9 * 20_100 + 1_000_707)
         stats = interval_stats(LAYOUT, counted, seconds=2.0, lost=2)
         assert stats.count == 100
         assert stats.lost == 2
-        assert stats.mean_us == pytest.approx((306_000 + 180_900 + 1_000_700) / 100 / 1000)
+        assert stats.mean_us == pytest.approx((306_000 + 180_900 + 1_000_707) / 100 / 1000)
+        assert stats.wait_ns == 306_000 + 180_900 + 1_000_707  # the kernel's sum, not mean x count
         assert stats.percentiles_us == ((50, 3.5), (90, 3.5), (99, 21.0))
         assert stats.max_us == 992.0
         assert stats.log2_rates == ((0, 0.0), (1, 0.0), (2, 45.0), (4, 0.0), (8, 0.0),
@@ -254,7 +255,7 @@ class TestIntervalStats:
     def test_empty_interval_has_only_a_count(self):
         stats = interval_stats(LAYOUT, Counts((0,) * 241, 0), seconds=15.0, lost=5)
         assert (stats.count, stats.lost, stats.mean_us, stats.percentiles_us, stats.max_us,
-                stats.log2_rates) == (0, 5, None, (), None, ())
+                stats.log2_rates, stats.wait_ns) == (0, 5, None, (), None, (), 0)
 
     def test_rates_times_seconds_add_up_to_count(self):
         slots = counts(LAYOUT, [(i, i + 1) for i in range(0, 240, 7)])

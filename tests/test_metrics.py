@@ -9,7 +9,7 @@ from gsender_bcc.metrics import (Datapoint, ServiceStats, agent_points, check_pr
 STATS = IntervalStats(seconds=5.0, count=120, lost=0, mean_us=12.34567,
                       percentiles_us=((50, 8.5), (90, 21.0), (99, 34.0)), max_us=68.0,
                       log2_rates=((0, 0.0), (1, 0.2), (2, 1.0), (4, 3.0), (8, 12.0), (16, 6.0),
-                                  (32, 1.6), (64, 0.2)))
+                                  (32, 1.6), (64, 0.2)), wait_ns=1481480)
 
 
 class TestPrefix:
@@ -38,7 +38,8 @@ class TestToDatapoints:
     def test_full_interval(self):
         points = to_datapoints(STATS, Config(prefix="h.cpu-lat"), 1700000010)
         assert [(p.path, p.value) for p in points] == [
-            ("h.cpu-lat.count", 120), ("h.cpu-lat.mean", 12.346), ("h.cpu-lat.p50", 8.5),
+            ("h.cpu-lat.count", 120), ("h.cpu-lat.wait_ms", 1.481), ("h.cpu-lat.mean", 12.346),
+            ("h.cpu-lat.p50", 8.5),
             ("h.cpu-lat.p90", 21.0), ("h.cpu-lat.p99", 34.0), ("h.cpu-lat.max", 68.0),
             ("h.cpu-lat.0", 0.0), ("h.cpu-lat.1", 0.2), ("h.cpu-lat.2", 1.0), ("h.cpu-lat.4", 3.0),
             ("h.cpu-lat.8", 12.0), ("h.cpu-lat.16", 6.0), ("h.cpu-lat.32", 1.6),
@@ -47,18 +48,19 @@ class TestToDatapoints:
         assert {p.timestamp for p in points} == {1700000010}
 
     def test_empty_interval_sends_count_zero_and_no_latencies(self):
-        empty = IntervalStats(15.0, 0, 3, None, (), None, ())
+        empty = IntervalStats(15.0, 0, 3, None, (), None, (), 0)
         assert to_datapoints(empty, Config(prefix="p"), 30) == [
-            Datapoint("p.count", 0, 30), Datapoint("p.agent.samples_lost", 3, 30)]
+            Datapoint("p.count", 0, 30), Datapoint("p.wait_ms", 0.0, 30),
+            Datapoint("p.agent.samples_lost", 3, 30)]
 
     def test_without_bucket_series(self):
         points = to_datapoints(STATS, Config(prefix="p", bucket_series=False), 30)
-        assert [p.path for p in points] == ["p.count", "p.mean", "p.p50", "p.p90", "p.p99",
+        assert [p.path for p in points] == ["p.count", "p.wait_ms", "p.mean", "p.p50", "p.p90", "p.p99",
                                             "p.max", "p.agent.samples_lost"]
 
 
 SERVICE = ServiceStats("nginx", IntervalStats(5.0, 7, 0, 3.0, ((50, 2.5), (90, 3.5), (99, 5.0)),
-                                              5.0, ((0, 0.2), (1, 0.4), (2, 0.8))),
+                                              5.0, ((0, 0.2), (1, 0.4), (2, 0.8)), 21000),
                        {"pressure": 1.25, "throttled_ms": 40.0})
 
 
@@ -67,7 +69,8 @@ class TestServiceSeries:
         points = to_datapoints(STATS, Config(prefix="h.cpu-lat", bucket_series=False), 10,
                                [SERVICE])
         assert [(p.path, p.value) for p in points if ".service." in p.path] == [
-            ("h.cpu-lat.service.nginx.count", 7), ("h.cpu-lat.service.nginx.mean", 3.0),
+            ("h.cpu-lat.service.nginx.count", 7), ("h.cpu-lat.service.nginx.wait_ms", 0.021),
+            ("h.cpu-lat.service.nginx.mean", 3.0),
             ("h.cpu-lat.service.nginx.p50", 2.5), ("h.cpu-lat.service.nginx.p90", 3.5),
             ("h.cpu-lat.service.nginx.p99", 5.0), ("h.cpu-lat.service.nginx.max", 5.0),
             ("h.cpu-lat.service.nginx.pressure", 1.25),
@@ -84,6 +87,8 @@ class TestTags:
         points = to_datapoints(STATS, Config(tags=True), 10, [SERVICE])
         named = {(p.path, p.tags) for p in points}
         assert ("cpu-lat.p99", (("host", host),)) in named
+        assert ("cpu-lat.wait_ms", (("host", host),)) in named
+        assert ("cpu-lat.service.wait_ms", (("host", host), ("service", "nginx"))) in named
         assert ("cpu-lat.bucket", (("host", host), ("lower_us", "16"))) in named
         assert ("cpu-lat.service.p99", (("host", host), ("service", "nginx"))) in named
         assert ("cpu-lat.agent.samples_lost", (("host", host),)) in named
@@ -103,4 +108,4 @@ class TestTags:
 def test_summary_line():
     assert summary(STATS) == ("120 samples in 5.0s, mean=12.3us p50=8.5us p90=21us p99=34us "
                               "max=68us")
-    assert summary(IntervalStats(15.0, 0, 0, None, (), None, ())) == "0 samples in 15.0s"
+    assert summary(IntervalStats(15.0, 0, 0, None, (), None, (), 0)) == "0 samples in 15.0s"

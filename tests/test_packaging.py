@@ -85,6 +85,8 @@ def test_deb_installs_runs_and_purges_to_nothing(deb):
                        "import gsender_bcc.sink as s; print(s.graphyte.__file__)", cwd="/")
         assert vendored.stdout.strip() == \
             "/usr/lib/python3/dist-packages/gsender_bcc/_vendor/graphyte.py"
+        assert Path("/usr/share/doc/gsender-bcc/carbon-storage.conf.example").read_text() == \
+            (ROOT / "packaging" / "carbon-storage.conf.example").read_text()
         run("systemd-analyze", "verify", "/lib/systemd/system/gsender-bcc.service")
         assert exposure("/lib/systemd/system/gsender-bcc.service") <= 2.1  # README: Deploy
         # What a running agent leaves behind, which purge must remove too.

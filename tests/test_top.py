@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 def stats(count, mean_us, p99_us, seconds=1.0, rates=(), percentiles=None):
     return IntervalStats(seconds, count, 0, mean_us,
                          percentiles or ((50, mean_us), (90, p99_us), (99, p99_us)), p99_us,
-                         tuple(rates))
+                         tuple(rates), round(count * (mean_us or 0) * 1000))
 
 
 def service(name, count, mean_us, p99_us, pressure=None, seconds=1.0):
@@ -172,7 +172,8 @@ def test_before_the_first_interval_and_without_samples_or_breakdown():
 
 
 def test_lost_samples_are_shown_as_a_warning():
-    lost = IntervalStats(1.0, 10, 3, 5.0, ((50, 5.5), (90, 5.5), (99, 5.5)), 5.5, ((0, 0.0),))
+    lost = IntervalStats(1.0, 10, 3, 5.0, ((50, 5.5), (90, 5.5), (99, 5.5)), 5.5, ((0, 0.0),),
+                         50000)
     lines = render(lost, None, 80, 24)
     assert line_text(lines[1]).endswith("max 5.5us  lost 3")
     assert lines[1][-1] == ("lost 3", "warn")
