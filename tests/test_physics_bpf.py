@@ -83,16 +83,26 @@ def test_busy_loops_wait_for_the_time_they_did_not_run(kind, cgroup_factory):
 SLEEPER = "import time\nwhile True: time.sleep(0.002)"
 
 
-def log2_shares(layout, counts):
-    """The share of the samples in each log2 bucket, by the bucket's lower bound in µs."""
+# Below this the two clocks place a wakeup's short wait differently (see the test's docstring).
+SHORT_US = 32
+
+
+def log2_shares(layout, counts, floor_us=SHORT_US):
+    """The share of the samples in each log2 bucket from ``floor_us`` up, by its lower bound in
+    µs; the buckets below it are taken together, as 0."""
     from gsender_bcc.histogram import slot_bounds
     shares = {}
     for slot, n in enumerate(counts.slots):
         if n:
             low = int(slot_bounds(layout, slot)[0])
-            bucket = 0 if low == 0 else 1 << (low.bit_length() - 1)
+            bucket = 0 if low < floor_us else 1 << (low.bit_length() - 1)
             shares[bucket] = shares.get(bucket, 0) + n / counts.count
     return shares
+
+
+def moved_share(a, b):
+    """The share of the samples that would have to move to another bucket to make a into b."""
+    return sum(abs(a.get(k, 0) - b.get(k, 0)) for k in set(a) | set(b)) / 2
 
 
 def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
@@ -100,13 +110,17 @@ def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
     bpf_ktime_get_ns. Attached at once to the same load, read with the load stopped, they agree
     on each cgroup's total wait and count, and on where in the log2 buckets its samples fall.
 
-    What may differ, and why: classic stops its clock at the sched_switch tracepoint, a little
-    before the scheduler's own arrival stamp, so each of its waits is shorter by that (well under
-    a microsecond); a task preempted while already marked to sleep is counted by classic (its
-    prev_state has the preempted bit) and not by the scheduler, which does not queue it as
-    waiting; and a wait in progress at the attach is counted by classic from the attach, by raw
-    mode not at all. The window here starts well after the attach and the loads never sleep
-    while preempted, so none of these reach the tolerance.
+    What differs, and why:
+    - A woken task's short wait (wakeup preemption, a few µs): measured here, the scheduler's
+      accounting put about half of a 2 ms sleeper's samples under 1 µs, where classic's clock
+      read 4 to 16 µs for them. The scheduler stamps the queueing and the arrival with its run
+      queue clock, which is read when it updates it, not at the event; classic reads
+      bpf_ktime_get_ns in its own programs at the two tracepoints. So the buckets below 32 µs are
+      compared together; their total is microseconds against seconds of the loops' waits.
+    - A task preempted while already marked to sleep is counted by classic (its prev_state has
+      the preempted bit) and not by the scheduler, which does not queue it as waiting.
+    - A wait in progress at the attach is counted by classic from the attach, by raw mode not at
+      all. The window here starts well after the attach.
     """
     if os.cpu_count() < 2:
         pytest.skip("needs a second CPU for the loops")
@@ -132,8 +146,9 @@ def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
         assert b.sum_ns == pytest.approx(a.sum_ns, rel=TOLERANCE), cgroup.path.name
         assert b.count == pytest.approx(a.count, rel=TOLERANCE), cgroup.path.name
         shares_a, shares_b = log2_shares(raw.layout, a), log2_shares(classic.layout, b)
-        moved = sum(abs(shares_a.get(k, 0) - shares_b.get(k, 0)) for k in shares_a | shares_b) / 2
+        moved = moved_share(shares_a, shares_b)
+        apart = moved_share(log2_shares(raw.layout, a, 0), log2_shares(classic.layout, b, 0))
         print(f"{cgroup.path.name}: raw {a.count} samples {a.sum_ns / 1e9:.4f}s, classic "
-              f"{b.count} samples {b.sum_ns / 1e9:.4f}s; {moved:.1%} of the samples in "
-              f"another log2 bucket")
+              f"{b.count} samples {b.sum_ns / 1e9:.4f}s; {moved:.1%} of the samples in another "
+              f"log2 bucket ({apart:.1%} counting each bucket under {SHORT_US} µs apart)")
         assert moved <= 0.05, (shares_a, shares_b)
