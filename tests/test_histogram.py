@@ -6,7 +6,7 @@ import pytest
 from gsender_bcc.histogram import (Counts, Layout, Measured, Snapshot, add_counts, by_service,
                                    delta, interval_stats, log2_bucket, log2_counts,
                                    percentile_slot, slot_bounds, slot_of, slot_value,
-                                   top_services)
+                                   sum_counts, top_services)
 
 LAYOUT = Layout(sub_bits=3, log2_max=32)
 SMALL = Layout(sub_bits=2, log2_max=5)  # slots: 0 1 2 3 | 4 5 6 7 | 8 10 12 14 | 16 20 24 28 | >=32
@@ -266,3 +266,26 @@ class TestIntervalStats:
     def test_interval_must_have_a_length(self, seconds):
         with pytest.raises(ValueError, match="longer than zero"):
             interval_stats(LAYOUT, Counts((0,) * 241, 0), seconds)
+
+
+class TestSumCounts:
+    def test_packed_and_unpacked_histograms_sum_alike(self):
+        a = Counts(counts(LAYOUT, [(0, 5), (120, 7), (240, 1)]), 10)
+        packed = Counts(array("q", counts(LAYOUT, [(0, 1), (121, 2)])), 0).packed
+        b = Counts.from_packed(packed, LAYOUT.slots, 3)
+        total = sum_counts(LAYOUT, [a, b])
+        assert list(total.slots) == list(counts(LAYOUT, [(0, 6), (120, 7), (121, 2), (240, 1)]))
+        assert total.sum_ns == 13
+
+    def test_a_slot_summed_to_the_63_bit_limit_is_exact(self):
+        odd, even = Counts.from_packed((1 << 62) << 64, LAYOUT.slots, 0), \
+            Counts.from_packed(1 << 62, LAYOUT.slots, 0)
+        below = Counts.from_packed(((1 << 62) - 1) << 64 | ((1 << 62) - 1), LAYOUT.slots, 0)
+        total = sum_counts(LAYOUT, [odd, even, below])
+        assert (total.slots[0], total.slots[1]) == ((1 << 63) - 1, (1 << 63) - 1)
+
+    @pytest.mark.parametrize("slot", [0, 1, 240])
+    def test_a_slot_sum_past_63_bits_is_refused_never_wrapped(self, slot):
+        big = Counts.from_packed((1 << 62) << (64 * slot), LAYOUT.slots, 0)
+        with pytest.raises(OverflowError):
+            sum_counts(LAYOUT, [big, big])
