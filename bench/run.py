@@ -74,11 +74,14 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new) { return 0; }
 RAW_TRACEPOINT_PROBE(sched_switch) { return 0; }
 """
 # A stand-in tracer: loads a BCC program, says so, and waits to be stopped.
-# BCC compiles it against the agent's own include tree (argv[2]), as the agent does.
+# BCC compiles it against the agent's own include tree, with the flags that tree needs, as
+# the agent does.
 EMPTY_LOADER = """
 import os, signal, sys, bcc
-os.environ["BCC_KERNEL_SOURCE"] = sys.argv[2]
-b = bcc.BPF(text=sys.argv[1])
+from gsender_bcc import program
+os.environ["BCC_KERNEL_SOURCE"] = str(program.include_tree())
+b = bcc.BPF(text=sys.argv[1], cflags=[f"-DLINUX_VERSION_CODE={program.running_version_code()}",
+                                      f"-DGSENDER_PAGE_SIZE={program.running_page_size()}"])
 print("attached", flush=True)
 signal.sigwait({signal.SIGINT, signal.SIGTERM})
 b.cleanup()
@@ -118,11 +121,9 @@ def tracers() -> List[Tracer]:
     headers = headers_note()
     return [
         Tracer("floor", "empty programs, classic tracepoints",
-               [PYTHON, "-c", EMPTY_LOADER, EMPTY_CLASSIC, str(program.include_tree())],
-               ready_text="attached"),
+               [PYTHON, "-c", EMPTY_LOADER, EMPTY_CLASSIC], ready_text="attached"),
         Tracer("raw_floor", "empty programs, raw tracepoints",
-               [PYTHON, "-c", EMPTY_LOADER, EMPTY_RAW, str(program.include_tree())],
-               ready_text="attached"),
+               [PYTHON, "-c", EMPTY_LOADER, EMPTY_RAW], ready_text="attached"),
         Tracer("host_only", "gsender-bcc host-only (--max-services 0)",
                agent_command("--max-services", "0"), agent=True),
         Tracer("gsender", "gsender-bcc default (per-service breakdown on)",
