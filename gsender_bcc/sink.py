@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
 try:  # the .deb ships a private copy; elsewhere graphyte comes from PyPI
@@ -184,28 +185,37 @@ class GraphiteSink:
             self._config = config
             self._send = self._custom_send or network_sender(config)
             self._routes = [_Route(server) for server in config.servers]
-            directory = config.state_directory / "outbox"
-            if self._disk is None or self._disk.directory != directory:
-                old, self._disk_failing = self._disk, False
-                self._open_disk(directory)
-                if old is not None:
-                    self._move_waiting(old)
+            if self._disk is None or self._disk.directory != self._wanted_directory():
+                self._disk_failing = False
+                self._use_wanted_directory(tell=True)
             if self._disk is not None:
                 self._disk.set_limits(config.buffer_bytes, config.buffer_seconds)
             self._memory.max_bytes = min(MEMORY_FALLBACK_BYTES, config.buffer_bytes)
             self._lock.notify_all()
 
-    def _move_waiting(self, old: DiskOutbox) -> None:
-        """Move what waits in a state directory given up by a reload into the new outbox.
+    def _wanted_directory(self) -> Path:
+        return self._config.state_directory / "outbox"
+
+    def _use_wanted_directory(self, tell: bool) -> None:
+        """Open the outbox of the configured state directory and move what waits into it.
 
         Until the new one is usable (it opened, and takes every chunk), the old one stays
-        the outbox: nothing is moved into memory, and nothing is dropped."""
-        new = self._disk
-        if new is None:
-            self._disk = old
-            log.error("keeping the outbox in %s, with its %d intervals, until the new state "
-                      "directory can be used", old.directory, old.intervals)
+        the outbox: nothing is moved into memory, and nothing is dropped. ``tell``: log that."""
+        old = self._disk
+        self._open_disk(self._wanted_directory())
+        if old is None:
             return
+        if self._disk is None:
+            self._disk = old
+            if tell:
+                log.error("keeping the outbox in %s, with its %d intervals, until the new state "
+                          "directory can be used", old.directory, old.intervals)
+            return
+        self._move_waiting(old)
+
+    def _move_waiting(self, old: DiskOutbox) -> None:
+        """Move what waits in an outbox given up by a reload into the current one."""
+        new = self._disk
         while True:
             chunk = old.peek(CHUNK_BYTES)
             if chunk is None:
@@ -249,8 +259,8 @@ class GraphiteSink:
 
     def _store(self, data: bytes, stamp: int, intervals: int = 1) -> None:
         """Append lines to the outbox on disk or, while that fails, to the one in memory."""
-        if self._disk is None:
-            self._open_disk(self._config.state_directory / "outbox")
+        if self._disk is None or self._disk.directory != self._wanted_directory():
+            self._use_wanted_directory(tell=False)  # try again what a reload could not use
         if self._disk is not None:
             try:
                 self._note_dropped(self._disk.append(data, stamp, intervals))

@@ -664,10 +664,14 @@ class TestFaultsOfIssue22:
         assert messages(caplog)[-1] == (f"keeping the outbox in {state}/outbox, with its 200 "
                                         f"intervals, until the new state directory can be used")
         sink.submit(points(NOW + 200))
+        (tmp_path / "file").unlink()  # the operator fixes it: the next interval moves all
+        sink.submit(points(NOW + 201))
+        assert outbox_bytes(state) == b"" and sink.health()["queued_intervals"] == 202
         network.down = set()
         deliver_all(sink)
         assert b"".join(data for _, data in network.delivered) == b"".join(
-            lines(NOW + k) for k in range(201))
+            lines(NOW + k) for k in range(202))
+        assert sink.health()["dropped_intervals"] == 0
 
     def test_a_move_that_fails_half_way_delivers_the_rest_from_the_old_outbox(
             self, make_sink, network, tmp_path, state, monkeypatch):
