@@ -302,10 +302,12 @@ class DiskOutbox:
         found.sort()
         if self._next_sequence >= 10 ** NAME_DIGITS:
             found = self._renumber(found)
+        carried = None  # the last stamp of the segment before: an interval split over both
         for sequence, path in found:
             try:
-                segment = self._check_segment(sequence, path)
+                segment, carried = self._check_segment(sequence, path, carried)
             except (OSError, ValueError) as error:
+                carried = None
                 self._set_aside(path, str(getattr(error, "strerror", None) or error))
                 continue
             if segment.size:
@@ -327,7 +329,10 @@ class DiskOutbox:
                     self.directory, NAME_DIGITS, len(found))
         return renamed
 
-    def _check_segment(self, sequence: int, path: Path) -> _Segment:
+    def _check_segment(self, sequence: int, path: Path,
+                       carried: Optional[int]) -> Tuple[_Segment, Optional[int]]:
+        """Check a segment found at start; return it and its last stamp. An interval that
+        began in the segment before (its last stamp is ``carried``) is counted there only."""
         stat = os.stat(path, follow_symlinks=False)
         if not (stat.st_mode & 0o170000 == 0o100000):
             raise ValueError("not a regular file")
@@ -339,7 +344,7 @@ class DiskOutbox:
         if size < len(raw):
             log.warning("%s: ignoring a torn last line (%d bytes)", path, len(raw) - size)
         segment = _Segment(sequence, path, _inode(stat), size=size)
-        last_stamp = None
+        last_stamp = carried
         newest_allowed = self._clock() + FUTURE_SLACK
         for number, line in enumerate(raw[:size].split(b"\n")[:-1], start=1):
             parsed = parse_line(line)
@@ -351,7 +356,7 @@ class DiskOutbox:
                 segment.intervals += 1
                 last_stamp = parsed[2]
             segment.newest = max(segment.newest, parsed[2])
-        return segment
+        return segment, last_stamp
 
     def _set_aside(self, path: Path, reason: str) -> None:
         aside = path.with_name(f"{path.name}{DAMAGED_SUFFIX}")

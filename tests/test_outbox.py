@@ -472,6 +472,7 @@ class TestFaultsOfIssue22:
         with caplog.at_level(logging.WARNING):
             again = open_box(folder, clock, max_bytes=8 << 20)
         assert records(caplog) == [] and not list(folder.glob("*.damaged"))
+        assert again.intervals == 2
         assert b"".join(drain(again)) == interval(NOW - 1) + big
 
     def test_damaged_files_are_bounded_within_the_byte_limit(self, folder, clock, caplog):
