@@ -1043,6 +1043,7 @@ def undelivered_lines(undelivered: dict, checks: List[Check]) -> List[str]:
         return [f"- Graphite down: FAILED: {undelivered['failure']}"] \
             if undelivered.get("failure") else []
     marks = undelivered["marks"]
+    last = len(marks) - 1  # a run that failed before a mark has no reading for it
 
     def at(index: int, key: str, scale: float = 1.0) -> List[Optional[float]]:
         return [run["readings"][index][key] * scale if len(run["readings"]) > index
@@ -1053,14 +1054,14 @@ def undelivered_lines(undelivered: dict, checks: List[Check]) -> List[str]:
     lines = [f"- Graphite down (issues 11 and 28): {len(runs)} agents side by side, default "
              f"configuration at frequency 1, nothing listening on their ports. RssAnon after "
              f"{marks[0]} undelivered intervals {spread(at(0, 'rss_anon_kib', 1 / 1024), '.1f')} "
-             f"MiB, after {marks[-1]} {spread(at(-1, 'rss_anon_kib', 1 / 1024), '.1f')} MiB "
-             f"(outbox {spread(at(-1, 'outbox_bytes', 1 / 1024), '.0f')} KiB on disk); growth "
+             f"MiB, after {marks[-1]} {spread(at(last, 'rss_anon_kib', 1 / 1024), '.1f')} MiB "
+             f"(outbox {spread(at(last, 'outbox_bytes', 1 / 1024), '.0f')} KiB on disk); growth "
              f"between them {spread(slopes, '.3f')} KiB per interval (median and range over the "
              f"runs; one page of 4 KiB over {marks[-1] - marks[0]} intervals is "
              f"{4 / (marks[-1] - marks[0]):.3f})."
              + (f" FAILED: {'; '.join(failures)}" if failures else "")]
     checks.append(Check(f"RssAnon after {marks[-1]} undelivered intervals, MiB",
-                        at(-1, "rss_anon_kib", 1 / 1024), 40, " MiB", ".1f"))
+                        at(last, "rss_anon_kib", 1 / 1024), 40, " MiB", ".1f"))
     checks.append(Check(f"RssAnon growth per undelivered interval, {marks[0]} to {marks[-1]}, "
                         f"KiB", slopes, 0.1, " KiB", ".3f", aim=True))
     return lines
