@@ -202,11 +202,11 @@ class GraphiteSink:
         Until the new one is usable (it opened, and takes every chunk), the old one stays
         the outbox: nothing is moved into memory, and nothing is dropped. ``tell``: log that."""
         old = self._disk
-        self._open_disk(self._wanted_directory())
+        self._open_disk(self._wanted_directory(), quiet=old is not None and not tell)
         if old is None:
             return
         if self._disk is None:
-            self._disk = old
+            self._disk, self._disk_failing = old, False  # the old one still takes data
             if tell:
                 log.error("keeping the outbox in %s, with its %d intervals, until the new state "
                           "directory can be used", old.directory, old.intervals)
@@ -231,7 +231,7 @@ class GraphiteSink:
             old.consume(chunk)
         old.close()
 
-    def _open_disk(self, directory) -> None:
+    def _open_disk(self, directory, quiet: bool = False) -> None:
         config = self._config
         try:
             self._disk = DiskOutbox(directory, config.buffer_bytes, config.buffer_seconds,
@@ -239,7 +239,7 @@ class GraphiteSink:
         except OSError as error:
             self._disk = None
             self._counters["spool_errors"] += 1
-            if self._disk_failing:
+            if self._disk_failing or quiet:
                 return
             self._disk_failing = True
             log.error("cannot use %s for undelivered data (%s): measuring and delivering "

@@ -663,14 +663,18 @@ class TestFaultsOfIssue22:
                                  "send_failures": 0, "spool_errors": 1}
         assert messages(caplog)[-1] == (f"keeping the outbox in {state}/outbox, with its 200 "
                                         f"intervals, until the new state directory can be used")
-        sink.submit(points(NOW + 200))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            sink.submit(points(NOW + 200))
+            sink.submit(points(NOW + 201))
+        assert messages(caplog) == []  # said once, at the reload
         (tmp_path / "file").unlink()  # the operator fixes it: the next interval moves all
-        sink.submit(points(NOW + 201))
-        assert outbox_bytes(state) == b"" and sink.health()["queued_intervals"] == 202
+        sink.submit(points(NOW + 202))
+        assert outbox_bytes(state) == b"" and sink.health()["queued_intervals"] == 203
         network.down = set()
         deliver_all(sink)
         assert b"".join(data for _, data in network.delivered) == b"".join(
-            lines(NOW + k) for k in range(202))
+            lines(NOW + k) for k in range(203))
         assert sink.health()["dropped_intervals"] == 0
 
     def test_a_move_that_fails_half_way_delivers_the_rest_from_the_old_outbox(
