@@ -17,7 +17,9 @@ job (tests, VMs) shares the machine while it times. Phases, with progress on std
    throwaway carbon-cache on loopback at the default frequency; CPU over four intervals,
    then RssAnon, peak RSS and bytes_memlock.
 3. gsender-bcc with Graphite down: frequency 1, nothing listening on its port; RssAnon
-   after 20 and after 160 undelivered intervals (issue 11).
+   after 100 and after 1000 undelivered intervals, and the slope between them in KiB per
+   interval (issues 11 and 28). UNDELIVERED_RUNS agents run side by side, each its own run
+   (memory, not time, is measured), so the phase takes about 17 minutes however many.
 4. One interval with 1000 live services, timed in-process (bench/many_services.py).
 5. BPF map memory of the agent computed from the map definitions at 256 CPUs, beside
    bytes_memlock read on this machine.
@@ -606,36 +608,65 @@ def idle_run(index: int, total: int, intervals: int, frequency: int) -> Dict[str
 
 # ---- phase 3: Graphite down ---------------------------------------------------------------------
 
-def undelivered_run(marks: Tuple[int, ...]) -> dict:
-    """gsender-bcc at frequency 1 with nothing listening: RssAnon after each mark of intervals."""
-    port = free_port()  # free a moment ago; nothing is started on it
-    tracer = Tracer("gsender", "gsender-bcc, Graphite down",
-                    agent_command("--prefix", "bench.down", frequency=1), agent=True)
-    result: dict = {"port": port, "marks": {}, "failure": ""}
-    try:
-        agent = Running(tracer, port)
-    except RuntimeError as error:
-        result["failure"] = str(error)
-        return result
+UNDELIVERED_FIRST = 100  # RssAnon is read after this many intervals and after --undelivered
+
+
+def undelivered_run(marks: Tuple[int, ...], runs: int) -> dict:
+    """gsender-bcc at frequency 1 with nothing listening, ``runs`` agents side by side: RssAnon
+    after each mark of intervals, and the growth per interval from the first mark to the last."""
+    result: dict = {"marks": marks, "runs": [], "failure": ""}
+    agents = []
+    for run in range(runs):
+        port = free_port()  # free a moment ago; nothing is started on it
+        tracer = Tracer("gsender", "gsender-bcc, Graphite down",
+                        agent_command("--prefix", f"bench.down{run}", frequency=1), agent=True)
+        try:
+            agents.append(Running(tracer, port))
+        except RuntimeError as error:
+            result["failure"] = str(error)
+            break
+        result["runs"].append({"port": port, "readings": [], "failure": ""})
     try:
         for mark in marks:
-            if not agent.wait_intervals(mark, mark * 1.5 + 30):
-                result["failure"] = f"{agent.intervals} intervals reported, not {mark}"
-                break
-            status = proc_status(agent.proc.pid)
-            outbox = Path(agent._folder) / "state" / "outbox"
-            stored = sum(p.stat().st_size for p in outbox.glob("*") if p.is_file()) \
-                if outbox.is_dir() else 0
-            result["marks"][mark] = {"rss_anon_kib": status.get("RssAnon"),
-                                     "peak_rss_kib": status.get("VmHWM"),
-                                     "outbox_bytes": stored}
-            progress(f"Graphite down: after {mark} intervals RssAnon "
-                     f"{status.get('RssAnon', 0) / 1024:.1f} MiB, outbox {stored / 1024:.0f} KiB")
+            for number, (agent, run) in enumerate(zip(agents, result["runs"]), start=1):
+                if run["failure"]:
+                    continue
+                if not agent.wait_intervals(mark, mark * 1.5 + 30):
+                    run["failure"] = f"{agent.intervals} intervals reported, not {mark}"
+                    continue
+                reading = undelivered_reading(agent)
+                run["readings"].append(reading)
+                progress(f"Graphite down, run {number}/{runs}: after {reading['intervals']} "
+                         f"intervals RssAnon {(reading['rss_anon_kib'] or 0) / 1024:.1f} MiB, "
+                         f"outbox {reading['outbox_bytes'] / 1024:.0f} KiB")
     finally:
-        if not agent.alive():
-            result["failure"] = result["failure"] or "exited early"
-        agent.stop_and_stderr()
+        for agent, run in zip(agents, result["runs"]):
+            if not agent.alive():
+                run["failure"] = run["failure"] or "exited early"
+            agent.stop_and_stderr()
+    for run in result["runs"]:
+        first, last = (run["readings"][0], run["readings"][-1]) if run["readings"] else ({}, {})
+        run["slope_kib"] = undelivered_slope(first, last)
     return result
+
+
+def undelivered_reading(agent: Running) -> dict:
+    """RssAnon, peak RSS and the outbox's bytes on disk of an agent, and its intervals so far."""
+    intervals = agent.intervals
+    status = proc_status(agent.proc.pid)
+    outbox = Path(agent._folder) / "state" / "outbox"
+    stored = sum(p.stat().st_size for p in outbox.glob("*") if p.is_file()) \
+        if outbox.is_dir() else 0
+    return {"intervals": intervals, "rss_anon_kib": status.get("RssAnon"),
+            "peak_rss_kib": status.get("VmHWM"), "outbox_bytes": stored}
+
+
+def undelivered_slope(first: dict, last: dict) -> Optional[float]:
+    """KiB of RssAnon more per interval from one reading to a later one (None if unknown)."""
+    if not first or not last or last["intervals"] <= first["intervals"] \
+            or first["rss_anon_kib"] is None or last["rss_anon_kib"] is None:
+        return None
+    return (last["rss_anon_kib"] - first["rss_anon_kib"]) / (last["intervals"] - first["intervals"])
 
 
 # ---- phase 5: BPF map memory --------------------------------------------------------------------
@@ -928,23 +959,7 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
                                     r.rss_anon_kib / 1024), 40, " MiB", ".1f"),
         ]
     memory_lines = ["", "## Memory", ""]
-    undelivered = bench.undelivered
-    if undelivered.get("marks"):
-        marks = sorted(undelivered["marks"])
-        figures = ", ".join(
-            f"after {m} intervals {undelivered['marks'][m]['rss_anon_kib'] / 1024:.1f} MiB "
-            f"(outbox {undelivered['marks'][m]['outbox_bytes'] / 1024:.0f} KiB on disk)"
-            for m in marks)
-        memory_lines.append(f"- Graphite down (issue 11): gsender-bcc default at frequency 1, "
-                            f"nothing listening on 127.0.0.1:{undelivered['port']}; RssAnon "
-                            f"{figures}. One run."
-                            + (f" FAILED: {undelivered['failure']}" if undelivered["failure"]
-                               else ""))
-        last = undelivered["marks"][marks[-1]]["rss_anon_kib"] / 1024
-        checks.append(Check(f"RssAnon after {marks[-1]} undelivered intervals, MiB", [last], 40,
-                            " MiB", ".1f"))
-    elif undelivered.get("failure"):
-        memory_lines.append(f"- Graphite down (issue 11): FAILED: {undelivered['failure']}")
+    memory_lines += undelivered_lines(bench.undelivered, checks)
     sizes, source = kernel_struct_sizes()
     here = possible_cpus()
     measured = next((run["gsender"].maps for run in reversed(bench.idle)
@@ -1033,6 +1048,37 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     return "\n".join(lines), not failed
 
 
+def undelivered_lines(undelivered: dict, checks: List[Check]) -> List[str]:
+    """The Graphite-down figures for the memory section, and their targets added to checks."""
+    runs = undelivered.get("runs", [])
+    if not runs:
+        return [f"- Graphite down: FAILED: {undelivered['failure']}"] \
+            if undelivered.get("failure") else []
+    marks = undelivered["marks"]
+    last = len(marks) - 1  # a run that failed before a mark has no reading for it
+
+    def at(index: int, key: str, scale: float = 1.0) -> List[Optional[float]]:
+        return [run["readings"][index][key] * scale if len(run["readings"]) > index
+                and run["readings"][index][key] is not None else None for run in runs]
+    slopes = [run["slope_kib"] for run in runs]
+    failures = [f"run {n}: {run['failure']}" for n, run in enumerate(runs, 1) if run["failure"]]
+    failures += [undelivered["failure"]] if undelivered["failure"] else []
+    lines = [f"- Graphite down (issues 11 and 28): {len(runs)} agents side by side, default "
+             f"configuration at frequency 1, nothing listening on their ports. RssAnon after "
+             f"{marks[0]} undelivered intervals {spread(at(0, 'rss_anon_kib', 1 / 1024), '.1f')} "
+             f"MiB, after {marks[-1]} {spread(at(last, 'rss_anon_kib', 1 / 1024), '.1f')} MiB "
+             f"(outbox {spread(at(last, 'outbox_bytes', 1 / 1024), '.0f')} KiB on disk); growth "
+             f"between them {spread(slopes, '.3f')} KiB per interval (median and range over the "
+             f"runs; one page of 4 KiB over {marks[-1] - marks[0]} intervals is "
+             f"{4 / (marks[-1] - marks[0]):.3f})."
+             + (f" FAILED: {'; '.join(failures)}" if failures else "")]
+    checks.append(Check(f"RssAnon after {marks[-1]} undelivered intervals, MiB",
+                        at(last, "rss_anon_kib", 1 / 1024), 40, " MiB", ".1f"))
+    checks.append(Check(f"RssAnon growth per undelivered interval, {marks[0]} to {marks[-1]}, "
+                        f"KiB", slopes, 0.1, " KiB", ".3f", aim=True))
+    return lines
+
+
 def fmt_mib(value: Optional[int]) -> str:
     return "-" if value is None else f"{value / 2**20:.3f} MiB"
 
@@ -1048,8 +1094,11 @@ def main() -> int:
     parser.add_argument("--idle-intervals", type=int, default=4)
     parser.add_argument("--frequency", type=int, default=DEFAULT_FREQUENCY,
                         help="gsender-bcc's frequency in the idle phase")
-    parser.add_argument("--undelivered", type=int, default=160,
-                        help="intervals with Graphite down (RssAnon read after 20 and these)")
+    parser.add_argument("--undelivered", type=int, default=1000,
+                        help=f"intervals with Graphite down (RssAnon read after "
+                             f"{UNDELIVERED_FIRST} and after these)")
+    parser.add_argument("--undelivered-runs", type=int, default=3,
+                        help="agents with Graphite down, side by side (default 3)")
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--services-repeats", type=int, default=9)
     parser.add_argument("--compiles", type=int, default=5,
@@ -1090,8 +1139,11 @@ def main() -> int:
         sink.close()
     if "undelivered" not in skip:
         wait_for_quiet()
-        progress(f"Graphite down: {args.undelivered} intervals at frequency 1")
-        bench.undelivered = undelivered_run(tuple(sorted({20, args.undelivered})))
+        progress(f"Graphite down: {args.undelivered_runs} agents, {args.undelivered} intervals "
+                 f"at frequency 1")
+        bench.undelivered = undelivered_run(
+            tuple(sorted({min(UNDELIVERED_FIRST, args.undelivered), args.undelivered})),
+            args.undelivered_runs)
     if "services" not in skip:
         wait_for_quiet()
         progress(f"{args.services} live services")

@@ -54,7 +54,13 @@ def save(directory: Path, unfinished: Unfinished) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / FILE_NAME
     temporary = path.with_name(FILE_NAME + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as out:
+    try:
+        os.unlink(temporary)  # a link planted there is removed, never followed
+    except FileNotFoundError:
+        pass
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with open(fd, "w", encoding="utf-8") as out:
         json.dump(document, out, separators=(",", ":"))
         out.flush()
         os.fsync(out.fileno())

@@ -34,10 +34,13 @@ from typing import Callable, Deque, Iterator, List, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
-SEGMENT_BYTES = 256 << 10
+SEGMENT_BYTES = 256 << 10  # no segment written holds more (an interval larger is split)
+CHECK_SEGMENTS = 4  # a segment found at start may hold this many times more (older versions)
 FUTURE_SLACK = 86400
 LEGACY_SPOOL = "spool.jsonl"
-_SEGMENT_NAME = re.compile(r"^(\d{16})\.txt$")
+NAME_DIGITS = 16
+_SEGMENT_NAME = re.compile(r"^(\d{16}|[1-9]\d{16,19})\.txt$")  # as f"{n:016d}" writes
+DAMAGED_SUFFIX = ".damaged"
 _LINE = re.compile(rb"^([A-Za-z0-9_.;=-]{1,1000}) (\S{1,40}) (\d{1,12})$")
 
 
@@ -70,6 +73,7 @@ class Chunk:
 class _Segment:
     sequence: int
     path: Path
+    inode: Tuple[int, int] = (0, 0)  # (st_dev, st_ino): a segment replaced by hand is noticed
     size: int = 0
     intervals: int = 0
     newest: int = 0
@@ -92,9 +96,12 @@ class DiskOutbox:
         self._fd: Optional[int] = None
         self._next_sequence = 1  # never reused: a chunk names its segment by sequence
         self._warned_lines: set = set()
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, exist_ok=True)
         if not directory.is_dir() or directory.is_symlink():
             raise OSError(errno.ENOTDIR, "not a directory")
+        for folder in (directory.parent, directory):
+            check_private(os.stat(folder), folder)
         if not os.access(directory, os.W_OK | os.X_OK):
             raise OSError(errno.EACCES, "not writable")
         self._scan()
@@ -104,12 +111,14 @@ class DiskOutbox:
             log.warning("%s: dropped %d intervals found there that are older than %g h or past "
                         "%d MiB", directory, dropped, max_age / 3600, max_bytes >> 20)
         self.dropped += dropped
+        self._bound_damaged()
 
     # -- limits --
 
     def set_limits(self, max_bytes: int, max_age: float) -> None:
         self.max_bytes, self.max_age = max_bytes, max_age
         self.dropped += self._enforce_limits()
+        self._bound_damaged()
 
     @property
     def intervals(self) -> int:
@@ -137,23 +146,38 @@ class DiskOutbox:
 
     # -- appending --
 
-    def append(self, data: bytes, stamp: int) -> int:
-        """Store one interval's lines durably; return how many old intervals made room for it."""
-        segment = self._active
-        if segment is None or segment.size >= SEGMENT_BYTES:
-            segment = self._start_segment()
-        try:
-            _write_all(self._fd, data)
-            os.fdatasync(self._fd)
-        except OSError:
-            self._undo_append(segment)
-            raise
-        segment.size += len(data)
-        segment.intervals += 1
-        segment.newest = max(segment.newest, stamp)
+    def append(self, data: bytes, stamp: int, intervals: int = 1) -> int:
+        """Store lines durably (one interval unless told); return how many old intervals made
+        room for them.
+
+        An interval goes whole into one segment of at most ``SEGMENT_BYTES``; one larger than
+        that is split at line ends over several, so every segment passes the check at start.
+        """
+        for number, piece in enumerate(pieces(data, SEGMENT_BYTES)):
+            segment = self._active
+            if segment is None or segment.size + len(piece) > SEGMENT_BYTES \
+                    or not self._still_there(segment):
+                segment = self._start_segment()
+            try:
+                _write_all(self._fd, piece)
+                os.fdatasync(self._fd)
+            except OSError:
+                self._undo_append(segment)
+                raise
+            segment.size += len(piece)
+            segment.intervals += intervals if number == 0 else 0
+            segment.newest = max(segment.newest, stamp)
         dropped = self._enforce_limits()
         self.dropped += dropped
         return dropped
+
+    @staticmethod
+    def _still_there(segment: _Segment) -> bool:
+        """Tell whether the segment's name still leads to the file being written."""
+        try:
+            return _inode(os.stat(segment.path, follow_symlinks=False)) == segment.inode
+        except OSError:
+            return False
 
     def _start_segment(self) -> _Segment:
         self._close_active()
@@ -162,11 +186,12 @@ class DiskOutbox:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
                            | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         self._next_sequence = sequence + 1
+        inode = _inode(os.fstat(self._fd))
         try:
             _fsync_directory(self.directory)
         except OSError:
             pass  # the data is synced; only the name could be lost at a power cut
-        self._active = _Segment(sequence, path)
+        self._active = _Segment(sequence, path, inode)
         self._segments.append(self._active)
         return self._active
 
@@ -197,25 +222,39 @@ class DiskOutbox:
         while self._segments:
             head = self._segments[0]
             if head.consumed < head.size:
-                return self._read_chunk(head, max_bytes)
+                try:
+                    return self._read_chunk(head, max_bytes)
+                except _Gone as gone:
+                    self._skip_gone(head, str(gone))
+                    continue
             if head is self._active:
                 return None
             self._segments.popleft()
             _unlink(head.path)
         return None
 
+    def _skip_gone(self, head: _Segment, reason: str) -> None:
+        """Forget a segment someone removed or replaced, counting what it held as dropped."""
+        self._segments.popleft()
+        if head is self._active:
+            self._close_active()
+        lost = head.intervals - head.consumed_intervals
+        self.dropped += lost
+        log.error("%s %s: skipped it and the %d intervals it held", head.path, reason, lost)
+
     def _read_chunk(self, head: _Segment, max_bytes: int) -> Chunk:
-        with open(head.path, "rb") as source:
+        with _open_segment(head) as source:
             source.seek(head.consumed)
             raw = source.read(min(max_bytes, head.size - head.consumed))
-        at_end = head.consumed + len(raw) >= head.size
-        lines = raw.split(b"\n")
-        lines.pop()  # what follows the last newline: empty, or the start of a line read next time
-        if not lines:  # one line longer than max_bytes: take it whole
-            with open(head.path, "rb") as source:
+            if len(raw) < min(max_bytes, head.size - head.consumed):
+                raise _Gone("was cut short by someone else")
+            at_end = head.consumed + len(raw) >= head.size
+            lines = raw.split(b"\n")
+            lines.pop()  # after the last newline: empty, or the start of a line read next time
+            if not lines:  # one line longer than max_bytes: take it whole
                 source.seek(head.consumed)
                 lines = [source.readline().rstrip(b"\n")]
-            at_end = head.consumed + len(lines[0]) + 1 >= head.size
+                at_end = head.consumed + len(lines[0]) + 1 >= head.size
         parsed = [parse_line(line) for line in lines]
         stamps = [p[2] if p else None for p in parsed]
         runs = sum(1 for a, b in zip(stamps, stamps[1:]) if a != b)
@@ -260,10 +299,15 @@ class DiskOutbox:
             if match:
                 found.append((int(match.group(1)), Path(entry.path)))
                 self._next_sequence = max(self._next_sequence, int(match.group(1)) + 1)
-        for sequence, path in sorted(found):
+        found.sort()
+        if self._next_sequence >= 10 ** NAME_DIGITS:
+            found = self._renumber(found)
+        carried = None  # the last stamp of the segment before: an interval split over both
+        for sequence, path in found:
             try:
-                segment = self._check_segment(sequence, path)
+                segment, carried = self._check_segment(sequence, path, carried)
             except (OSError, ValueError) as error:
+                carried = None
                 self._set_aside(path, str(getattr(error, "strerror", None) or error))
                 continue
             if segment.size:
@@ -271,19 +315,36 @@ class DiskOutbox:
             else:
                 _unlink(path)
 
-    def _check_segment(self, sequence: int, path: Path) -> _Segment:
+    def _renumber(self, found: List[Tuple[int, Path]]) -> List[Tuple[int, Path]]:
+        """Name the segments 1, 2, ... again, in order, once a name would pass 16 digits."""
+        renamed = []
+        for sequence, (_, path) in enumerate(found, start=1):
+            target = self.directory / f"{sequence:0{NAME_DIGITS}d}.txt"
+            if target != path:
+                os.replace(path, target)
+            renamed.append((sequence, target))
+        self._next_sequence = len(found) + 1
+        _fsync_directory(self.directory)
+        log.warning("%s: segment names reached %d digits: named them 1 to %d again, in order",
+                    self.directory, NAME_DIGITS, len(found))
+        return renamed
+
+    def _check_segment(self, sequence: int, path: Path,
+                       carried: Optional[int]) -> Tuple[_Segment, Optional[int]]:
+        """Check a segment found at start; return it and its last stamp. An interval that
+        began in the segment before (its last stamp is ``carried``) is counted there only."""
         stat = os.stat(path, follow_symlinks=False)
         if not (stat.st_mode & 0o170000 == 0o100000):
             raise ValueError("not a regular file")
-        if stat.st_size > 4 * SEGMENT_BYTES:
+        if stat.st_size > CHECK_SEGMENTS * SEGMENT_BYTES:
             raise ValueError(f"{stat.st_size} bytes, more than a segment ever holds")
         with open(path, "rb") as source:
             raw = source.read()
         size = raw.rfind(b"\n") + 1
         if size < len(raw):
             log.warning("%s: ignoring a torn last line (%d bytes)", path, len(raw) - size)
-        segment = _Segment(sequence, path, size=size)
-        last_stamp = None
+        segment = _Segment(sequence, path, _inode(stat), size=size)
+        last_stamp = carried
         newest_allowed = self._clock() + FUTURE_SLACK
         for number, line in enumerate(raw[:size].split(b"\n")[:-1], start=1):
             parsed = parse_line(line)
@@ -295,16 +356,34 @@ class DiskOutbox:
                 segment.intervals += 1
                 last_stamp = parsed[2]
             segment.newest = max(segment.newest, parsed[2])
-        return segment
+        return segment, last_stamp
 
     def _set_aside(self, path: Path, reason: str) -> None:
-        aside = path.with_name(f"{path.name}.damaged")
+        aside = path.with_name(f"{path.name}{DAMAGED_SUFFIX}")
         try:
             os.replace(path, aside)
         except OSError:
             aside = None
         log.error("%s is damaged (%s): %s", path, reason,
                   f"moved it to {aside}" if aside else "left it there and ignore it")
+
+    def _bound_damaged(self) -> None:
+        """Remove the oldest ``*.damaged`` files while they and the outbox pass ``max_bytes``."""
+        damaged = []
+        for entry in os.scandir(self.directory):
+            if entry.name.endswith(DAMAGED_SUFFIX) and entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                damaged.append((stat.st_mtime, entry.name, stat.st_size))
+        room = self.max_bytes - self.size
+        removed = 0
+        for _, name, size in sorted(damaged, reverse=True):  # the newest are kept
+            room -= size
+            if room < 0:
+                _unlink(self.directory / name)
+                removed += 1
+        if removed:
+            log.warning("%s: removed the %d oldest *%s files, to stay within %d MiB with the "
+                        "outbox", self.directory, removed, DAMAGED_SUFFIX, self.max_bytes >> 20)
 
     def _import_legacy_spool(self, path: Path) -> None:
         """Move what an earlier version spooled (JSON lines) into the outbox, checked like the rest."""
@@ -353,38 +432,81 @@ class MemoryOutbox:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.dropped = 0
-        self._items: Deque[Tuple[bytes, int]] = deque()
+        self._items: Deque[Chunk] = deque()
         self._bytes = 0
 
     @property
     def intervals(self) -> int:
-        return len(self._items)
+        return sum(item.intervals for item in self._items)
 
-    def append(self, data: bytes, stamp: int) -> int:
-        self._items.append((data, stamp))
+    def append(self, data: bytes, stamp: int, intervals: int = 1) -> int:
+        self._items.append(Chunk(data, intervals, stamp, len(data), id(data)))
         self._bytes += len(data)
         dropped = 0
         while self._bytes > self.max_bytes and len(self._items) > 1:
-            self._bytes -= len(self._items.popleft()[0])
-            dropped += 1
+            oldest = self._items.popleft()
+            self._bytes -= oldest.length
+            dropped += oldest.intervals
         self.dropped += dropped
         return dropped
 
     def peek(self, max_bytes: int) -> Optional[Chunk]:
-        if not self._items:
-            return None
-        data, stamp = self._items[0]
-        return Chunk(data, 1, stamp, len(data), id(data))
+        return self._items[0] if self._items else None
 
     def consume(self, chunk: Chunk) -> None:
-        if self._items and id(self._items[0][0]) == chunk.segment:
-            self._bytes -= len(self._items.popleft()[0])
+        if self._items and self._items[0] is chunk:
+            self._bytes -= self._items.popleft().length
 
     def drain(self) -> Iterator[Chunk]:
         while self._items:
-            data, stamp = self._items.popleft()
-            self._bytes -= len(data)
-            yield Chunk(data, 1, stamp, len(data), 0)
+            chunk = self._items.popleft()
+            self._bytes -= chunk.length
+            yield chunk
+
+
+class _Gone(Exception):
+    """A segment's file is no longer the one the outbox wrote."""
+
+
+def _inode(stat: os.stat_result) -> Tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+def _open_segment(segment: _Segment):
+    """Open a segment for reading; raise _Gone if its name leads elsewhere now or nowhere."""
+    try:
+        source = open(os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), "rb")
+    except FileNotFoundError:
+        raise _Gone("was removed by someone else") from None
+    except OSError as error:
+        raise _Gone(f"cannot be read ({error.strerror})") from None
+    if _inode(os.fstat(source.fileno())) != segment.inode:
+        source.close()
+        raise _Gone("was replaced by someone else")
+    return source
+
+
+def pieces(data: bytes, limit: int) -> Iterator[bytes]:
+    """Split lines into pieces of whole lines, each at most ``limit`` bytes if a line fits."""
+    start = 0
+    while start < len(data):
+        end = data.rfind(b"\n", start, start + limit) + 1
+        if end <= start:  # a single line longer than the limit goes alone
+            end = data.find(b"\n", start) + 1 or len(data)
+        yield data[start:end]
+        start = end
+
+
+def check_private(stat: os.stat_result, path: Path) -> None:
+    """Raise OSError unless ``path`` (its ``stat``) is owned by this process's user and
+    writable by no one else: others could plant data there for the agent to send."""
+    owner = os.geteuid()
+    if stat.st_uid != owner:
+        raise OSError(errno.EPERM, f"{path} is owned by uid {stat.st_uid}, not by the agent's "
+                                   f"uid {owner}: chown it")
+    if stat.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"{path} is writable by group or others (mode "
+                                   f"{stat.st_mode & 0o7777:04o}): chmod go-w it")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -27,7 +27,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Sequence, TextIO
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
 try:  # the .deb ships a private copy; elsewhere graphyte comes from PyPI
     from ._vendor import graphyte
@@ -36,7 +37,7 @@ except ImportError:
 
 from .config import Config, Server
 from .metrics import Datapoint
-from .outbox import Chunk, DiskOutbox, MemoryOutbox
+from .outbox import Chunk, DiskOutbox, MemoryOutbox, pieces
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ DATAGRAM_BYTES = 1452  # 1500-byte MTU - 40 (IPv6 header) - 8 (UDP header)
 BACKOFF_FIRST = 1.0
 MEMORY_FALLBACK_BYTES = 4 << 20
 CLOSE_SECONDS = 2.0
+JOIN_SECONDS = 2.0  # what a stop waits for a send in progress, whatever the timeout
 
 # send(server, data): deliver ``data`` to ``server`` or raise.
 Send = Callable[[Server, bytes], None]
@@ -63,13 +65,7 @@ def message_builder() -> graphyte.Sender:
 
 def datagrams(data: bytes, limit: int = DATAGRAM_BYTES) -> Iterator[bytes]:
     """Split lines into datagrams of whole lines, each at most ``limit`` bytes if a line fits."""
-    start = 0
-    while start < len(data):
-        end = data.rfind(b"\n", start, start + limit) + 1
-        if end <= start:  # a single line longer than the limit goes alone
-            end = data.find(b"\n", start) + 1 or len(data)
-        yield data[start:end]
-        start = end
+    return pieces(data, limit)
 
 
 def _address(server: Server, kind: int):
@@ -78,18 +74,34 @@ def _address(server: Server, kind: int):
     return family, address
 
 
-def network_sender(config: Config) -> Send:
-    """Return the function that sends bytes to a server over the configured protocol."""
+def time_left(deadline: float, now: float) -> float:
+    """Return the seconds left before ``deadline``; raise TimeoutError once none are."""
+    left = deadline - now
+    if left <= 0:
+        raise TimeoutError("the send took longer than the timeout")
+    return left
+
+
+def network_sender(config: Config, clock: Callable[[], float] = time.monotonic) -> Send:
+    """Return the function that sends bytes to a server over the configured protocol.
+
+    A TCP send, from connecting to the server closing its side, takes at most ``timeout``
+    seconds in all, whatever the server trickles back meanwhile.
+    """
     timeout = config.timeout
 
     def tcp(server: Server, data: bytes) -> None:
+        deadline = clock() + timeout
         with socket.create_connection((server.host, server.port), timeout) as connection:
-            connection.sendall(data)
+            connection.settimeout(time_left(deadline, clock()))
+            connection.sendall(data)  # the timeout bounds the whole sendall (Python >= 3.5)
             # A server closes its side once it has read everything we sent: waiting for that
             # tells a delivered send from one a server shutting down took and dropped.
             connection.shutdown(socket.SHUT_WR)
-            while connection.recv(4096):
-                pass
+            while True:
+                connection.settimeout(time_left(deadline, clock()))
+                if not connection.recv(4096):
+                    break
 
     def udp(server: Server, data: bytes) -> None:
         family, address = _address(server, socket.SOCK_DGRAM)
@@ -153,10 +165,12 @@ class GraphiteSink:
         self._exceptions_seen: set = set()
         self._last_sent: Optional[Chunk] = None
         self._busy_since: Optional[float] = None  # when the send in progress began
+        self._failing_since: Optional[float] = None  # when every delivery began to raise
         self._dropped_in_outage = 0
         self._disk_failing = False
         self._memory = MemoryOutbox(MEMORY_FALLBACK_BYTES)
         self._disk: Optional[DiskOutbox] = None
+        self._retired: List[DiskOutbox] = []  # outboxes a reload left, delivered first
         self.reconfigure(config)
         self._thread = threading.Thread(target=self._deliver_forever, name="graphite-delivery",
                                         daemon=True)
@@ -171,33 +185,53 @@ class GraphiteSink:
             self._config = config
             self._send = self._custom_send or network_sender(config)
             self._routes = [_Route(server) for server in config.servers]
-            directory = config.state_directory / "outbox"
-            if self._disk is None or self._disk.directory != directory:
-                old, self._disk_failing = self._disk, False
-                self._open_disk(directory)
-                if old is not None:
-                    self._move_waiting(old)
-            elif self._disk is not None:
+            if self._disk is None or self._disk.directory != self._wanted_directory():
+                self._disk_failing = False
+                self._use_wanted_directory(tell=True)
+            if self._disk is not None:
                 self._disk.set_limits(config.buffer_bytes, config.buffer_seconds)
             self._memory.max_bytes = min(MEMORY_FALLBACK_BYTES, config.buffer_bytes)
             self._lock.notify_all()
 
+    def _wanted_directory(self) -> Path:
+        return self._config.state_directory / "outbox"
+
+    def _use_wanted_directory(self, tell: bool) -> None:
+        """Open the outbox of the configured state directory and move what waits into it.
+
+        Until the new one is usable (it opened, and takes every chunk), the old one stays
+        the outbox: nothing is moved into memory, and nothing is dropped. ``tell``: log that."""
+        old = self._disk
+        self._open_disk(self._wanted_directory(), quiet=old is not None and not tell)
+        if old is None:
+            return
+        if self._disk is None:
+            self._disk, self._disk_failing = old, False  # the old one still takes data
+            if tell:
+                log.error("keeping the outbox in %s, with its %d intervals, until the new state "
+                          "directory can be used", old.directory, old.intervals)
+            return
+        self._move_waiting(old)
+
     def _move_waiting(self, old: DiskOutbox) -> None:
-        """Move what waits in a state directory given up by a reload into the current outbox."""
+        """Move what waits in an outbox given up by a reload into the current one."""
+        new = self._disk
         while True:
             chunk = old.peek(CHUNK_BYTES)
             if chunk is None:
                 break
             try:
-                if self._disk is None:
-                    raise OSError("no usable state directory")
-                self._disk.append(chunk.data, chunk.last_stamp)
-            except OSError:
-                self._memory.append(chunk.data, chunk.last_stamp)
+                new.append(chunk.data, chunk.last_stamp, chunk.intervals)
+            except OSError as error:
+                self._retired.append(old)
+                log.error("cannot move undelivered data to %s (%s): the %d intervals left in %s "
+                          "are delivered from there, and wait there if the agent stops first",
+                          new.directory, error.strerror or error, old.intervals, old.directory)
+                return
             old.consume(chunk)
         old.close()
 
-    def _open_disk(self, directory) -> None:
+    def _open_disk(self, directory, quiet: bool = False) -> None:
         config = self._config
         try:
             self._disk = DiskOutbox(directory, config.buffer_bytes, config.buffer_seconds,
@@ -205,7 +239,7 @@ class GraphiteSink:
         except OSError as error:
             self._disk = None
             self._counters["spool_errors"] += 1
-            if self._disk_failing:
+            if self._disk_failing or quiet:
                 return
             self._disk_failing = True
             log.error("cannot use %s for undelivered data (%s): measuring and delivering "
@@ -223,13 +257,13 @@ class GraphiteSink:
         if self._echo is not None:  # printed once stored: a printed interval is never lost
             self._echo.submit(points)
 
-    def _store(self, data: bytes, stamp: int) -> None:
+    def _store(self, data: bytes, stamp: int, intervals: int = 1) -> None:
         """Append lines to the outbox on disk or, while that fails, to the one in memory."""
-        if self._disk is None:
-            self._open_disk(self._config.state_directory / "outbox")
+        if self._disk is None or self._disk.directory != self._wanted_directory():
+            self._use_wanted_directory(tell=False)  # try again what a reload could not use
         if self._disk is not None:
             try:
-                self._note_dropped(self._disk.append(data, stamp))
+                self._note_dropped(self._disk.append(data, stamp, intervals))
             except OSError as error:
                 self._counters["spool_errors"] += 1
                 if not self._disk_failing:
@@ -243,29 +277,34 @@ class GraphiteSink:
                     log.warning("the outbox in %s takes data again", self._disk.directory)
                 self._disk_failing = False
                 return
-        self._note_dropped(self._memory.append(data, stamp))
+        self._note_dropped(self._memory.append(data, stamp, intervals))
 
     def health(self) -> Dict[str, int]:
         """Return what waits, and since the last call: drops, failed sends, outbox errors."""
         with self._lock:
-            dropped = self._memory.dropped + (self._disk.dropped if self._disk else 0)
+            dropped = sum(box.dropped for box in self._outboxes())
             now = dict(self._counters, dropped_intervals=dropped)
             since = {name: value - self._reported.get(name, 0) for name, value in now.items()}
             self._reported = now
-            queued = self._memory.intervals + (self._disk.intervals if self._disk else 0)
+            queued = sum(box.intervals for box in self._outboxes())
             return {"queued_intervals": queued, "dropped_intervals": since["dropped_intervals"],
                     "send_failures": since["send_failures"],
                     "spool_errors": since["spool_errors"]}
 
     def alive(self) -> bool:
-        """Tell whether the delivery thread runs and is not stuck in one delivery."""
+        """Tell whether the delivery thread runs, is not stuck in one delivery, and does not
+        fail on every try."""
         stuck_after = self._config.timeout * (len(self._routes) + 1) + 10
-        busy_since = self._busy_since
-        return self._thread.is_alive() and (busy_since is None
-                                            or self._clock() - busy_since < stuck_after)
+        now = self._clock()
+        return self._thread.is_alive() and all(
+            since is None or now - since < stuck_after
+            for since in (self._busy_since, self._failing_since))
 
     def close(self, seconds: float = CLOSE_SECONDS) -> None:
-        """Give delivery ``seconds`` to empty the outbox, then stop; what waits stays on disk."""
+        """Give delivery ``seconds`` to empty the outbox, then stop; what waits stays on disk.
+
+        A send still in progress then gets ``JOIN_SECONDS`` more, whatever the timeout: what it
+        carries is still in the outbox, so a stop takes at most ``seconds + JOIN_SECONDS``."""
         deadline = self._clock() + seconds
         with self._lock:
             while self._pending() and self._clock() < deadline and self._thread.is_alive() \
@@ -274,7 +313,7 @@ class GraphiteSink:
             self._closing = True
             self._lock.notify_all()
         if self._thread.is_alive():
-            self._thread.join(timeout=self._config.timeout + 1)
+            self._thread.join(timeout=JOIN_SECONDS)
         with self._lock:
             self._save_memory_to_disk()
             waiting = self._disk.intervals if self._disk else 0
@@ -288,7 +327,7 @@ class GraphiteSink:
             try:
                 if self._disk is None:
                     raise OSError("no usable state directory")
-                self._disk.append(chunk.data, chunk.last_stamp)
+                self._disk.append(chunk.data, chunk.last_stamp, chunk.intervals)
             except OSError:
                 lost += chunk.intervals
         if lost:
@@ -297,8 +336,12 @@ class GraphiteSink:
 
     # -- the delivery thread --
 
+    def _outboxes(self) -> list:
+        """Where intervals wait, in the order they are delivered."""
+        return self._retired + ([self._disk] if self._disk is not None else []) + [self._memory]
+
     def _pending(self) -> bool:
-        return bool(self._memory.intervals or (self._disk is not None and self._disk.intervals))
+        return any(box.intervals for box in self._outboxes())
 
     def _any_route_up(self) -> bool:
         now = self._clock()
@@ -331,8 +374,12 @@ class GraphiteSink:
             try:
                 self.deliver_once()
             except Exception as error:  # the thread must outlive any bug or surprise
+                if self._failing_since is None:
+                    self._failing_since = self._clock()
                 self._count_failure(error)
                 time.sleep(BACKOFF_FIRST)
+            else:
+                self._failing_since = None
             finally:
                 self._busy_since = None
 
@@ -347,10 +394,13 @@ class GraphiteSink:
     def deliver_once(self) -> bool:
         """Send the oldest waiting chunk to the first server that takes it; return whether one did."""
         with self._lock:
-            for source in (self._disk, self._memory):
-                chunk = source.peek(CHUNK_BYTES) if source is not None else None
+            for source in self._outboxes():
+                chunk = source.peek(CHUNK_BYTES)
                 if chunk is not None:
                     break
+                if source in self._retired:  # emptied: forget it
+                    source.close()
+                    self._retired.remove(source)
             else:
                 return False
             routes = list(self._routes)
@@ -358,7 +408,8 @@ class GraphiteSink:
         with self._lock:
             if not delivered:
                 if self._last_sent is not None:  # a server going down may lose what it took last
-                    self._store(self._last_sent.data, self._last_sent.last_stamp)
+                    self._store(self._last_sent.data, self._last_sent.last_stamp,
+                                self._last_sent.intervals)
                     self._last_sent = None
                 self._lock.notify_all()  # close() stops waiting once no server is up
                 return False
@@ -377,7 +428,7 @@ class GraphiteSink:
                 continue
             try:
                 self._send(route.server, data)
-            except OSError as error:
+            except Exception as error:  # noqa: BLE001 (a bad host name raises UnicodeError)
                 with self._lock:
                     self._counters["send_failures"] += 1
                     route.down_until = self._clock() + route.backoff

@@ -7,6 +7,7 @@ where a test needs several of them.
 import json
 import logging
 import os
+import time
 
 import pytest
 
@@ -456,3 +457,99 @@ class TestMemoryOutbox:
         assert [(c.data, c.last_stamp) for c in box.drain()] == [(interval(NOW), NOW),
                                                                  (interval(NOW + 1), NOW + 1)]
         assert box.intervals == 0 and box.peek(1 << 16) is None
+
+
+class TestFaultsOfIssue22:
+    def test_an_interval_larger_than_a_segment_is_read_back_whole_at_the_next_start(
+            self, folder, clock, caplog):
+        big = interval(NOW, lines=40000)  # about 1 MB, as with tags and 1000 services
+        assert len(big) > outbox.CHECK_SEGMENTS * outbox.SEGMENT_BYTES
+        box = open_box(folder, clock, max_bytes=8 << 20)
+        box.append(interval(NOW - 1), NOW - 1)
+        box.append(big, NOW)
+        box.close()
+        assert all(p.stat().st_size <= outbox.SEGMENT_BYTES for p in folder.iterdir())
+        with caplog.at_level(logging.WARNING):
+            again = open_box(folder, clock, max_bytes=8 << 20)
+        assert records(caplog) == [] and not list(folder.glob("*.damaged"))
+        assert again.intervals == 2
+        assert b"".join(drain(again)) == interval(NOW - 1) + big
+
+    def test_damaged_files_are_bounded_within_the_byte_limit(self, folder, clock, caplog):
+        folder.mkdir(parents=True)
+        for sequence in range(1, 6):
+            damaged = folder / (segment_name(sequence) + ".damaged")
+            damaged.write_bytes(b"x" * 300)
+            os.utime(damaged, (time.time() - 100 + sequence,) * 2)  # set aside before
+        (folder / segment_name(9)).write_bytes(b"not graphite\n")
+        with caplog.at_level(logging.WARNING):
+            box = open_box(folder, clock, max_bytes=700)
+        kept = sorted(p.name for p in folder.glob("*.damaged"))
+        assert kept == [segment_name(k) + ".damaged" for k in (4, 5, 9)]
+        assert box.intervals == 0
+        assert records(caplog)[-1] == (f"{folder}: removed the 3 oldest *.damaged files, to stay "
+                                       f"within 0 MiB with the outbox")
+
+    def test_names_past_16_digits_are_read_back_in_order(self, folder, clock, caplog):
+        folder.mkdir(parents=True)
+        (folder / "9999999999999999.txt").write_bytes(interval(NOW))  # a stray name
+        (folder / "10000000000000000.txt").write_bytes(interval(NOW + 1))  # and the next one
+        with caplog.at_level(logging.WARNING):
+            box = open_box(folder, clock)
+        assert records(caplog) == [f"{folder}: segment names reached 16 digits: named them 1 "
+                                   f"to 2 again, in order"]
+        box.append(interval(NOW + 2), NOW + 2)
+        assert sorted(p.name for p in folder.iterdir()) == [segment_name(k) for k in (1, 2, 3)]
+        assert b"".join(drain(box)) == b"".join(interval(NOW + k) for k in range(3))
+        assert list(folder.iterdir()) == []
+
+    def test_a_segment_removed_by_hand_is_skipped_and_counted(self, folder, clock, caplog,
+                                                              one_interval_per_segment):
+        box = open_box(folder, clock)
+        for k in range(3):
+            box.append(interval(NOW + k), NOW + k)
+        (folder / segment_name(2)).unlink()
+        (folder / segment_name(3)).unlink()
+        (folder / segment_name(3)).write_bytes(interval(NOW + 9))  # a planted replacement
+        with caplog.at_level(logging.WARNING):
+            assert drain(box) == [interval(NOW)]
+        assert records(caplog) == [
+            f"{folder / segment_name(2)} was removed by someone else: skipped it and the 1 "
+            f"intervals it held",
+            f"{folder / segment_name(3)} was replaced by someone else: skipped it and the 1 "
+            f"intervals it held"]
+        assert box.dropped == 2 and box.intervals == 0
+
+    def test_appends_after_the_segment_was_removed_go_to_a_new_one(self, folder, clock):
+        box = open_box(folder, clock)
+        box.append(interval(NOW), NOW)
+        (folder / segment_name(1)).unlink()
+        box.append(interval(NOW + 1), NOW + 1)
+        assert (folder / segment_name(2)).read_bytes() == interval(NOW + 1)
+        assert drain(box) == [interval(NOW + 1)]
+
+    @pytest.mark.parametrize("trouble, message", [
+        ("others may write", "is writable by group or others (mode 0777): chmod go-w it"),
+        ("another owner", "is owned by uid 12345, not by the agent's uid"),
+    ])
+    def test_a_state_directory_others_control_is_refused(self, folder, clock, trouble, message):
+        folder.mkdir(parents=True)
+        (folder / segment_name(1)).write_bytes(interval(NOW))  # planted
+        if trouble == "others may write":
+            os.chmod(folder.parent, 0o777)
+        else:
+            os.chown(folder, 12345, -1) if os.geteuid() == 0 else pytest.skip("needs root")
+        with pytest.raises(OSError) as refused:
+            open_box(folder, clock)
+        assert message in refused.value.strerror
+
+
+class TestPieces:
+    @pytest.mark.parametrize("data, limit, expected", [
+        (b"", 10, []),
+        (b"a 1 1\nb 2 2\n", 12, [b"a 1 1\nb 2 2\n"]),
+        (b"a 1 1\nb 2 2\n", 11, [b"a 1 1\n", b"b 2 2\n"]),
+        (b"long line 1 1\nb 2 2\n", 6, [b"long line 1 1\n", b"b 2 2\n"]),
+    ])
+    def test_whole_lines_within_the_limit(self, data, limit, expected):
+        assert list(outbox.pieces(data, limit)) == expected

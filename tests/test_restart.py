@@ -37,6 +37,14 @@ class TestUnfinishedFile:
     def test_nothing_there_is_nothing(self, tmp_path):
         assert carryover.take(tmp_path, LAYOUT) is None
 
+    def test_a_link_planted_as_the_temporary_file_is_not_followed(self, tmp_path):
+        victim = tmp_path / "victim"
+        victim.write_text("precious")
+        (tmp_path / (carryover.FILE_NAME + ".tmp")).symlink_to(victim)
+        carryover.save(tmp_path, carryover.Unfinished(1800000005, MEASURED))
+        assert victim.read_text() == "precious"
+        assert carryover.take(tmp_path, LAYOUT) == carryover.Unfinished(1800000005, MEASURED)
+
     def test_cgroup_ids_are_forgotten_after_a_reboot(self, tmp_path):
         carryover.save(tmp_path, carryover.Unfinished(1800000005, MEASURED))
         path = tmp_path / carryover.FILE_NAME

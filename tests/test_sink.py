@@ -6,6 +6,7 @@ where a test is about the thread itself or about UDP datagrams on loopback.
 """
 
 import errno
+import gc
 import io
 import logging
 import os
@@ -25,6 +26,7 @@ from gsender_bcc.outbox import DiskOutbox
 from gsender_bcc.sink import DATAGRAM_BYTES, GraphiteSink, StdoutSink, datagrams, encode
 
 NOW = 1_800_000_000
+SEGMENT_ENTRY_BYTES = 2048  # what the outbox may hold per segment (its path, its figures)
 PRIMARY = Server("primary", 2003)
 SECONDARY = Server("secondary", 2004)
 
@@ -385,38 +387,48 @@ class TestLimits:
 
 
 def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, monkeypatch):
-    """Python's own count of its allocations, while 1 MB waits for a server that refuses."""
-    monkeypatch.setattr(os, "fdatasync", lambda fd: None)  # durability is tested above
-    monkeypatch.setattr(logging.getLogger("gsender_bcc.sink"), "disabled", True)
-    sink = make_sink()
-    network.down = {PRIMARY}
-    series = [f"memory.series{i:03d}" for i in range(100)]
+    """Python's own count of its allocations after 1000 and after 5000 undelivered intervals.
 
-    def interval(k):
-        sink.submit([Datapoint(name, k + i / 8, NOW + k) for i, name in enumerate(series)])
-        if k % 10 == 0:
+    Each interval goes through what the agent does with it in an outage: submit, a failed
+    delivery, health. Only the segment list may grow (one entry per 256 KiB segment); 0.1 KiB
+    more per interval would fail."""
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)  # durability is tested above
+    monkeypatch.setattr(sink_module, "CHUNK_BYTES", 2048)  # each failed try reads a chunk
+    monkeypatch.setattr(logging.getLogger("gsender_bcc.sink"), "disabled", True)
+    sink = make_sink(frequency=1)
+    network.down = {PRIMARY}
+    series = [f"memory.series{i:03d}" for i in range(20)]
+
+    def intervals(first, last):
+        for k in range(first, last):
+            sink.submit([Datapoint(name, k + i / 8, NOW + k) for i, name in enumerate(series)])
             sink.deliver_once()
-        sink.health()
-        clock.advance(1)
-        network.attempts.clear()  # the fake network's record is not the sink's memory
-    for k in range(50):
-        interval(k)
+            sink.health()
+            clock.advance(1)
+            network.attempts.clear()  # the fake network's record is not the sink's memory
+
+    def held():
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0], len(sink._disk._segments)
+    intervals(0, 100)
     tracemalloc.start()
     try:
-        before = tracemalloc.get_traced_memory()[0]
-        for k in range(50, 350):
-            interval(k)
-        grown = tracemalloc.get_traced_memory()[0] - before
-        print(f"\n{grown} bytes more held by Python after 300 more intervals waiting")
+        intervals(100, 1000)
+        at_1000, segments_1000 = held()
+        intervals(1000, 5000)
+        at_5000, segments_5000 = held()
     finally:
         tracemalloc.stop()
-    waiting = sum(p.stat().st_size for p in (sink._config.state_directory / "outbox").iterdir())
-    assert sink.health()["queued_intervals"] == 350 and waiting > 1_000_000
-    assert grown < 20_000, f"{grown} bytes more held after 300 more intervals waiting"
+    grown = at_5000 - at_1000
+    per_interval = (grown - (segments_5000 - segments_1000) * SEGMENT_ENTRY_BYTES) / 4000
+    print(f"\n{grown} bytes more held by Python from 1000 to 5000 intervals waiting, "
+          f"{segments_5000 - segments_1000} more segments")
+    assert sink.health()["queued_intervals"] == 5000
+    assert per_interval < 0.05 * 1024, f"{per_interval:.0f} bytes more held per interval waiting"
     network.down = set()
     clock.advance(10)
-    deliver_all(sink)
-    assert b"".join(data for _, data in network.delivered).count(b"\n") == 350 * 100
+    deliver_all(sink, limit=100000)
+    assert b"".join(data for _, data in network.delivered).count(b"\n") == 5000 * len(series)
 
 
 class TestStateDirectoryTrouble:
@@ -451,7 +463,7 @@ class TestStateDirectoryTrouble:
         network.down = {PRIMARY}
         sink.submit(points(NOW))
 
-        def full(data, stamp):
+        def full(data, stamp, intervals=1):
             raise OSError(errno.ENOSPC, "No space left on device")
         monkeypatch.setattr(sink._disk, "append", full)
         with caplog.at_level(logging.WARNING):
@@ -533,7 +545,7 @@ class TestClose:
         sink = make_sink()
         network.down = {PRIMARY}
         monkeypatch.setattr(sink._disk, "append",
-                            lambda data, stamp: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+                            lambda data, stamp, intervals=1: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
         sink.submit(points(NOW))
         monkeypatch.undo()
         sink.close(0)
@@ -575,10 +587,17 @@ class TestDeliveryThread:
             self, state, caplog, monkeypatch):
         monkeypatch.setattr(sink_module, "BACKOFF_FIRST", 0.01)
         network = Network()
-        network.raises = [RuntimeError("boom"), RuntimeError("boom again"), KeyError("k")]
+        surprises = [RuntimeError("boom"), RuntimeError("boom again"), KeyError("k")]
         stamp = int(time.time()) - 10
         with caplog.at_level(logging.INFO):
             sink = GraphiteSink(config_for(state), send=network)
+            peek = sink._disk.peek
+
+            def surprising_peek(max_bytes):
+                if surprises:
+                    raise surprises.pop(0)
+                return peek(max_bytes)
+            monkeypatch.setattr(sink._disk, "peek", surprising_peek)
             try:
                 sink.submit(points(stamp))
                 wait_until(lambda: network.delivered, "the first delivery")
@@ -626,3 +645,160 @@ def wait_until(predicate, what, timeout=5.0):
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+class TestFaultsOfIssue22:
+    def test_a_reload_to_an_unusable_state_directory_keeps_the_outbox(self, make_sink, network,
+                                                                     tmp_path, state, caplog):
+        sink = make_sink()
+        network.down = {PRIMARY}
+        for k in range(200):
+            sink.submit(points(NOW + k))
+        before = outbox_bytes(state)
+        (tmp_path / "file").write_text("in the way")
+        with caplog.at_level(logging.WARNING):
+            sink.reconfigure(config_for(tmp_path / "file" / "state"))
+        assert outbox_bytes(state) == before
+        assert sink.health() == {"queued_intervals": 200, "dropped_intervals": 0,
+                                 "send_failures": 0, "spool_errors": 1}
+        assert messages(caplog)[-1] == (f"keeping the outbox in {state}/outbox, with its 200 "
+                                        f"intervals, until the new state directory can be used")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            sink.submit(points(NOW + 200))
+            sink.submit(points(NOW + 201))
+        assert messages(caplog) == []  # said once, at the reload
+        (tmp_path / "file").unlink()  # the operator fixes it: the next interval moves all
+        sink.submit(points(NOW + 202))
+        assert outbox_bytes(state) == b"" and sink.health()["queued_intervals"] == 203
+        network.down = set()
+        deliver_all(sink)
+        assert b"".join(data for _, data in network.delivered) == b"".join(
+            lines(NOW + k) for k in range(203))
+        assert sink.health()["dropped_intervals"] == 0
+
+    def test_a_move_that_fails_half_way_delivers_the_rest_from_the_old_outbox(
+            self, make_sink, network, tmp_path, state, monkeypatch):
+        monkeypatch.setattr(sink_module, "CHUNK_BYTES", 200)
+        sink = make_sink()
+        network.down = {PRIMARY}
+        for k in range(10):
+            sink.submit(points(NOW + k))
+        real_append, moved = DiskOutbox.append, []
+
+        def append_twice(self, data, stamp, intervals=1):
+            if len(moved) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            moved.append(data)
+            return real_append(self, data, stamp, intervals)
+        monkeypatch.setattr(DiskOutbox, "append", append_twice)
+        sink.reconfigure(config_for(tmp_path / "elsewhere"))
+        monkeypatch.undo()
+        assert sink.health()["queued_intervals"] == 10
+        sink.submit(points(NOW + 10))
+        network.down = set()
+        deliver_all(sink)
+        assert sorted(b"".join(data for _, data in network.delivered).splitlines()) == sorted(
+            b"".join(lines(NOW + k) for k in range(11)).splitlines())
+        assert sink.health()["dropped_intervals"] == 0 and outbox_bytes(state) == b""
+
+    def test_drops_from_memory_are_counted_in_intervals(self):
+        box = outbox.MemoryOutbox(100)
+        box.append(b"x" * 60, NOW, intervals=5)
+        assert box.append(b"y" * 60, NOW + 1) == 5 and box.dropped == 5 and box.intervals == 1
+
+    def test_segments_removed_by_hand_are_skipped_with_one_line(self, make_sink, network, state,
+                                                                clock, caplog, monkeypatch):
+        monkeypatch.setattr(outbox, "SEGMENT_BYTES", len(lines(NOW)) * 2)
+        sink = make_sink()
+        network.down = {PRIMARY}
+        for k in range(6):
+            sink.submit(points(NOW + k))
+        for path in (state / "outbox").glob("*.txt"):
+            path.unlink()  # all three, the one being written too
+        sink.submit(points(NOW + 6))
+        network.down = set()
+        clock.advance(10)
+        with caplog.at_level(logging.WARNING):
+            deliver_all(sink)
+        assert b"".join(data for _, data in network.delivered) == lines(NOW + 6)
+        gone = [m for m in messages(caplog, logging.ERROR) if "removed by someone else" in m]
+        assert len(gone) == 3 and gone[0].endswith("skipped it and the 2 intervals it held")
+        assert sink.health()["dropped_intervals"] == 6
+
+    def test_a_delivery_loop_failing_on_every_try_is_not_alive(self, state, clock, monkeypatch):
+        monkeypatch.setattr(sink_module, "BACKOFF_FIRST", 0.01)
+        tries = []
+
+        def broken(max_bytes):
+            tries.append(1)
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+        sink = GraphiteSink(config_for(state), send=Network(), clock=clock.monotonic)
+        try:
+            monkeypatch.setattr(sink._disk, "peek", broken)
+            sink.submit(points(int(time.time())))
+            wait_until(lambda: len(tries) >= 2, "two tries")
+            assert sink.alive()
+            clock.advance(1.0 * 2 + 10 + 0.1)  # timeout * (servers + 1) + 10, and a bit
+            seen = len(tries)
+            wait_until(lambda: len(tries) >= seen + 3, "three tries more")  # none in progress
+            assert not sink.alive()
+        finally:
+            sink.close(0)
+
+    def test_any_exception_of_one_server_tries_the_next(self, make_sink, network):
+        sink = make_sink(fallback_servers=(SECONDARY,))
+        network.raises = [UnicodeError("label empty or too long")]
+        sink.submit(points(NOW))
+        deliver_all(sink)
+        assert network.delivered == [(SECONDARY, lines(NOW))]
+        assert sink.health()["send_failures"] == 1
+
+    def test_a_server_trickling_bytes_back_cannot_hold_a_send_longer_than_the_timeout(self):
+        server = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def trickle():
+            connection, _ = server.accept()
+            with connection:
+                for _ in range(100):  # 5 s at most: a send bounded per recv only outlasts it
+                    if stop.wait(0.05):
+                        return
+                    try:
+                        connection.sendall(b".")
+                    except OSError:
+                        return
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        send = sink_module.network_sender(Config(timeout=0.5))
+        started = time.monotonic()
+        try:
+            with pytest.raises(OSError):
+                send(Server("127.0.0.1", server.getsockname()[1]), b"a.b 1 1\n")
+            took = time.monotonic() - started
+        finally:
+            stop.set()
+            thread.join(5)
+            server.close()
+        assert took < 0.5 + 2.0
+
+    def test_a_stop_during_an_outage_is_bounded_whatever_the_timeout(self, state):
+        release = threading.Event()
+        entered = threading.Event()
+
+        def black_hole(server, data):
+            entered.set()
+            release.wait(20)
+            raise socket.timeout("timed out")
+        sink = GraphiteSink(config_for(state, timeout=60.0), send=black_hole)
+        try:
+            sink.submit(points(int(time.time())))
+            assert entered.wait(5)
+            started = time.monotonic()
+            sink.close()
+            took = time.monotonic() - started
+        finally:
+            release.set()
+        assert took < sink_module.CLOSE_SECONDS + sink_module.JOIN_SECONDS + 1.5
+        assert b"".join(p.read_bytes() for p in (state / "outbox").glob("*.txt")).count(
+            b"\n") == 2
