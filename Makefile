@@ -20,7 +20,7 @@ DEB_BUILD_DEPS := dpkg-dev debhelper dh-python python3-all python3-setuptools py
 	pybuild-plugin-pyproject lintian fakeroot
 
 .PHONY: setup run docs-graph lint test test-unit test-bpf test-package test-vm bench deb rpm install \
-	uninstall clean
+	uninstall wheelhouse clean
 
 setup:
 	@scripts/setup-host.sh
@@ -83,6 +83,8 @@ $(GRAPHYTE_SDIST):
 	$(VENV)/bin/python -m pip download -q --no-deps --no-binary :all: \
 		"graphyte==$(GRAPHYTE_VERSION)" -d build/graphyte
 	echo "$(GRAPHYTE_SHA256)  $@" | sha256sum -c --quiet
+
+wheelhouse: $(GRAPHYTE_SDIST)
 
 packaging/vendor/graphyte.py: $(GRAPHYTE_SDIST)
 	mkdir -p packaging/vendor

@@ -12,6 +12,8 @@ on the guest's own python3 (3.9 on bullseye) with nothing but python3-whisper.
                              --pids "PID..." --stopped-at UPTIME
     guest_checks.py reload   DIR --frequency F --since T --need N
     guest_checks.py stamps   DIR --since T                  (prints the stamps delivered since T)
+    guest_checks.py continuity DIR --frequency F --from T0 --until T1 --name NAME
+    guest_checks.py arrived  DIR --frequency F --from T0 --until T1 --name NAME
     guest_checks.py progs    --pid PID                      (prints the ids of PID's BPF programs,
                                                              their types on stderr)
     guest_checks.py loaded   ID...                          (prints those ids still loaded)
@@ -348,6 +350,36 @@ def check_reload(stamps: Sequence[int], frequency: int, need: int) -> Tuple[bool
 
 # ---- bpftool ----------------------------------------------------------------------------
 
+def check_continuity(stamps: Sequence[int], first: int, last: int,
+                     frequency: int) -> Tuple[bool, str]:
+    """One series written by two agents in turn (the original's stamps need not be multiples
+    of the frequency): datapoints from ``first`` to ``last``, none a whole interval without
+    data (consecutive stamps less than two intervals apart)."""
+    inside = sorted(s for s in stamps if first <= s <= last)
+    if not inside:
+        return False, f"no datapoints from {first} to {last}"
+    points = [first] + inside + [last]
+    gaps = [(b - a, a, b) for a, b in zip(points, points[1:])]
+    widest = max(gaps)
+    detail = (f"{len(inside)} datapoints from {first} to {last}; widest gap {widest[0]}s "
+              f"({widest[1]} to {widest[2]}; limit: under {2 * frequency}s)")
+    return widest[0] < 2 * frequency, detail
+
+
+def check_arrived(stamps: Sequence[int], first: int, last: int, frequency: int,
+                  in_flight: int = 1) -> Tuple[bool, str]:
+    """Every interval stamped from ``first`` to ``last`` (multiples of the frequency)
+    delivered, but at most ``in_flight`` of them."""
+    wanted = range(first - first % frequency + (frequency if first % frequency else 0),
+                   last + 1, frequency)
+    have = set(stamps)
+    missing = [s for s in wanted if s not in have]
+    detail = (f"{len(wanted) - len(missing)} of {len(wanted)} intervals from {first} to {last} "
+              f"delivered; missing: {' '.join(map(str, missing)) or 'none'} "
+              f"(at most {in_flight} allowed, the one in flight)")
+    return len(wanted) > 0 and len(missing) <= in_flight, detail
+
+
 def programs_of(listing: list, pid: int) -> List[int]:
     """Ids of the programs that bpftool lists as held by ``pid``."""
     return sorted(p["id"] for p in listing
@@ -398,7 +430,7 @@ def agent_programs(listing: list, pid: int, fdinfo: Sequence[int]) -> Tuple[List
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
-    for name in ("series", "accuracy", "physics", "reload", "stamps"):
+    for name in ("series", "accuracy", "physics", "reload", "stamps", "continuity", "arrived"):
         p = sub.add_parser(name)
         p.add_argument("directory")
         p.add_argument("--frequency", type=int, default=0)
@@ -430,6 +462,12 @@ def main(argv: Sequence[str]) -> int:
     if args.what == "stamps":
         print(" ".join(str(i.stamp) for i in read_intervals(args.directory, args.since)))
         return 0
+    if args.what in ("continuity", "arrived"):
+        stamps = [i.stamp for i in read_intervals(args.directory, args.first - 1, args.until)]
+        check = check_continuity if args.what == "continuity" else check_arrived
+        ok, detail = check(stamps, args.first, args.until, args.frequency)
+        print(verdict(args.name, ok, detail))
+        return 0 if ok else 1
     if args.what == "reload":
         stamps = [i.stamp for i in read_intervals(args.directory, args.since)]
         ok, detail = check_reload(stamps, args.frequency, args.need)
