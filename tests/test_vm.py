@@ -73,11 +73,15 @@ def boot():
         work = WORK / release
         started = time.monotonic()
         distro, kernel_from, _ = GUESTS[release]
-        env = dict(os.environ, GSENDER_VM_OPERATOR=operator_files(deb)) \
+        # The operator guest runs longer (two installs that compile the program, a pip build
+        # and several apt runs under TCG): its own time limit.
+        env = dict(os.environ, GSENDER_VM_OPERATOR=operator_files(deb),
+                   GSENDER_VM_TIMEOUT=os.environ.get("GSENDER_VM_TIMEOUT", "2700")) \
             if release == OPERATOR else None
         run = subprocess.run([str(ROOT / "tests" / "vm" / "run-vm.sh"), deb, str(work), distro]
                              + ([kernel_from] if kernel_from else []),
-                             capture_output=True, text=True, timeout=3000, env=env)
+                             capture_output=True, text=True, timeout=3000 if env is None else 3600,
+                             env=env)
         log = work / "console.log"
         text = log.read_text(errors="replace") if log.exists() else ""
         error = None

@@ -2,13 +2,14 @@
 # Runs once inside the operator guest (gsender-vm-operator.service): the operator's day on one
 # boot. The guest boots running a stand-in of the original gsender (old-gsender/: its unit in
 # /etc/systemd/system, Debian's runqlat.bt under bpftrace) with the original's /etc/gsender.conf.
-#  1. `make install` from the source tree (offline: WHEELHOUSE) replaces it; the rollback the
-#     README gives brings it back; `apt-get install` of our .deb replaces it again. After each:
-#     ours runs, the original's unit is stopped and disabled, one agent traces, the
-#     configuration is byte for byte the operator's, <host>.cpu-lat.count has no hole.
-#  2. With carbon stopped, the newer .deb over the running older one: one restart, the edited
-#     configuration kept, every interval arrives once carbon is back; `apt-get remove` keeps the
-#     configuration and the outbox, a new install sends it; purge removes both.
+#  1a. `apt-get install` of our .deb replaces it: ours runs, the original's unit is stopped and
+#      disabled, one agent traces, the configuration is byte for byte the operator's,
+#      <host>.cpu-lat.count has no hole across the switch.
+#  2.  With carbon stopped, the newer .deb over the running older one: one restart, the edited
+#      configuration kept, every interval arrives once carbon is back; `apt-get remove` keeps the
+#      configuration and the outbox, a new install sends it; purge removes both.
+#  1b. The way back the README gives brings the original back; `make install` from the source
+#      tree (offline: WHEELHOUSE) replaces it, with the checks of 1a.
 # Each check prints "VMCHECK <name> PASS|FAIL <detail>" on the serial console; then power off.
 set -u
 out=/dev/ttyS0
@@ -39,6 +40,7 @@ old_delivering() { delivered_since $(($(date +%s) - 3 * f)); }
 last_interval() { prop StatusText | sed -n 's/^last interval ending \([0-9]*\):.*/\1/p'; }
 measured_past() { local s; s=$(last_interval); [ -n "$s" ] && [ "$s" -ge "$1" ]; }
 outbox_lines() { cat /var/lib/gsender-bcc/outbox/* 2>/dev/null | wc -l; }
+epoch_of() { date -d "$(prop "$1" "$2")" +%s; }  # epoch_of PROPERTY UNIT: a timestamp of systemd's
 arrived() { helper arrived "$whisper_dir" --frequency $f --from "$1" --until "$2" --name "${3:-arrived}"; }
 
 ( while sleep 60; do
@@ -51,9 +53,9 @@ progress_reporter=$!
 say "VMCHECK-START uptime $(cut -d' ' -f1 /proc/uptime)s release ${VERSION_CODENAME:-unknown} kernel $(uname -r)" \
 	"bpftrace $(dpkg-query -W -f='${Version}' bpftrace) systemd $(dpkg-query -W -f='${Version}' systemd)"
 
-# The checks after one install path (NAME: install or deb), which started at STARTED.
+# The checks after one install path (NAME: install or deb) that exited CODE.
 handover() {
-	local name=$1 started=$2 code=$3 state enabled tracers agents end
+	local name=$1 code=$2 state enabled tracers agents switch_from end
 	systemctl is-active --quiet "$ours"
 	check "$name-ours-running" $? "exit $code; $ours $(prop ActiveState), status: $(prop StatusText | cut -c1-100)"
 	state=$(prop ActiveState "$old"); enabled=$(systemctl is-enabled "$old" 2>&1)
@@ -64,10 +66,12 @@ handover() {
 	check "$name-one-agent" $? "bpftrace processes: $tracers, gsender-bcc agents: $agents"
 	[ "$(conf_sum)" = "$seed_sum" ]
 	check "$name-conf-unchanged" $? "/etc/gsender.conf sha256 $(conf_sum), the operator's $seed_sum"
-	# From before the install until two intervals of ours after the handover.
-	end=$(( ($(date +%s) / f + 2) * f ))
+	# Across the switch: from three intervals before ours started until at least two after the
+	# original stopped (both as systemd recorded them).
+	switch_from=$(( $(epoch_of ActiveEnterTimestamp "$ours") - 3 * f ))
+	end=$(( ($(epoch_of InactiveEnterTimestamp "$old") / f + 3) * f ))
 	wait_for 60 delivered_since "$end"
-	helper continuity "$whisper_dir" --frequency $f --from $((started - 5 * f)) --until "$end" \
+	helper continuity "$whisper_dir" --frequency $f --from "$switch_from" --until "$end" \
 		--name "$name-continuity" > "$out"
 }
 
@@ -77,29 +81,12 @@ ok=$?
 check old-running $ok "$old $(prop ActiveState "$old"), bpftrace processes: $(pgrep -xc bpftrace), datapoints in the last $((3 * f))s: $([ $ok -eq 0 ] && echo yes || echo no)"
 [ $ok -eq 0 ] || log_units
 
-# ---- 1a. make install from the source tree, offline ----------------------------------------
-started=$(date +%s)
-said=$(cd "$ops/src" && WHEELHOUSE="$ops/wheelhouse" timeout 900 make install 2>&1); code=$?
-[ $code -eq 0 ] || log_text "make install" "$said"
-handover install "$started" $code
-said="$said
-$(cd "$ops/src" && timeout 300 make uninstall 2>&1)"
-systemctl enable --quiet --now "$old"
-back=$(date +%s)
-wait_for 300 delivered_since $((back + f))
-ok=$?
-[ $ok -eq 0 ] && systemctl is-active --quiet "$old" && ! systemctl is-active --quiet "$ours" \
-	&& [ ! -e /opt/gsender-bcc ] && [ "$(conf_sum)" = "$seed_sum" ]
-check rollback $? "make uninstall, systemctl enable --now $old: $old $(prop ActiveState "$old"), $ours $(prop ActiveState), datapoints again: $([ $ok -eq 0 ] && echo yes || echo no)"
-[ $ok -eq 0 ] || log_text "rollback" "$said"
-
-# ---- 1b. the .deb, as an operator installs it (no flags; a conffile prompt would fail) ------
-started=$(date +%s)
+# ---- 1a. the .deb, as an operator installs it (no flags; a conffile prompt would fail) ------
 said=$(timeout 900 apt-get install -y -q "$ops/older.deb" < /dev/null 2>&1); code=$?
 [ $code -eq 0 ] && ! grep -q "Configuration file '/etc/gsender.conf'" <<< "$said"
 check deb-no-prompt $? "apt-get install exit $code; $(grep -o "gsender-bcc: stopped and disabled[^(]*" <<< "$said")"
 [ $code -eq 0 ] || log_text "apt-get install" "$said"
-handover deb "$started" $code
+handover deb $code
 
 # ---- 2. the newer .deb over the running older one, carbon away -------------------------------
 echo "# edited by the operator" >> /etc/gsender.conf
@@ -161,6 +148,18 @@ left=$(ls -d /etc/gsender.conf /var/lib/gsender-bcc /var/lib/private/gsender-bcc
 [ $code -eq 0 ] && [ -z "$left" ] && ! dpkg-query -W -f='${Status}' gsender-bcc 2>/dev/null | grep -q installed
 check purge-removed $? "apt-get purge exit $code; left behind: ${left:-nothing}"
 [ $code -eq 0 ] || log_text "apt-get purge" "$said"
+
+# ---- 1b. back to the original (the README's way back), then make install, offline ----------
+cp "$ops/gsender.conf" /etc/gsender.conf  # what purge removed, as the operator's tools put it back
+systemctl enable --quiet --now "$old"
+back=$(date +%s)
+wait_for 300 delivered_since $((back + f))
+ok=$?
+[ $ok -eq 0 ] && systemctl is-active --quiet "$old" && ! systemctl is-active --quiet "$ours"
+check rollback $? "after purge, systemctl enable --now $old: $old $(prop ActiveState "$old"), $ours $(prop ActiveState), datapoints again: $([ $ok -eq 0 ] && echo yes || echo no)"
+said=$(cd "$ops/src" && WHEELHOUSE="$ops/wheelhouse" timeout 1200 make install 2>&1); code=$?
+[ $code -eq 0 ] || log_text "make install" "$said"
+handover install $code
 
 log_units
 kill "$progress_reporter" 2>/dev/null
