@@ -364,3 +364,24 @@ def test_scheduler_clock_from_proc(tmp_path):
                                   "   123456.789000\nse.vruntime  :  1.0\n")
     assert gc.sched_clock_s(7, proc=str(tmp_path)) == 123.456789
     assert gc.sched_clock_s(8, proc=str(tmp_path)) is None
+
+
+def test_continuity_fails_on_a_hole_of_a_whole_interval():
+    old = [1001, 1003, 1005, 1007]  # the original's stamps, not on multiples of the frequency
+    ours = [1008, 1010, 1012]
+    assert gc.check_continuity(old + ours, 1000, 1012, 2)[0]
+    assert gc.check_continuity(old[:-1] + ours, 1000, 1012, 2)[0]  # 1005 -> 1008: 3 s
+    assert not gc.check_continuity(old[:-2] + ours, 1000, 1012, 2)[0]  # 1003 -> 1008
+    assert gc.check_continuity(old + ours[1:], 1000, 1012, 2)[0]  # 1007 -> 1010: 3 s
+    assert not gc.check_continuity(old + ours, 1000, 1016, 2)[0]  # nothing after 1012
+    assert not gc.check_continuity(old[2:] + ours, 1000, 1012, 2)[0]  # nothing before 1005
+    assert not gc.check_continuity([], 1000, 1012, 2)[0]
+
+
+def test_arrived_counts_only_what_was_measured_and_allows_one_in_flight():
+    measured = [1002, 1004, 1006, 1014, 1016]  # 1008-1012: the service restarting
+    assert gc.check_arrived(measured, measured, 1001, 1016, 2)[0]
+    assert "not measured (no agent running): 3" in gc.check_arrived(measured, measured, 1001, 1016, 2)[1]
+    assert gc.check_arrived([1002, 1004, 1014, 1016], measured, 1001, 1016, 2)[0]  # one in flight
+    assert not gc.check_arrived([1002, 1014, 1016], measured, 1001, 1016, 2)[0]
+    assert not gc.check_arrived([1002, 1004], [], 1001, 1016, 2)[0]  # nothing measured: no proof

@@ -41,7 +41,12 @@ last_interval() { prop StatusText | sed -n 's/^last interval ending \([0-9]*\):.
 measured_past() { local s; s=$(last_interval); [ -n "$s" ] && [ "$s" -ge "$1" ]; }
 outbox_lines() { cat /var/lib/gsender-bcc/outbox/* 2>/dev/null | wc -l; }
 epoch_of() { date -d "$(prop "$1" "$2")" +%s; }  # epoch_of PROPERTY UNIT: a timestamp of systemd's
-arrived() { helper arrived "$whisper_dir" --frequency $f --from "$1" --until "$2" --name "${3:-arrived}"; }
+# The stamps of every interval the agent measured, as its journal says (logging_level INFO).
+measured_stamps() { journalctl -u "$ours" -o cat | sed -n 's/.*interval ending \([0-9]*\):.*/\1/p' | tr '\n' ' '; }
+arrived() {
+	helper arrived "$whisper_dir" --frequency $f --from "$1" --until "$2" --measured "$(measured_stamps)" \
+		--name "${3:-arrived}"
+}
 
 ( while sleep 60; do
 	say "VMLOG operator script at ${SECONDS}s, running: $(ps -o pid=,etimes=,args= --ppid $$ \
@@ -127,7 +132,7 @@ systemctl stop carbon-cache
 down=$(date +%s)
 wait_for 60 measured_past $((down + 2 * f))
 said=$(timeout 600 apt-get remove -y -q gsender-bcc < /dev/null 2>&1); code=$?
-last_measured=$(journalctl -u "$ours" -o cat | sed -n 's/.*interval ending \([0-9]*\):.*/\1/p' | tail -n 1)
+last_measured=$(measured_stamps | tr ' ' '\n' | grep . | tail -n 1)
 status=$(dpkg-query -W -f='${db:Status-Abbrev}' gsender-bcc 2>&1)
 waiting=$(outbox_lines)
 [ $code -eq 0 ] && [ "$status" = "rc " ] && [ "$(conf_sum)" = "$edited_sum" ] && [ "$waiting" -gt 0 ] \

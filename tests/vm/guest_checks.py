@@ -13,7 +13,7 @@ on the guest's own python3 (3.9 on bullseye) with nothing but python3-whisper.
     guest_checks.py reload   DIR --frequency F --since T --need N
     guest_checks.py stamps   DIR --since T                  (prints the stamps delivered since T)
     guest_checks.py continuity DIR --frequency F --from T0 --until T1 --name NAME
-    guest_checks.py arrived  DIR --frequency F --from T0 --until T1 --name NAME
+    guest_checks.py arrived  DIR --frequency F --from T0 --until T1 --measured "S..." --name NAME
     guest_checks.py progs    --pid PID                      (prints the ids of PID's BPF programs,
                                                              their types on stderr)
     guest_checks.py loaded   ID...                          (prints those ids still loaded)
@@ -366,17 +366,21 @@ def check_continuity(stamps: Sequence[int], first: int, last: int,
     return widest[0] < 2 * frequency, detail
 
 
-def check_arrived(stamps: Sequence[int], first: int, last: int, frequency: int,
-                  in_flight: int = 1) -> Tuple[bool, str]:
-    """Every interval stamped from ``first`` to ``last`` (multiples of the frequency)
-    delivered, but at most ``in_flight`` of them."""
-    wanted = range(first - first % frequency + (frequency if first % frequency else 0),
-                   last + 1, frequency)
+def check_arrived(stamps: Sequence[int], measured: Sequence[int], first: int, last: int,
+                  frequency: int, in_flight: int = 1) -> Tuple[bool, str]:
+    """Every interval the agent measured (the stamps its journal names) from ``first`` to
+    ``last`` delivered, but at most ``in_flight`` of them. The stamps of that span no agent
+    measured (while the service restarted) are named in the detail, not counted."""
+    wanted = sorted(s for s in set(measured) if first <= s <= last)
     have = set(stamps)
     missing = [s for s in wanted if s not in have]
-    detail = (f"{len(wanted) - len(missing)} of {len(wanted)} intervals from {first} to {last} "
-              f"delivered; missing: {' '.join(map(str, missing)) or 'none'} "
-              f"(at most {in_flight} allowed, the one in flight)")
+    boundaries = range(first - first % frequency + (frequency if first % frequency else 0),
+                       last + 1, frequency)
+    unmeasured = [s for s in boundaries if s not in set(measured)]
+    detail = (f"{len(wanted) - len(missing)} of the {len(wanted)} intervals measured from {first} "
+              f"to {last} delivered; missing: {' '.join(map(str, missing)) or 'none'} "
+              f"(at most {in_flight} allowed, the one in flight); not measured (no agent "
+              f"running): {len(unmeasured)} ({' '.join(map(str, unmeasured[:10])) or 'none'})")
     return len(wanted) > 0 and len(missing) <= in_flight, detail
 
 
@@ -444,6 +448,7 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--pids", default="")
         p.add_argument("--stopped-at", type=float, default=0.0)
         p.add_argument("--cpu", type=int, default=1)
+        p.add_argument("--measured", default="")
     sub.add_parser("progs").add_argument("--pid", type=int, required=True)
     sub.add_parser("loaded").add_argument("ids", type=int, nargs="*")
     args = parser.parse_args(argv)
@@ -464,8 +469,11 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if args.what in ("continuity", "arrived"):
         stamps = [i.stamp for i in read_intervals(args.directory, args.first - 1, args.until)]
-        check = check_continuity if args.what == "continuity" else check_arrived
-        ok, detail = check(stamps, args.first, args.until, args.frequency)
+        if args.what == "continuity":
+            ok, detail = check_continuity(stamps, args.first, args.until, args.frequency)
+        else:
+            ok, detail = check_arrived(stamps, [int(s) for s in args.measured.split()],
+                                       args.first, args.until, args.frequency)
         print(verdict(args.name, ok, detail))
         return 0 if ok else 1
     if args.what == "reload":
