@@ -28,7 +28,8 @@ PYTHON_DIRS = (r"^/usr/lib/python3/dist-packages/", r"^/usr/lib/python3\.\d+/sit
 DEB_ONLY = {"/usr/share/doc/gsender-bcc/changelog.gz", "/usr/share/doc/gsender-bcc/copyright"}
 RPM_ONLY = {"/usr/share/licenses/gsender-bcc/LICENSE"}
 
-pytestmark = [pytest.mark.package]
+# Building the packages (and the root file system) is a package test; the rest is fast.
+package = pytest.mark.package
 
 
 def run(*command, check=True, timeout=900, **kwargs):
@@ -78,6 +79,7 @@ def test_common_path_maps_each_layout_onto_one():
     assert common_path("/usr/lib/python3/dist-packages/other/x.py") != "PYTHON/gsender_bcc/x.py"
 
 
+@package
 def test_the_rpm_holds_the_debs_files(packages):
     deb, rpm = packages
     in_deb = {common_path(p) for p in deb_files(deb)}
@@ -87,6 +89,7 @@ def test_the_rpm_holds_the_debs_files(packages):
     assert any(p.endswith("/bpf/kernel-stubs/include/linux/kconfig.h") for p in in_rpm)
 
 
+@package
 def test_the_unit_configuration_man_page_and_helper_are_the_debs(packages, tmp_path):
     deb, rpm = packages
     run("dpkg-deb", "-x", deb, str(tmp_path / "deb"))
@@ -112,6 +115,7 @@ def test_the_unit_configuration_man_page_and_helper_are_the_debs(packages, tmp_p
             path.read_bytes(), path
 
 
+@package
 def test_dependencies_and_scriptlets_are_fedoras(packages):
     _, rpm = packages
     requires = set(run("rpm", "-qp", "--requires", rpm).stdout.split("\n"))
@@ -159,6 +163,7 @@ def debian_root(tmp_path):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@package
 @pytest.mark.bpf
 def test_the_rpm_installed_into_a_debian_root_passes_its_check(packages, debian_root):
     _, rpm = packages
