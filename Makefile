@@ -60,7 +60,8 @@ test-package: setup
 	$(PYTEST) -m package tests
 
 # Boots Debian bullseye, bookworm and trixie under qemu, each with the .deb installed, and checks
-# the service there (tests/vm/). RELEASES="bookworm trixie" boots only those.
+# the service there (tests/vm/); and the operator guest (bookworm-operator): the original gsender
+# replaced, an upgrade, remove and purge. RELEASES="bookworm trixie" boots only those.
 test-vm: setup
 	GSENDER_VM_RELEASES="$(RELEASES)" $(PYTEST) -m vm tests/test_vm.py
 
