@@ -31,8 +31,18 @@ WORK = ROOT / "var" / "vm"
 GUESTS = {"bullseye": ("bullseye", None, "5.10."), "bookworm": ("bookworm", None, "6.1."),
           "trixie": ("trixie", None, "6.12."),
           # A kernel for which the release has no headers package: bookworm's, under trixie.
-          "trixie+bookworm-kernel": ("trixie", "bookworm", "6.1.")}
+          "trixie+bookworm-kernel": ("trixie", "bookworm", "6.1."),
+          # The operator's day (tests/vm/guest-operator.sh): the original gsender replaced by
+          # `make install` and by the .deb, an upgrade over it, remove and purge.
+          "bookworm-operator": ("bookworm", None, "6.1.")}
 RELEASES = list(GUESTS)
+OPERATOR = "bookworm-operator"
+OPERATOR_CHECKS = ["old-running"] + [
+    f"{path}-{what}" for path in ("install", "deb")
+    for what in ("ours-running", "old-stopped", "one-agent", "conf-unchanged", "continuity")] + [
+    "rollback", "deb-no-prompt", "upgrade-version", "upgrade-restarted-once", "upgrade-conf-kept",
+    "upgrade-outbox-waiting", "upgrade-all-arrived", "remove-kept", "remove-resumed",
+    "purge-removed"]
 CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69", "no-headers",
           "series-arrived",
           "service-series", "accuracy", "physics", "series-stamps", "series-order", "series-rates",
@@ -63,9 +73,15 @@ def boot():
         work = WORK / release
         started = time.monotonic()
         distro, kernel_from, _ = GUESTS[release]
+        # The operator guest runs longer (two installs that compile the program, a pip build
+        # and several apt runs under TCG): its own time limit.
+        env = dict(os.environ, GSENDER_VM_OPERATOR=operator_files(deb),
+                   GSENDER_VM_TIMEOUT=os.environ.get("GSENDER_VM_TIMEOUT", "2700")) \
+            if release == OPERATOR else None
         run = subprocess.run([str(ROOT / "tests" / "vm" / "run-vm.sh"), deb, str(work), distro]
                              + ([kernel_from] if kernel_from else []),
-                             capture_output=True, text=True, timeout=3000)
+                             capture_output=True, text=True, timeout=3000 if env is None else 3600,
+                             env=env)
         log = work / "console.log"
         text = log.read_text(errors="replace") if log.exists() else ""
         error = None
@@ -94,6 +110,28 @@ def boot():
     return guest
 
 
+def operator_files(deb):
+    """What the operator guest installs (tests/vm/operator-prepare.sh): the .deb, the same tree
+    at a higher package version, the source tree and graphyte's sdist; returns their folder."""
+    files = WORK / "operator-files"
+    subprocess.run(["rm", "-rf", str(files)], check=True)
+    (files / "src").mkdir(parents=True)
+    version = re.search(r'__version__ = "(.*)"', (ROOT / "gsender_bcc" / "__init__.py").read_text())[1]
+    newer = WORK / "operator-deb"
+    subprocess.run(["make", "deb", f"DEB_VERSION={version}+upgrade1", f"DEB_DIR={newer}", "wheelhouse"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=900)
+    subprocess.run(["cp", deb, str(files / "older.deb")], check=True)
+    subprocess.run(["cp", f"{newer}/gsender-bcc_{version}+upgrade1_all.deb", str(files / "newer.deb")],
+                   check=True)
+    (files / "wheelhouse").mkdir()
+    subprocess.run(["cp", "-t", str(files / "wheelhouse")]
+                   + glob.glob(str(ROOT / "build" / "graphyte" / "*.tar.gz")), check=True)
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["cp", "--parents", "-t", str(files / "src")] + listed.decode().split("\0")[:-1],
+                   cwd=ROOT, check=True)
+    return str(files)
+
+
 def emulated_patching_crash(console_text):
     """Name the guest kernel's crash in its own code patching, or return None.
 
@@ -114,7 +152,9 @@ def guest_says(console_text, name):
 
 
 @pytest.mark.parametrize("release,name", [pytest.param(r, n, id=f"{r}-{n}", marks=vm)
-                                          for r in RELEASES for n in CHECKS])
+                                          for r in RELEASES if r != OPERATOR for n in CHECKS]
+                         + [pytest.param(OPERATOR, n, id=f"{OPERATOR}-{n}", marks=vm)
+                            for n in OPERATOR_CHECKS])
 def test_guest_check(boot, release, name):
     console = boot(release).console
     said = guest_says(console, name)
@@ -324,3 +364,24 @@ def test_scheduler_clock_from_proc(tmp_path):
                                   "   123456.789000\nse.vruntime  :  1.0\n")
     assert gc.sched_clock_s(7, proc=str(tmp_path)) == 123.456789
     assert gc.sched_clock_s(8, proc=str(tmp_path)) is None
+
+
+def test_continuity_fails_on_a_hole_of_a_whole_interval():
+    old = [1001, 1003, 1005, 1007]  # the original's stamps, not on multiples of the frequency
+    ours = [1008, 1010, 1012]
+    assert gc.check_continuity(old + ours, 1000, 1012, 2)[0]
+    assert gc.check_continuity(old[:-1] + ours, 1000, 1012, 2)[0]  # 1005 -> 1008: 3 s
+    assert not gc.check_continuity(old[:-2] + ours, 1000, 1012, 2)[0]  # 1003 -> 1008
+    assert gc.check_continuity(old + ours[1:], 1000, 1012, 2)[0]  # 1007 -> 1010: 3 s
+    assert not gc.check_continuity(old + ours, 1000, 1016, 2)[0]  # nothing after 1012
+    assert not gc.check_continuity(old[2:] + ours, 1000, 1012, 2)[0]  # nothing before 1005
+    assert not gc.check_continuity([], 1000, 1012, 2)[0]
+
+
+def test_arrived_counts_only_what_was_measured_and_allows_one_in_flight():
+    measured = [1002, 1004, 1006, 1014, 1016]  # 1008-1012: the service restarting
+    assert gc.check_arrived(measured, measured, 1001, 1016, 2)[0]
+    assert "not measured (no agent running): 3" in gc.check_arrived(measured, measured, 1001, 1016, 2)[1]
+    assert gc.check_arrived([1002, 1004, 1014, 1016], measured, 1001, 1016, 2)[0]  # one in flight
+    assert not gc.check_arrived([1002, 1014, 1016], measured, 1001, 1016, 2)[0]
+    assert not gc.check_arrived([1002, 1004], [], 1001, 1016, 2)[0]  # nothing measured: no proof

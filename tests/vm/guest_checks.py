@@ -12,6 +12,8 @@ on the guest's own python3 (3.9 on bullseye) with nothing but python3-whisper.
                              --pids "PID..." --stopped-at UPTIME
     guest_checks.py reload   DIR --frequency F --since T --need N
     guest_checks.py stamps   DIR --since T                  (prints the stamps delivered since T)
+    guest_checks.py continuity DIR --frequency F --from T0 --until T1 --name NAME
+    guest_checks.py arrived  DIR --frequency F --from T0 --until T1 --measured "S..." --name NAME
     guest_checks.py progs    --pid PID                      (prints the ids of PID's BPF programs,
                                                              their types on stderr)
     guest_checks.py loaded   ID...                          (prints those ids still loaded)
@@ -348,6 +350,40 @@ def check_reload(stamps: Sequence[int], frequency: int, need: int) -> Tuple[bool
 
 # ---- bpftool ----------------------------------------------------------------------------
 
+def check_continuity(stamps: Sequence[int], first: int, last: int,
+                     frequency: int) -> Tuple[bool, str]:
+    """One series written by two agents in turn (the original's stamps need not be multiples
+    of the frequency): datapoints from ``first`` to ``last``, none a whole interval without
+    data (consecutive stamps less than two intervals apart)."""
+    inside = sorted(s for s in stamps if first <= s <= last)
+    if not inside:
+        return False, f"no datapoints from {first} to {last}"
+    points = [first] + inside + [last]
+    gaps = [(b - a, a, b) for a, b in zip(points, points[1:])]
+    widest = max(gaps)
+    detail = (f"{len(inside)} datapoints from {first} to {last}; widest gap {widest[0]}s "
+              f"({widest[1]} to {widest[2]}; limit: under {2 * frequency}s)")
+    return widest[0] < 2 * frequency, detail
+
+
+def check_arrived(stamps: Sequence[int], measured: Sequence[int], first: int, last: int,
+                  frequency: int, in_flight: int = 1) -> Tuple[bool, str]:
+    """Every interval the agent measured (the stamps its journal names) from ``first`` to
+    ``last`` delivered, but at most ``in_flight`` of them. The stamps of that span no agent
+    measured (while the service restarted) are named in the detail, not counted."""
+    wanted = sorted(s for s in set(measured) if first <= s <= last)
+    have = set(stamps)
+    missing = [s for s in wanted if s not in have]
+    boundaries = range(first - first % frequency + (frequency if first % frequency else 0),
+                       last + 1, frequency)
+    unmeasured = [s for s in boundaries if s not in set(measured)]
+    detail = (f"{len(wanted) - len(missing)} of the {len(wanted)} intervals measured from {first} "
+              f"to {last} delivered; missing: {' '.join(map(str, missing)) or 'none'} "
+              f"(at most {in_flight} allowed, the one in flight); not measured (no agent "
+              f"running): {len(unmeasured)} ({' '.join(map(str, unmeasured[:10])) or 'none'})")
+    return len(wanted) > 0 and len(missing) <= in_flight, detail
+
+
 def programs_of(listing: list, pid: int) -> List[int]:
     """Ids of the programs that bpftool lists as held by ``pid``."""
     return sorted(p["id"] for p in listing
@@ -398,7 +434,7 @@ def agent_programs(listing: list, pid: int, fdinfo: Sequence[int]) -> Tuple[List
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
-    for name in ("series", "accuracy", "physics", "reload", "stamps"):
+    for name in ("series", "accuracy", "physics", "reload", "stamps", "continuity", "arrived"):
         p = sub.add_parser(name)
         p.add_argument("directory")
         p.add_argument("--frequency", type=int, default=0)
@@ -412,6 +448,7 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--pids", default="")
         p.add_argument("--stopped-at", type=float, default=0.0)
         p.add_argument("--cpu", type=int, default=1)
+        p.add_argument("--measured", default="")
     sub.add_parser("progs").add_argument("--pid", type=int, required=True)
     sub.add_parser("loaded").add_argument("ids", type=int, nargs="*")
     args = parser.parse_args(argv)
@@ -430,6 +467,15 @@ def main(argv: Sequence[str]) -> int:
     if args.what == "stamps":
         print(" ".join(str(i.stamp) for i in read_intervals(args.directory, args.since)))
         return 0
+    if args.what in ("continuity", "arrived"):
+        stamps = [i.stamp for i in read_intervals(args.directory, args.first - 1, args.until)]
+        if args.what == "continuity":
+            ok, detail = check_continuity(stamps, args.first, args.until, args.frequency)
+        else:
+            ok, detail = check_arrived(stamps, [int(s) for s in args.measured.split()],
+                                       args.first, args.until, args.frequency)
+        print(verdict(args.name, ok, detail))
+        return 0 if ok else 1
     if args.what == "reload":
         stamps = [i.stamp for i in read_intervals(args.directory, args.since)]
         ok, detail = check_reload(stamps, args.frequency, args.need)

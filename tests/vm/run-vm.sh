@@ -132,6 +132,9 @@ fi
 root=$work/root
 rm -rf "$root" && mkdir -p "$root"
 tar -C "$root" -xf "$base_tar"
+# The operator guest (GSENDER_VM_OPERATOR=DIR): tests/vm/operator-prepare.sh, not the .deb.
+operator=${GSENDER_VM_OPERATOR:-}
+if [ -z "$operator" ]; then
 cp "$deb" "$root/tmp/gsender-bcc.deb"
 say "installing $(basename "$deb") in the guest ..."
 chroot "$root" dpkg-query -W -f='${Package}\n' | sort > "$work/packages-before"
@@ -142,6 +145,7 @@ chroot "$root" dpkg-query -W -f='${Package}\n' | sort | comm -13 "$work/packages
 	> "$work/packages-added"
 say "the .deb's install added $(wc -l < "$work/packages-added") packages (listed in $work/packages-added)"
 installed_forbidden "$root" && { say "installing the .deb brought what a stock host lacks"; exit 1; }
+fi
 if [ -n "$kernel_suite" ]; then
 	# The cloud kernel of another release, for which this release has no headers package.
 	echo "deb $mirror $kernel_suite main" > "$root/etc/apt/sources.list.d/kernel.list"
@@ -157,7 +161,7 @@ if [ -n "$kernel_suite" ]; then
 	in_chroot "$root" sh -c "apt-get update -qq; apt-cache show linux-headers-$boot_version" \
 		> /dev/null 2>&1 && { say "$suite has a headers package for $boot_version"; exit 1; }
 fi
-in_chroot "$root" sh -c "apt-get clean && rm -rf /var/lib/apt/lists/*"
+[ -n "$operator" ] || in_chroot "$root" sh -c "apt-get clean && rm -rf /var/lib/apt/lists/*"
 
 # The guest: our agent every 2 s to its own carbon-cache on loopback, the check unit, the busy unit.
 cat > "$root/etc/gsender.conf" <<'CONF'
@@ -186,9 +190,13 @@ install -m 0644 "$here/gsender-vm-check.service" "$here/gsender-vm-busy.service"
 echo gsender-vm > "$root/etc/hostname"
 echo "/dev/vda / ext4 rw,errors=remount-ro 0 1" > "$root/etc/fstab"
 ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
+if [ -n "$operator" ]; then
+	. "$here/operator-prepare.sh"
+else
 in_chroot "$root" systemctl enable --quiet carbon-cache.service gsender-vm-check.service
 in_chroot "$root" systemctl is-enabled --quiet gsender-bcc.service \
 	|| { say "the package did not enable gsender-bcc.service"; exit 1; }
+fi
 if [ -n "$kernel_suite" ]; then
 	kernel=$root/boot/vmlinuz-$boot_version initrd=$root/boot/initrd.img-$boot_version
 else
