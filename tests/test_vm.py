@@ -50,7 +50,11 @@ CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69",
           "reload-frequency", "security-score", "no-restarts", "watchdog", "bpf-programs",
           "clean-stop", "config-error", "config-error-message", "missing-header-69",
           "service-classic-refused", "security-score-classic", "service-classic", "purge"]
-SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or list(RELEASES)
+# The operator guest is not yet proven green on an unloaded machine (it boots for up to 45
+# minutes under load): it runs only when named, `make test-vm RELEASES=bookworm-operator`.
+SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or [r for r in RELEASES
+                                                                    if r != OPERATOR]
+BOOTED = [r for r in RELEASES if r in SELECTED]
 
 vm = [pytest.mark.bpf, pytest.mark.vm]
 
@@ -154,7 +158,7 @@ def guest_says(console_text, name):
 @pytest.mark.parametrize("release,name", [pytest.param(r, n, id=f"{r}-{n}", marks=vm)
                                           for r in RELEASES if r != OPERATOR for n in CHECKS]
                          + [pytest.param(OPERATOR, n, id=f"{OPERATOR}-{n}", marks=vm)
-                            for n in OPERATOR_CHECKS])
+                            for n in OPERATOR_CHECKS if OPERATOR in BOOTED])
 def test_guest_check(boot, release, name):
     console = boot(release).console
     said = guest_says(console, name)
@@ -165,14 +169,16 @@ def test_guest_check(boot, release, name):
     assert verdict == "PASS", f"{release} guest: {name}: {detail}\nagent's journal:\n{journal}"
 
 
-@pytest.mark.parametrize("release", [pytest.param(r, marks=vm) for r in RELEASES])
+@pytest.mark.parametrize("release", [pytest.param(r, marks=vm) for r in RELEASES
+                                     if r != OPERATOR or OPERATOR in BOOTED])
 def test_guest_is_the_release(boot, release):
     start = re.search(r"^VMCHECK-START (.*?)\r?$", boot(release).console, re.MULTILINE).group(1)
     distro, _, kernel = GUESTS[release]
     assert f"release {distro} " in start and f" kernel {kernel}" in start, start
 
 
-@pytest.mark.parametrize("release", [pytest.param(r, marks=vm) for r in RELEASES])
+@pytest.mark.parametrize("release", [pytest.param(r, marks=vm) for r in RELEASES
+                                     if r != OPERATOR or OPERATOR in BOOTED])
 def test_guest_finished_and_powered_off(boot, release):
     console = boot(release).console
     assert "VMCHECK-DONE" in console, f"the {release} guest did not finish its checks"
