@@ -1,5 +1,6 @@
 """The measurement loop with a fake probe, a fake clock and a recording sink: fast and exact."""
 
+import json
 import os
 import signal
 from array import array
@@ -201,6 +202,19 @@ class TestUnfinishedInterval:
         clock = FakeClock(106.0, [(107, lambda: second.add(3, n=7)), stop_at(111)])
         sink, _ = run_daemon(clock, second, state=tmp_path)
         assert [(i["@"], i["t.count"]) for i in sink.intervals] == [(105, 40), (110, 7)]
+
+    def test_a_crafted_file_is_set_aside_and_nothing_it_holds_is_sent(self, tmp_path, caplog):
+        """A slot at 2^63-1 plus one sample in the same slot overflowed the histogram."""
+        slot = str(slot_of(LAYOUT, 3))
+        (tmp_path / carryover.FILE_NAME).write_text(json.dumps({
+            "format": carryover.FORMAT, "version": 1, "boot_id": "", "boundary": 105,
+            "seconds": 3.0, "lost": 0, "host": [3000, {slot: 2 ** 63 - 1}], "cgroups": {}}))
+        probe = FakeProbe()
+        clock = FakeClock(102.0, [(103, lambda: probe.add(3, n=1)), stop_at(106)])
+        sink, _ = run_daemon(clock, probe, state=tmp_path)
+        assert [(i["@"], i["t.count"]) for i in sink.intervals] == [(105, 1)]
+        assert "unfinished.json is damaged (9223372036854775807 is not a whole number" in caplog.text
+        assert list(tmp_path.glob(carryover.FILE_NAME + ".damaged-*"))
 
     def test_nothing_is_kept_with_keep_unfinished_off(self, tmp_path):
         clock = FakeClock(100.0, [stop_at(102)])
