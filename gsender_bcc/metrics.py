@@ -86,7 +86,7 @@ class _Namer:
         self.host = (("host", tag_value(host)),) if tagged else ()
 
     @classmethod
-    def of(cls, config, timestamp: int) -> "_Namer":
+    def of(cls, config, timestamp: int) -> _Namer:
         return cls(config.metric_prefix, config.tags, timestamp, short_hostname())
 
     def point(self, name: str, value, tags: Tags = ()) -> Datapoint:
