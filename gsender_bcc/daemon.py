@@ -53,6 +53,18 @@ def interval_stamp(boundary: int, now: float, frequency: int, last_stamp: int) -
     return stamp if stamp > last_stamp else None
 
 
+def boundary_after_reload(boundary: int, heard: float, last_stamp: int, frequency: int) -> int:
+    """Return where the interval in progress ends after a reload heard at ``heard``.
+
+    ``boundary`` is where it was due; ``frequency`` the one now in force. That is the first
+    multiple of it after the last stamp that is not before the moment the signal came (or
+    before ``boundary``, had that passed): however long the reload took, no boundary is
+    skipped, and with the frequency unchanged it is ``boundary`` itself.
+    """
+    return max(next_boundary(last_stamp, frequency),
+               math.ceil(min(heard, boundary) / frequency) * frequency)
+
+
 def merge_measured(a: Measured, b: Measured) -> Measured:
     """Add two measurements of consecutive stretches of time."""
     cgroups = dict(a.cgroups)
@@ -113,8 +125,10 @@ class Daemon:
                 self._leave_unfinished(boundary)
                 return 0
             if received == signal.SIGHUP:
+                heard = self.clock.time()
                 self._reload()
-                boundary = self._next_boundary()
+                boundary = boundary_after_reload(boundary, heard, self.last_stamp,
+                                                 self.config.frequency)
                 continue
             self._deliver_interval(boundary, self.clock.time())
             if once:

@@ -10,7 +10,7 @@ import pytest
 from gsender_bcc import carryover
 from gsender_bcc.cgroups import CgroupTree
 from gsender_bcc.config import Config
-from gsender_bcc.daemon import Daemon, interval_stamp, next_boundary
+from gsender_bcc.daemon import Daemon, boundary_after_reload, interval_stamp, next_boundary
 from gsender_bcc.histogram import Counts, Layout, Snapshot, slot_of
 from gsender_bcc.notify import NullNotifier
 
@@ -35,6 +35,21 @@ def test_next_boundary_is_a_later_multiple(now, frequency, boundary):
 ])
 def test_interval_stamp(boundary, now, frequency, last, stamp):
     assert interval_stamp(boundary, now, frequency, last) == stamp
+
+
+@pytest.mark.parametrize("boundary, heard, last, frequency, after", [
+    (110, 106.0, 105, 5, 110),      # frequency unchanged: the same boundary
+    (110, 109.99, 105, 5, 110),     # heard just before it: still that boundary
+    (110, 110.02, 105, 5, 110),     # the signal came with the boundary: not skipped
+    (110, 106.0, 105, 10, 110),     # longer intervals: the first new multiple after the signal
+    (110, 109.99, 105, 15, 120),
+    (120, 106.0, 105, 5, 110),      # shorter: the first new multiple after the signal
+    (120, 111.0, 105, 5, 115),
+    (120, 106.0, 90, 5, 110),       # never before the last stamp's next multiple
+    (105, 101.0, 0, 5, 105),        # during the first interval
+])
+def test_boundary_after_reload(boundary, heard, last, frequency, after):
+    assert boundary_after_reload(boundary, heard, last, frequency) == after
 
 
 class FakeClock:
@@ -229,6 +244,24 @@ class TestReloadAndWatchdog:
         sink, daemon = run_daemon(clock, reload=lambda: new, keep_unfinished=False)
         assert sink.configs == [new] and daemon.config == new
         assert [i["@"] for i in sink.intervals] == [105, 110, 120, 130]
+
+    @pytest.mark.parametrize("new_frequency, stamps", [(5, [105, 110, 115, 120]),
+                                                       (10, [105, 110, 120])])
+    def test_a_reload_just_before_a_boundary_skips_and_merges_none(self, new_frequency,
+                                                                   stamps):
+        """The reload itself takes time (reading the file, opening the outbox): a SIGHUP
+        10 ms before 110 whose reload ends after 110 still ends an interval at 110."""
+        probe = FakeProbe()
+
+        def slow_reload():
+            clock.advance(0.3)
+            return Config(frequency=new_frequency, prefix="t")
+        clock = FakeClock(100.0, [(104, lambda: probe.add(3, n=7)),
+                                  (109.99, signal.SIGHUP), (112, lambda: probe.add(3, n=5)),
+                                  stop_at(121)])
+        sink, _ = run_daemon(clock, probe, reload=slow_reload, keep_unfinished=False)
+        assert [i["@"] for i in sink.intervals] == stamps
+        assert [i["t.count"] for i in sink.intervals][:3] == [7, 0, 5]
 
     def test_the_watchdog_is_pinged_at_its_own_pace_in_long_intervals(self):
         clock = FakeClock(0.5, [stop_at(3599)])
