@@ -10,7 +10,8 @@ import pytest
 from gsender_bcc import carryover
 from gsender_bcc.cgroups import CgroupTree
 from gsender_bcc.config import Config
-from gsender_bcc.daemon import Daemon, boundary_after_reload, interval_stamp, next_boundary
+from gsender_bcc.daemon import (MAX_HOLD_SECONDS, Daemon, boundary_after_reload, interval_stamp,
+                                next_boundary, stamp_floor)
 from gsender_bcc.histogram import Counts, Layout, Snapshot, slot_of
 from gsender_bcc.notify import NullNotifier
 
@@ -35,6 +36,17 @@ def test_next_boundary_is_a_later_multiple(now, frequency, boundary):
 ])
 def test_interval_stamp(boundary, now, frequency, last, stamp):
     assert interval_stamp(boundary, now, frequency, last) == stamp
+
+
+@pytest.mark.parametrize("now, last, floor", [
+    (111.0, 105, 105),                                  # the clock went on: the last stamp
+    (99.0, 110, 110),                                   # 11 s back: wait for a new stamp
+    (110.0 - MAX_HOLD_SECONDS, 110, 110),               # at most that long
+    (109.5 - MAX_HOLD_SECONDS, 110, 109 - MAX_HOLD_SECONDS),  # longer: resume on the clock
+    (127.2, 86525, 127),                                # a day ahead, then corrected
+])
+def test_stamp_floor(now, last, floor):
+    assert stamp_floor(now, last) == floor
 
 
 @pytest.mark.parametrize("boundary, heard, last, frequency, after", [
@@ -77,6 +89,23 @@ class FakeClock:
         if self.events and self.events[0][0] <= self.wall + seconds:
             at, what = self.events.pop(0)
             self.advance(max(0.0, at - self.wall))
+            if callable(what):
+                what()
+                return None
+            return what
+        self.advance(seconds)
+        return None
+
+
+class MonotonicEventsClock(FakeClock):
+    """Events at monotonic times, so that they keep their order whatever the wall clock does."""
+
+    def wait_for_signal(self, signals, seconds):
+        self.waits.append(seconds)
+        assert len(self.waits) < 100000, "the daemon never stopped"
+        if self.events and self.events[0][0] <= self.mono + seconds:
+            at, what = self.events.pop(0)
+            self.advance(max(0.0, at - self.mono))
             if callable(what):
                 what()
                 return None
@@ -193,6 +222,66 @@ class TestTiming:
         sink, _ = run_daemon(clock, probe, keep_unfinished=False)
         assert sink.intervals[0]["t.count"] == 50
         assert sink.intervals[0]["t.2"] == 10.0  # 50 samples in the 5 s from 100 to 105
+
+
+class TestWallClockSteps:
+    """A wall clock stepped by a day and back: delivery follows the clock as it is corrected,
+    and every sample measured reaches an interval, across a restart too."""
+
+    @staticmethod
+    def step(clock, seconds):
+        def stepped():
+            clock.wall += seconds
+        return stepped
+
+    def test_a_day_ahead_for_20_s_then_back(self, tmp_path):
+        probe = FakeProbe()
+        clock = MonotonicEventsClock(100.0)
+        clock.events = sorted([(1000.5 + k, lambda: probe.add(3)) for k in range(50)]
+                              + [(1007.2, self.step(clock, 86400)),
+                                 (1027.2, self.step(clock, -86400)), (1050.1, signal.SIGTERM)])
+        sink, _ = run_daemon(clock, probe, state=tmp_path)
+        stamps = [i["@"] for i in sink.intervals]
+        assert stamps[0] == 105 and {130, 135, 140, 145, 150} <= set(stamps)
+        after = MonotonicEventsClock(150.5, [(1001.0, lambda: second.add(3)), stop_at(1010)])
+        second = FakeProbe()
+        more, _ = run_daemon(after, second, state=tmp_path)
+        assert sum(i["t.count"] for i in sink.intervals + more.intervals) == 50 + 1
+
+    def test_a_restart_onto_a_clock_a_day_ahead_keeps_the_interval_left(self, tmp_path):
+        first = FakeProbe()
+        clock = FakeClock(100.0, [(101, lambda: first.add(3, n=40)), stop_at(102)])
+        run_daemon(clock, first, state=tmp_path)
+        second = FakeProbe()
+        ahead = 100 + 2 * 86400  # beyond buffer_hours: it cannot be sent at its own stamp
+        clock = FakeClock(ahead + 2.5, [(ahead + 3, lambda: second.add(3, n=2)),
+                                        stop_at(ahead + 6)])
+        sink, _ = run_daemon(clock, second, state=tmp_path)
+        assert [(i["@"], i["t.count"]) for i in sink.intervals] == [(ahead + 5, 42)]
+
+    def test_a_restart_while_waiting_out_a_step_back_sends_no_stamp_twice(self, tmp_path):
+        probe = FakeProbe()
+        clock = MonotonicEventsClock(100.0)
+        clock.events = [(1001, lambda: probe.add(3, n=3)), (1011, self.step(clock, -12)),
+                        (1012, lambda: probe.add(3, n=4)), (1016, signal.SIGTERM)]
+        sink, _ = run_daemon(clock, probe, state=tmp_path)
+        assert [i["@"] for i in sink.intervals] == [105, 110]
+        second = FakeProbe()
+        clock = FakeClock(104.5, [(106, lambda: second.add(3, n=5)), stop_at(121)])
+        more, _ = run_daemon(clock, second, state=tmp_path)
+        assert [(i["@"], i["t.count"]) for i in more.intervals] == [(115, 9), (120, 0)]
+
+    def test_a_small_step_back_is_waited_out_and_a_large_one_is_not(self):
+        probe = FakeProbe()
+        clock = MonotonicEventsClock(10000.0)
+        clock.events = [(1011, self.step(clock, -12)), (1031, self.step(clock, -2 * 3600)),
+                        (1032, lambda: probe.add(3, n=6)), (1045, signal.SIGTERM)]
+        sink, _ = run_daemon(clock, probe, keep_unfinished=False)
+        stamps = [i["@"] for i in sink.intervals]
+        # 12 s back at 10011: the samples wait for 10015, after the last stamp (10010).
+        assert stamps[:3] == [10005, 10010, 10015]
+        # Two hours back at 10019 (wall 2819): delivery goes on from there at once.
+        assert stamps[3:] == [2820, 2825, 2830] and sink.intervals[3]["t.count"] == 6
 
 
 class TestUnfinishedInterval:
