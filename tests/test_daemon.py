@@ -402,6 +402,22 @@ class TestServices:
                                           if k.startswith("t.service.") and k.endswith(".count"))
         assert interval["t.agent.services_overflow"] == 4
 
+    def test_a_user_service_is_never_merged_into_a_system_one(self, tree):
+        user = tree / "user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service"
+        user.mkdir(parents=True)
+        top = str(user.parent.parent)
+        probe = FakeProbe(per_cgroup=True)
+
+        def load():
+            probe.add(100, n=30, cgroup=os.stat(tree / "system.slice/nginx.service").st_ino)
+            probe.add(100, n=1000, cgroup=os.stat(user).st_ino)
+        clock = FakeClock(100.0, [(101, load), stop_at(106)])
+        owner = lambda path: 1000 if path.startswith(top) else 0  # noqa: E731
+        sink, _ = run_daemon(clock, probe, cgroup_tree=CgroupTree(tree, owner=owner),
+                             keep_unfinished=False)
+        assert sink.intervals[0]["t.service.nginx.count"] == 30
+        assert sink.intervals[0]["t.service.user-1000_nginx.count"] == 1000
+
     def test_a_removed_cgroup_is_forgotten_after_its_last_interval(self, tree):
         doomed = tree / "batch" / "job-1"
         cgroup = os.stat(doomed).st_ino
