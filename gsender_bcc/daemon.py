@@ -191,7 +191,7 @@ class Daemon:
                      left.measured.seconds, left.boundary)
             self._submit(left.boundary, left.measured)
             return boundary
-        if boundary < left.boundary <= boundary + MAX_HOLD_SECONDS:
+        if boundary < left.boundary <= now + MAX_HOLD_SECONDS:
             # The last run waited out a wall clock that went back (or had longer intervals):
             # going on to its boundary sends no stamp twice.
             boundary = math.ceil(left.boundary / frequency) * frequency
