@@ -62,9 +62,13 @@ test-vm: setup
 # and bcc's runqlat; about 20 minutes on 2 cores; records docs/benchmarks.md. It holds
 # /tmp/gsender-heavy.lock so that no test or VM shares the machine while it times.
 BENCH_ARGS ?=
+# bcc's runqlat, a peer, needs kernel headers: bench/peer-headers.sh links the distro's for the
+# bench's duration only (gsender-bcc needs none).
 bench: setup
 	@scripts/setup-host.sh bpftrace bpfcc-tools systemd
-	flock /tmp/gsender-heavy.lock $(VENV)/bin/python bench/run.py --record $(BENCH_ARGS)
+	@bench/peer-headers.sh link
+	flock /tmp/gsender-heavy.lock $(VENV)/bin/python bench/run.py --record $(BENCH_ARGS); \
+		status=$$?; bench/peer-headers.sh unlink; exit $$status
 
 packaging/vendor/graphyte.py:
 	rm -rf build/graphyte && mkdir -p build/graphyte packaging/vendor

@@ -21,6 +21,9 @@ job (tests, VMs) shares the machine while it times. Phases, with progress on std
 4. One interval with 1000 live services, timed in-process (bench/many_services.py).
 5. BPF map memory of the agent computed from the map definitions at 256 CPUs, beside
    bytes_memlock read on this machine.
+6. BCC's compile of the program against the package's include tree beside the same compile
+   against the distro's kernel headers, each in a fresh process: seconds and peak RSS
+   (bench/compile_cost.py).
 
 Every figure is given as the median over the runs and the range (min-max). Writes
 docs/benchmarks.md with --record; exits 1 if a target is missed.
@@ -54,7 +57,8 @@ AGENT = [str(ROOT / ".venv" / "bin" / "gsender-bcc")]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-import many_services  # noqa: E402  (bench/, beside this file)
+import compile_cost  # noqa: E402  (bench/, beside this file)
+import many_services  # noqa: E402
 from local_carbon import CarbonCache, free_port  # noqa: E402
 
 from gsender_bcc import program  # noqa: E402
@@ -70,8 +74,10 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new) { return 0; }
 RAW_TRACEPOINT_PROBE(sched_switch) { return 0; }
 """
 # A stand-in tracer: loads a BCC program, says so, and waits to be stopped.
+# BCC compiles it against the agent's own include tree (argv[2]), as the agent does.
 EMPTY_LOADER = """
-import signal, sys, bcc
+import os, signal, sys, bcc
+os.environ["BCC_KERNEL_SOURCE"] = sys.argv[2]
 b = bcc.BPF(text=sys.argv[1])
 print("attached", flush=True)
 signal.sigwait({signal.SIGINT, signal.SIGTERM})
@@ -112,9 +118,11 @@ def tracers() -> List[Tracer]:
     headers = headers_note()
     return [
         Tracer("floor", "empty programs, classic tracepoints",
-               [PYTHON, "-c", EMPTY_LOADER, EMPTY_CLASSIC], ready_text="attached"),
+               [PYTHON, "-c", EMPTY_LOADER, EMPTY_CLASSIC, str(program.include_tree())],
+               ready_text="attached"),
         Tracer("raw_floor", "empty programs, raw tracepoints",
-               [PYTHON, "-c", EMPTY_LOADER, EMPTY_RAW], ready_text="attached"),
+               [PYTHON, "-c", EMPTY_LOADER, EMPTY_RAW, str(program.include_tree())],
+               ready_text="attached"),
         Tracer("host_only", "gsender-bcc host-only (--max-services 0)",
                agent_command("--max-services", "0"), agent=True),
         Tracer("gsender", "gsender-bcc default (per-service breakdown on)",
@@ -793,6 +801,7 @@ class Bench:
     idle: List[Dict[str, Idle]] = field(default_factory=list)
     undelivered: dict = field(default_factory=dict)
     services: dict = field(default_factory=dict)
+    compiles: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     def trial_values(self, key: str, attribute: str) -> List[Optional[float]]:
@@ -1018,6 +1027,8 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
                      f"{check.verdict()} |")
         failed |= check.failed()
     lines += memory_lines + services_lines
+    if bench.compiles:
+        lines += [""] + compile_cost.compile_report(bench.compiles, spread)
     return "\n".join(lines), not failed
 
 
@@ -1040,8 +1051,10 @@ def main() -> int:
                         help="intervals with Graphite down (RssAnon read after 20 and these)")
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--services-repeats", type=int, default=9)
+    parser.add_argument("--compiles", type=int, default=5,
+                        help="compiles against each of the include tree and kernel headers")
     parser.add_argument("--skip", default="", help="phases to leave out, comma-separated: "
-                                                    "cost,idle,undelivered,services")
+                                                    "cost,idle,undelivered,services,compile")
     parser.add_argument("--record", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -1082,6 +1095,11 @@ def main() -> int:
         wait_for_quiet()
         progress(f"{args.services} live services")
         bench.services = services_run(args.services, args.services_repeats)
+    if "compile" not in skip:
+        wait_for_quiet()
+        progress(f"compiling the program {args.compiles} times against the include tree and "
+                 f"against kernel headers")
+        bench.compiles = compile_cost.compile_run(args.compiles)
     bench.seconds = time.monotonic() - started_at
     table, all_met = report(bench, all_tracers)
     print(table)

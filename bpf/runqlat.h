@@ -15,6 +15,11 @@
 #ifndef GSENDER_RUNQLAT_H
 #define GSENDER_RUNQLAT_H
 
+/* The kernel's headers define this; the program compiles without them. */
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
 #define HIST_SUB_BITS 3
 #define HIST_SUB_COUNT 8
 #define HIST_LOG2_MAX 32

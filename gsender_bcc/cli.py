@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--check-config", action="store_true",
                         help="validate the configuration and print the effective settings")
     action.add_argument("--dump-bpf", action="store_true",
-                        help="print the C source that would be compiled, with its flags")
+                        help="print the C source that would be compiled, with its flags and include tree")
     action.add_argument("--top", action="store_true",
                         help="show run-queue latency live on this terminal (sends nothing)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -7,6 +7,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -49,21 +50,22 @@ def check_privileges() -> None:
                          "run it with sudo", EX_NOPERM)
 
 
-def check_kernel_headers(release: Optional[str] = None) -> None:
-    release = release or os.uname().release
-    build = Path("/lib/modules") / release / "build"
-    if os.environ.get("BCC_KERNEL_SOURCE") or Path("/sys/kernel/kheaders.tar.xz").exists():
-        return
+@contextlib.contextmanager
+def compiling_against(tree: Path) -> Iterator[None]:
+    """Point BCC at the package's include tree for one compile, whatever the environment says.
+
+    BCC reads BCC_KERNEL_SOURCE when it compiles; without it, it would look in
+    /lib/modules/<release>/build, which a host without kernel headers lacks.
+    """
+    saved = os.environ.get("BCC_KERNEL_SOURCE")
+    os.environ["BCC_KERNEL_SOURCE"] = str(tree)
     try:
-        if (build / "include").is_dir():
-            return
-    except OSError as error:  # e.g. a sandbox (systemd ProtectKernelModules=) hides /lib/modules
-        raise AgentError(f"kernel headers at {build} cannot be read: {error.strerror}; if this "
-                         f"runs under systemd, drop ProtectKernelModules= from the unit",
-                         EX_UNAVAILABLE) from None
-    raise AgentError(f"kernel headers for {release} not found at {build}: install "
-                     f"linux-headers-{release}, or run 'make setup' to link the distro's "
-                     f"generic headers there", EX_UNAVAILABLE)
+        yield
+    finally:
+        if saved is None:
+            del os.environ["BCC_KERNEL_SOURCE"]
+        else:
+            os.environ["BCC_KERNEL_SOURCE"] = saved
 
 
 def import_bcc():
@@ -110,8 +112,15 @@ def perf_event_paranoid() -> Optional[int]:
         return None
 
 
+_MISSING_FILE = re.compile(r"fatal error: '([^']+)' file not found")
+
+
+def bcc_version(bcc) -> str:
+    return str(getattr(bcc, "__version__", "") or "of unknown version")
+
+
 def load_failure(failure: Exception, messages: list, settings: program.ProgramSettings,
-                 paranoid: Optional[int]) -> AgentError:
+                 paranoid: Optional[int], bcc_release: str = "") -> AgentError:
     """Turn bcc's failure to compile, load or attach into the error that names the fix.
 
     Classic tracepoints are attached with perf_event_open, which Debian's kernels at
@@ -119,6 +128,14 @@ def load_failure(failure: Exception, messages: list, settings: program.ProgramSe
     That will not fix itself, so it is a missing privilege (77), not a missing feature (69).
     """
     detail = _last_useful_line(messages)
+    for line in messages:
+        missing = _MISSING_FILE.search(line)
+        if missing:
+            return AgentError(f"BCC {bcc_release or 'of unknown version'} wants the header "
+                              f"{missing.group(1)}, which gsender-bcc's include tree "
+                              f"({settings.include_tree}) does not have: this BCC is newer than "
+                              f"this gsender-bcc; upgrade gsender-bcc (kernel headers do not help, "
+                              f"they are never used)", EX_UNAVAILABLE)
     refused = any("perf_event_open" in line and any(r in line for r in REFUSED)
                   for line in messages)
     if settings.raw is None and refused:
@@ -201,12 +218,15 @@ def run_delay_not_kept(schedstat: Path = Path("/proc/thread-self/schedstat")) ->
 
 def render_source(settings: program.ProgramSettings) -> str:
     """Return the C text that would be compiled, with its flags, for --dump-bpf."""
-    folder = program.source_dir()
+    folder, tree = program.source_dir(), settings.include_tree
     flags = " ".join(settings.cflags(folder))
-    parts = [f"/* compile flags: {flags} */"]
-    for name in (program.HEADER_NAME, program.SOURCE_NAME):
-        parts.append(f"/* ---- {folder / name} ---- */")
-        parts.append((folder / name).read_text())
+    parts = [f"/* compile flags: {flags} */",
+             f"/* include tree (BCC_KERNEL_SOURCE): {tree}; no kernel headers are read */"]
+    files = [*program.include_tree_files(tree), folder / program.HEADER_NAME,
+             folder / program.SOURCE_NAME]
+    for path in files:
+        parts.append(f"/* ---- {path} ---- */")
+        parts.append(path.read_text())
     return "\n".join(parts)
 
 
@@ -220,10 +240,9 @@ class Probe:
         check_privileges()
         bcc = import_bcc()
         self.settings = settings or compile_settings(config)
-        check_kernel_headers()
         self.layout: Layout = program.installed_layout()
         folder = program.source_dir()
-        with captured_stderr() as messages:
+        with captured_stderr() as messages, compiling_against(self.settings.include_tree):
             try:
                 self._bpf = bcc.BPF(src_file=str(folder / program.SOURCE_NAME).encode(),
                                     cflags=list(self.settings.cflags(folder)))
@@ -234,7 +253,8 @@ class Probe:
         for line in messages:
             log.debug("bcc: %s", line)
         if failure is not None:
-            raise load_failure(failure, messages, self.settings, perf_event_paranoid())
+            raise load_failure(failure, messages, self.settings, perf_event_paranoid(),
+                               bcc_version(bcc))
         release_compiler_memory()
         self._stats = self._bpf[b"stats"]
         # Read the per-CPU stats raw into one buffer: bcc's own reader builds every field.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib.resources
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -14,6 +15,10 @@ from .histogram import Layout
 
 SOURCE_NAME = "runqlat.c"
 HEADER_NAME = "runqlat.h"
+# BCC compiles against a kernel tree. The program needs no kernel type, so the package
+# carries its own small tree (bpf/kernel-stubs/, written for gsender-bcc) with just what BCC's
+# own helpers.h includes, and BCC is pointed at it: no kernel headers are read or needed.
+INCLUDE_TREE_NAME = "kernel-stubs"
 
 # The map of tasks holds one entry per thread seen recently; the LRU policy
 # evicts the least recently seen. 65536 entries (about 5 MiB of kernel memory)
@@ -34,6 +39,40 @@ _DEFINE = re.compile(r"^#define\s+([A-Z_][A-Z0-9_]*)\s+(\d+)\s*$", re.MULTILINE)
 def source_dir() -> Path:
     """Return the folder holding the installed BPF source and header."""
     return Path(str(importlib.resources.files("gsender_bcc.bpf")))
+
+
+def include_tree() -> Path:
+    """Return the installed include tree that BCC compiles against (BCC_KERNEL_SOURCE)."""
+    return source_dir() / INCLUDE_TREE_NAME
+
+
+def include_tree_files(tree: Path) -> Tuple[Path, ...]:
+    """Return the tree's headers, sorted by their path inside it."""
+    return tuple(sorted(tree.rglob("*.h"), key=lambda path: path.relative_to(tree).parts))
+
+
+_RELEASE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def linux_version_code(release: str) -> int:
+    """Return LINUX_VERSION_CODE for a kernel release string such as ``6.1.0-50-cloud-amd64``.
+
+    One byte each for the minor and the patch level below the major; the patch saturates
+    at 255 as the kernel's own KERNEL_VERSION() does. An unreadable release gives 0.
+    """
+    match = _RELEASE.match(release)
+    if match is None:
+        return 0
+    major, minor, patch = (int(part or 0) for part in match.groups())
+    return (major << 16) | (min(minor, 255) << 8) | min(patch, 255)
+
+
+def running_version_code() -> int:
+    return linux_version_code(os.uname().release)
+
+
+def running_page_size() -> int:
+    return os.sysconf("SC_PAGE_SIZE")
 
 
 def header_constants(header_text: str) -> Dict[str, int]:
@@ -69,6 +108,10 @@ class ProgramSettings:
     start_entries: int = DEFAULT_START_ENTRIES
     per_cgroup: bool = False
     max_cgroups: int = DEFAULT_MAX_CGROUPS
+    # What kernel headers would have told BCC's helpers.h, taken from the running kernel.
+    version_code: int = field(default_factory=running_version_code)
+    page_size: int = field(default_factory=running_page_size)
+    include_tree: Path = field(default_factory=include_tree)
 
     def __post_init__(self):
         if (self.raw is None) == (self.preempted_state is None):
@@ -89,7 +132,9 @@ class ProgramSettings:
 
     def cflags(self, include_dir: Path) -> Tuple[str, ...]:
         flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}",
-                 f"-DPER_CGROUP={int(self.per_cgroup)}", f"-DMAX_CGROUPS={self.max_cgroups}"]
+                 f"-DPER_CGROUP={int(self.per_cgroup)}", f"-DMAX_CGROUPS={self.max_cgroups}",
+                 f"-DLINUX_VERSION_CODE={self.version_code}",
+                 f"-DGSENDER_PAGE_SIZE={self.page_size}"]
         if self.raw is not None:
             flags += ["-DRAW_TRACEPOINTS", f"-DSCHED_INFO_OFFSET={self.raw.sched_info_offset}"]
         else:

@@ -6,8 +6,6 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc python3-systemd python3-venv bpftool gcc make graphite-carbon python3-whisper
 	graphite-web carbon-c-relay tmux)
-release=$(uname -r)
-modules=/lib/modules/$release
 
 say() { printf 'setup: %s\n' "$*"; }
 need_root() {
@@ -43,27 +41,6 @@ if [[ " ${missing[*]} " == *" carbon-c-relay "* ]]; then
 		update-rc.d carbon-c-relay disable >/dev/null 2>&1 || true
 	fi
 	say "disabled the carbon-c-relay service (tests start their own relays)"
-fi
-
-# Kernel headers for BCC's compile: the exact package when the distro has one,
-# otherwise the distro's generic headers linked where BCC looks.
-if [ ! -e "$modules/build/include" ] && [ -z "${BCC_KERNEL_SOURCE:-}" ]; then
-	need_root "linking kernel headers"
-	[ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
-	if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
-		say "installing linux-headers-$release"
-		apt_install "linux-headers-$release"
-	else
-		arch=$(dpkg --print-architecture)
-		say "no headers package for kernel $release; using linux-headers-cloud-$arch"
-		apt_install "linux-headers-cloud-$arch"
-		flavour=$(ls -d /usr/src/linux-headers-*-cloud-"$arch" | sort -V | tail -n 1)
-		common=${flavour%-cloud-$arch}-common
-		mkdir -p "$modules"
-		[ -e "$modules/build" ] || ln -sfn "$flavour" "$modules/build"
-		[ -e "$modules/source" ] || ln -sfn "$common" "$modules/source"
-		say "linked $modules/build -> $flavour and $modules/source -> $common"
-	fi
 fi
 
 if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/events ]; then

@@ -212,8 +212,11 @@ class TestAgentToCarbon:
         assert "failed: [Errno 111] Connection refused" in agent.stderr()
         assert f"Graphite at 127.0.0.1:{carbon.port} takes datapoints again" in agent.stderr()
 
-    def test_sigkill_during_an_outage_loses_only_the_interval_in_flight(self, carbon_factory,
-                                                                        agents, tmp_path):
+    def test_sigkill_during_an_outage_keeps_every_finished_interval(self, carbon_factory,
+                                                                    agents, tmp_path):
+        """Only the interval being measured at the kill may be lost (README: Delivery
+        guarantees); whether the restarted agent measures the next boundary depends on how
+        fast it starts, and is not asserted."""
         carbon = carbon_factory().start()
         state = tmp_path / "state"
         first = agents(agent_args(carbon.port, state), "first")
@@ -233,7 +236,9 @@ class TestAgentToCarbon:
         second.wait_intervals(2)
         assert second.stop() == 0
         later = second.lines()
-        assert min(stamps_of(later)) > int(killed_at) + 1  # the in-flight interval is gone
+        # The restart never stamps a boundary the first agent had already finished: a second
+        # value for the same stamp would overwrite the first in Graphite.
+        assert min(stamps_of(later)) > int(killed_at)
         assert_carbon_holds_exactly(carbon, printed + later)
         assert "Traceback" not in second.stderr()
 

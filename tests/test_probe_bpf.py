@@ -51,6 +51,27 @@ def test_raw_tracepoints_are_the_default_where_btf_describes_them():
         assert attached.settings.per_cgroup
 
 
+@pytest.mark.parametrize("kind", ["raw", "classic"])
+def test_a_header_missing_from_the_tree_is_one_line_naming_bcc_and_the_file(kind, tmp_path):
+    """What a future BCC that includes one more header would meet: exit 69, nothing attached."""
+    import shutil
+    from dataclasses import replace
+
+    import bcc
+
+    from gsender_bcc.errors import AgentError
+    tree = tmp_path / "tree"
+    shutil.copytree(settings_for(kind).include_tree, tree)
+    (tree / "include" / "linux" / "version.h").unlink()
+    before = loaded_program_ids()
+    with pytest.raises(AgentError) as error:
+        Probe(Config(), replace(settings_for(kind), include_tree=tree))
+    assert error.value.exit_code == 69
+    assert str(error.value).startswith(f"BCC {bcc.__version__} wants the header linux/version.h, "
+                                       f"which gsender-bcc's include tree ({tree}) does not have")
+    assert loaded_program_ids() == before
+
+
 @pytest.mark.parametrize("kind, programs", [("raw", 2), ("classic", 3)])
 def test_attaches_its_programs_and_detaches_all(kind, programs):
     before = loaded_program_ids()

@@ -91,21 +91,79 @@ class TestHeaderConstants:
 
 class TestSettings:
     def test_classic_flags(self, tmp_path):
-        settings = program.ProgramSettings(preempted_state=0x100, start_entries=4096)
+        settings = program.ProgramSettings(preempted_state=0x100, start_entries=4096,
+                                           version_code=0x60100, page_size=4096)
         assert settings.cflags(tmp_path) == (f"-I{tmp_path}", "-DSTART_ENTRIES=4096",
                                              "-DPER_CGROUP=0", "-DMAX_CGROUPS=4096",
+                                             "-DLINUX_VERSION_CODE=393472",
+                                             "-DGSENDER_PAGE_SIZE=4096",
                                              "-DPREEMPTED_STATE=0x100")
         assert settings.kind == "tracepoints"
 
     def test_raw_flags(self, tmp_path):
         settings = program.ProgramSettings(raw=RawLayout(1008), per_cgroup=True,
-                                           max_cgroups=100)
+                                           max_cgroups=100, version_code=1, page_size=65536)
         assert settings.cflags(tmp_path) == (
             f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
+            "-DLINUX_VERSION_CODE=1", "-DGSENDER_PAGE_SIZE=65536",
             "-DRAW_TRACEPOINTS", "-DSCHED_INFO_OFFSET=1008")
         assert settings.kind == "raw tracepoints"
+
+    def test_the_running_kernel_is_described(self):
+        import os
+        settings = program.ProgramSettings(preempted_state=0x100)
+        assert settings.version_code == program.linux_version_code(os.uname().release) > 0
+        assert settings.page_size == os.sysconf("SC_PAGE_SIZE")
+        assert settings.include_tree == program.source_dir() / "kernel-stubs"
 
     @pytest.mark.parametrize("raw, bit", [(None, None), (RawLayout(8), 0x100)])
     def test_exactly_one_mode(self, raw, bit):
         with pytest.raises(ValueError, match="either"):
             program.ProgramSettings(raw=raw, preempted_state=bit)
+
+
+@pytest.mark.parametrize("release, code", [
+    ("6.1.0-50-cloud-amd64", (6 << 16) | (1 << 8)),
+    ("5.10.0-35-amd64", (5 << 16) | (10 << 8)),
+    ("6.12.38+deb13-cloud-amd64", (6 << 16) | (12 << 8) | 38),
+    ("6.18.44-fc-v1045", (6 << 16) | (18 << 8) | 44),
+    ("4.19.300", (4 << 16) | (19 << 8) | 255),   # the patch level saturates, as in the kernel
+    ("5.4", (5 << 16) | (4 << 8)),
+    ("6.1.0", 0x60100),
+    ("weird", 0),
+])
+def test_linux_version_code(release, code):
+    assert program.linux_version_code(release) == code
+
+
+class TestIncludeTree:
+    """The tree BCC compiles against instead of kernel headers: ours, small, and packaged whole."""
+
+    def files(self):
+        tree = program.include_tree()
+        return {path.relative_to(tree).as_posix(): path.read_text()
+                for path in program.include_tree_files(tree)}
+
+    def test_every_file_is_a_stub_written_for_gsender_bcc(self):
+        files = self.files()
+        assert files, "the include tree is empty"
+        for name, text in files.items():
+            assert text.startswith("/* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */\n"), name
+            assert "gsender-bcc" in text, name
+        assert sum(len(text) for text in files.values()) < 8192
+
+    def test_each_architecture_bcc_may_be_built_for_has_its_page_header(self):
+        assert {"arch/x86/include/asm/page.h", "arch/arm64/include/asm/page.h"} <= set(self.files())
+
+    def test_the_package_data_globs_take_every_file(self):
+        import configparser
+        import glob
+        from pathlib import Path
+        parser = configparser.ConfigParser()
+        parser.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+        folder = str(program.source_dir())
+        packaged = {Path(hit).relative_to(program.include_tree()).as_posix()
+                    for pattern in parser["options.package_data"]["gsender_bcc.bpf"].split()
+                    for hit in glob.glob(f"{folder}/{pattern}")
+                    if hit.startswith(f"{program.include_tree()}/")}
+        assert packaged == set(self.files())

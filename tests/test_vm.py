@@ -27,13 +27,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "var" / "vm"
-RELEASES = {"bullseye": "5.10.", "bookworm": "6.1.", "trixie": "6.12."}  # release: kernel
-CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69", "series-arrived",
-          "service-series", "accuracy", "series-stamps", "series-order", "series-rates",
+# guest: (Debian release, the release whose cloud kernel it boots, that kernel's version prefix)
+GUESTS = {"bullseye": ("bullseye", None, "5.10."), "bookworm": ("bookworm", None, "6.1."),
+          "trixie": ("trixie", None, "6.12."),
+          # A kernel for which the release has no headers package: bookworm's, under trixie.
+          "trixie+bookworm-kernel": ("trixie", "bookworm", "6.1.")}
+RELEASES = list(GUESTS)
+CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69", "no-headers",
+          "series-arrived",
+          "service-series", "accuracy", "physics", "series-stamps", "series-order", "series-rates",
           "series-slots", "reload",
           "reload-frequency", "security-score", "no-restarts", "watchdog", "bpf-programs",
-          "clean-stop", "config-error", "config-error-message",
-          "service-classic-refused", "service-classic", "purge"]
+          "clean-stop", "config-error", "config-error-message", "missing-header-69",
+          "service-classic-refused", "security-score-classic", "service-classic", "purge"]
 SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or list(RELEASES)
 
 vm = [pytest.mark.bpf, pytest.mark.vm]
@@ -56,7 +62,9 @@ def boot():
     def run_guest(release):
         work = WORK / release
         started = time.monotonic()
-        run = subprocess.run([str(ROOT / "tests" / "vm" / "run-vm.sh"), deb, str(work), release],
+        distro, kernel_from, _ = GUESTS[release]
+        run = subprocess.run([str(ROOT / "tests" / "vm" / "run-vm.sh"), deb, str(work), distro]
+                             + ([kernel_from] if kernel_from else []),
                              capture_output=True, text=True, timeout=3000)
         log = work / "console.log"
         text = log.read_text(errors="replace") if log.exists() else ""
@@ -120,7 +128,8 @@ def test_guest_check(boot, release, name):
 @pytest.mark.parametrize("release", [pytest.param(r, marks=vm) for r in RELEASES])
 def test_guest_is_the_release(boot, release):
     start = re.search(r"^VMCHECK-START (.*?)\r?$", boot(release).console, re.MULTILINE).group(1)
-    assert f"release {release} " in start and f" kernel {RELEASES[release]}" in start, start
+    distro, _, kernel = GUESTS[release]
+    assert f"release {distro} " in start and f" kernel {kernel}" in start, start
 
 
 @pytest.mark.parametrize("release", [pytest.param(r, marks=vm) for r in RELEASES])
@@ -248,6 +257,31 @@ def test_accuracy_fails_outside_five_percent_or_on_a_missing_interval():
     assert not gc.check_accuracy(window, 1000, 1008, 2, 5_300_000_000)[0]
     assert not gc.check_accuracy(window, 1000, 1008, 2, 4_700_000_000)[0]
     assert not gc.check_accuracy(window[:2] + window[3:], 1000, 1008, 2, 5_000_000_000)[0]
+    # The other services' series count on the kernel's side: 4 s of busy unit + 1 s of others.
+    assert gc.check_accuracy(window, 1000, 1008, 2, 4_000_000_000, others_us=1e6)[0]
+    assert not gc.check_accuracy(window, 1000, 1008, 2, 4_000_000_000)[0]
+
+
+def test_physics_fails_outside_three_percent():
+    window = [gc.Interval(1000 + 2 * k, 100, 10_000.0) for k in range(5)]  # 5 s of wait
+    physics = gc.loops_wait_ns([4_000_000_000] * 2, [1_500_000_000] * 2)  # 2 × (4 − 1.5) s
+    assert physics == 5_000_000_000
+    assert gc.check_physics(window, 1000, 1008, 2, physics, 2)[0]
+    assert gc.check_physics(window, 1000, 1008, 2, 5_140_000_000, 2)[0]
+    assert not gc.check_physics(window, 1000, 1008, 2, 5_170_000_000, 2)[0]
+    assert not gc.check_physics(window, 1000, 1008, 2, 4_840_000_000, 2)[0]
+    assert not gc.check_physics(window + [gc.Interval(1010, 1, 1.0)], 1000, 1008, 2, physics, 2)[0]
+    assert not gc.check_physics(window, 1000, 1008, 2, 0, 2)[0]
+
+
+def test_a_process_lifetime_and_cpu_from_proc(tmp_path):
+    folder = tmp_path / "42"
+    folder.mkdir()
+    ticks = os.sysconf("SC_CLK_TCK")
+    rest = " ".join(["0"] * 17)
+    (folder / "stat").write_text(f"42 (sh (busy)) R 1 {rest} {5 * ticks} 0 0\n")
+    (folder / "schedstat").write_text("1500000000 2000 30\n")
+    assert gc.process_lifetime_and_cpu(42, 9.0, proc=str(tmp_path)) == (4_000_000_000, 1_500_000_000)
 
 
 def test_reload_fails_unless_the_new_frequency_shows():
@@ -281,3 +315,12 @@ OOPS_AT_DETACH = """[  103.117782] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
 ])
 def test_only_the_emulated_patching_crash_earns_a_second_boot(console, excused):
     assert (emulated_patching_crash(console) is not None) is excused
+
+
+def test_scheduler_clock_from_proc(tmp_path):
+    folder = tmp_path / "7"
+    folder.mkdir()
+    (folder / "sched").write_text("sh (7, #threads: 1)\n----\nse.exec_start     :    "
+                                  "   123456.789000\nse.vruntime  :  1.0\n")
+    assert gc.sched_clock_s(7, proc=str(tmp_path)) == 123.456789
+    assert gc.sched_clock_s(8, proc=str(tmp_path)) is None

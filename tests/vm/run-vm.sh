@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # make test-vm: boot a Debian VM of one release with our .deb installed and record its serial console.
 #
-#   run-vm.sh DEB WORKDIR RELEASE        RELEASE: bullseye, bookworm or trixie
+#   run-vm.sh DEB WORKDIR RELEASE [KERNEL_RELEASE]
 #
-# 1. A base root file system for RELEASE (debootstrap minbase, systemd, the Debian cloud kernel
-#    with its matching headers, BCC, graphite-carbon, bpftool) is built once and cached as a tar
-#    in $GSENDER_VM_CACHE (default /var/cache/gsender-bcc-vm), keyed by the release, its package
-#    list, its apt sources and this recipe.
-# 2. Our .deb is installed into a copy with apt, service starts blocked by policy-rc.d; the
-#    guest gets a short-frequency /etc/gsender.conf, carbon-cache, the check unit
-#    (gsender-vm-check.service) and the busy unit it starts for the accuracy check.
+# RELEASE: bullseye, bookworm or trixie. KERNEL_RELEASE, if given, is another of them whose cloud
+# kernel the guest boots instead of its own: a kernel for which RELEASE has no headers package.
+# 1. A base root file system for RELEASE (debootstrap minbase, systemd, the Debian cloud kernel,
+#    graphite-carbon, bpftool; no kernel headers and no compiler, as on a stock cloud host) is
+#    built once and cached as a tar in $GSENDER_VM_CACHE (default /var/cache/gsender-bcc-vm),
+#    keyed by the release, its package list, its apt sources and this recipe. The packages our
+#    .deb depends on are downloaded into it, not installed.
+# 2. Our .deb is installed into a copy with a plain `apt-get install` (recommends included, as an
+#    operator would), service starts blocked by policy-rc.d; the install fails the run if it
+#    brought kernel headers, a compiler or make. The guest gets a short-frequency
+#    /etc/gsender.conf, carbon-cache, the check unit (gsender-vm-check.service) and the busy unit
+#    it starts for the accuracy check.
 # 3. mkfs.ext4 -d writes the disk image (no loop mounts); qemu boots it with TCG on 2 vCPUs, the
 #    kernel and initrd passed directly, no network device, console on the serial port, into
 #    WORKDIR/console.log. The guest powers off when its checks are done.
@@ -20,14 +25,21 @@ here=$(cd "$(dirname "$0")" && pwd)
 deb=$(realpath "$1")
 work=$(realpath -m "$2")
 suite=$3
+kernel_suite=${4:-}
 cache=${GSENDER_VM_CACHE:-/var/cache/gsender-bcc-vm}
 boot_timeout=${GSENDER_VM_TIMEOUT:-1200}
-base_packages=(systemd systemd-sysv udev dbus linux-image-cloud-amd64 linux-headers-cloud-amd64
-	initramfs-tools kmod procps python3-bpfcc python3-systemd graphite-carbon python3-whisper bpftool)
-case $suite in
-	bullseye | bookworm | trixie) ;;
-	*) echo "run-vm.sh: unknown release '$suite' (bullseye, bookworm or trixie)" >&2; exit 64 ;;
-esac
+base_packages=(systemd systemd-sysv udev dbus linux-image-cloud-amd64
+	initramfs-tools kmod procps graphite-carbon python3-whisper bpftool)
+# What the .deb depends on: downloaded into the base, installed only with the .deb.
+agent_dependencies=(python3-bpfcc python3-systemd)
+# What a stock host lacks and the .deb must not bring.
+forbidden='^(linux-headers-.*|linux-kbuild-.*|linux-compiler-.*|gcc|gcc-[0-9.]+|cpp|cpp-[0-9.]+|make|clang(-[0-9.]+)?)$'
+for release in "$suite" $kernel_suite; do
+	case $release in
+		bullseye | bookworm | trixie) ;;
+		*) echo "run-vm.sh: unknown release '$release' (bullseye, bookworm or trixie)" >&2; exit 64 ;;
+	esac
+done
 
 say() { printf 'vm[%s]: %s\n' "$suite" "$*" >&2; }
 phase_started=$SECONDS
@@ -74,6 +86,14 @@ in_chroot() { # in_chroot ROOT COMMAND...: run with /proc, /sys and /dev, servic
 	return $code
 }
 
+installed_forbidden() { # installed_forbidden ROOT: true, naming them, if ROOT has headers or a compiler
+	local found
+	found=$(chroot "$1" dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" { print $2 }' \
+		| grep -E "$forbidden" | tr '\n' ' ')
+	[ -n "$found" ] && say "installed: $found"
+	[ -n "$found" ]
+}
+
 build_base() { # build_base TAR SOURCES
 	local root=$work/base mirror
 	mirror=$(head -n 1 <<< "$2" | cut -d' ' -f2)
@@ -84,8 +104,10 @@ build_base() { # build_base TAR SOURCES
 	printf '%s\n' "$2" > "$root/etc/apt/sources.list"
 	say "installing ${base_packages[*]} ..."
 	in_chroot "$root" sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-		${base_packages[*]} > /dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*" \
+		${base_packages[*]} > /dev/null && apt-get clean \
+		&& apt-get install -y -qq --download-only ${agent_dependencies[*]} > /dev/null" \
 		> "$work/base-install.log" 2>&1 || { tail -n 20 "$work/base-install.log" >&2; exit 1; }
+	installed_forbidden "$root" && { say "the base image has what a stock host lacks"; exit 1; }
 	mkdir -p "$cache"
 	tar -C "$root" -cf "$1.tmp" . && mv "$1.tmp" "$1"
 	rm -rf "$root"
@@ -95,7 +117,8 @@ rm -rf "$work" && mkdir -p "$work"
 mirror=$(host_mirror)
 [ -n "$mirror" ] || { say "no Debian mirror in this host's apt sources (set GSENDER_VM_MIRROR)"; exit 69; }
 sources=$(guest_sources "$mirror")
-key=$( { printf '%s\n' "$suite" "${base_packages[@]}" "$sources"; declare -f build_base in_chroot; } \
+key=$( { printf '%s\n' "$suite" "${base_packages[@]}" "${agent_dependencies[@]}" "$sources"
+	declare -f build_base in_chroot; } \
 	| sha256sum | cut -c1-16)
 base_tar=$cache/base-$suite-$key.tar
 if [ -f "$base_tar" ]; then
@@ -111,9 +134,30 @@ rm -rf "$root" && mkdir -p "$root"
 tar -C "$root" -xf "$base_tar"
 cp "$deb" "$root/tmp/gsender-bcc.deb"
 say "installing $(basename "$deb") in the guest ..."
-in_chroot "$root" apt-get install -y -q --no-install-recommends /tmp/gsender-bcc.deb \
+chroot "$root" dpkg-query -W -f='${Package}\n' | sort > "$work/packages-before"
+in_chroot "$root" apt-get install -y -q /tmp/gsender-bcc.deb \
 	> "$work/install.log" 2>&1 || { say "apt-get install of the .deb failed:"; tail -n 20 "$work/install.log" >&2; exit 1; }
 rm "$root/tmp/gsender-bcc.deb"
+chroot "$root" dpkg-query -W -f='${Package}\n' | sort | comm -13 "$work/packages-before" - \
+	> "$work/packages-added"
+say "the .deb's install added $(wc -l < "$work/packages-added") packages (listed in $work/packages-added)"
+installed_forbidden "$root" && { say "installing the .deb brought what a stock host lacks"; exit 1; }
+if [ -n "$kernel_suite" ]; then
+	# The cloud kernel of another release, for which this release has no headers package.
+	echo "deb $mirror $kernel_suite main" > "$root/etc/apt/sources.list.d/kernel.list"
+	in_chroot "$root" sh -c "apt-get update -qq && apt-cache depends linux-image-cloud-amd64/$kernel_suite" \
+		> "$work/kernel-depends" 2>&1 || { cat "$work/kernel-depends" >&2; exit 1; }
+	kernel_package=$(awk '/Depends: linux-image-[0-9]/ { print $2; exit }' "$work/kernel-depends")
+	[ -n "$kernel_package" ] || { say "no cloud kernel in $kernel_suite"; exit 1; }
+	say "installing $kernel_package from $kernel_suite ..."
+	in_chroot "$root" apt-get install -y -q --no-install-recommends "$kernel_package" \
+		> "$work/kernel-install.log" 2>&1 || { tail -n 20 "$work/kernel-install.log" >&2; exit 1; }
+	rm "$root/etc/apt/sources.list.d/kernel.list"
+	boot_version=${kernel_package#linux-image-}
+	in_chroot "$root" sh -c "apt-get update -qq; apt-cache show linux-headers-$boot_version" \
+		> /dev/null 2>&1 && { say "$suite has a headers package for $boot_version"; exit 1; }
+fi
+in_chroot "$root" sh -c "apt-get clean && rm -rf /var/lib/apt/lists/*"
 
 # The guest: our agent every 2 s to its own carbon-cache on loopback, the check unit, the busy unit.
 cat > "$root/etc/gsender.conf" <<'CONF'
@@ -145,8 +189,12 @@ ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
 in_chroot "$root" systemctl enable --quiet carbon-cache.service gsender-vm-check.service
 in_chroot "$root" systemctl is-enabled --quiet gsender-bcc.service \
 	|| { say "the package did not enable gsender-bcc.service"; exit 1; }
-kernel=$(ls "$root"/boot/vmlinuz-* | sort -V | tail -n 1)
-initrd=$(ls "$root"/boot/initrd.img-* | sort -V | tail -n 1)
+if [ -n "$kernel_suite" ]; then
+	kernel=$root/boot/vmlinuz-$boot_version initrd=$root/boot/initrd.img-$boot_version
+else
+	kernel=$(ls "$root"/boot/vmlinuz-* | sort -V | tail -n 1)
+	initrd=$(ls "$root"/boot/initrd.img-* | sort -V | tail -n 1)
+fi
 cp "$kernel" "$work/vmlinuz" && cp "$initrd" "$work/initrd.img"
 size=$(du -sm "$root" | cut -f1)
 rm -f "$work/disk.img" && truncate -s $((size + 1024))M "$work/disk.img"

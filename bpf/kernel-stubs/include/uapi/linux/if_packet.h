@@ -1,0 +1,2 @@
+/* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
+/* gsender-bcc: BCC's helpers.h includes this path; nothing in it is used (the program handles no packets). */
