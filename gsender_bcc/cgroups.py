@@ -10,6 +10,16 @@ mount. Its service is the deepest component ending in ``.service`` or
 ``.scope``, else the first component; the root cgroup is ``root``. The name
 drops a trailing ``.service`` and has every character other than letters,
 digits, ``_`` and ``-`` replaced by ``_``.
+
+A directory owned by another user than the mount's (root) is the top of a
+subtree delegated to that user (systemd's ``user@<uid>.service``, a rootless
+container): everything under it is named ``user-<uid>_<name>``, by the same rule
+applied below the top, and the top itself ``user-<uid>``. Only those names begin
+with ``user-<digits>`` followed by ``_`` or nothing: a system name that would is
+given a leading ``_``. So a user can neither write into a system service's series
+nor take ``root`` or ``other``. A user gets at most MAX_NAMES_PER_USER names
+from one start of the agent to the next; the services it starts beyond them
+count as ``user-<uid>``. Names are cut to MAX_SERVICE_CHARS.
 """
 
 from __future__ import annotations
@@ -19,14 +29,18 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+
+from .metrics import MAX_SERVICE_CHARS
 
 log = logging.getLogger(__name__)
 
 ROOT = "root"
 OTHER = "other"
 MAX_CGROUPS_WALKED = 65536
+MAX_NAMES_PER_USER = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_USER_NAME = re.compile(r"user-[0-9]+(_|$)")
 
 
 def unescape_mount_field(text: str) -> str:
@@ -62,12 +76,37 @@ def service_component(relative: str) -> Tuple[str, int]:
     return parts[0], 1
 
 
-def service_name(relative: str) -> str:
-    """Return the series name of the service a cgroup path (relative to the mount) belongs to."""
-    component, _ = service_component(relative)
+def _series_name(component: str) -> str:
     if component.endswith(".service") and component != ".service":
         component = component[: -len(".service")]
     return _UNSAFE.sub("_", component)
+
+
+def service_name(relative: str) -> str:
+    """Return the series name of the service a system cgroup path (relative to the mount)
+    belongs to."""
+    name = _series_name(service_component(relative)[0])
+    if _USER_NAME.match(name):  # that form is the delegated subtrees' alone
+        name = "_" + name
+    return name[:MAX_SERVICE_CHARS]
+
+
+def user_service_name(uid: int, below: str) -> str:
+    """Return the series name for a cgroup in a subtree delegated to ``uid``; ``below`` is its
+    path relative to the subtree's top (empty for the top itself)."""
+    component, depth = service_component(below)
+    if depth == 0:
+        return f"user-{uid}"
+    return f"user-{uid}_{_series_name(component)}"[:MAX_SERVICE_CHARS]
+
+
+def _names_service(relative: str) -> bool:
+    """Tell whether the last component of a path is the one that names its service."""
+    return service_component(relative)[1] == relative.count("/")
+
+
+def owner_uid(path: str) -> int:
+    return os.lstat(path).st_uid
 
 
 @dataclass
@@ -84,15 +123,33 @@ class Resolved:
 class CgroupTree:
     """Map cgroup ids to service names and directories by walking the v2 hierarchy."""
 
-    def __init__(self, mount: Path, limit: int = MAX_CGROUPS_WALKED):
+    def __init__(self, mount: Path, limit: int = MAX_CGROUPS_WALKED,
+                 owner: Callable[[str], int] = owner_uid):
         self.mount = mount
         self.limit = limit
+        self._owner = owner
         self._names: Dict[int, Tuple[str, str]] = {}  # id -> (service, directory)
         self._directories: Dict[str, List[Path]] = {}
+        self._user_names: Dict[int, Set[str]] = {}  # uid -> its names since the start
         self._warned_limit = False
 
     def __len__(self) -> int:
         return len(self._names)
+
+    def _user_name(self, uid: int, below: str) -> str:
+        """Name a cgroup of a delegated subtree, within the user's allowance of names."""
+        name, catch_all = user_service_name(uid, below), f"user-{uid}"
+        known = self._user_names.setdefault(uid, set())
+        if name == catch_all or name in known:
+            return name
+        if len(known) >= MAX_NAMES_PER_USER:
+            if catch_all not in known:  # warn once per user
+                log.warning("user %d has %d services named already: its others count as '%s'",
+                            uid, MAX_NAMES_PER_USER, catch_all)
+                known.add(catch_all)
+            return catch_all
+        known.add(name)
+        return name
 
     def walk(self) -> None:
         """Rebuild the maps from the tree as it is now."""
@@ -101,20 +158,24 @@ class CgroupTree:
         try:
             names[os.stat(self.mount).st_ino] = (ROOT, str(self.mount))
             directories[ROOT] = [self.mount]
+            system_uid = self._owner(str(self.mount))
         except OSError:
-            pass
-        pending = [(self.mount, "")]
+            system_uid = 0
+        # (directory, its path from the mount, (uid, path of the top) if delegated)
+        pending: List[Tuple[Path, str, Optional[Tuple[int, str]]]] = [(self.mount, "", None)]
         while pending:
-            folder, relative = pending.pop()
+            folder, relative, delegated = pending.pop()
             try:
                 entries = list(os.scandir(folder))
             except OSError:
                 continue  # removed while we looked
             for entry in entries:
+                path = f"{relative}/{entry.name}"
                 try:
                     if not entry.is_dir(follow_symlinks=False):
                         continue
                     inode = entry.inode()
+                    uid = self._owner(entry.path) if delegated is None else delegated[0]
                 except OSError:
                     continue
                 if len(names) >= self.limit:
@@ -124,13 +185,16 @@ class CgroupTree:
                         self._warned_limit = True
                     pending = []
                     break
-                path = f"{relative}/{entry.name}"
-                _, depth = service_component(path)
-                name = service_name(path)
+                within = delegated or ((uid, path) if uid != system_uid else None)
+                if within is None:
+                    name, naming = service_name(path), _names_service(path)
+                else:
+                    below = path[len(within[1]):]
+                    name, naming = self._user_name(uid, below), _names_service(below)
                 names[inode] = (name, entry.path)
-                if depth == path.count("/"):  # this directory is the one naming the service
+                if naming:  # this directory is the one naming the service
                     directories.setdefault(name, []).append(Path(entry.path))
-                pending.append((Path(entry.path), path))
+                pending.append((Path(entry.path), path, within))
         self._names, self._directories = names, directories
 
     def _exists(self, cgroup: int) -> bool:

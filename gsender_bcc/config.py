@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,10 @@ from .metrics import TAGGED_PREFIX, check_prefix, default_prefix
 DEFAULT_PATH = Path("/etc/gsender.conf")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TRACEPOINT_MODES = ("auto", "raw", "classic")
-_HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
+_DOTTED_NUMBERS = re.compile(r"[0-9]+(\.[0-9]+)*")
+MAX_LABEL_CHARS = 63    # RFC 1035: one label of a host name
+MAX_HOST_CHARS = 253    # RFC 1035: the whole name, dots included, without the root's dot
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class ConfigError(AgentError):
 
 def _whole(low: int, high: int, unit: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if not re.fullmatch(r"[+-]?\d+", text):
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
             raise ValueError(f"must be a whole number of {unit} from {low} to {high}")
         value = int(text)
         if not low <= value <= high:
@@ -129,11 +133,36 @@ def _boolean(text: str) -> bool:
     return states[text.lower()]
 
 
+def _address(text: str, kind: Callable[[str], object], name: str) -> str:
+    try:
+        kind(text)
+    except ValueError:
+        raise ValueError(f"must be a valid {name} address") from None
+    return text
+
+
 def _host(text: str) -> str:
+    """Return a host name or an IPv4 or IPv6 address, checked label by label."""
     if not text:
         raise ValueError("must not be empty: give a host name or address")
-    if not _HOST.match(text):
-        raise ValueError("must be a host name or address (letters, digits, '.', '-', ':')")
+    if ":" in text:
+        return _address(text, ipaddress.IPv6Address, "IPv6")
+    name = text[:-1] if text.endswith(".") else text  # a fully qualified name's root dot
+    if _DOTTED_NUMBERS.fullmatch(name):
+        return _address(text, ipaddress.IPv4Address, "IPv4")
+    if len(name) > MAX_HOST_CHARS:
+        raise ValueError(f"is {len(name)} characters long: a host name has at most "
+                         f"{MAX_HOST_CHARS}")
+    for number, label in enumerate(name.split("."), 1):
+        if not label:
+            raise ValueError(f"has an empty label (number {number}): a host name is labels "
+                             f"joined by single dots")
+        if len(label) > MAX_LABEL_CHARS:
+            raise ValueError(f"has a label of {len(label)} characters ({label[:12]}...): at most "
+                             f"{MAX_LABEL_CHARS}")
+        if not _LABEL.fullmatch(label):
+            raise ValueError(f"has a label {label!r} that is not letters, digits, '-' and '_' "
+                             f"(not beginning or ending with '-')")
     return text
 
 
@@ -154,6 +183,8 @@ def _server_list(text: str) -> Tuple[Server, ...]:
 def _directory(text: str) -> Path:
     if not text.startswith("/"):
         raise ValueError("must be an absolute path")
+    if re.search(r"[\x00-\x1f\x7f]", text):
+        raise ValueError("must not hold control characters (a newline, a tab, ...)")
     return Path(text)
 
 

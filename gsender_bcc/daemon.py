@@ -5,13 +5,21 @@ monotonic clock; each interval is stamped with a wall-clock multiple of the
 frequency, and the first interval after a start ends at the next one. After a
 stall (process stopped, host suspended) the time missed becomes one interval
 stamped at the latest boundary passed, never a burst; a wall clock stepped back
-never repeats a timestamp: the samples wait for the next new boundary instead.
+never repeats a timestamp: the samples wait for the next new boundary instead,
+for at most MAX_HOLD_SECONDS. A clock that went back further (one that was wrong,
+say a day ahead, and was corrected) is followed at once: delivery resumes on the
+clock as it is, and the stamps sent while it was ahead are sent again when it
+reaches them. A reload ends the interval in progress at the first boundary after
+the signal came, however long the reload takes.
 
 A stop between boundaries does not send the unfinished interval (its timestamp
 would lie in the future, which whisper refuses): it is left in the state
 directory, and the next start adds it to its first interval when that ends at
 the same boundary, or sends it alone at its own boundary, so a restart leaves
-no hole.
+no hole. Its boundary never gets it dropped: one a little ahead of the clock (the
+last run was waiting out a clock that went back) becomes the first boundary, and
+one far from the clock (a step since, or a stop longer than buffer_hours) is
+added to the first interval.
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 HANDLED_SIGNALS = STOP_SIGNALS | {signal.SIGHUP}
 OVERFLOW_CGROUP = 0
+# A wall clock that went back makes the samples wait for the first boundary after the last
+# stamp, so that no stamp is sent twice, for at most this long (the longest interval). A
+# longer step back (a clock that was wrong, say a day ahead, and was corrected) resumes
+# delivery on the clock as it is now.
+MAX_HOLD_SECONDS = 3600
+CLOCK_WENT_BACK = -1  # what _wait_until returns when the boundary waited for is out of reach
 
 
 def next_boundary(now: float, frequency: int) -> int:
@@ -51,6 +65,24 @@ def interval_stamp(boundary: int, now: float, frequency: int, last_stamp: int) -
     """
     stamp = max(boundary, int(math.floor(now / frequency)) * frequency)
     return stamp if stamp > last_stamp else None
+
+
+def stamp_floor(now: float, last_stamp: int) -> int:
+    """Return the stamp the next interval must come after: the last one, unless the wall clock
+    went back more than MAX_HOLD_SECONDS before it (then now: resume on the clock as it is)."""
+    return last_stamp if last_stamp - now <= MAX_HOLD_SECONDS else math.floor(now)
+
+
+def boundary_after_reload(boundary: int, heard: float, last_stamp: int, frequency: int) -> int:
+    """Return where the interval in progress ends after a reload heard at ``heard``.
+
+    ``boundary`` is where it was due; ``frequency`` the one now in force. That is the first
+    multiple of it after the last stamp that is not before the moment the signal came (or
+    before ``boundary``, had that passed): however long the reload took, no boundary is
+    skipped, and with the frequency unchanged it is ``boundary`` itself.
+    """
+    return max(next_boundary(last_stamp, frequency),
+               math.ceil(min(heard, boundary) / frequency) * frequency)
 
 
 def merge_measured(a: Measured, b: Measured) -> Measured:
@@ -102,19 +134,24 @@ class Daemon:
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self._previous = self.probe.read_snapshot()
         self._started = self.clock.monotonic()
-        boundary = next_boundary(self.clock.time(), self.config.frequency)
-        self._take_unfinished(boundary)
+        boundary = self._take_unfinished(next_boundary(self.clock.time(),
+                                                       self.config.frequency))
         self.notifier.ready(f"attached; first interval ends at {boundary}")
         while True:
             received = self._wait_until(boundary)
+            if received == CLOCK_WENT_BACK:
+                boundary = self._next_boundary()
+                continue
             if received in STOP_SIGNALS:
                 log.info("%s received: stopping", signal.Signals(received).name)
                 self.notifier.stopping()
                 self._leave_unfinished(boundary)
                 return 0
             if received == signal.SIGHUP:
+                heard = self.clock.time()
                 self._reload()
-                boundary = self._next_boundary()
+                boundary = boundary_after_reload(boundary, heard, self.last_stamp,
+                                                 self.config.frequency)
                 continue
             self._deliver_interval(boundary, self.clock.time())
             if once:
@@ -122,33 +159,50 @@ class Daemon:
             boundary = self._next_boundary()
 
     def _next_boundary(self) -> int:
-        """The next boundary after now, and after the last stamp if the wall clock went back."""
-        return next_boundary(max(self.clock.time(), self.last_stamp), self.config.frequency)
+        """The next boundary after now, and after the last stamp if the wall clock went back
+        (within MAX_HOLD_SECONDS; beyond, delivery resumes on the clock as it is)."""
+        now = self.clock.time()
+        floor = stamp_floor(now, self.last_stamp)
+        if floor != self.last_stamp:
+            log.warning("wall clock went back %ds, before the last interval at %d: resuming on "
+                        "it now; the stamps up to %d will be sent again as the clock reaches "
+                        "them", self.last_stamp - int(now), self.last_stamp, self.last_stamp)
+            self.last_stamp = floor
+        return next_boundary(max(now, floor), self.config.frequency)
 
     # -- the unfinished interval across a restart --
 
     def _state_directory(self) -> Optional[Path]:
         return self.config.state_directory if self.keep_unfinished else None
 
-    def _take_unfinished(self, boundary: int) -> None:
+    def _take_unfinished(self, boundary: int) -> int:
+        """Take the interval left at the last stop; return where the first interval ends.
+
+        It is never dropped for its boundary: a wall clock stepped since (or a restart longer
+        than buffer_hours) adds its samples to the first interval.
+        """
         directory = self._state_directory()
-        if directory is None:
-            return
-        left = carryover.take(directory, self.probe.layout)
+        left = carryover.take(directory, self.probe.layout) if directory is not None else None
         if left is None:
-            return
-        if left.boundary == boundary:
-            log.info("adding the %.1fs measured before the restart to the interval ending %d",
-                     left.measured.seconds, boundary)
-            self._carried = left.measured
-        elif left.boundary < boundary and left.boundary > self.clock.time() - \
-                self.config.buffer_seconds:
+            return boundary
+        frequency, now = self.config.frequency, self.clock.time()
+        if left.boundary < boundary and left.boundary > now - self.config.buffer_seconds:
             log.info("sending the %.1fs measured before the restart as the interval ending %d",
                      left.measured.seconds, left.boundary)
             self._submit(left.boundary, left.measured)
-        else:
-            log.info("the interval left at the last stop (ending %d) is too old or in the "
-                     "future: not sent", left.boundary)
+            return boundary
+        if boundary < left.boundary <= now + MAX_HOLD_SECONDS:
+            # The last run waited out a wall clock that went back (or had longer intervals):
+            # going on to its boundary sends no stamp twice.
+            boundary = math.ceil(left.boundary / frequency) * frequency
+        elif left.boundary != boundary:
+            log.warning("the interval left at the last stop ends at %d, %ds from the wall clock "
+                        "now (a clock step, or a stop longer than buffer_hours): its samples go "
+                        "into the first interval", left.boundary, left.boundary - int(now))
+        log.info("adding the %.1fs measured before the restart to the interval ending %d",
+                 left.measured.seconds, boundary)
+        self._carried = left.measured
+        return boundary
 
     def _leave_unfinished(self, boundary: int) -> None:
         measured = self._measure()
@@ -252,14 +306,17 @@ class Daemon:
         self.notifier.reloaded("configuration reloaded")
 
     def _wait_until(self, wall_time: float) -> Optional[int]:
-        """Sleep until ``wall_time``, pinging the watchdog; return a signal that came first."""
+        """Sleep until ``wall_time``, pinging the watchdog; return a signal that came first,
+        or CLOCK_WENT_BACK once the wall clock went back so far that it is out of reach."""
         ping = self.notifier.watchdog_seconds
         while True:
             remaining = wall_time - self.clock.time()
             if remaining <= 0:
                 return None
-            received = self.clock.wait_for_signal(HANDLED_SIGNALS,
-                                                  min(remaining, ping or remaining))
+            if remaining > self.config.frequency + MAX_HOLD_SECONDS:
+                return CLOCK_WENT_BACK
+            received = self.clock.wait_for_signal(
+                HANDLED_SIGNALS, min(remaining, ping or remaining, self.config.frequency))
             if received is not None:
                 return received
             if ping:

@@ -15,10 +15,16 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from .histogram import IntervalStats
 
 _UNSAFE_HOST_CHARS = re.compile(r"[^A-Za-z0-9_-]")
-_PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_PATH = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _UNSAFE_TAG_VALUE = re.compile(r"[;\s]")
 DECIMALS = 3
 TAGGED_PREFIX = "cpu-lat"
+# The longest series key (path, with its tags) a line may carry: what the outbox checks
+# every line it reads back against (outbox._LINE); a longer line would never be sent.
+MAX_PATH_CHARS = 1000
+MAX_HOST_CHARS = 64  # Linux's HOST_NAME_MAX: the short host name in a tag is cut to it
+MAX_SERVICE_CHARS = 255  # a service's series name, cut to this (one cgroup directory's name)
+SERVICE_FIGURES = ("pressure", "throttled_ms")  # per-service figures beside the statistics
 
 Tags = Tuple[Tuple[str, str], ...]
 
@@ -43,7 +49,7 @@ class ServiceStats:
 def short_hostname(hostname: Optional[str] = None) -> str:
     """Return the host's short name with characters other than [A-Za-z0-9_-] replaced by ``_``."""
     short = (hostname if hostname is not None else socket.gethostname()).split(".")[0]
-    return _UNSAFE_HOST_CHARS.sub("_", short) or "unknown"
+    return _UNSAFE_HOST_CHARS.sub("_", short)[:MAX_HOST_CHARS] or "unknown"
 
 
 def default_prefix(hostname: Optional[str] = None) -> str:
@@ -52,9 +58,13 @@ def default_prefix(hostname: Optional[str] = None) -> str:
 
 
 def check_prefix(prefix: str) -> str:
-    """Return ``prefix`` if it is a safe Graphite path, else raise ValueError saying why."""
-    if not _PATH.match(prefix):
+    """Return ``prefix`` if it is a safe Graphite path that leaves room for every series."""
+    if not _PATH.fullmatch(prefix):
         raise ValueError("must be dot-separated parts of letters, digits, '_' and '-'")
+    if len(prefix) > MAX_PREFIX_CHARS:
+        raise ValueError(f"is {len(prefix)} characters long: at most {MAX_PREFIX_CHARS} leave "
+                         f"room for the longest series under the {MAX_PATH_CHARS}-character "
+                         f"path limit")
     return prefix
 
 
@@ -67,13 +77,17 @@ def tag_value(text: str) -> str:
 
 
 class _Namer:
-    """Build each series' path and tags in the configured style."""
+    """Build each series' path and tags in one style: ``tagged`` or hierarchical."""
 
-    def __init__(self, config, timestamp: int):
-        self.prefix = config.metric_prefix
-        self.tagged = config.tags
+    def __init__(self, prefix: str, tagged: bool, timestamp: int, host: str):
+        self.prefix = prefix
+        self.tagged = tagged
         self.timestamp = timestamp
-        self.host = (("host", tag_value(short_hostname())),) if self.tagged else ()
+        self.host = (("host", tag_value(host)),) if tagged else ()
+
+    @classmethod
+    def of(cls, config, timestamp: int) -> _Namer:
+        return cls(config.metric_prefix, config.tags, timestamp, short_hostname())
 
     def point(self, name: str, value, tags: Tags = ()) -> Datapoint:
         if isinstance(value, float):
@@ -105,6 +119,25 @@ def _stat_values(stats: IntervalStats) -> List[Tuple[str, Union[int, float]]]:
     return values
 
 
+def series_key(point: Datapoint) -> str:
+    """Return what identifies a series on the wire: its path, then ``;tag=value`` each."""
+    return point.path + "".join(f";{key}={value}" for key, value in sorted(point.tags))
+
+
+def _longest_suffix() -> int:
+    """Return how many characters the longest series adds to the prefix, in either style.
+
+    That is a per-service figure of a service with the longest name: longer than any host,
+    bucket or agent series.
+    """
+    stat = max(SERVICE_FIGURES, key=len)  # the statistics' names (count, p99, ...) are shorter
+    return max(len(series_key(_Namer("", tagged, 0, "h" * MAX_HOST_CHARS).service_stat(
+        "s" * MAX_SERVICE_CHARS, stat, 0))) for tagged in (False, True))
+
+
+MAX_PREFIX_CHARS = MAX_PATH_CHARS - _longest_suffix()
+
+
 def to_datapoints(stats: IntervalStats, config, timestamp: int,
                   services: Sequence[ServiceStats] = ()) -> List[Datapoint]:
     """Return the interval's datapoints, all stamped with ``timestamp``.
@@ -112,7 +145,7 @@ def to_datapoints(stats: IntervalStats, config, timestamp: int,
     ``config`` gives the prefix, the naming style (``tags``) and whether the per-second
     rate of each classic log2 bucket is sent (``bucket_series``).
     """
-    namer = _Namer(config, timestamp)
+    namer = _Namer.of(config, timestamp)
     points = [namer.host_stat(stat, value) for stat, value in _stat_values(stats)]
     if config.bucket_series:
         points.extend(namer.bucket(bucket, rate) for bucket, rate in stats.log2_rates)
@@ -127,7 +160,7 @@ def to_datapoints(stats: IntervalStats, config, timestamp: int,
 
 def agent_points(config, timestamp: int, figures: Dict[str, Union[int, float]]) -> List[Datapoint]:
     """Return the agent's own figures as ``<prefix>.agent.<name>`` datapoints."""
-    namer = _Namer(config, timestamp)
+    namer = _Namer.of(config, timestamp)
     return [namer.point(f"agent.{name}", value) for name, value in figures.items()]
 
 

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from gsender_bcc.cgroups import (CgroupTree, PressureReader, service_name, v2_mount)
+from gsender_bcc.cgroups import (MAX_NAMES_PER_USER, CgroupTree, PressureReader, service_name,
+                                  user_service_name, v2_mount)
 
 
 @pytest.mark.parametrize("path, name", [
@@ -20,9 +21,90 @@ from gsender_bcc.cgroups import (CgroupTree, PressureReader, service_name, v2_mo
     ("/kubepods/pod 1:a", "kubepods"),
     ("/we ird.name!", "we_ird_name_"),
     ("/system.slice", "system_slice"),
+    # The form user-<digits> followed by '_' or nothing belongs to delegated subtrees alone.
+    ("/system.slice/user-1000_nginx.service", "_user-1000_nginx"),
+    ("/system.slice/user-5.service", "_user-5"),
+    ("/system.slice/user-runtime-dir@1000.service", "user-runtime-dir_1000"),
+    ("/system.slice/user@1000.service", "user_1000"),
+    ("/system.slice/user-12x.service", "user-12x"),
+    ("/system.slice/" + "n" * 300 + ".service", "n" * 255),
 ])
 def test_service_names(path, name):
     assert service_name(path) == name
+
+
+@pytest.mark.parametrize("below, name", [
+    ("", "user-1000"),
+    ("/app.slice/nginx.service", "user-1000_nginx"),
+    ("/init.scope", "user-1000_init_scope"),
+    ("/app.slice/root.service", "user-1000_root"),
+    ("/other", "user-1000_other"),
+    ("/app.slice/app-podman.slice/libpod-ab12.scope/container", "user-1000_libpod-ab12_scope"),
+    ("/" + "n" * 300 + ".service", "user-1000_" + "n" * 245),
+])
+def test_user_service_names(below, name):
+    assert user_service_name(1000, below) == name
+
+
+USER_TOP = "user.slice/user-1000.slice/user@1000.service"
+
+
+@pytest.fixture
+def shared(tmp_path):
+    """A system nginx and cron, and a user's subtree (delegated: owned by uid 1000) with
+    services that take their names and the reserved ones."""
+    for path in ("system.slice/nginx.service", "system.slice/cron.service",
+                 "user.slice/user-1000.slice/session-3.scope", f"{USER_TOP}/init.scope",
+                 f"{USER_TOP}/app.slice/nginx.service", f"{USER_TOP}/app.slice/root.service",
+                 f"{USER_TOP}/app.slice/other.service", f"{USER_TOP}/app.slice/x/y"):
+        (tmp_path / path).mkdir(parents=True)
+    return tmp_path
+
+
+def delegated_to_1000(tree):
+    """The owner of each directory as systemd leaves it: user@1000.service and below are 1000's."""
+    top = str(tree / USER_TOP)
+    return lambda path: 1000 if path == top or path.startswith(top + "/") else 0
+
+
+class TestDelegatedSubtrees:
+    def test_a_user_never_shares_a_system_or_reserved_name(self, shared):
+        walker = CgroupTree(shared, owner=delegated_to_1000(shared))
+        paths = ["system.slice/nginx.service", "system.slice/cron.service",
+                 "user.slice/user-1000.slice/session-3.scope", USER_TOP,
+                 f"{USER_TOP}/init.scope", f"{USER_TOP}/app.slice/nginx.service",
+                 f"{USER_TOP}/app.slice/root.service", f"{USER_TOP}/app.slice/other.service",
+                 f"{USER_TOP}/app.slice/x/y"]
+        resolved = walker.resolve([inode(shared / p) for p in paths])
+        assert [resolved.service_of(inode(shared / p)) for p in paths] == [
+            "nginx", "cron", "session-3_scope", "user-1000", "user-1000_init_scope",
+            "user-1000_nginx", "user-1000_root", "user-1000_other", "user-1000_app_slice"]
+        # Its cpu.pressure and cpu.stat are not read as the system nginx's either.
+        assert walker.directories("nginx") == [shared / "system.slice/nginx.service"]
+        assert walker.directories("user-1000_nginx") == [
+            shared / f"{USER_TOP}/app.slice/nginx.service"]
+
+    def test_a_user_gets_a_bounded_number_of_names(self, shared, caplog):
+        for k in range(MAX_NAMES_PER_USER + 5):
+            (shared / f"{USER_TOP}/app.slice/s{k:02d}.service").mkdir()
+        walker = CgroupTree(shared, owner=delegated_to_1000(shared))
+        walker.walk()
+        user = {name for name, _ in walker._names.values() if name.startswith("user-1000")}
+        assert len(user) == MAX_NAMES_PER_USER + 1 and "user-1000" in user
+        # Names are kept from one walk to the next, and new ones still are not given.
+        (shared / f"{USER_TOP}/app.slice/late.service").mkdir()
+        walker.walk()
+        assert {name for name, _ in walker._names.values()
+                if name.startswith("user-1000")} == user
+        assert caplog.text.count("user 1000 has 10 services named already") == 1
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to a user")
+    def test_ownership_is_read_from_the_file_system(self, shared):
+        for folder, _, _ in os.walk(shared / USER_TOP):
+            os.chown(folder, 1000, 1000)
+        walker = CgroupTree(shared)
+        nginx = inode(shared / f"{USER_TOP}/app.slice/nginx.service")
+        assert walker.resolve([nginx]).service_of(nginx) == "user-1000_nginx"
 
 
 @pytest.mark.parametrize("mounts, found", [

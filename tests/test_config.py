@@ -145,8 +145,35 @@ BAD = [
     ("[graphite]\nserver_address =\n", "[graphite] server_address = '': must not be empty: give "
                                        "a host name or address"),
     ("[graphite]\nserver_address = graphite host\n", "[graphite] server_address = 'graphite "
-                                                     "host': must be a host name or address "
-                                                     "(letters, digits, '.', '-', ':')"),
+                                                     "host': has a label 'graphite host' that is "
+                                                     "not letters, digits, '-' and '_' (not "
+                                                     "beginning or ending with '-')"),
+    ("[graphite]\nserver_address = graphite..example.com\n",
+     "[graphite] server_address = 'graphite..example.com': has an empty label (number 2): a "
+     "host name is labels joined by single dots"),
+    (f"[graphite]\nserver_address = {'g' * 64}.example\n",
+     f"[graphite] server_address = '{'g' * 64}.example': has a label of 64 characters "
+     f"(gggggggggggg...): at most 63"),
+    (f"[graphite]\nserver_address = {'g.' * 126}gg\n",
+     f"[graphite] server_address = '{'g.' * 126}gg': is 254 characters long: a host name has "
+     f"at most 253"),
+    ("[graphite]\nserver_address = -graphite.example\n",
+     "[graphite] server_address = '-graphite.example': has a label '-graphite' that is not "
+     "letters, digits, '-' and '_' (not beginning or ending with '-')"),
+    ("[graphite]\nserver_address = 10.0.0.256\n",
+     "[graphite] server_address = '10.0.0.256': must be a valid IPv4 address"),
+    ("[graphite]\nserver_address = fe80::g\n",
+     "[graphite] server_address = 'fe80::g': must be a valid IPv6 address"),
+    ("[graphite]\nfallback_servers = b.example:2003, c..example:2003\n",
+     "[graphite] fallback_servers = 'b.example:2003, c..example:2003': must be a comma-separated "
+     "list of host:port (has an empty label (number 2): a host name is labels joined by single "
+     "dots)"),
+    (f"[default]\nprefix = {'p' * 646}\n",
+     f"[default] prefix = '{'p' * 646}': is 646 characters long: at most 645 leave room for the "
+     f"longest series under the 1000-character path limit"),
+    ("[default]\nstate_directory = /var/lib/gsender\x00\n",
+     "[default] state_directory = '/var/lib/gsender\\x00': must not hold control characters (a "
+     "newline, a tab, ...)"),
     ("[default]\nprefix = my host.cpu\n", "[default] prefix = 'my host.cpu': must be "
                                           "dot-separated parts of letters, digits, '_' and '-'"),
     ("[default]\nprefix = a.b\n  c.d 1 0\n", "[default] prefix = 'a.b\\nc.d 1 0': must be on one "
@@ -216,6 +243,28 @@ def test_every_problem_gets_its_own_line(tmp_path):
     assert result.returncode == 78
     assert [line.split(": ", 2)[2].split(" =")[0] for line in result.stderr.splitlines()] == [
         "[default] frequency", "[default] logging_level", "[graphite] port"]
+
+
+@pytest.mark.parametrize("host", [
+    "localhost", "graphite-a.example", "graphite.example.", "relay_1.example", "127.0.0.1",
+    "::1", "2001:db8::2003", "g" * 63 + ".example", ".".join(["g" * 63] * 3) + ".ggggggggg",
+])
+def test_host_names_and_addresses_that_resolve_are_accepted(host):
+    assert parse(f"[graphite]\nserver_address = {host}\n", "f").server_address == host
+    host.encode("idna")  # what the resolver does with it, where a bad label raises
+
+
+@pytest.mark.parametrize("flag, value, problem", [
+    ("--prefix", "web\n", "must be dot-separated parts"),
+    ("--graphite-host", "graphite.example\n", "has a label 'example\\n'"),
+    ("--state-directory", "/var/lib/x\n", "must not hold control characters"),
+])
+def test_a_flag_ending_in_a_newline_is_refused(flag, value, problem):
+    """`$` matches before a final newline: every check of a path or host is a full match."""
+    result = subprocess.run(AGENT + [flag, value, "--check-config"], capture_output=True,
+                            text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (64, "")
+    assert result.stderr.count("\n") == 1 and problem in result.stderr
 
 
 class TestCheckConfig:

@@ -1,5 +1,6 @@
 """The measurement loop with a fake probe, a fake clock and a recording sink: fast and exact."""
 
+import json
 import os
 import signal
 from array import array
@@ -9,7 +10,8 @@ import pytest
 from gsender_bcc import carryover
 from gsender_bcc.cgroups import CgroupTree
 from gsender_bcc.config import Config
-from gsender_bcc.daemon import Daemon, interval_stamp, next_boundary
+from gsender_bcc.daemon import (MAX_HOLD_SECONDS, Daemon, boundary_after_reload, interval_stamp,
+                                next_boundary, stamp_floor)
 from gsender_bcc.histogram import Counts, Layout, Snapshot, slot_of
 from gsender_bcc.notify import NullNotifier
 
@@ -34,6 +36,32 @@ def test_next_boundary_is_a_later_multiple(now, frequency, boundary):
 ])
 def test_interval_stamp(boundary, now, frequency, last, stamp):
     assert interval_stamp(boundary, now, frequency, last) == stamp
+
+
+@pytest.mark.parametrize("now, last, floor", [
+    (111.0, 105, 105),                                  # the clock went on: the last stamp
+    (99.0, 110, 110),                                   # 11 s back: wait for a new stamp
+    (110.0 - MAX_HOLD_SECONDS, 110, 110),               # at most that long
+    (109.5 - MAX_HOLD_SECONDS, 110, 109 - MAX_HOLD_SECONDS),  # longer: resume on the clock
+    (127.2, 86525, 127),                                # a day ahead, then corrected
+])
+def test_stamp_floor(now, last, floor):
+    assert stamp_floor(now, last) == floor
+
+
+@pytest.mark.parametrize("boundary, heard, last, frequency, after", [
+    (110, 106.0, 105, 5, 110),      # frequency unchanged: the same boundary
+    (110, 109.99, 105, 5, 110),     # heard just before it: still that boundary
+    (110, 110.02, 105, 5, 110),     # the signal came with the boundary: not skipped
+    (110, 106.0, 105, 10, 110),     # longer intervals: the first new multiple after the signal
+    (110, 109.99, 105, 15, 120),
+    (120, 106.0, 105, 5, 110),      # shorter: the first new multiple after the signal
+    (120, 111.0, 105, 5, 115),
+    (120, 106.0, 90, 5, 110),       # never before the last stamp's next multiple
+    (105, 101.0, 0, 5, 105),        # during the first interval
+])
+def test_boundary_after_reload(boundary, heard, last, frequency, after):
+    assert boundary_after_reload(boundary, heard, last, frequency) == after
 
 
 class FakeClock:
@@ -61,6 +89,23 @@ class FakeClock:
         if self.events and self.events[0][0] <= self.wall + seconds:
             at, what = self.events.pop(0)
             self.advance(max(0.0, at - self.wall))
+            if callable(what):
+                what()
+                return None
+            return what
+        self.advance(seconds)
+        return None
+
+
+class MonotonicEventsClock(FakeClock):
+    """Events at monotonic times, so that they keep their order whatever the wall clock does."""
+
+    def wait_for_signal(self, signals, seconds):
+        self.waits.append(seconds)
+        assert len(self.waits) < 100000, "the daemon never stopped"
+        if self.events and self.events[0][0] <= self.mono + seconds:
+            at, what = self.events.pop(0)
+            self.advance(max(0.0, at - self.mono))
             if callable(what):
                 what()
                 return None
@@ -179,6 +224,66 @@ class TestTiming:
         assert sink.intervals[0]["t.2"] == 10.0  # 50 samples in the 5 s from 100 to 105
 
 
+class TestWallClockSteps:
+    """A wall clock stepped by a day and back: delivery follows the clock as it is corrected,
+    and every sample measured reaches an interval, across a restart too."""
+
+    @staticmethod
+    def step(clock, seconds):
+        def stepped():
+            clock.wall += seconds
+        return stepped
+
+    def test_a_day_ahead_for_20_s_then_back(self, tmp_path):
+        probe = FakeProbe()
+        clock = MonotonicEventsClock(100.0)
+        clock.events = sorted([(1000.5 + k, lambda: probe.add(3)) for k in range(50)]
+                              + [(1007.2, self.step(clock, 86400)),
+                                 (1027.2, self.step(clock, -86400)), (1050.1, signal.SIGTERM)])
+        sink, _ = run_daemon(clock, probe, state=tmp_path)
+        stamps = [i["@"] for i in sink.intervals]
+        assert stamps[0] == 105 and {130, 135, 140, 145, 150} <= set(stamps)
+        after = MonotonicEventsClock(150.5, [(1001.0, lambda: second.add(3)), stop_at(1010)])
+        second = FakeProbe()
+        more, _ = run_daemon(after, second, state=tmp_path)
+        assert sum(i["t.count"] for i in sink.intervals + more.intervals) == 50 + 1
+
+    def test_a_restart_onto_a_clock_a_day_ahead_keeps_the_interval_left(self, tmp_path):
+        first = FakeProbe()
+        clock = FakeClock(100.0, [(101, lambda: first.add(3, n=40)), stop_at(102)])
+        run_daemon(clock, first, state=tmp_path)
+        second = FakeProbe()
+        ahead = 100 + 2 * 86400  # beyond buffer_hours: it cannot be sent at its own stamp
+        clock = FakeClock(ahead + 2.5, [(ahead + 3, lambda: second.add(3, n=2)),
+                                        stop_at(ahead + 6)])
+        sink, _ = run_daemon(clock, second, state=tmp_path)
+        assert [(i["@"], i["t.count"]) for i in sink.intervals] == [(ahead + 5, 42)]
+
+    def test_a_restart_while_waiting_out_a_step_back_sends_no_stamp_twice(self, tmp_path):
+        probe = FakeProbe()
+        clock = MonotonicEventsClock(100.0)
+        clock.events = [(1001, lambda: probe.add(3, n=3)), (1011, self.step(clock, -12)),
+                        (1012, lambda: probe.add(3, n=4)), (1016, signal.SIGTERM)]
+        sink, _ = run_daemon(clock, probe, state=tmp_path)
+        assert [i["@"] for i in sink.intervals] == [105, 110]
+        second = FakeProbe()
+        clock = FakeClock(104.5, [(106, lambda: second.add(3, n=5)), stop_at(121)])
+        more, _ = run_daemon(clock, second, state=tmp_path)
+        assert [(i["@"], i["t.count"]) for i in more.intervals] == [(115, 9), (120, 0)]
+
+    def test_a_small_step_back_is_waited_out_and_a_large_one_is_not(self):
+        probe = FakeProbe()
+        clock = MonotonicEventsClock(10000.0)
+        clock.events = [(1011, self.step(clock, -12)), (1031, self.step(clock, -2 * 3600)),
+                        (1032, lambda: probe.add(3, n=6)), (1045, signal.SIGTERM)]
+        sink, _ = run_daemon(clock, probe, keep_unfinished=False)
+        stamps = [i["@"] for i in sink.intervals]
+        # 12 s back at 10011: the samples wait for 10015, after the last stamp (10010).
+        assert stamps[:3] == [10005, 10010, 10015]
+        # Two hours back at 10019 (wall 2819): delivery goes on from there at once.
+        assert stamps[3:] == [2820, 2825, 2830] and sink.intervals[3]["t.count"] == 6
+
+
 class TestUnfinishedInterval:
     def test_a_restart_within_the_interval_merges_into_the_same_boundary(self, tmp_path):
         first = FakeProbe()
@@ -202,6 +307,19 @@ class TestUnfinishedInterval:
         sink, _ = run_daemon(clock, second, state=tmp_path)
         assert [(i["@"], i["t.count"]) for i in sink.intervals] == [(105, 40), (110, 7)]
 
+    def test_a_crafted_file_is_set_aside_and_nothing_it_holds_is_sent(self, tmp_path, caplog):
+        """A slot at 2^63-1 plus one sample in the same slot overflowed the histogram."""
+        slot = str(slot_of(LAYOUT, 3))
+        (tmp_path / carryover.FILE_NAME).write_text(json.dumps({
+            "format": carryover.FORMAT, "version": 1, "boot_id": "", "boundary": 105,
+            "seconds": 3.0, "lost": 0, "host": [3000, {slot: 2 ** 63 - 1}], "cgroups": {}}))
+        probe = FakeProbe()
+        clock = FakeClock(102.0, [(103, lambda: probe.add(3, n=1)), stop_at(106)])
+        sink, _ = run_daemon(clock, probe, state=tmp_path)
+        assert [(i["@"], i["t.count"]) for i in sink.intervals] == [(105, 1)]
+        assert "unfinished.json is damaged (9223372036854775807 is not a whole number" in caplog.text
+        assert list(tmp_path.glob(carryover.FILE_NAME + ".damaged-*"))
+
     def test_nothing_is_kept_with_keep_unfinished_off(self, tmp_path):
         clock = FakeClock(100.0, [stop_at(102)])
         run_daemon(clock, state=tmp_path, keep_unfinished=False)
@@ -215,6 +333,24 @@ class TestReloadAndWatchdog:
         sink, daemon = run_daemon(clock, reload=lambda: new, keep_unfinished=False)
         assert sink.configs == [new] and daemon.config == new
         assert [i["@"] for i in sink.intervals] == [105, 110, 120, 130]
+
+    @pytest.mark.parametrize("new_frequency, stamps", [(5, [105, 110, 115, 120]),
+                                                       (10, [105, 110, 120])])
+    def test_a_reload_just_before_a_boundary_skips_and_merges_none(self, new_frequency,
+                                                                   stamps):
+        """The reload itself takes time (reading the file, opening the outbox): a SIGHUP
+        10 ms before 110 whose reload ends after 110 still ends an interval at 110."""
+        probe = FakeProbe()
+
+        def slow_reload():
+            clock.advance(0.3)
+            return Config(frequency=new_frequency, prefix="t")
+        clock = FakeClock(100.0, [(104, lambda: probe.add(3, n=7)),
+                                  (109.99, signal.SIGHUP), (112, lambda: probe.add(3, n=5)),
+                                  stop_at(121)])
+        sink, _ = run_daemon(clock, probe, reload=slow_reload, keep_unfinished=False)
+        assert [i["@"] for i in sink.intervals] == stamps
+        assert [i["t.count"] for i in sink.intervals][:3] == [7, 0, 5]
 
     def test_the_watchdog_is_pinged_at_its_own_pace_in_long_intervals(self):
         clock = FakeClock(0.5, [stop_at(3599)])
@@ -265,6 +401,22 @@ class TestServices:
         assert interval["t.count"] == sum(v for k, v in interval.items()
                                           if k.startswith("t.service.") and k.endswith(".count"))
         assert interval["t.agent.services_overflow"] == 4
+
+    def test_a_user_service_is_never_merged_into_a_system_one(self, tree):
+        user = tree / "user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service"
+        user.mkdir(parents=True)
+        top = str(user.parent.parent)
+        probe = FakeProbe(per_cgroup=True)
+
+        def load():
+            probe.add(100, n=30, cgroup=os.stat(tree / "system.slice/nginx.service").st_ino)
+            probe.add(100, n=1000, cgroup=os.stat(user).st_ino)
+        clock = FakeClock(100.0, [(101, load), stop_at(106)])
+        owner = lambda path: 1000 if path.startswith(top) else 0  # noqa: E731
+        sink, _ = run_daemon(clock, probe, cgroup_tree=CgroupTree(tree, owner=owner),
+                             keep_unfinished=False)
+        assert sink.intervals[0]["t.service.nginx.count"] == 30
+        assert sink.intervals[0]["t.service.user-1000_nginx.count"] == 1000
 
     def test_a_removed_cgroup_is_forgotten_after_its_last_interval(self, tree):
         doomed = tree / "batch" / "job-1"

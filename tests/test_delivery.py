@@ -511,14 +511,22 @@ CORPUS = {
         lambda s, now, c: write(s / "unfinished.json", unfinished_text(now - 20, seconds=0)),
         r"ERROR .*/unfinished\.json is damaged \(its length in seconds is missing or out of "
         r"range\): its interval is not sent"),
+    # Far from the clock (stepped since, or a long stop): its samples join the first interval.
     "unfinished-far-in-the-future": (
-        lambda s, now, c: write(s / "unfinished.json", unfinished_text(now + 10 * 86400)),
-        r"INFO the interval left at the last stop \(ending \d+\) is too old or in the future: "
-        r"not sent$"),
+        lambda s, now, c: write(s / "unfinished.json", unfinished_text(now + 10 * 86400,
+                                                                        count=1000)),
+        r"WARNING the interval left at the last stop ends at \d+, \d+s from the wall clock now "
+        r"\(a clock step, or a stop longer than buffer_hours\): its samples go into the first "
+        r"interval$"),
     "unfinished-older-than-buffer-hours": (
-        lambda s, now, c: write(s / "unfinished.json", unfinished_text(now - 3600)),
-        r"INFO the interval left at the last stop \(ending \d+\) is too old or in the future: "
-        r"not sent$"),
+        lambda s, now, c: write(s / "unfinished.json", unfinished_text(now - 3600, count=1000)),
+        r"WARNING the interval left at the last stop ends at \d+, -\d+s from the wall clock now "
+        r"\(a clock step, or a stop longer than buffer_hours\): its samples go into the first "
+        r"interval$"),
+    "unfinished-holding-more-than-an-interval-can": (
+        lambda s, now, c: write(s / "unfinished.json", unfinished_text(now + 1)),
+        r"ERROR .*/unfinished\.json is damaged \(1000000000000 is not a whole number from 0 to "
+        r"\d+\): its interval is not sent"),
     "symlink-as-unfinished": (
         lambda s, now, c: symlink(s / "unfinished.json", s.parent / "elsewhere.json",
                                   unfinished_text(now + 1)),

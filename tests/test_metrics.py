@@ -2,6 +2,7 @@ import pytest
 
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats
+from gsender_bcc import metrics
 from gsender_bcc.metrics import (Datapoint, ServiceStats, agent_points, check_prefix,
                                  default_prefix, short_hostname, summary, tag_value,
                                  to_datapoints)
@@ -28,10 +29,42 @@ class TestPrefix:
     def test_safe_prefixes_pass(self, prefix):
         assert check_prefix(prefix) == prefix
 
-    @pytest.mark.parametrize("prefix", ["", "a b", "a..b", ".a", "a.", "a\nb", "a;tag=1", "a/b"])
+    @pytest.mark.parametrize("prefix", ["", "a b", "a..b", ".a", "a.", "a\nb", "a;tag=1", "a/b",
+                                        "web\n", "web.cpu-lat\n"])
     def test_unsafe_prefixes_are_refused(self, prefix):
         with pytest.raises(ValueError, match="dot-separated parts"):
             check_prefix(prefix)
+
+
+class TestLongestSeries:
+    """Every series fits the path limit the outbox checks lines against, whatever the prefix
+    the configuration accepts: one too long is refused when the configuration is read."""
+
+    @pytest.mark.parametrize("tags", [False, True])
+    def test_every_line_fits_with_the_longest_prefix_name_and_host(self, monkeypatch, tags):
+        from gsender_bcc.outbox import parse_line
+        from gsender_bcc.sink import encode, message_builder
+        monkeypatch.setattr(metrics.socket, "gethostname", lambda: "h" * 80 + ".example")
+        prefix = check_prefix(".".join(["p" * 49] * 13)[:metrics.MAX_PREFIX_CHARS])
+        assert len(prefix) == metrics.MAX_PREFIX_CHARS
+        config = Config(prefix=prefix, tags=tags)
+        stats = STATS.__class__(**{**STATS.__dict__, "log2_rates": ((1 << 32, 0.5),)})
+        service = ServiceStats("s" * metrics.MAX_SERVICE_CHARS, stats,
+                               {figure: 1.0 for figure in metrics.SERVICE_FIGURES})
+        figures = {name: 0 for name in ("queued_intervals", "dropped_intervals",
+                                        "send_failures", "spool_errors", "services_overflow")}
+        points = to_datapoints(stats, config, 1700000010, [service])
+        points += agent_points(config, 1700000010, figures)
+        lines = encode(message_builder(), points).splitlines()
+        assert [line for line in lines if parse_line(line) is None] == []
+        longest = max(len(metrics.series_key(p)) for p in points)
+        assert longest <= metrics.MAX_PATH_CHARS
+        if tags:  # the tagged style is the longer one: it sets the limit
+            assert longest == metrics.MAX_PATH_CHARS
+
+    def test_one_character_more_is_refused(self):
+        with pytest.raises(ValueError, match=f"at most {metrics.MAX_PREFIX_CHARS} leave room"):
+            check_prefix("p" * (metrics.MAX_PREFIX_CHARS + 1))
 
 
 class TestToDatapoints:

@@ -54,9 +54,47 @@ class TestUnfinishedFile:
         taken = carryover.take(tmp_path, LAYOUT)
         assert taken.measured.cgroups == {} and taken.measured.host == MEASURED.host
 
+    def test_cgroups_are_kept_within_one_boot_where_the_boot_id_is_hidden(self, tmp_path,
+                                                                          monkeypatch):
+        monkeypatch.setattr(carryover, "BOOT_ID_PATH", tmp_path / "hidden" / "boot_id")
+        assert carryover.this_boot().boot_id == ""  # as under the unit's ProcSubset=pid
+        carryover.save(tmp_path, carryover.Unfinished(1800000005, MEASURED))
+        assert carryover.take(tmp_path, LAYOUT).measured.cgroups == MEASURED.cgroups
+
+    @pytest.mark.parametrize("boot_id", ["", "id-of-the-old-boot"])
+    def test_after_a_reboot_with_the_boot_id_hidden_no_cgroup_is_carried(self, tmp_path,
+                                                                        boot_id):
+        """Old files (only a boot id, empty under the unit) and files of another boot carry
+        no cgroup ids: the same ids name other cgroups now. The host keeps every sample."""
+        now = carryover.Boot("", uptime=40.0, wall=1800000100.0)
+        carryover.save(tmp_path, carryover.Unfinished(1800000005, MEASURED),
+                       boot=carryover.Boot(boot_id, uptime=3600.0, wall=1800000003.0))
+        taken = carryover.take(tmp_path, LAYOUT, boot=now)
+        assert taken.measured.cgroups == {} and taken.measured.host == MEASURED.host
+        path = tmp_path / carryover.FILE_NAME
+        carryover.save(tmp_path, carryover.Unfinished(1800000005, MEASURED))
+        document = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in document.items()
+                                    if k not in ("uptime", "saved_at")} | {"boot_id": ""}))
+        assert carryover.take(tmp_path, LAYOUT, boot=now).measured.cgroups == {}
+
+    @pytest.mark.parametrize("saved, now, same", [
+        (("a", 10.0, 110.0), ("a", 5.0, 90.0), True),        # the kernel's ids decide
+        (("a", 10.0, 110.0), ("b", 50.0, 150.0), False),
+        (("", 10.0, 110.0), ("", 50.0, 150.0), True),        # booted at 100 both times
+        (("", 10.0, 110.0), ("", 51.5, 150.0), True),        # within the tolerance
+        (("", 10.0, 110.0), ("", 53.0, 150.0), False),       # booted 3 s apart
+        (("", 10.0, 110.0), ("", 5.0, 105.0), False),        # up for less time than then
+        (("a", 10.0, 110.0), ("", 50.0, 150.0), True),       # one id hidden: the clocks decide
+        (("", None, 0.0), ("", 50.0, 150.0), False),         # unknown: never the same
+        (("", 10.0, 110.0), ("", 50.0, 86550.0), False),     # a day's step reads as a reboot
+    ])
+    def test_same_boot(self, saved, now, same):
+        assert carryover.same_boot(carryover.Boot(*saved), carryover.Boot(*now)) is same
+
     @staticmethod
     def document(**changes):
-        document = {"format": carryover.FORMAT, "version": 1, "boot_id": carryover.boot_id(),
+        document = {"format": carryover.FORMAT, "version": 1, "boot_id": carryover.this_boot().boot_id,
                     "boundary": 1800000005, "seconds": 3.0, "lost": 0,
                     "host": [5000, {"3": 5}], "cgroups": {}}
         document.update(changes)
@@ -74,13 +112,30 @@ class TestUnfinishedFile:
         (document.__func__(host=[5000, {"3": -5}]), "-5 is not a whole number from 0"),
         (document.__func__(host=[5000, {"3": 5.5}]), "5.5 is not a whole number from 0"),
         (document.__func__(host=[5000, {"999": 5}]), "999 is not a whole number from 0"),
-        (document.__func__(host=[5000, {"9" * 5000: 5}]), "Exceeds the limit"),
+        (document.__func__(host=[5000, {"9" * 5000: 5}]), "'999999999999999999999999999999' is "
+                                                          "not a whole number from 0 to 240"),
+        (document.__func__(host=[5000, {"\u00b2": 5}]), "'\u00b2' is not a whole number"),
+        (document.__func__(host=[5000, {"3\n": 5}]), "'3\\n' is not a whole number"),
+        # What one interval (3 s here) cannot hold: a slot at 2^63-1 would overflow the
+        # histogram at the next sample, and claims samples nobody measured.
+        (document.__func__(host=[5000, {"3": 2 ** 63 - 1}]), "9223372036854775807 is not a whole "
+                                                             "number from 0 to 12884901888"),
+        (document.__func__(host=[5000, {"3": 2 ** 33, "4": 2 ** 33}]),
+         "17179869184 samples are more than 12884901888 in one interval"),
+        (document.__func__(host=[2 ** 62, {"3": 5}]), "is not a whole number from 0 to "
+                                                      "4611686018427387903"),
+        (document.__func__(lost=2 ** 40), "1099511627776 is not a whole number from 0 to "
+                                          "12884901888"),
+        (document.__func__(cgroups={"7": [5000, {"3": 6}]}), "its cgroups hold samples its host "
+                                                             "histogram does not"),
+        (document.__func__(cgroups={"7": [5001, {"3": 5}]}), "its cgroups hold samples its host "
+                                                             "histogram does not"),
         (document.__func__(host=[5000]), "a histogram is not"),
         (document.__func__(boundary="soon"), "'soon' is not a whole number from 1"),
         (document.__func__(boundary=2 ** 70), "is not a whole number from 1"),
         (document.__func__(lost=True), "True is not a whole number"),
         (document.__func__(cgroups=[]), "its cgroups are not a mapping"),
-        (document.__func__(cgroups={"x": [0, {}]}), "-1 is not a whole number"),
+        (document.__func__(cgroups={"x": [0, {}]}), "'x' is not a whole number"),
         (document.__func__(version=2), "not a gsender-bcc unfinished interval"),
     ], ids=lambda value: str(value)[:30])
     def test_damage_is_set_aside_with_one_line(self, tmp_path, caplog, text, reason):
