@@ -83,12 +83,16 @@ class FakeClock:
         self.wall += seconds
         self.mono += seconds
 
+    def events_now(self):
+        """The clock the events' times are on."""
+        return self.wall
+
     def wait_for_signal(self, signals, seconds):
         self.waits.append(seconds)
         assert len(self.waits) < 100000, "the daemon never stopped"
-        if self.events and self.events[0][0] <= self.wall + seconds:
+        if self.events and self.events[0][0] <= self.events_now() + seconds:
             at, what = self.events.pop(0)
-            self.advance(max(0.0, at - self.wall))
+            self.advance(max(0.0, at - self.events_now()))
             if callable(what):
                 what()
                 return None
@@ -100,18 +104,8 @@ class FakeClock:
 class MonotonicEventsClock(FakeClock):
     """Events at monotonic times, so that they keep their order whatever the wall clock does."""
 
-    def wait_for_signal(self, signals, seconds):
-        self.waits.append(seconds)
-        assert len(self.waits) < 100000, "the daemon never stopped"
-        if self.events and self.events[0][0] <= self.mono + seconds:
-            at, what = self.events.pop(0)
-            self.advance(max(0.0, at - self.mono))
-            if callable(what):
-                what()
-                return None
-            return what
-        self.advance(seconds)
-        return None
+    def events_now(self):
+        return self.mono
 
 
 class FakeProbe:

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.bpf, pytest.mark.package]
 def run(*command, check=True, timeout=900, **kwargs):
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(command)} exited {result.returncode}:\n"
+        pytest.fail(f"{' '.join(map(str, command))} exited {result.returncode}:\n"
                     f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 

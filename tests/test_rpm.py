@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from test_packaging import run
+
 ROOT = Path(__file__).resolve().parent.parent
 VM_CACHE = Path(os.environ.get("GSENDER_VM_CACHE", "/var/cache/gsender-bcc-vm"))
 SEED_CONF = ROOT / "tests" / "vm" / "old-gsender" / "gsender.conf"
@@ -32,12 +34,6 @@ RPM_ONLY = {"/usr/share/licenses/gsender-bcc/LICENSE"}
 package = pytest.mark.package
 
 
-def run(*command, check=True, timeout=900, **kwargs):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
-    if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, command))} exited {result.returncode}:\n"
-                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 def common_path(path):
