@@ -83,8 +83,10 @@ def test_busy_loops_wait_for_the_time_they_did_not_run(kind, cgroup_factory):
 SLEEPER = "import time\nwhile True: time.sleep(0.002)"
 
 
-# Below this the two clocks place a wakeup's short wait differently (see the test's docstring).
+# Below this the two clocks place a wakeup's short wait differently (see the test's docstring),
+# by at most about this much per sample.
 SHORT_US = 32
+WAKEUP_GAP_NS = 16_000
 
 
 def log2_shares(layout, counts, floor_us=SHORT_US):
@@ -95,7 +97,7 @@ def log2_shares(layout, counts, floor_us=SHORT_US):
     for slot, n in enumerate(counts.slots):
         if n:
             low = int(slot_bounds(layout, slot)[0])
-            bucket = 0 if low < floor_us else 1 << (low.bit_length() - 1)
+            bucket = 0 if low < max(floor_us, 1) else 1 << (low.bit_length() - 1)
             shares[bucket] = shares.get(bucket, 0) + n / counts.count
     return shares
 
@@ -111,12 +113,15 @@ def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
     on each cgroup's total wait and count, and on where in the log2 buckets its samples fall.
 
     What differs, and why:
-    - A woken task's short wait (wakeup preemption, a few µs): measured here, the scheduler's
-      accounting put about half of a 2 ms sleeper's samples under 1 µs, where classic's clock
-      read 4 to 16 µs for them. The scheduler stamps the queueing and the arrival with its run
-      queue clock, which is read when it updates it, not at the event; classic reads
-      bpf_ktime_get_ns in its own programs at the two tracepoints. So the buckets below 32 µs are
-      compared together; their total is microseconds against seconds of the loops' waits.
+    - A woken task that preempts the running one: the scheduler stamps its queueing and its
+      arrival with the run queue's clock, and right after such a wakeup it skips the clock's
+      next update ("a useless back to back clock update": check_preempt_curr, wakeup_preempt
+      in newer kernels, in kernel/sched/core.c), so the few microseconds from the wakeup to the
+      switch are not in run_delay. Classic reads bpf_ktime_get_ns in its own programs at the two
+      tracepoints and has them. Measured here: about half of a 2 ms sleeper's samples under 1 µs in raw mode,
+      4 to 16 µs in classic; 13 ms over 1500 such samples. So the buckets below 32 µs are
+      compared together, and the totals may differ by that much per sample on top of the
+      tolerance.
     - A task preempted while already marked to sleep is counted by classic (its prev_state has
       the preempted bit) and not by the scheduler, which does not queue it as waiting.
     - A wait in progress at the attach is counted by classic from the attach, by raw mode not at
@@ -143,7 +148,8 @@ def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
     by_classic = delta(classic.layout, classic_0, classic_1, WINDOW_S).cgroups
     for cgroup in (busy, sleepy):
         a, b = by_raw[cgroup.id], by_classic[cgroup.id]
-        assert b.sum_ns == pytest.approx(a.sum_ns, rel=TOLERANCE), cgroup.path.name
+        assert abs(b.sum_ns - a.sum_ns) <= TOLERANCE * a.sum_ns + WAKEUP_GAP_NS * a.count, (
+            f"{cgroup.path.name}: raw {a.sum_ns} ns, classic {b.sum_ns} ns")
         assert b.count == pytest.approx(a.count, rel=TOLERANCE), cgroup.path.name
         shares_a, shares_b = log2_shares(raw.layout, a), log2_shares(classic.layout, b)
         moved = moved_share(shares_a, shares_b)
