@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from .histogram import Counts, Layout, Measured, empty_counts, sum_counts
+from .outbox import check_private
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ def take(directory: Path, layout: Layout, boot: Optional[Boot] = None) -> Option
     try:
         if not path.exists() and not path.is_symlink():
             return None
+        # A directory others can write to may hold a file they planted: never read from it.
+        check_private(directory.stat(), directory)
         if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_BYTES:
             raise ValueError("not a regular file of a sane size")
         unfinished = parse(path.read_text(encoding="utf-8"), layout, boot or this_boot())

@@ -45,6 +45,16 @@ class TestUnfinishedFile:
         assert victim.read_text() == "precious"
         assert carryover.take(tmp_path, LAYOUT) == carryover.Unfinished(1800000005, MEASURED)
 
+    def test_nothing_is_taken_from_a_directory_others_can_write(self, tmp_path, caplog):
+        carryover.save(tmp_path, carryover.Unfinished(1800000005, MEASURED))
+        tmp_path.chmod(0o777)
+        try:
+            assert carryover.take(tmp_path, LAYOUT) is None
+        finally:
+            tmp_path.chmod(0o700)
+        assert "writable by group or others" in caplog.text
+        assert not (tmp_path / carryover.FILE_NAME).exists()  # set aside, never sent
+
     def test_cgroup_ids_are_forgotten_after_a_reboot(self, tmp_path):
         carryover.save(tmp_path, carryover.Unfinished(1800000005, MEASURED))
         path = tmp_path / carryover.FILE_NAME
