@@ -82,8 +82,8 @@ EMPTY_LOADER = """
 import os, signal, sys, bcc
 from gsender_bcc import program
 os.environ["BCC_KERNEL_SOURCE"] = str(program.include_tree())
-b = bcc.BPF(text=sys.argv[1], cflags=[f"-DLINUX_VERSION_CODE={program.running_version_code()}",
-                                      f"-DGSENDER_PAGE_SIZE={program.running_page_size()}"])
+b = bcc.BPF(text=sys.argv[1], cflags=list(program.include_tree_flags(
+    program.running_version_code(), program.running_page_size())))
 print("attached", flush=True)
 signal.sigwait({signal.SIGINT, signal.SIGTERM})
 b.cleanup()

@@ -120,7 +120,7 @@ def bcc_version(bcc) -> str:
 
 
 def load_failure(failure: Exception, messages: list, settings: program.ProgramSettings,
-                 paranoid: Optional[int], bcc_release: str = "") -> AgentError:
+                 paranoid: Optional[int], bcc_release: str = "of unknown version") -> AgentError:
     """Turn bcc's failure to compile, load or attach into the error that names the fix.
 
     Classic tracepoints are attached with perf_event_open, which Debian's kernels at
@@ -131,7 +131,7 @@ def load_failure(failure: Exception, messages: list, settings: program.ProgramSe
     for line in messages:
         missing = _MISSING_FILE.search(line)
         if missing:
-            return AgentError(f"BCC {bcc_release or 'of unknown version'} wants the header "
+            return AgentError(f"BCC {bcc_release} wants the header "
                               f"{missing.group(1)}, which gsender-bcc's include tree "
                               f"({settings.include_tree}) does not have: this BCC is newer than "
                               f"this gsender-bcc; upgrade gsender-bcc (kernel headers do not help, "

@@ -75,6 +75,11 @@ def running_page_size() -> int:
     return os.sysconf("SC_PAGE_SIZE")
 
 
+def include_tree_flags(version_code: int, page_size: int) -> Tuple[str, ...]:
+    """The -D flags the include tree needs: what kernel headers would have told helpers.h."""
+    return f"-DLINUX_VERSION_CODE={version_code}", f"-DGSENDER_PAGE_SIZE={page_size}"
+
+
 def header_constants(header_text: str) -> Dict[str, int]:
     """Return the ``#define NAME number`` constants of the shared header."""
     return {name: int(value) for name, value in _DEFINE.findall(header_text)}
@@ -133,8 +138,7 @@ class ProgramSettings:
     def cflags(self, include_dir: Path) -> Tuple[str, ...]:
         flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}",
                  f"-DPER_CGROUP={int(self.per_cgroup)}", f"-DMAX_CGROUPS={self.max_cgroups}",
-                 f"-DLINUX_VERSION_CODE={self.version_code}",
-                 f"-DGSENDER_PAGE_SIZE={self.page_size}"]
+                 *include_tree_flags(self.version_code, self.page_size)]
         if self.raw is not None:
             flags += ["-DRAW_TRACEPOINTS", f"-DSCHED_INFO_OFFSET={self.raw.sched_info_offset}"]
         else:
