@@ -83,28 +83,40 @@ def test_busy_loops_wait_for_the_time_they_did_not_run(kind, cgroup_factory):
 SLEEPER = "import time\nwhile True: time.sleep(0.002)"
 
 
-# Below this the two clocks place a wakeup's short wait differently (see the test's docstring),
-# by at most about this much per sample.
-SHORT_US = 32
+# How far the two clocks may place one wakeup's wait apart (see the test's docstring).
 WAKEUP_GAP_NS = 16_000
+# From here up, a shift of WAKEUP_GAP_NS moves a sample by at most one log2 bucket.
+SHORT_US = 2 * WAKEUP_GAP_NS // 1000
+# The share of the samples allowed to move further than that.
+MOVED = 0.05
 
 
-def log2_shares(layout, counts, floor_us=SHORT_US):
-    """The share of the samples in each log2 bucket from ``floor_us`` up, by its lower bound in
-    µs; the buckets below it are taken together, as 0."""
+def share_below(layout, counts, bound_us):
+    """The share of the samples in slots that end at or under ``bound_us`` µs."""
     from gsender_bcc.histogram import slot_bounds
-    shares = {}
+    below = 0
     for slot, n in enumerate(counts.slots):
-        if n:
-            low = int(slot_bounds(layout, slot)[0])
-            bucket = 0 if low < max(floor_us, 1) else 1 << (low.bit_length() - 1)
-            shares[bucket] = shares.get(bucket, 0) + n / counts.count
-    return shares
+        high = slot_bounds(layout, slot)[1]
+        if n and high is not None and high <= bound_us:
+            below += n
+    return below / counts.count
 
 
-def moved_share(a, b):
-    """The share of the samples that would have to move to another bucket to make a into b."""
-    return sum(abs(a.get(k, 0) - b.get(k, 0)) for k in set(a) | set(b)) / 2
+def farthest_apart(layout, a, b):
+    """The largest share of one side's samples that the other side places more than one log2
+    bucket higher, over the bucket bounds from SHORT_US µs up, with the bound where it is.
+
+    A sample either clock puts under bound/2 µs the other must put under bound µs: each wait
+    moves by at most WAKEUP_GAP_NS, less than half of any bound from SHORT_US up. Samples sitting
+    on a bucket's edge may cross it; they may not cross two."""
+    worst = (0.0, None)
+    bound = SHORT_US
+    while bound < 2 << layout.log2_max:
+        for x, y in ((a, b), (b, a)):
+            short = share_below(layout, y, bound // 2) - share_below(layout, x, bound)
+            worst = max(worst, (short, bound), key=lambda w: w[0])
+        bound *= 2
+    return worst
 
 
 def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
@@ -119,9 +131,12 @@ def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
       in newer kernels, in kernel/sched/core.c), so the few microseconds from the wakeup to the
       switch are not in run_delay. Classic reads bpf_ktime_get_ns in its own programs at the two
       tracepoints and has them. Measured here: about half of a 2 ms sleeper's samples under 1 µs in raw mode,
-      4 to 16 µs in classic; 13 ms over 1500 such samples. So the buckets below 32 µs are
-      compared together, and the totals may differ by that much per sample on top of the
-      tolerance.
+      4 to 16 µs in classic; 13 ms over 1500 such samples. The task it preempted
+      is queued again with that stale clock, so in raw mode its wait gains what the woken one
+      lost (one CI run put 6% of a busy loop's samples at 32 to 64 µs in raw mode and under
+      32 µs in classic). So one wait may land
+      one log2 bucket away under the other clock (never two, from 32 µs up), and the totals may
+      differ by that gap per sample on top of the tolerance.
     - A task preempted while already marked to sleep is counted by classic (its prev_state has
       the preempted bit) and not by the scheduler, which does not queue it as waiting.
     - A wait in progress at the attach is counted by classic from the attach, by raw mode not at
@@ -151,10 +166,32 @@ def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
         assert abs(b.sum_ns - a.sum_ns) <= TOLERANCE * a.sum_ns + WAKEUP_GAP_NS * a.count, (
             f"{cgroup.path.name}: raw {a.sum_ns} ns, classic {b.sum_ns} ns")
         assert b.count == pytest.approx(a.count, rel=TOLERANCE), cgroup.path.name
-        shares_a, shares_b = log2_shares(raw.layout, a), log2_shares(classic.layout, b)
-        moved = moved_share(shares_a, shares_b)
-        apart = moved_share(log2_shares(raw.layout, a, 0), log2_shares(classic.layout, b, 0))
+        moved, bound = farthest_apart(raw.layout, a, b)
         print(f"{cgroup.path.name}: raw {a.count} samples {a.sum_ns / 1e9:.4f}s, classic "
-              f"{b.count} samples {b.sum_ns / 1e9:.4f}s; {moved:.1%} of the samples in another "
-              f"log2 bucket ({apart:.1%} counting each bucket under {SHORT_US} µs apart)")
-        assert moved <= 0.05, (shares_a, shares_b)
+              f"{b.count} samples {b.sum_ns / 1e9:.4f}s; at most {moved:.1%} of the samples more "
+              f"than one log2 bucket apart" + (f" (under {bound} µs)" if bound else ""))
+        assert moved <= MOVED, (f"{cgroup.path.name}: {moved:.1%} of one clock's samples under "
+                                f"{bound // 2} µs are {bound} µs or more by the other")
+
+
+@pytest.mark.parametrize("raw_us, classic_us, apart", [
+    ([20] * 90 + [1000] * 10, [20] * 90 + [1000] * 10, False),
+    ([20] * 90 + [1000] * 10, [36] * 90 + [1000] * 10, False),  # the edge crossed, once
+    ([40] * 90 + [1000] * 10, [20] * 90 + [1000] * 10, False),
+    ([40] * 90 + [1000] * 10, [130] * 90 + [1000] * 10, True),  # two buckets up
+    ([40] * 90 + [1000] * 10, [40] * 90 + [5000] * 10, True),  # a tenth, three buckets up
+    ([40] * 97 + [1000] * 3, [40] * 97 + [5000] * 3, False),  # a few, under MOVED
+])
+def test_farthest_apart_allows_one_bucket_and_no_more(raw_us, classic_us, apart):
+    """The distribution check itself, on made-up samples: it can fail."""
+    from gsender_bcc.histogram import Counts, Layout, slot_of
+    layout = Layout(sub_bits=3, log2_max=26)
+
+    def counts(samples):
+        slots = [0] * layout.slots
+        for us in samples:
+            slots[slot_of(layout, us)] += 1
+        return Counts(slots, sum(samples) * 1000)
+
+    moved, _ = farthest_apart(layout, counts(raw_us), counts(classic_us))
+    assert (moved > MOVED) is apart, moved
