@@ -23,55 +23,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
-def _from_config_parser(key: str, section: str = "default"):
+def _from_config_parser(setting: configuration.Setting):
     """Use the config file's parser for a flag, so both accept and refuse the same values."""
-    convert = configuration.SCHEMA[section][key]
-
     def parse(text: str):
         try:
-            return convert(text)
+            return setting.parse(text)
         except ValueError as error:
             raise argparse.ArgumentTypeError(f"{text!r} {error}") from None
     return parse
 
 
-def _default(key: str) -> str:
-    value = configuration.default_of(key)
-    return f"default {'yes' if value is True else 'no' if value is False else value}"
+def _flag_help(setting: configuration.Setting) -> Optional[str]:
+    shown = f"default {configuration.show(setting.default)}"
+    return setting.flag.help.replace("{default}", shown) if setting.flag.help else None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(cls: type = configuration.Config) -> argparse.ArgumentParser:
+    """The command line: --config, a flag for each setting that declares one, and the actions."""
     parser = _Parser(prog="gsender-bcc",
                      description="Measure CPU run-queue latency with BPF and send it to Graphite. "
                                  "Flags override the configuration file.")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help=f"configuration file (default {configuration.DEFAULT_PATH}; "
                              f"built-in defaults if that is missing)")
-    parser.add_argument("--frequency", metavar="SECONDS", type=_from_config_parser("frequency"),
-                        help=f"interval length; timestamps are multiples of it "
-                             f"({_default('frequency')})")
-    parser.add_argument("--prefix", type=_from_config_parser("prefix"),
-                        help="metric path prefix (default <short hostname>.cpu-lat, "
-                             f"or {configuration.TAGGED_PREFIX} with --tags)")
-    parser.add_argument("--max-services", metavar="N", type=_from_config_parser("max_services"),
-                        help=f"services sent one by one, the rest as 'other'; 0 sends the host "
-                             f"only ({_default('max_services')})")
-    parser.add_argument("--tracepoints", type=_from_config_parser("tracepoints"),
-                        metavar="|".join(configuration.TRACEPOINT_MODES),
-                        help=f"raw tracepoints (needs the kernel's BTF), classic ones, or the "
-                             f"best available ({_default('tracepoints')})")
-    parser.add_argument("--graphite-host", type=_from_config_parser("server_address", "graphite"),
-                        help=f"Graphite server ({_default('server_address')})")
-    parser.add_argument("--graphite-port", type=_from_config_parser("port", "graphite"),
-                        help=f"Graphite plaintext port ({_default('port')})")
-    parser.add_argument("--protocol", choices=("tcp", "udp"),
-                        help=f"({_default('protocol')})")
-    parser.add_argument("--tags", action="store_const", const=True,
-                        help="send Graphite 1.1 tagged series instead of hierarchical paths")
-    parser.add_argument("--state-directory", type=_from_config_parser("state_directory"),
-                        metavar="DIR", help=f"where undelivered data waits "
-                                            f"({_default('state_directory')})")
-    parser.add_argument("--log-level", choices=configuration.LEVELS, type=str.upper)
+    for setting in configuration.settings_of(cls):
+        if setting.flag is None:
+            continue
+        how = (dict(action="store_const", const=True) if setting.is_switch else
+               dict(type=_from_config_parser(setting), metavar=setting.flag.metavar))
+        parser.add_argument(setting.flag.name, dest=setting.key, help=_flag_help(setting), **how)
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--stdout", action="store_true",
                         help="print Graphite plaintext lines instead of sending them")
@@ -94,15 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def effective_config(args: argparse.Namespace) -> configuration.Config:
+def effective_config(args: argparse.Namespace,
+                     cls: type = configuration.Config) -> configuration.Config:
     """Read the configuration file, then apply the flags over it."""
     loaded = configuration.load(args.config or configuration.DEFAULT_PATH,
-                                required=args.config is not None)
-    return configuration.with_overrides(
-        loaded, frequency=args.frequency, prefix=args.prefix, max_services=args.max_services,
-        tracepoints=args.tracepoints, server_address=args.graphite_host,
-        port=args.graphite_port, protocol=args.protocol, tags=args.tags,
-        state_directory=args.state_directory, logging_level=args.log_level)
+                                required=args.config is not None, cls=cls)
+    return configuration.with_overrides(loaded, **{
+        setting.key: getattr(args, setting.key)
+        for setting in configuration.settings_of(cls) if setting.flag})
 
 
 def _setup_logging(level: str) -> None:

@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional
 
 from . import carryover
 from .cgroups import OTHER, CgroupTree, PressureReader
-from .config import Config, ConfigError
+from .config import Config, ConfigError, needing_restart
 from .histogram import (Measured, add_counts, by_service, delta, interval_stats, top_services)
 from .metrics import ServiceStats, agent_points, summary, to_datapoints
 from .notify import NullNotifier
@@ -291,9 +291,7 @@ class Daemon:
                 log.error("reload refused, keeping the running configuration: %s", problem)
             self.notifier.reloaded("reload refused; running configuration kept")
             return
-        needs_restart = [key for key, changed in (
-            ("max_services", (new.max_services == 0) != (self.config.max_services == 0)),
-            ("tracepoints", new.tracepoints != self.config.tracepoints)) if changed]
+        needs_restart = needing_restart(self.config, new)
         if needs_restart:
             log.warning("changing %s needs a restart: keeping the running setting",
                         " and ".join(needs_restart))

@@ -1,0 +1,136 @@
+"""The texts derived from the settings' declarations (gsender_bcc/config.py's Config):
+
+- packaging/gsender.conf, the commented sample file the packages install as /etc/gsender.conf;
+- the list of settings in the man page packaging/gsender-bcc.1, between MAN_BEGIN and MAN_END.
+
+Both are kept in git (the .deb treats the sample as a conffile: its bytes are a promise), and
+tests/test_settings.py fails when either differs from what the declarations give.
+
+    settings_docs.py write    rewrite both from the declarations (`make settings-docs`)
+    settings_docs.py check    exit 1, naming the stale file, when either differs
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterable, List
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gsender_bcc import config as configuration  # noqa: E402
+
+SAMPLE = ROOT / "packaging" / "gsender.conf"
+MAN = ROOT / "packaging" / "gsender-bcc.1"
+MAN_BEGIN = '.\\" The settings, written by scripts/settings_docs.py from gsender_bcc/config.py:'
+MAN_END = '.\\" End of the settings.'
+
+HEADER = """\
+/etc/gsender.conf: configuration of gsender-bcc, the run-queue latency agent.
+
+The agent reads this file at start and again on SIGHUP (systemctl reload
+gsender-bcc). Command-line flags override it. Every key is optional: what is
+left out takes the default shown. A file of the original gsender loads as is."""
+
+
+def _comment(text: str) -> List[str]:
+    return [f"# {line}".rstrip() for line in text.splitlines()]
+
+
+def sample_value(value) -> str:
+    """A default as the sample writes it: as the file would, whole numbers without '.0'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return configuration.show(value)
+
+
+def _in_order(cls: type) -> Iterable[List[configuration.Key]]:
+    """Each section's keys as the documents list them: the settings in declaration order,
+    each with those described together with it, then the retired keys."""
+    for keys in configuration.schema(cls).values():
+        ordered = [k for k in keys.values() if isinstance(k, configuration.Setting)] + \
+                  [k for k in keys.values() if isinstance(k, configuration.Retired)]
+        groups: List[List[configuration.Key]] = []
+        for key in ordered:
+            if key.help or not groups:
+                groups.append([key])
+            else:
+                groups[-1].append(key)
+        yield groups
+
+
+def _assignment(key: configuration.Key) -> str:
+    if isinstance(key, configuration.Setting) and key.example is None:
+        return f"{key.key} = {sample_value(key.default)}"
+    return f"#{key.key} = {key.example}"
+
+
+def sample_text(cls: type = configuration.Config) -> str:
+    """The sample configuration file: every key, its comment, and its default or an example."""
+    lines = _comment(HEADER)
+    for section, groups in zip(configuration.schema(cls), _in_order(cls)):
+        lines += ["", f"[{section}]"]
+        for number, group in enumerate(groups):
+            lines += ([""] if number else []) + _comment(group[0].help)
+            lines += [_assignment(key) for key in group]
+    return "\n".join(lines) + "\n"
+
+
+def _roff(line: str) -> str:
+    line = line.replace("\\", "\\e")
+    return "\\&" + line if line.startswith((".", "'")) else line
+
+
+def _man_tag(key: configuration.Key) -> List[str]:
+    if isinstance(key, configuration.Retired):
+        return [key.key, " (ignored)"]
+    if key.example is not None:
+        return [key.key, f" (unset by default; for example {key.example})"]
+    return [key.key, f" = {sample_value(key.default)}"]
+
+
+def man_list(cls: type = configuration.Config) -> str:
+    """The man page's list of settings, by section, as roff (between MAN_BEGIN and MAN_END)."""
+    lines = [MAN_BEGIN]
+    for section, groups in zip(configuration.schema(cls), _in_order(cls)):
+        lines.append(f'.SS "[{section}]"')
+        for group in groups:
+            words = [word for key in group for word in _man_tag(key)]
+            words[1:-1:2] = [word + ", " for word in words[1:-1:2]]
+            lines += [".TP", ".BR " + " ".join(f'"{word}"' for word in words)]
+            lines += [_roff(line) for line in group[0].help.splitlines()]
+    return "\n".join(lines + [MAN_END]) + "\n"
+
+
+def man_page_with(page: str, listed: str) -> str:
+    """Return the man page ``page`` with its list of settings replaced by ``listed``."""
+    before, begin, rest = page.partition(MAN_BEGIN + "\n")
+    _, end, after = rest.partition(MAN_END + "\n")
+    if not (begin and end):
+        raise ValueError(f"{MAN}: the lines {MAN_BEGIN!r} and {MAN_END!r} are missing")
+    return before + listed + after
+
+
+def expected() -> dict:
+    """{file: the text the declarations give it}."""
+    return {SAMPLE: sample_text(), MAN: man_page_with(MAN.read_text(), man_list())}
+
+
+def main(argv: List[str]) -> int:
+    if argv not in (["write"], ["check"]):
+        print("usage: settings_docs.py write|check", file=sys.stderr)
+        return 64
+    stale = [path for path, text in expected().items() if path.read_text() != text]
+    for path in stale:
+        if argv == ["write"]:
+            path.write_text(expected()[path])
+            print(f"{path.name}: rewritten from the settings' declarations")
+        else:
+            print(f"{path.name} differs from the settings' declarations: "
+                  f"run `make settings-docs`", file=sys.stderr)
+    return 1 if stale and argv == ["check"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
