@@ -117,7 +117,8 @@ class TestEverySettingIsDocumented:
                 assert f"`{key.key}`" in README and f'"{key.key}"' in MAN
 
     def test_the_readme_and_the_man_page_name_every_flag(self):
-        options = MAN.split(".SH CONFIGURATION")[0]
+        man_lines = MAN.split(".SH CONFIGURATION")[0].splitlines()
+        options = "\n".join(after for tp, after in zip(man_lines, man_lines[1:]) if tp == ".TP")
         flags = README.split("Flags override the file:", 1)[1].split(". Exit codes", 1)[0]
         for declared in settings_of():
             if declared.flag:
