@@ -3,6 +3,7 @@
 The original gsender's file loads unchanged: [default] frequency, script_path,
 logging_level and [graphite] server_address, port. Every problem found is
 reported on a line of its own naming file, section, key, value and what is allowed.
+Each setting is declared once, as a field of Config (see setting()).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class Flag:
 class Setting:
     """One key of the configuration file and the Config field it sets."""
 
-    key: str
+    key: str  # "" until keys_of() names it after its field
     section: str
     parse: Callable[[str], object]  # text -> value, or ValueError saying what is allowed
     default: object
@@ -191,16 +192,14 @@ class Retired:
     example: str
     help: str
     why: str  # ends the notice "<where> = <value> is ignored: <why>"
-    key: str = ""
+    key: str = ""  # named by keys_of() after its class attribute
 
 
-def setting(section: str, parse: Callable[[str], object], default: object, help: str, *,
-            example: Optional[str] = None, flag: Optional[Flag] = None,
-            needs_restart: Optional[Callable[[object, object], bool]] = None):
-    """Declare a Config field as a key of [section] of the configuration file."""
-    return field(default=default, metadata={SETTING: dict(
-        section=section, parse=parse, help=help, example=example, flag=flag,
-        needs_restart=needs_restart)})
+def setting(section: str, parse: Callable[[str], object], default: object, help: str, **more):
+    """Declare a Config field as a key of [section] of the configuration file; ``more`` are
+    Setting's example, flag and needs_restart. The field's name becomes the key."""
+    return field(default=default,
+                 metadata={SETTING: Setting("", section, parse, default, help, **more)})
 
 
 def _services_on_off(running: object, new: object) -> bool:
@@ -337,7 +336,7 @@ def keys_of(cls: type = Config) -> Tuple[Key, ...]:
                               for n in vars(klass).get("__annotations__", {})):
         declared = by_field.get(name)
         if declared is not None and SETTING in declared.metadata:
-            keys.append(Setting(key=name, default=declared.default, **declared.metadata[SETTING]))
+            keys.append(replace(declared.metadata[SETTING], key=name))
         elif isinstance(getattr(cls, name, None), Retired):
             keys.append(replace(getattr(cls, name), key=name))
     return tuple(keys)
@@ -354,11 +353,6 @@ def schema(cls: type = Config) -> Dict[str, Dict[str, Key]]:
     for key in keys_of(cls):
         sections.setdefault(key.section, {})[key.key] = key
     return sections
-
-
-def default_of(key: str, cls: type = Config):
-    """Return the built-in default of a configuration key."""
-    return getattr(cls(), key)
 
 
 def needing_restart(running: Config, new: Config) -> List[str]:
