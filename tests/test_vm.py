@@ -50,10 +50,7 @@ CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69",
           "reload-frequency", "security-score", "no-restarts", "watchdog", "bpf-programs",
           "clean-stop", "config-error", "config-error-message", "missing-header-69",
           "service-classic-refused", "security-score-classic", "service-classic", "purge"]
-# The operator guest is not yet proven green on an unloaded machine (it boots for up to 45
-# minutes under load): it runs only when named, `make test-vm RELEASES=bookworm-operator`.
-SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or [r for r in RELEASES
-                                                                    if r != OPERATOR]
+SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or RELEASES
 BOOTED = [r for r in RELEASES if r in SELECTED]
 
 vm = [pytest.mark.bpf, pytest.mark.vm]
