@@ -47,3 +47,14 @@ def test_a_fallback_servers_port_has_the_same_bounds():
             ] == [1, 65535]
     with pytest.raises(ConfigError, match="from 1 to 65535"):
         setting("graphite", "fallback_servers", "a:65536")
+
+
+@pytest.mark.parametrize("frequency, most", [(1, 1.0), (15, 15.0), (60, 60.0), (3600, 60.0)])
+def test_a_failed_server_is_retried_once_an_interval_and_at_least_once_a_minute(frequency, most):
+    assert setting("default", "frequency", str(frequency)).retry_max_seconds == most
+
+
+@pytest.mark.parametrize("character", ["\t", "\x00", "\x1f", "\x7f"])
+def test_a_state_directory_with_a_control_character_is_refused(character):
+    with pytest.raises(ConfigError, match="must not hold control characters"):
+        setting("default", "state_directory", f"/srv/a{character}b")

@@ -3,14 +3,19 @@
 The TCP sender against a real server on loopback; the outbox with a fake wall clock.
 """
 
+import logging
+import os
 import socket
 import threading
 
 import pytest
 
 from gsender_bcc.config import Config, Server
+from gsender_bcc.metrics import Datapoint
 from gsender_bcc.outbox import DiskOutbox
 from gsender_bcc.sink import network_sender
+from test_sink import (PRIMARY, clock, deliver_all, make_sink, messages, network,  # noqa: F401
+                       points, state)
 
 NOW = 1_800_000_000
 
@@ -119,3 +124,69 @@ class TestDroppingPartlyDeliveredSegments:
         assert box.append(lines_of(NOW), NOW) == 0
         box.set_limits(len(lines_of(NOW)) * 2, 3600.0)  # room for the newest segment only
         assert (box.intervals, box.dropped) == (2, 1)
+
+
+@pytest.mark.parametrize("mode", [0o720, 0o702, 0o770])
+def test_a_state_directory_writable_by_group_or_others_is_refused(tmp_path, mode):
+    folder = tmp_path / "state" / "outbox"
+    folder.mkdir(parents=True)
+    os.chmod(folder.parent, mode)
+    with pytest.raises(OSError) as refused:
+        DiskOutbox(folder, 1 << 20, 3600.0, clock=lambda: NOW)
+    assert f"is writable by group or others (mode 0{mode:o}): chmod go-w it" in \
+        refused.value.strerror
+
+
+def test_the_back_off_starts_again_from_one_second_after_a_success(make_sink, network, clock,
+                                                                   caplog):
+    sink = make_sink(frequency=60)
+    network.down = {PRIMARY}
+    sink.submit(points(NOW))
+    for _ in range(30):  # 15 s of failures: the back-off grew to 16 s
+        sink.deliver_once()
+        clock.advance(0.5)
+    network.down = set()
+    for _ in range(100):
+        if sink.deliver_once():
+            break
+        clock.advance(0.5)
+    network.down = {PRIMARY}
+    sink.submit(points(NOW + 1))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert not sink.deliver_once()
+    assert messages(caplog)[-1].endswith("failed: [Errno 111] Connection refused; next try in 1s")
+
+
+def big_interval(stamp, megabytes):
+    """One interval of ``megabytes`` MiB of lines (33 bytes each, as "mem.series0000000 1.5
+    1800000000\\n")."""
+    count = int(megabytes * (1 << 20)) // 33
+    return [Datapoint(f"mem.series{i:07d}", 1.5, stamp) for i in range(count)]
+
+
+class TestMemoryFallbackWithinBufferMegabytes:
+    """While the state directory cannot be used, what waits in memory is bounded by
+    buffer_megabytes too (when that is below the fallback's own bound); the newest interval
+    is kept however large."""
+
+    @pytest.fixture
+    def memory_sink(self, tmp_path, make_sink, network):
+        (tmp_path / "file").write_text("in the way")
+        network.down = {PRIMARY}
+        return make_sink(state_directory=tmp_path / "file" / "state", buffer_megabytes=1)
+
+    def test_older_intervals_are_dropped_past_buffer_megabytes(self, memory_sink):
+        for k in range(6):
+            memory_sink.submit(big_interval(NOW + k, 0.3))
+        health = memory_sink.health()
+        assert health["dropped_intervals"] == 3 and health["queued_intervals"] == 3
+
+    def test_the_newest_interval_is_kept_even_if_larger(self, memory_sink, network):
+        memory_sink.submit(big_interval(NOW, 1.5))
+        assert memory_sink.health()["queued_intervals"] == 1
+        assert memory_sink.health()["dropped_intervals"] == 0
+        network.down = set()
+        deliver_all(memory_sink)
+        assert sum(data.count(b"\n") for _, data in network.delivered) == len(
+            big_interval(NOW, 1.5))
