@@ -138,6 +138,41 @@ def dispatches_of(pids) -> int:
     return schedstat_sum(pids, 2)
 
 
+TIMER_SLACK = 0.05  # s: timers, clock reads and interrupts, which schedstat does not charge
+
+
+class Lateness:
+    """What can make the threads of some processes late, measured from now on: the CPU time
+    they use and the time they wait for a CPU (schedstat fields 1 and 2), summed over them.
+
+    A thread that sleeps S seconds, then works, ends no later than S plus these: a bound on an
+    elapsed time derived from what the machine did meanwhile, not a guess of it. ``update()``
+    reads every thread again (call it while they live: a thread that has exited is no longer
+    listed, and counts with what was last read of it).
+    """
+
+    def __init__(self, *pids: int):
+        self.pids = pids
+        self._start = self._read()
+        self._last = dict(self._start)
+
+    def _read(self):
+        found = {}
+        for pid in self.pids:
+            for path in Path(f"/proc/{pid}/task").glob("[0-9]*/schedstat"):
+                try:
+                    ran, waited = path.read_text().split()[:2]
+                except (OSError, ValueError):
+                    continue  # the thread exited while we looked
+                found[path.parent.name] = int(ran) + int(waited)
+        return found
+
+    def update(self) -> float:
+        """Read again; return the seconds measured so far."""
+        self._last.update(self._read())
+        return sum(ns - self._start.get(tid, 0) for tid, ns in self._last.items()) / 1e9
+
+
 class Cgroup:
     """A cgroup v2 directory made for a test, and the busy processes put in it."""
 

@@ -181,13 +181,27 @@ def steady_load(cgroup_factory):
     return "steady"
 
 
+def interval_seconds(stderr):
+    """The seconds of measurement behind each stamp, as the agent logged them: its summary of
+    each interval, and the part kept at the last stop when it is sent alone."""
+    seconds = {int(stamp): float(length) for stamp, length in re.findall(
+        r"interval ending (\d+): \d+ samples in (\d+\.\d)s", stderr)}
+    seconds.update({int(stamp): float(length) for length, stamp in re.findall(
+        r"sending the (\d+\.\d)s measured before the restart as the interval ending (\d+)$",
+        stderr, re.M)})
+    return seconds
+
+
 @pytest.mark.bpf
 def test_restarts_early_late_and_very_late_leave_no_missing_boundary(carbon_factory, agents,
                                                                      tmp_path, steady_load):
+    """However long each restart takes: every boundary is sent once, what the stopping agent
+    kept is in the interval of its boundary, and each interval's count matches the seconds it
+    measured (the time the agent was down is not measured, README: Delivery guarantees)."""
     carbon = carbon_factory().start()
     args = agent_args(carbon.port, tmp_path / "state", frequency=FREQUENCY, prefix=PREFIX)
     agent = agents(args, "first")
-    printed, restarts = [], []
+    runs, printed, restarts = [agent], [], []
     for fraction in (0.1, 0.7, 0.95):
         agent.wait_intervals(3, timeout=30)  # a partial first interval, then two whole ones
         stopped_at = wall_sleep_until_fraction(FREQUENCY, fraction)
@@ -197,6 +211,7 @@ def test_restarts_early_late_and_very_late_leave_no_missing_boundary(carbon_fact
                          r"next start", agent.stderr())
         assert kept, agent.stderr()
         agent = agents(args, f"after-{fraction}")
+        runs.append(agent)
         boundary = (int(stopped_at) // FREQUENCY + 1) * FREQUENCY
         restarts.append((fraction, boundary, float(kept.group(1)), agent))
     agent.wait_intervals(3, timeout=30)
@@ -210,17 +225,23 @@ def test_restarts_early_late_and_very_late_leave_no_missing_boundary(carbon_fact
     stored = [stamp for stamp, _ in carbon.series()[PREFIX + ".count"]]
     assert stored == stamps
 
-    # Plausible counts: those of the steady service, which other activity does not disturb.
+    # Plausible counts: those of the steady service, which other activity does not disturb,
+    # per second of measurement behind each stamp.
     steady = f"{PREFIX}.service.{steady_load}.count"
     count = {stamp: value for path, value, stamp in printed if path == steady}
     assert sorted(count) == stamps
+    seconds = {}
+    for run in runs:
+        seconds.update(interval_seconds(run.stderr()))
+    assert set(seconds) >= set(stamps)
+    rate = {stamp: count[stamp] / seconds[stamp] for stamp in stamps}
 
     boundaries = [boundary for _, boundary, _, _ in restarts]
     touched = {stamps[0]} | set(boundaries) | {b + FREQUENCY for b in boundaries}
-    whole = sorted(count[s] for s in stamps if s not in touched)
+    whole = sorted(rate[s] for s in stamps if s not in touched)
     typical = whole[len(whole) // 2]
-    report = [f"whole intervals: {len(whole)}, median count of {steady} {typical:g} "
-              f"({whole[0]:g}..{whole[-1]:g})"]
+    report = [f"whole intervals: {len(whole)}, median rate of {steady} {typical:.0f}/s "
+              f"({whole[0]:.0f}..{whole[-1]:.0f})"]
     for fraction, boundary, kept_seconds, after in restarts:
         log = after.stderr()
         merged = re.search(rf"adding the (\d+\.\d)s measured before the restart to the interval "
@@ -229,10 +250,12 @@ def test_restarts_early_late_and_very_late_leave_no_missing_boundary(carbon_fact
                           rf"ending {boundary}$", log, re.M)
         assert (merged is None) != (alone is None), log
         assert float((merged or alone).group(1)) == kept_seconds
-        ratio, following = count[boundary] / typical, count[boundary + FREQUENCY] / typical
+        assert seconds[boundary] >= kept_seconds  # the kept part is in the interval sent
+        ratio, following = rate[boundary] / typical, rate[boundary + FREQUENCY] / typical
         report.append(f"restart at {fraction:.2f}: {kept_seconds}s kept, "
                       f"{'merged into' if merged else 'sent alone as'} {boundary}: "
-                      f"{count[boundary]:g} ({ratio:.2f} of the median), next "
-                      f"{count[boundary + FREQUENCY]:g} ({following:.2f})")
-        assert 0.6 < ratio < 1.4 and 0.5 < following < 1.4, "\n".join(report)
+                      f"{count[boundary]:g} in {seconds[boundary]}s ({ratio:.2f} of the median "
+                      f"rate), next {count[boundary + FREQUENCY]:g} in "
+                      f"{seconds[boundary + FREQUENCY]}s ({following:.2f})")
+        assert 0.6 < ratio < 1.4 and 0.6 < following < 1.4, "\n".join(report)
     print("\n" + "\n".join(report))

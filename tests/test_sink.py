@@ -19,6 +19,7 @@ import tracemalloc
 import graphyte
 import pytest
 
+from conftest import TIMER_SLACK, Lateness
 from gsender_bcc import outbox, sink as sink_module
 from gsender_bcc.config import Config, Server
 from gsender_bcc.metrics import Datapoint
@@ -179,8 +180,14 @@ class TestDatagrams:
             receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             receiver.bind(("127.0.0.1", 0))
             receiver.settimeout(5)
-            sink = GraphiteSink(config_for(state, protocol="udp", server_address="127.0.0.1",
-                                           port=receiver.getsockname()[1]), start=False)
+            config = config_for(state, protocol="udp", server_address="127.0.0.1",
+                                port=receiver.getsockname()[1])
+            udp, sent = sink_module.network_sender(config), []
+
+            def send(server, data):
+                udp(server, data)
+                sent.append(data)
+            sink = GraphiteSink(config, send=send, start=False)
             expected = b""
             stamp = int(time.time()) - 100
             for k in range(40):  # 40 intervals of 100 lines: 4000 lines waiting
@@ -188,11 +195,14 @@ class TestDatagrams:
                          for i in range(100)]
                 sink.submit(batch)
                 expected += encode(graphyte.Sender("localhost"), batch)
-            chunks = deliver_all(sink)
-            sink.close(0)
             received = []
-            while sum(map(len, received)) < len(expected):
-                received.append(receiver.recv(65536))
+            # One chunk on the wire, read before the next: UDP has no flow control, so a
+            # receiver that fell behind would lose datagrams, which is not the sink's doing.
+            while sink.deliver_once():
+                while sum(map(len, received)) < sum(map(len, sent)):
+                    received.append(receiver.recv(65536))
+            chunks = len(sent)
+            sink.close(0)
         sizes = [len(gram) for gram in received]
         print(f"\n{len(expected)} bytes in {len(received)} datagrams from {chunks} chunks, "
               f"sizes {min(sizes)}..{max(sizes)}")
@@ -771,16 +781,18 @@ class TestFaultsOfIssue22:
         thread = threading.Thread(target=trickle, daemon=True)
         thread.start()
         send = sink_module.network_sender(Config(timeout=0.5))
+        lateness = Lateness(os.getpid())
         started = time.monotonic()
         try:
             with pytest.raises(OSError):
                 send(Server("127.0.0.1", server.getsockname()[1]), b"a.b 1 1\n")
             took = time.monotonic() - started
+            late = lateness.update()
         finally:
             stop.set()
             thread.join(5)
             server.close()
-        assert took < 0.5 + 2.0
+        assert took <= 0.5 + late + TIMER_SLACK, f"{took:.3f}s, {late:.3f}s of CPU and waits"
 
     def test_a_stop_during_an_outage_is_bounded_whatever_the_timeout(self, state):
         release = threading.Event()
@@ -794,11 +806,14 @@ class TestFaultsOfIssue22:
         try:
             sink.submit(points(int(time.time())))
             assert entered.wait(5)
+            lateness = Lateness(os.getpid())
             started = time.monotonic()
             sink.close()
             took = time.monotonic() - started
+            late = lateness.update()
         finally:
             release.set()
-        assert took < sink_module.CLOSE_SECONDS + sink_module.JOIN_SECONDS + 1.5
+        promised = sink_module.CLOSE_SECONDS + sink_module.JOIN_SECONDS
+        assert took <= promised + late + TIMER_SLACK, f"{took:.3f}s, {late:.3f}s of CPU and waits"
         assert b"".join(p.read_bytes() for p in (state / "outbox").glob("*.txt")).count(
             b"\n") == 2
