@@ -98,7 +98,9 @@ class TestCarbonSchemaWarning:
 @pytest.mark.bpf
 class TestWithBpf:
     def test_once_stdout_prints_every_series_for_one_interval(self, busy_cpu):
+        started = time.monotonic()
         result = agent("--once", "--stdout", "--frequency", "2", "--prefix", "t.cpu-lat")
+        lived = time.monotonic() - started
         assert result.returncode == 0, result.stderr
         lines = [LINE.match(line) for line in result.stdout.splitlines()]
         assert all(lines), result.stdout
@@ -115,10 +117,14 @@ class TestWithBpf:
                                                                        r"\.count", k)]
         assert sum(service_counts) == values["t.cpu-lat.count"]
         buckets = [v for k, v in values.items() if re.fullmatch(r"t\.cpu-lat\.\d+", k)]
-        # Rates are per second; the first interval runs from attach to the next boundary,
-        # at most 2 s away (rates are rounded to 0.001/s).
+        # Rates are per second of the interval, which runs from the attach to the next
+        # boundary (2 s away at most, later if the agent is late to read it): the count over the
+        # rates gives the length the agent logs (to 0.1 s; rates are rounded to 0.001/s), and
+        # that lies within the agent's life.
         seconds = values["t.cpu-lat.count"] / sum(buckets)
-        assert 0 < seconds <= 2.0 * 1.01
+        logged = float(re.search(r"samples in ([0-9.]+)s", result.stderr).group(1))
+        assert seconds == pytest.approx(logged, abs=0.05, rel=0.01), result.stderr
+        assert 0 < logged <= lived
 
     def test_check_attaches_reads_and_detaches(self):
         proc = subprocess.Popen(AGENT + ["--check"], stdout=subprocess.PIPE,
