@@ -36,7 +36,7 @@ except ImportError:
     import graphyte
 
 from .config import Config, Server
-from .metrics import Datapoint
+from .metrics import Interval
 from .outbox import Chunk, DiskOutbox, MemoryOutbox, pieces
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,10 @@ JOIN_SECONDS = 2.0  # what a stop waits for a send in progress, whatever the tim
 Send = Callable[[Server, bytes], None]
 
 
-def encode(builder: graphyte.Sender, points: Sequence[Datapoint]) -> bytes:
-    """Return the plaintext-protocol bytes for ``points``, one line each."""
-    return b"".join(builder.build_message(p.path, p.value, p.timestamp, tags=dict(p.tags))
-                    for p in points)
+def encode(builder: graphyte.Sender, interval: Interval) -> bytes:
+    """Return the plaintext-protocol bytes for an interval, one line per datapoint."""
+    return b"".join(builder.build_message(p.path, p.value, interval.stamp, tags=dict(p.tags))
+                    for p in interval.points)
 
 
 def message_builder() -> graphyte.Sender:
@@ -119,8 +119,8 @@ class StdoutSink:
         self._stream = stream
         self._builder = message_builder()
 
-    def submit(self, points: Sequence[Datapoint]) -> None:
-        self._stream.write(encode(self._builder, points).decode("utf-8"))
+    def submit(self, interval: Interval) -> None:
+        self._stream.write(encode(self._builder, interval).decode("utf-8"))
         self._stream.flush()
 
     def reconfigure(self, config: Config) -> None:
@@ -247,15 +247,14 @@ class GraphiteSink:
                       "hundred intervals, or a restart, until this is fixed",
                       directory, error.strerror or error)
 
-    def submit(self, points: Sequence[Datapoint]) -> None:
-        """Append one interval's datapoints to the outbox; never blocks on the network."""
-        data = encode(self._builder, points)
-        stamp = points[0].timestamp if points else int(self._wall_clock())
+    def submit(self, interval: Interval) -> None:
+        """Append one interval's lines to the outbox, with its stamp; never blocks on the network."""
+        data = encode(self._builder, interval)
         with self._lock:
-            self._store(data, stamp)
+            self._store(data, interval.stamp)
             self._lock.notify_all()
         if self._echo is not None:  # printed once stored: a printed interval is never lost
-            self._echo.submit(points)
+            self._echo.submit(interval)
 
     def _store(self, data: bytes, stamp: int, intervals: int = 1) -> None:
         """Append lines to the outbox on disk or, while that fails, to the one in memory."""

@@ -21,7 +21,7 @@ import pytest
 
 from gsender_bcc import outbox, sink as sink_module
 from gsender_bcc.config import Config, Server
-from gsender_bcc.metrics import Datapoint
+from gsender_bcc.metrics import Datapoint, Interval
 from gsender_bcc.outbox import DiskOutbox
 from gsender_bcc.sink import DATAGRAM_BYTES, GraphiteSink, StdoutSink, datagrams, encode
 
@@ -32,7 +32,7 @@ SECONDARY = Server("secondary", 2004)
 
 
 def points(stamp, value=1):
-    return [Datapoint("sink.a", value, stamp), Datapoint("sink.b", value + 0.5, stamp)]
+    return Interval(stamp, (Datapoint("sink.a", value), Datapoint("sink.b", value + 0.5)))
 
 
 def lines(stamp, value=1):
@@ -137,7 +137,8 @@ class TestFraming:
         assert encode(graphyte.Sender("localhost"), points(NOW)) == lines(NOW)
 
     def test_tagged_series(self):
-        tagged = [Datapoint("cpu-lat.p99", 12.5, NOW, (("host", "web-01"), ("service", "db")))]
+        tagged = Interval(NOW, (Datapoint("cpu-lat.p99", 12.5, (("host", "web-01"),
+                                                                ("service", "db"))),))
         assert encode(graphyte.Sender("localhost"), tagged) == (
             b"cpu-lat.p99;host=web-01;service=db 12.5 %d\n" % NOW)
 
@@ -184,8 +185,9 @@ class TestDatagrams:
             expected = b""
             stamp = int(time.time()) - 100
             for k in range(40):  # 40 intervals of 100 lines: 4000 lines waiting
-                batch = [Datapoint(f"udp.backlog.series{i:03d}", k * 1000 + i + 0.125, stamp + k)
-                         for i in range(100)]
+                batch = Interval(stamp + k, tuple(
+                    Datapoint(f"udp.backlog.series{i:03d}", k * 1000 + i + 0.125)
+                    for i in range(100)))
                 sink.submit(batch)
                 expected += encode(graphyte.Sender("localhost"), batch)
             chunks = deliver_all(sink)
@@ -338,9 +340,9 @@ class TestServers:
 
     def test_a_chunk_is_at_most_chunk_bytes_of_whole_intervals(self, make_sink, network):
         sink = make_sink()
-        batch = [Datapoint(f"big.series{i:04d}", i, NOW) for i in range(1000)]
+        batch = Interval(NOW, tuple(Datapoint(f"big.series{i:04d}", i) for i in range(1000)))
         for k in range(3):
-            sink.submit([Datapoint(p.path, p.value, NOW + k) for p in batch])
+            sink.submit(Interval(NOW + k, batch.points))
         assert deliver_all(sink) == 2
         sizes = [len(data) for _, data in network.delivered]
         one = len(encode(graphyte.Sender("localhost"), batch))
@@ -401,7 +403,8 @@ def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, mo
 
     def intervals(first, last):
         for k in range(first, last):
-            sink.submit([Datapoint(name, k + i / 8, NOW + k) for i, name in enumerate(series)])
+            sink.submit(Interval(NOW + k, tuple(Datapoint(name, k + i / 8)
+                                                for i, name in enumerate(series))))
             sink.deliver_once()
             sink.health()
             clock.advance(1)
