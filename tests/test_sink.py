@@ -466,9 +466,9 @@ class TestStateDirectoryTrouble:
         network.down = {PRIMARY}
         sink.submit(points(NOW))
 
-        def full(data, stamp, intervals=1):
+        def full(chunk):
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(sink._disk, "append", full)
+        monkeypatch.setattr(sink._disk, "append_chunk", full)
         with caplog.at_level(logging.WARNING):
             for k in range(1, 4):
                 sink.submit(points(NOW + k))
@@ -707,7 +707,7 @@ class TestFaultsOfIssue22:
 
     def test_drops_from_memory_are_counted_in_intervals(self):
         box = outbox.MemoryOutbox(100)
-        box.append(b"x" * 60, NOW, intervals=5)
+        box.append_chunk(outbox.Chunk(b"x" * 60, 5, ((60, NOW),), 60, 0))
         assert box.append(b"y" * 60, NOW + 1) == 5 and box.dropped == 5 and box.intervals == 1
 
     def test_segments_removed_by_hand_are_skipped_with_one_line(self, make_sink, network, state,
