@@ -165,6 +165,7 @@ class DiskOutbox:
         self._next_sequence = 1  # never reused: a chunk names its segment by sequence
         self._warned_lines: set = set()
         self._warned_stamps: set = set()
+        self._peeked: Optional[_Peeked] = None
         directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.mkdir(mode=0o700, exist_ok=True)
         if not directory.is_dir() or directory.is_symlink():
@@ -324,15 +325,25 @@ class DiskOutbox:
     # -- reading for delivery --
 
     def peek(self, max_bytes: int) -> Optional[Chunk]:
-        """Return the oldest waiting lines, up to about ``max_bytes``, or None."""
+        """Return the oldest waiting lines, up to about ``max_bytes``, or None.
+
+        The chunk last read is handed out again while nothing it holds changed: a server that
+        refuses every try in an outage costs no new reading and checking of the same lines."""
         while self._segments:
             head = self._segments[0]
             if head.consumed < head.size:
+                if self._peeked is not None and self._peeked.still(head, max_bytes, self._clock()
+                                                                   - self.max_age):
+                    return self._peeked.chunk
                 try:
-                    return self._read_chunk(head, max_bytes)
+                    chunk = self._read_chunk(head, max_bytes)
                 except _Gone as gone:
                     self._skip_gone(head, str(gone))
                     continue
+                self._peeked = _Peeked(chunk, head, head.consumed, max_bytes,
+                                       head.size if head.consumed + chunk.length >= head.size
+                                       else None)
+                return chunk
             if head is self._active:
                 return None
             self._remove(self._segments.popleft())
@@ -640,6 +651,23 @@ class MemoryOutbox:
             chunk = self._items.popleft()
             self._bytes -= len(chunk.data)
             yield chunk
+
+
+@dataclass(frozen=True)
+class _Peeked:
+    """The chunk last read, and what it was read from."""
+
+    chunk: Chunk
+    segment: _Segment
+    consumed: int
+    max_bytes: int
+    size: Optional[int]  # the segment's size then, if the chunk reached its end
+
+    def still(self, head: _Segment, max_bytes: int, oldest_kept: float) -> bool:
+        """Tell whether reading ``head`` again would give the same chunk."""
+        return (head is self.segment and head.consumed == self.consumed
+                and max_bytes == self.max_bytes and self.size in (None, head.size)
+                and all(stamp >= oldest_kept for _, stamp in self.chunk.runs))
 
 
 class _Gone(Exception):

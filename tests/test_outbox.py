@@ -685,3 +685,44 @@ class TestChunkRuns:
     ])
     def test_intervals_begun(self, runs, before, count):
         assert outbox.count_intervals(runs, before) == count
+
+
+class TestRetries:
+    """A server refusing every try in an outage: the same chunk is handed out again without
+    reading and checking its lines again (issue 28), as long as reading would give the same."""
+
+    @pytest.fixture
+    def reads(self, monkeypatch):
+        opened = []
+        real = outbox._open_segment
+        monkeypatch.setattr(outbox, "_open_segment",
+                            lambda segment: opened.append(segment.sequence) or real(segment))
+        return opened
+
+    def test_a_chunk_is_read_once_while_what_it_holds_does_not_change(self, folder, clock,
+                                                                      reads):
+        box = open_box(folder, clock)
+        for stamp in (NOW, NOW + 1, NOW + 2):
+            box.append(interval(stamp), stamp)
+        size = len(interval(NOW))
+        chunk = box.peek(2 * size)  # two of the three: newer lines change nothing in it
+        box.append(interval(NOW + 3), NOW + 3)
+        assert all(box.peek(2 * size) is chunk for _ in range(5)) and reads == [1]
+        box.consume(chunk)
+        assert box.peek(2 * size).data == interval(NOW + 2) + interval(NOW + 3)
+        assert reads == [1, 1]
+
+    def test_a_chunk_that_reached_the_end_of_its_segment_grows_with_it(self, folder, clock):
+        box = open_box(folder, clock)
+        box.append(interval(NOW), NOW)
+        assert box.peek(1 << 16).data == interval(NOW)
+        box.append(interval(NOW + 1), NOW + 1)
+        assert box.peek(1 << 16).data == interval(NOW) + interval(NOW + 1)
+
+    def test_lines_that_grew_too_old_meanwhile_are_not_handed_out_again(self, folder, clock):
+        box = open_box(folder, clock, max_age=3600.0)
+        box.append(interval(NOW), NOW)
+        box.append(interval(NOW + 1000), NOW + 1000)
+        assert box.peek(1 << 16).intervals == 2
+        clock.now += 3601
+        assert box.peek(1 << 16).data == interval(NOW + 1000)
