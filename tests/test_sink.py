@@ -434,6 +434,33 @@ def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, mo
     assert b"".join(data for _, data in network.delivered).count(b"\n") == 5000 * len(series)
 
 
+def test_a_refused_retry_reads_and_builds_nothing_again(make_sink, network, clock, monkeypatch):
+    """In an outage every try of a full chunk was a 64 KiB read, split and check: garbage
+    that glibc kept as the agent's RssAnon, 0.5 KiB more per interval (issue 28). A retry now
+    hands out the chunk it holds: what it allocates, at its peak, is far below a chunk."""
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)
+    monkeypatch.setattr(logging.getLogger("gsender_bcc.sink"), "disabled", True)
+    sink = make_sink(frequency=1)
+    network.down = {PRIMARY}
+    series = tuple(Datapoint(f"retry.series{i:03d}", i + 0.25) for i in range(40))
+
+    def outage(first, last):
+        for k in range(first, last):
+            sink.submit(Interval(NOW + k, series))
+            clock.advance(1)
+            sink.deliver_once()
+            network.attempts.clear()
+    outage(0, 60)  # the chunk is full: 64 KiB of intervals wait before the newest
+    assert len(sink._disk.peek(sink_module.CHUNK_BYTES).data) > sink_module.CHUNK_BYTES - 2048
+    tracemalloc.start()
+    try:
+        outage(60, 100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < sink_module.CHUNK_BYTES // 4, f"{peak} bytes at the peak of 40 retries"
+
+
 class TestStateDirectoryTrouble:
     def test_an_unusable_state_directory_falls_back_to_memory_with_one_line(
             self, tmp_path, make_sink, network, caplog):
