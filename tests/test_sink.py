@@ -395,7 +395,7 @@ def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, mo
     delivery, health. Only the segment list may grow (one entry per 256 KiB segment); 0.1 KiB
     more per interval would fail."""
     monkeypatch.setattr(os, "fdatasync", lambda fd: None)  # durability is tested above
-    monkeypatch.setattr(sink_module, "CHUNK_BYTES", 2048)  # each failed try reads a chunk
+    monkeypatch.setattr(sink_module, "CHUNK_BYTES", 2048)  # a chunk of a few intervals
     monkeypatch.setattr(logging.getLogger("gsender_bcc.sink"), "disabled", True)
     sink = make_sink(frequency=1)
     network.down = {PRIMARY}
