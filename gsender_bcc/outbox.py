@@ -14,8 +14,9 @@ intervals are counted, from the records. The records are a derived index: writte
 after the lines are synced, not synced themselves, and rebuilt from the lines where
 they are missing or do not agree with them (a crash, or segments of an earlier version).
 
-Memory holds the list of segments and a read position, never the data, so it
-stays flat however long Graphite is away. The outbox is bounded by bytes and by
+Memory holds the list of segments, a read position and the chunk last read (at
+most one chunk), never the rest of the data, so it stays flat however long
+Graphite is away; a refused chunk is handed out again without reading it again. The outbox is bounded by bytes and by
 age; past either the oldest segments are dropped and counted.
 
 Nothing found on disk is trusted: at start every segment is checked line by
