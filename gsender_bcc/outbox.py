@@ -16,8 +16,9 @@ they are missing or do not agree with them (a crash, or segments of an earlier v
 
 Memory holds the list of segments, a read position and the chunk last read (at
 most one chunk), never the rest of the data, so it stays flat however long
-Graphite is away; a refused chunk is handed out again without reading it again. The outbox is bounded by bytes and by
-age; past either the oldest segments are dropped and counted.
+Graphite is away; a refused chunk is handed out again without reading it again.
+The outbox is bounded by bytes and by age; past either the oldest segments are
+dropped and counted.
 
 Nothing found on disk is trusted: at start every segment is checked line by
 line, a damaged one is set aside (renamed ``*.damaged``) with one log line, and
