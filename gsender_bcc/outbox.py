@@ -143,6 +143,7 @@ class _Segment:
     consumed: int = 0
     consumed_intervals: int = 0
     records: int = 0  # in its stamps file
+    indexed: bool = True  # False once its stamps file could not take a record (a full disk)
     consumed_records: int = 0  # runs wholly delivered
 
     @property
@@ -262,12 +263,17 @@ class DiskOutbox:
         try:
             _write_all(self._fd, data)
             os.fdatasync(self._fd)
-            _write_all(self._stamps_fd, b"".join(records))
         except OSError:
             self._undo_append(segment)
             raise
         segment.size = end
-        segment.records += len(records)
+        if segment.indexed:
+            try:
+                _write_all(self._stamps_fd, b"".join(records))
+                segment.records += len(records)
+            except OSError:  # the lines are safe: their stamps are rebuilt from them when read
+                segment.indexed = False
+                _truncate(self._stamps_fd, segment.records * RECORD_BYTES)
         segment.newest = max([segment.newest] + [stamp for _, stamp in batch])
 
     @staticmethod
@@ -307,7 +313,6 @@ class DiskOutbox:
         """Cut a failed append off; if that fails too, seal the segment at its last good size."""
         try:
             os.ftruncate(self._fd, segment.size)
-            os.ftruncate(self._stamps_fd, segment.records * RECORD_BYTES)
         except OSError:
             self._close_active()
         if segment.size == 0:
@@ -363,7 +368,7 @@ class DiskOutbox:
 
     def _read_chunk(self, head: _Segment, max_bytes: int) -> Chunk:
         limit = head.consumed + max_bytes
-        runs = self._read_runs(head, limit)
+        runs = self._read_runs(head, limit) if head.indexed else None
         for _ in range(2):
             if runs is None:
                 runs = self._rebuild_stamps(head)
@@ -437,7 +442,7 @@ class DiskOutbox:
         """Rebuild a segment's records from its lines, once they do not lead from the
         delivered lines to its end (a crash, or someone else's hand); return the runs
         waiting. Written back where the directory takes them, else rebuilt at each read."""
-        if head.sequence not in self._warned_stamps:
+        if head.indexed and head.sequence not in self._warned_stamps:
             self._warned_stamps.add(head.sequence)
             log.warning("%s does not match its segment's lines: rebuilt it from them",
                         head.stamps)
@@ -446,6 +451,7 @@ class DiskOutbox:
         runs = _runs_in(raw[:raw.rfind(b"\n") + 1])
         try:
             _write_stamps(head, runs)  # the same file: an active segment's appends follow
+            head.indexed = True
         except OSError:
             pass
         head.consumed_records = sum(1 for end, _ in runs if end <= head.consumed)
@@ -539,7 +545,7 @@ class DiskOutbox:
             try:
                 _write_stamps(segment, runs)
             except OSError:
-                pass  # rebuilt when read
+                segment.indexed = False  # rebuilt when read
         segment.records = len(runs)
         segment.intervals = count_intervals(runs, carried)
         segment.newest = max(stamps, default=0)
@@ -793,6 +799,13 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _truncate(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        pass
 
 
 def _fsync_directory(directory: Path) -> None:

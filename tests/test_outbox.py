@@ -658,6 +658,27 @@ class TestStampsBesideTheLines:
         assert records(caplog) == [f"{stamps} does not match its segment's lines: rebuilt it "
                                    f"from them"]
 
+    def test_a_full_disk_that_takes_the_lines_but_not_their_stamps_loses_nothing(
+            self, folder, clock, caplog, monkeypatch):
+        """A tmpfs with one page left: the lines fit, the stamps file's first byte does not."""
+        box = open_box(folder, clock)
+        real = outbox._write_all
+
+        def no_room_for_stamps(fd, data):
+            if fd == box._stamps_fd:
+                raise OSError(28, "No space left on device")
+            real(fd, data)
+        monkeypatch.setattr(outbox, "_write_all", no_room_for_stamps)
+        with caplog.at_level(logging.WARNING):
+            for stamp in (NOW, NOW + 1, NOW + 2):
+                box.append(interval(stamp), stamp)
+            size = len(interval(NOW))
+            chunk = box.peek(2 * size + size // 2)
+            assert (chunk.data, chunk.intervals) == (interval(NOW) + interval(NOW + 1), 2)
+            box.consume(chunk)
+            assert drain(box) == [interval(NOW + 2)]
+        assert records(caplog) == [] and box.intervals == 0
+
     def test_stamps_left_without_their_segment_are_removed(self, folder, clock):
         folder.mkdir(parents=True)
         (folder / "0000000000000007.stamps").write_bytes(b"%07d %012d\n" % (10, NOW))
