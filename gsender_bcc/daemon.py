@@ -36,7 +36,7 @@ from . import carryover
 from .cgroups import OTHER, CgroupTree, PressureReader
 from .config import Config, ConfigError, needing_restart
 from .histogram import (Measured, add_counts, by_service, delta, interval_stats, top_services)
-from .metrics import ServiceStats, agent_points, summary, to_datapoints
+from .metrics import Interval, ServiceStats, agent_points, summary, to_datapoints
 from .notify import NullNotifier
 
 log = logging.getLogger(__name__)
@@ -256,9 +256,9 @@ class Daemon:
             services = self._services(measured)
             overflow = measured.cgroups.get(OVERFLOW_CGROUP)
             extra["services_overflow"] = overflow.count if overflow is not None else 0
-        points = to_datapoints(stats, self.config, stamp, services)
-        points += agent_points(self.config, stamp, {**extra, **self.sink.health()})
-        self.sink.submit(points)
+        points = to_datapoints(stats, self.config, services)
+        points += agent_points(self.config, {**extra, **self.sink.health()})
+        self.sink.submit(Interval(stamp, tuple(points)))
         return summary(stats)
 
     def _services(self, measured: Measured) -> List[ServiceStats]:

@@ -31,10 +31,19 @@ Tags = Tuple[Tuple[str, str], ...]
 
 @dataclass(frozen=True)
 class Datapoint:
+    """One series' value; the interval it belongs to carries the timestamp."""
+
     path: str
     value: Union[int, float]
-    timestamp: int
     tags: Tags = ()
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One interval's datapoints, and the Graphite timestamp every one of them is sent with."""
+
+    stamp: int
+    points: Tuple[Datapoint, ...]
 
 
 @dataclass(frozen=True)
@@ -79,21 +88,19 @@ def tag_value(text: str) -> str:
 class _Namer:
     """Build each series' path and tags in one style: ``tagged`` or hierarchical."""
 
-    def __init__(self, prefix: str, tagged: bool, timestamp: int, host: str):
+    def __init__(self, prefix: str, tagged: bool, host: str):
         self.prefix = prefix
         self.tagged = tagged
-        self.timestamp = timestamp
         self.host = (("host", tag_value(host)),) if tagged else ()
 
     @classmethod
-    def of(cls, config, timestamp: int) -> _Namer:
-        return cls(config.metric_prefix, config.tags, timestamp, short_hostname())
+    def of(cls, config) -> _Namer:
+        return cls(config.metric_prefix, config.tags, short_hostname())
 
     def point(self, name: str, value, tags: Tags = ()) -> Datapoint:
         if isinstance(value, float):
             value = round(value, DECIMALS)
-        return Datapoint(f"{self.prefix}.{name}", value, self.timestamp,
-                         self.host + tags if self.tagged else ())
+        return Datapoint(f"{self.prefix}.{name}", value, self.host + tags if self.tagged else ())
 
     def host_stat(self, stat: str, value) -> Datapoint:
         return self.point(stat, value)
@@ -131,21 +138,21 @@ def _longest_suffix() -> int:
     bucket or agent series.
     """
     stat = max(SERVICE_FIGURES, key=len)  # the statistics' names (count, p99, ...) are shorter
-    return max(len(series_key(_Namer("", tagged, 0, "h" * MAX_HOST_CHARS).service_stat(
+    return max(len(series_key(_Namer("", tagged, "h" * MAX_HOST_CHARS).service_stat(
         "s" * MAX_SERVICE_CHARS, stat, 0))) for tagged in (False, True))
 
 
 MAX_PREFIX_CHARS = MAX_PATH_CHARS - _longest_suffix()
 
 
-def to_datapoints(stats: IntervalStats, config, timestamp: int,
+def to_datapoints(stats: IntervalStats, config,
                   services: Sequence[ServiceStats] = ()) -> List[Datapoint]:
-    """Return the interval's datapoints, all stamped with ``timestamp``.
+    """Return the interval's datapoints (its ``Interval`` gives them their timestamp).
 
     ``config`` gives the prefix, the naming style (``tags``) and whether the per-second
     rate of each classic log2 bucket is sent (``bucket_series``).
     """
-    namer = _Namer.of(config, timestamp)
+    namer = _Namer.of(config)
     points = [namer.host_stat(stat, value) for stat, value in _stat_values(stats)]
     if config.bucket_series:
         points.extend(namer.bucket(bucket, rate) for bucket, rate in stats.log2_rates)
@@ -158,9 +165,9 @@ def to_datapoints(stats: IntervalStats, config, timestamp: int,
     return points
 
 
-def agent_points(config, timestamp: int, figures: Dict[str, Union[int, float]]) -> List[Datapoint]:
+def agent_points(config, figures: Dict[str, Union[int, float]]) -> List[Datapoint]:
     """Return the agent's own figures as ``<prefix>.agent.<name>`` datapoints."""
-    namer = _Namer.of(config, timestamp)
+    namer = _Namer.of(config)
     return [namer.point(f"agent.{name}", value) for name, value in figures.items()]
 
 

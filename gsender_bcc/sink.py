@@ -36,8 +36,8 @@ except ImportError:
     import graphyte
 
 from .config import Config, Server
-from .metrics import Datapoint
-from .outbox import Chunk, DiskOutbox, MemoryOutbox, pieces
+from .metrics import Interval
+from .outbox import Chunk, DiskOutbox, MemoryOutbox, one_interval, pieces
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,10 @@ JOIN_SECONDS = 2.0  # what a stop waits for a send in progress, whatever the tim
 Send = Callable[[Server, bytes], None]
 
 
-def encode(builder: graphyte.Sender, points: Sequence[Datapoint]) -> bytes:
-    """Return the plaintext-protocol bytes for ``points``, one line each."""
-    return b"".join(builder.build_message(p.path, p.value, p.timestamp, tags=dict(p.tags))
-                    for p in points)
+def encode(builder: graphyte.Sender, interval: Interval) -> bytes:
+    """Return the plaintext-protocol bytes for an interval, one line per datapoint."""
+    return b"".join(builder.build_message(p.path, p.value, interval.stamp, tags=dict(p.tags))
+                    for p in interval.points)
 
 
 def message_builder() -> graphyte.Sender:
@@ -119,8 +119,8 @@ class StdoutSink:
         self._stream = stream
         self._builder = message_builder()
 
-    def submit(self, points: Sequence[Datapoint]) -> None:
-        self._stream.write(encode(self._builder, points).decode("utf-8"))
+    def submit(self, interval: Interval) -> None:
+        self._stream.write(encode(self._builder, interval).decode("utf-8"))
         self._stream.flush()
 
     def reconfigure(self, config: Config) -> None:
@@ -221,7 +221,7 @@ class GraphiteSink:
             if chunk is None:
                 break
             try:
-                new.append(chunk.data, chunk.last_stamp, chunk.intervals)
+                new.append_chunk(chunk)
             except OSError as error:
                 self._retired.append(old)
                 log.error("cannot move undelivered data to %s (%s): the %d intervals left in %s "
@@ -247,23 +247,22 @@ class GraphiteSink:
                       "hundred intervals, or a restart, until this is fixed",
                       directory, error.strerror or error)
 
-    def submit(self, points: Sequence[Datapoint]) -> None:
-        """Append one interval's datapoints to the outbox; never blocks on the network."""
-        data = encode(self._builder, points)
-        stamp = points[0].timestamp if points else int(self._wall_clock())
+    def submit(self, interval: Interval) -> None:
+        """Append one interval's lines to the outbox, with its stamp; never blocks on the network."""
+        data = encode(self._builder, interval)
         with self._lock:
-            self._store(data, stamp)
+            self._store(one_interval(data, interval.stamp))
             self._lock.notify_all()
         if self._echo is not None:  # printed once stored: a printed interval is never lost
-            self._echo.submit(points)
+            self._echo.submit(interval)
 
-    def _store(self, data: bytes, stamp: int, intervals: int = 1) -> None:
+    def _store(self, chunk: Chunk) -> None:
         """Append lines to the outbox on disk or, while that fails, to the one in memory."""
         if self._disk is None or self._disk.directory != self._wanted_directory():
             self._use_wanted_directory(tell=False)  # try again what a reload could not use
         if self._disk is not None:
             try:
-                self._note_dropped(self._disk.append(data, stamp, intervals))
+                self._note_dropped(self._disk.append_chunk(chunk))
             except OSError as error:
                 self._counters["spool_errors"] += 1
                 if not self._disk_failing:
@@ -277,7 +276,7 @@ class GraphiteSink:
                     log.warning("the outbox in %s takes data again", self._disk.directory)
                 self._disk_failing = False
                 return
-        self._note_dropped(self._memory.append(data, stamp, intervals))
+        self._note_dropped(self._memory.append_chunk(chunk))
 
     def health(self) -> Dict[str, int]:
         """Return what waits, and since the last call: drops, failed sends, outbox errors."""
@@ -327,7 +326,7 @@ class GraphiteSink:
             try:
                 if self._disk is None:
                     raise OSError("no usable state directory")
-                self._disk.append(chunk.data, chunk.last_stamp, chunk.intervals)
+                self._disk.append_chunk(chunk)
             except OSError:
                 lost += chunk.intervals
         if lost:
@@ -408,8 +407,7 @@ class GraphiteSink:
         with self._lock:
             if not delivered:
                 if self._last_sent is not None:  # a server going down may lose what it took last
-                    self._store(self._last_sent.data, self._last_sent.last_stamp,
-                                self._last_sent.intervals)
+                    self._store(self._last_sent)
                     self._last_sent = None
                 self._lock.notify_all()  # close() stops waiting once no server is up
                 return False

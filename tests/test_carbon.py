@@ -13,7 +13,7 @@ from conftest import AGENT
 from gsender_bcc import carbon
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats
-from gsender_bcc.metrics import ServiceStats, agent_points, to_datapoints
+from gsender_bcc.metrics import Interval, ServiceStats, agent_points, to_datapoints
 from gsender_bcc.sink import GraphiteSink, encode, message_builder
 
 STATS = IntervalStats(5.0, 120, 0, 12.5, ((50, 8.5), (90, 21.0), (99, 34.0)), 68.0,
@@ -35,9 +35,10 @@ def sent_names(config, tmp_path):
     """Every series name carbon receives from the agent for one full interval, as graphyte
     writes it: host, buckets, a service with its figures, and every agent series."""
     health = GraphiteSink(Config(state_directory=tmp_path), start=False).health()
-    points = to_datapoints(STATS, config, 100, [SERVICE])
-    points += agent_points(config, 100, {"services_overflow": 0, **health})
-    return [line.split(" ")[0] for line in encode(message_builder(), points).decode().splitlines()]
+    points = to_datapoints(STATS, config, [SERVICE])
+    points += agent_points(config, {"services_overflow": 0, **health})
+    interval = Interval(100, tuple(points))
+    return [line.split(" ")[0] for line in encode(message_builder(), interval).decode().splitlines()]
 
 
 def roll_up(config, name):

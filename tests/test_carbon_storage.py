@@ -23,7 +23,7 @@ from conftest import AGENT
 from gsender_bcc.carbon import split_rendered
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats
-from gsender_bcc.metrics import ServiceStats, to_datapoints
+from gsender_bcc.metrics import Interval, ServiceStats, to_datapoints
 from gsender_bcc.sink import encode, message_builder
 from local_carbon import CarbonCache, LocalGraphite
 
@@ -42,7 +42,7 @@ def interval(count, wait_ms, p99=None, top=None, rates=(), seconds=1.0):
 
 def lines(config, stamp, stats, services=()):
     """The plaintext lines the agent sends for one interval."""
-    return encode(message_builder(), to_datapoints(stats, config, stamp, services))
+    return encode(message_builder(), Interval(stamp, tuple(to_datapoints(stats, config, services))))
 
 
 def fetch(carbon, name, precision, start, end):

@@ -143,8 +143,8 @@ class RecordingSink:
         self.configs = []
         self.is_alive = True
 
-    def submit(self, points):
-        self.intervals.append({p.path: p.value for p in points} | {"@": points[0].timestamp})
+    def submit(self, interval):
+        self.intervals.append({p.path: p.value for p in interval.points} | {"@": interval.stamp})
 
     def health(self):
         return {"queued_intervals": 0}

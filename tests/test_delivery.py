@@ -22,7 +22,7 @@ from conftest import (AGENT, LINE, REQUIRE_BPF, TIMER_SLACK, CarbonCache, Latene
                       wait_for)
 from gsender_bcc import sink as sink_module
 from gsender_bcc.config import Config, Server
-from gsender_bcc.metrics import Datapoint
+from gsender_bcc.metrics import Datapoint, Interval
 from gsender_bcc.sink import CLOSE_SECONDS, DATAGRAM_BYTES, GraphiteSink, encode, network_sender
 
 PREFIX = "deliv.cpu-lat"
@@ -599,7 +599,7 @@ def test_a_damaged_state_directory(case, carbon_factory, agents, tmp_path):
 # -- the sink alone, against real carbon-caches --
 
 def batch(stamp, value=1.0, series=("sink.a", "sink.b")):
-    return [Datapoint(name, value * (i + 1), stamp) for i, name in enumerate(series)]
+    return Interval(stamp, tuple(Datapoint(name, value * (i + 1)) for i, name in enumerate(series)))
 
 
 def sink_config(state, *servers, **changes):

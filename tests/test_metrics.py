@@ -3,7 +3,7 @@ import pytest
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats
 from gsender_bcc import metrics
-from gsender_bcc.metrics import (Datapoint, ServiceStats, agent_points, check_prefix,
+from gsender_bcc.metrics import (Datapoint, Interval, ServiceStats, agent_points, check_prefix,
                                  default_prefix, short_hostname, summary, tag_value,
                                  to_datapoints)
 
@@ -53,9 +53,9 @@ class TestLongestSeries:
                                {figure: 1.0 for figure in metrics.SERVICE_FIGURES})
         figures = {name: 0 for name in ("queued_intervals", "dropped_intervals",
                                         "send_failures", "spool_errors", "services_overflow")}
-        points = to_datapoints(stats, config, 1700000010, [service])
-        points += agent_points(config, 1700000010, figures)
-        lines = encode(message_builder(), points).splitlines()
+        points = to_datapoints(stats, config, [service])
+        points += agent_points(config, figures)
+        lines = encode(message_builder(), Interval(1700000010, tuple(points))).splitlines()
         assert [line for line in lines if parse_line(line) is None] == []
         longest = max(len(metrics.series_key(p)) for p in points)
         assert longest <= metrics.MAX_PATH_CHARS
@@ -69,7 +69,7 @@ class TestLongestSeries:
 
 class TestToDatapoints:
     def test_full_interval(self):
-        points = to_datapoints(STATS, Config(prefix="h.cpu-lat"), 1700000010)
+        points = to_datapoints(STATS, Config(prefix="h.cpu-lat"))
         assert [(p.path, p.value) for p in points] == [
             ("h.cpu-lat.count", 120), ("h.cpu-lat.wait_ms", 1.481), ("h.cpu-lat.mean", 12.346),
             ("h.cpu-lat.p50", 8.5),
@@ -78,16 +78,14 @@ class TestToDatapoints:
             ("h.cpu-lat.8", 12.0), ("h.cpu-lat.16", 6.0), ("h.cpu-lat.32", 1.6),
             ("h.cpu-lat.64", 0.2), ("h.cpu-lat.agent.samples_lost", 0),
         ]
-        assert {p.timestamp for p in points} == {1700000010}
 
     def test_empty_interval_sends_count_zero_and_no_latencies(self):
         empty = IntervalStats(15.0, 0, 3, None, (), None, (), 0)
-        assert to_datapoints(empty, Config(prefix="p"), 30) == [
-            Datapoint("p.count", 0, 30), Datapoint("p.wait_ms", 0.0, 30),
-            Datapoint("p.agent.samples_lost", 3, 30)]
+        assert to_datapoints(empty, Config(prefix="p")) == [
+            Datapoint("p.count", 0), Datapoint("p.wait_ms", 0.0), Datapoint("p.agent.samples_lost", 3)]
 
     def test_without_bucket_series(self):
-        points = to_datapoints(STATS, Config(prefix="p", bucket_series=False), 30)
+        points = to_datapoints(STATS, Config(prefix="p", bucket_series=False))
         assert [p.path for p in points] == ["p.count", "p.wait_ms", "p.mean", "p.p50", "p.p90", "p.p99",
                                             "p.max", "p.agent.samples_lost"]
 
@@ -99,8 +97,7 @@ SERVICE = ServiceStats("nginx", IntervalStats(5.0, 7, 0, 3.0, ((50, 2.5), (90, 3
 
 class TestServiceSeries:
     def test_hierarchical(self):
-        points = to_datapoints(STATS, Config(prefix="h.cpu-lat", bucket_series=False), 10,
-                               [SERVICE])
+        points = to_datapoints(STATS, Config(prefix="h.cpu-lat", bucket_series=False), [SERVICE])
         assert [(p.path, p.value) for p in points if ".service." in p.path] == [
             ("h.cpu-lat.service.nginx.count", 7), ("h.cpu-lat.service.nginx.wait_ms", 0.021),
             ("h.cpu-lat.service.nginx.mean", 3.0),
@@ -110,14 +107,14 @@ class TestServiceSeries:
             ("h.cpu-lat.service.nginx.throttled_ms", 40.0)]
 
     def test_agent_points(self):
-        assert agent_points(Config(prefix="p"), 5, {"services_overflow": 2}) == [
-            Datapoint("p.agent.services_overflow", 2, 5)]
+        assert agent_points(Config(prefix="p"), {"services_overflow": 2}) == [
+            Datapoint("p.agent.services_overflow", 2)]
 
 
 class TestTags:
     def test_tagged_series(self):
         host = short_hostname()
-        points = to_datapoints(STATS, Config(tags=True), 10, [SERVICE])
+        points = to_datapoints(STATS, Config(tags=True), [SERVICE])
         named = {(p.path, p.tags) for p in points}
         assert ("cpu-lat.p99", (("host", host),)) in named
         assert ("cpu-lat.wait_ms", (("host", host),)) in named
@@ -129,8 +126,9 @@ class TestTags:
 
     def test_tagged_lines_are_rendered_by_graphyte(self):
         from gsender_bcc.sink import encode, message_builder
-        point = Datapoint("cpu-lat.service.p99", 5.0, 10, (("service", "nginx"), ("host", "h")))
-        assert encode(message_builder(), [point]) == b"cpu-lat.service.p99;host=h;service=nginx 5.0 10\n"
+        point = Datapoint("cpu-lat.service.p99", 5.0, (("service", "nginx"), ("host", "h")))
+        assert encode(message_builder(), Interval(10, (point,))) == \
+            b"cpu-lat.service.p99;host=h;service=nginx 5.0 10\n"
 
     @pytest.mark.parametrize("raw, clean", [("web 01", "web_01"), ("a;b", "a_b"), ("~x", "_x"),
                                             ("", "_"), ("ok-1_a", "ok-1_a")])

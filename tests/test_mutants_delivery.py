@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from gsender_bcc.config import Config, Server
-from gsender_bcc.metrics import Datapoint
+from gsender_bcc.metrics import Datapoint, Interval
 from gsender_bcc.outbox import DiskOutbox
 from gsender_bcc.sink import network_sender
 from test_sink import (PRIMARY, clock, deliver_all, make_sink, messages, network,  # noqa: F401
@@ -162,7 +162,7 @@ def big_interval(stamp, megabytes):
     """One interval of ``megabytes`` MiB of lines (33 bytes each, as "mem.series0000000 1.5
     1800000000\\n")."""
     count = int(megabytes * (1 << 20)) // 33
-    return [Datapoint(f"mem.series{i:07d}", 1.5, stamp) for i in range(count)]
+    return Interval(stamp, tuple(Datapoint(f"mem.series{i:07d}", 1.5) for i in range(count)))
 
 
 class TestMemoryFallbackWithinBufferMegabytes:
@@ -189,4 +189,4 @@ class TestMemoryFallbackWithinBufferMegabytes:
         network.down = set()
         deliver_all(memory_sink)
         assert sum(data.count(b"\n") for _, data in network.delivered) == len(
-            big_interval(NOW, 1.5))
+            big_interval(NOW, 1.5).points)

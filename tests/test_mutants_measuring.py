@@ -16,7 +16,7 @@ from gsender_bcc import carryover
 from gsender_bcc.cgroups import CgroupTree, PressureReader, service_name, user_service_name
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats, slot_of
-from gsender_bcc.metrics import ServiceStats, to_datapoints
+from gsender_bcc.metrics import Interval, ServiceStats, to_datapoints
 from gsender_bcc.sink import encode, message_builder
 from test_daemon import (LAYOUT, CountingNotifier, FakeClock, FakeProbe, MonotonicEventsClock,
                          RecordingSink, run_daemon, signal_mask_restored, stop_at)  # noqa: F401
@@ -27,9 +27,10 @@ STATS = IntervalStats(5.0, 7, 0, 3.0, ((50, 2.5), (90, 3.5), (99, 5.0)), 5.0, ((
 
 @pytest.mark.parametrize("name, value", [("web 01", "web_01"), ("a;b", "a_b"), ("~x", "_x")])
 def test_a_tagged_service_name_is_made_a_valid_tag_value_on_the_wire(name, value):
-    points = to_datapoints(STATS, Config(tags=True, bucket_series=False), 10,
+    points = to_datapoints(STATS, Config(tags=True, bucket_series=False),
                            [ServiceStats(name, STATS, {"pressure": 1.5})])
-    wire = encode(message_builder(), [p for p in points if p.path.startswith("cpu-lat.service.")])
+    wire = encode(message_builder(),
+                  Interval(10, tuple(p for p in points if p.path.startswith("cpu-lat.service."))))
     lines = wire.decode().splitlines()
     assert len(lines) == 8 and all(f";service={value} " in line for line in lines)
 

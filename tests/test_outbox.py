@@ -37,6 +37,11 @@ def segment_name(sequence):
     return f"{sequence:016d}.txt"
 
 
+def files(*sequences):
+    """What the outbox directory holds for these segments: each with its stamps, sorted."""
+    return sorted(name for n in sequences for name in (segment_name(n), f"{n:016d}.stamps"))
+
+
 def drain(box, max_bytes=1 << 16):
     """Peek and consume until nothing waits; return the chunks' data in order."""
     sent = []
@@ -151,7 +156,8 @@ class TestAppendAndDeliver:
     def test_a_line_longer_than_a_chunk_goes_whole(self, folder, clock):
         box = open_box(folder, clock)
         long_line = b"box." + b"x" * 900 + b" 1 %d\n" % NOW
-        box.append(long_line + interval(NOW + 1), NOW)
+        box.append(long_line, NOW)
+        box.append(interval(NOW + 1), NOW + 1)
         assert drain(box, max_bytes=100) == [long_line, interval(NOW + 1)]
 
     def test_segments_roll_over_and_go_once_delivered(self, folder, clock, monkeypatch):
@@ -159,12 +165,12 @@ class TestAppendAndDeliver:
         box = open_box(folder, clock)
         for stamp in range(NOW, NOW + 5):
             box.append(interval(stamp), stamp)
-        assert sorted(p.name for p in folder.iterdir()) == [segment_name(n) for n in (1, 2, 3)]
+        assert sorted(p.name for p in folder.iterdir()) == files(1, 2, 3)
         assert (folder / segment_name(3)).read_bytes() == interval(NOW + 4)
         chunk = box.peek(1 << 16)
         assert chunk.data == interval(NOW) + interval(NOW + 1)  # never across segments
         box.consume(chunk)
-        assert sorted(p.name for p in folder.iterdir()) == [segment_name(n) for n in (2, 3)]
+        assert sorted(p.name for p in folder.iterdir()) == files(2, 3)
         assert drain(box) == [interval(NOW + 2) + interval(NOW + 3), interval(NOW + 4)]
         assert list(folder.iterdir()) == []
 
@@ -177,7 +183,7 @@ class TestAppendAndDeliver:
         again = open_box(folder, clock)
         assert (again.intervals, again.dropped) == (2, 0)
         again.append(interval(NOW + 3), NOW + 3)
-        assert sorted(p.name for p in folder.iterdir()) == [segment_name(n) for n in (2, 3, 4)]
+        assert sorted(p.name for p in folder.iterdir()) == files(2, 3, 4)
         assert drain(again) == [interval(NOW + 1), interval(NOW + 2), interval(NOW + 3)]
 
     def test_a_partly_delivered_segment_is_sent_again_after_a_restart(self, folder, clock):
@@ -468,7 +474,7 @@ class TestFaultsOfIssue22:
         box.append(interval(NOW - 1), NOW - 1)
         box.append(big, NOW)
         box.close()
-        assert all(p.stat().st_size <= outbox.SEGMENT_BYTES for p in folder.iterdir())
+        assert all(p.stat().st_size <= outbox.SEGMENT_BYTES for p in folder.glob("*.txt"))
         with caplog.at_level(logging.WARNING):
             again = open_box(folder, clock, max_bytes=8 << 20)
         assert records(caplog) == [] and not list(folder.glob("*.damaged"))
@@ -499,7 +505,7 @@ class TestFaultsOfIssue22:
         assert records(caplog) == [f"{folder}: segment names reached 16 digits: named them 1 "
                                    f"to 2 again, in order"]
         box.append(interval(NOW + 2), NOW + 2)
-        assert sorted(p.name for p in folder.iterdir()) == [segment_name(k) for k in (1, 2, 3)]
+        assert sorted(p.name for p in folder.iterdir()) == files(1, 2, 3)
         assert b"".join(drain(box)) == b"".join(interval(NOW + k) for k in range(3))
         assert list(folder.iterdir()) == []
 
@@ -553,3 +559,191 @@ class TestPieces:
     ])
     def test_whole_lines_within_the_limit(self, data, limit, expected):
         assert list(outbox.pieces(data, limit)) == expected
+
+
+class TestStampsBesideTheLines:
+    """Each interval's stamp is kept beside its lines (issue 27), never read back from them."""
+
+    def test_each_interval_is_one_record_of_where_its_lines_end_and_its_stamp(self, folder,
+                                                                             clock):
+        box = open_box(folder, clock)
+        box.append(interval(NOW), NOW)
+        box.append(interval(NOW + 1, lines=2), NOW + 1)
+        first, second = len(interval(NOW)), len(interval(NOW)) + len(interval(NOW + 1, lines=2))
+        assert (folder / "0000000000000001.stamps").read_bytes() == (
+            b"%07d %012d\n%07d %012d\n" % (first, NOW, second, NOW + 1))
+
+    def test_chunks_are_cut_and_counted_from_the_records_alone(self, folder, clock,
+                                                              monkeypatch):
+        box = open_box(folder, clock)
+        for stamp in (NOW, NOW + 1, NOW + 2):
+            box.append(interval(stamp), stamp)
+
+        def no_stamps_from_text(lines):
+            raise AssertionError("a stamp was read back from the lines")
+        monkeypatch.setattr(outbox, "_runs_in", no_stamps_from_text)
+        size = len(interval(NOW))
+        chunk = box.peek(2 * size + size // 2)
+        assert (chunk.data, chunk.intervals, chunk.runs) == (
+            interval(NOW) + interval(NOW + 1), 2, ((size, NOW), (2 * size, NOW + 1)))
+        box.consume(chunk)
+        assert [(c.intervals, c.last_stamp) for c in [box.peek(1 << 16)]] == [(1, NOW + 2)]
+
+    def test_a_line_that_does_not_carry_its_records_stamp_is_not_sent(self, folder, clock,
+                                                                      caplog):
+        box = open_box(folder, clock)
+        box.append(interval(NOW) + b"box.other 1 %d\n" % (NOW + 5), NOW)
+        with caplog.at_level(logging.WARNING):
+            assert drain(box) == [interval(NOW)]
+        assert records(caplog) == [f"{folder / segment_name(1)}: skipped 1 lines that are "
+                                   f"malformed or older than the age limit"]
+
+    def test_a_moved_chunk_keeps_its_intervals_stamps(self, folder, clock, tmp_path):
+        box = open_box(folder, clock)
+        for stamp in (NOW, NOW + 1, NOW + 2):
+            box.append(interval(stamp), stamp)
+        other = open_box(tmp_path / "other" / "outbox", clock)
+        other.append_chunk(box.peek(1 << 16))
+        other.close()
+        again = open_box(tmp_path / "other" / "outbox", clock)
+        assert again.intervals == 3
+        assert [(c.data, c.intervals, c.last_stamp) for c in [again.peek(2 * len(interval(NOW)))]
+                ] == [(interval(NOW) + interval(NOW + 1), 2, NOW + 1)]
+
+    def test_segments_of_the_previous_version_are_read_and_given_their_stamps(self, folder,
+                                                                              clock, caplog):
+        """The previous version wrote segments of lines only, an interval split over two
+        where it did not fit; they are sent as before and their records written once."""
+        folder.mkdir(parents=True)
+        big = interval(NOW + 2, lines=6)
+        (folder / segment_name(1)).write_bytes(interval(NOW) + interval(NOW + 1) + big[:60])
+        (folder / segment_name(2)).write_bytes(big[60:] + interval(NOW + 3))
+        assert big[:60].endswith(b"\n")
+        with caplog.at_level(logging.WARNING):
+            box = open_box(folder, clock)
+        assert records(caplog) == [] and box.intervals == 4
+        assert sorted(p.name for p in folder.iterdir()) == files(1, 2)
+        assert (folder / "0000000000000002.stamps").read_bytes() == (
+            b"%07d %012d\n%07d %012d\n" % (len(big) - 60, NOW + 2,
+                                           len(big) - 60 + len(interval(NOW)), NOW + 3))
+        chunks = []
+        while (chunk := box.peek(1 << 16)) is not None:
+            box.consume(chunk)
+            chunks.append((chunk.data, box.intervals))
+        assert chunks == [(interval(NOW) + interval(NOW + 1) + big[:60], 1),
+                          (big[60:] + interval(NOW + 3), 0)]
+        assert list(folder.iterdir()) == []
+
+    @pytest.mark.parametrize("damage", [b"", b"garbage\n", b"%07d %012d\n" % (5, NOW)])
+    def test_stamps_that_do_not_match_the_lines_are_rebuilt_from_them(self, folder, clock,
+                                                                      damage):
+        box = open_box(folder, clock)
+        box.append(interval(NOW), NOW)
+        box.append(interval(NOW + 1), NOW + 1)
+        box.close()
+        stamps = folder / "0000000000000001.stamps"
+        good = stamps.read_bytes()
+        stamps.write_bytes(damage)  # torn by a crash (it is not synced), or damaged
+        again = open_box(folder, clock)
+        assert stamps.read_bytes() == good and again.intervals == 2
+        assert drain(again) == [interval(NOW) + interval(NOW + 1)]
+
+    def test_stamps_damaged_while_running_are_rebuilt_with_one_line(self, folder, clock, caplog):
+        box = open_box(folder, clock)
+        box.append(interval(NOW), NOW)
+        stamps = folder / "0000000000000001.stamps"
+        stamps.write_bytes(b"%07d %012d\n" % (7, NOW))  # not at a line's end
+        with caplog.at_level(logging.WARNING):
+            assert drain(box) == [interval(NOW)]
+        assert records(caplog) == [f"{stamps} does not match its segment's lines: rebuilt it "
+                                   f"from them"]
+
+    def test_a_full_disk_that_takes_the_lines_but_not_their_stamps_loses_nothing(
+            self, folder, clock, caplog, monkeypatch):
+        """A tmpfs with one page left: the lines fit, the stamps file's first byte does not."""
+        box = open_box(folder, clock)
+        real = outbox._write_all
+
+        def no_room_for_stamps(fd, data):
+            if fd == box._stamps_fd:
+                raise OSError(28, "No space left on device")
+            real(fd, data)
+        monkeypatch.setattr(outbox, "_write_all", no_room_for_stamps)
+        with caplog.at_level(logging.WARNING):
+            for stamp in (NOW, NOW + 1, NOW + 2):
+                box.append(interval(stamp), stamp)
+            size = len(interval(NOW))
+            chunk = box.peek(2 * size + size // 2)
+            assert (chunk.data, chunk.intervals) == (interval(NOW) + interval(NOW + 1), 2)
+            box.consume(chunk)
+            assert drain(box) == [interval(NOW + 2)]
+        assert records(caplog) == [] and box.intervals == 0
+
+    def test_stamps_left_without_their_segment_are_removed(self, folder, clock):
+        folder.mkdir(parents=True)
+        (folder / "0000000000000007.stamps").write_bytes(b"%07d %012d\n" % (10, NOW))
+        open_box(folder, clock)
+        assert list(folder.iterdir()) == []
+
+
+class TestChunkRuns:
+    A, B, C = NOW, NOW + 1, NOW + 2
+
+    @pytest.mark.parametrize("runs, limit, taken", [
+        ([(10, A), (20, B), (30, C)], 30, [(10, A), (20, B), (30, C)]),  # the segment's end
+        ([(10, A), (20, B), (30, C)], 25, [(10, A), (20, B)]),
+        ([(10, A), (20, A), (30, B)], 25, [(10, A), (20, A)]),  # A ends where B begins
+        ([(10, A), (20, B), (30, B)], 25, [(10, A)]),  # B goes whole in the next chunk
+        ([(10, A), (20, A), (30, A)], 25, [(10, A), (20, A)]),  # A alone passes: in pieces
+        ([(40, A), (50, B)], 25, []),  # the oldest run alone passes: lines of it
+    ])
+    def test_whole_intervals_within_the_limit(self, runs, limit, taken):
+        assert outbox.chunk_runs(runs, limit) == taken
+
+    @pytest.mark.parametrize("runs, before, count", [
+        ([], None, 0), ([(10, NOW)], None, 1), ([(10, NOW)], NOW, 0),
+        ([(10, NOW), (20, NOW), (30, NOW + 1)], None, 2), ([(10, NOW), (20, NOW + 1)], NOW, 1),
+    ])
+    def test_intervals_begun(self, runs, before, count):
+        assert outbox.count_intervals(runs, before) == count
+
+
+class TestRetries:
+    """A server refusing every try in an outage: the same chunk is handed out again without
+    reading and checking its lines again (issue 28), as long as reading would give the same."""
+
+    @pytest.fixture
+    def reads(self, monkeypatch):
+        opened = []
+        real = outbox._open_segment
+        monkeypatch.setattr(outbox, "_open_segment",
+                            lambda segment: opened.append(segment.sequence) or real(segment))
+        return opened
+
+    def test_a_chunk_is_read_once_while_what_it_holds_does_not_change(self, folder, clock,
+                                                                      reads):
+        box = open_box(folder, clock)
+        for stamp in (NOW, NOW + 1, NOW + 2):
+            box.append(interval(stamp), stamp)
+        size = len(interval(NOW))
+        chunk = box.peek(2 * size)  # two of the three: newer lines change nothing in it
+        box.append(interval(NOW + 3), NOW + 3)
+        assert all(box.peek(2 * size) is chunk for _ in range(5)) and reads == [1]
+        box.consume(chunk)
+        assert box.peek(2 * size).data == interval(NOW + 2) + interval(NOW + 3)
+        assert reads == [1, 1]
+
+    def test_a_chunk_that_reached_the_end_of_its_segment_grows_with_it(self, folder, clock):
+        box = open_box(folder, clock)
+        box.append(interval(NOW), NOW)
+        assert box.peek(1 << 16).data == interval(NOW)
+        box.append(interval(NOW + 1), NOW + 1)
+        assert box.peek(1 << 16).data == interval(NOW) + interval(NOW + 1)
+
+    def test_lines_that_grew_too_old_meanwhile_are_not_handed_out_again(self, folder, clock):
+        box = open_box(folder, clock, max_age=3600.0)
+        box.append(interval(NOW), NOW)
+        box.append(interval(NOW + 1000), NOW + 1000)
+        assert box.peek(1 << 16).intervals == 2
+        clock.now += 3601
+        assert box.peek(1 << 16).data == interval(NOW + 1000)

@@ -22,7 +22,7 @@ import pytest
 from conftest import TIMER_SLACK, Lateness
 from gsender_bcc import outbox, sink as sink_module
 from gsender_bcc.config import Config, Server
-from gsender_bcc.metrics import Datapoint
+from gsender_bcc.metrics import Datapoint, Interval
 from gsender_bcc.outbox import DiskOutbox
 from gsender_bcc.sink import DATAGRAM_BYTES, GraphiteSink, StdoutSink, datagrams, encode
 
@@ -33,7 +33,7 @@ SECONDARY = Server("secondary", 2004)
 
 
 def points(stamp, value=1):
-    return [Datapoint("sink.a", value, stamp), Datapoint("sink.b", value + 0.5, stamp)]
+    return Interval(stamp, (Datapoint("sink.a", value), Datapoint("sink.b", value + 0.5)))
 
 
 def lines(stamp, value=1):
@@ -138,7 +138,8 @@ class TestFraming:
         assert encode(graphyte.Sender("localhost"), points(NOW)) == lines(NOW)
 
     def test_tagged_series(self):
-        tagged = [Datapoint("cpu-lat.p99", 12.5, NOW, (("host", "web-01"), ("service", "db")))]
+        tagged = Interval(NOW, (Datapoint("cpu-lat.p99", 12.5, (("host", "web-01"),
+                                                                ("service", "db"))),))
         assert encode(graphyte.Sender("localhost"), tagged) == (
             b"cpu-lat.p99;host=web-01;service=db 12.5 %d\n" % NOW)
 
@@ -191,8 +192,9 @@ class TestDatagrams:
             expected = b""
             stamp = int(time.time()) - 100
             for k in range(40):  # 40 intervals of 100 lines: 4000 lines waiting
-                batch = [Datapoint(f"udp.backlog.series{i:03d}", k * 1000 + i + 0.125, stamp + k)
-                         for i in range(100)]
+                batch = Interval(stamp + k, tuple(
+                    Datapoint(f"udp.backlog.series{i:03d}", k * 1000 + i + 0.125)
+                    for i in range(100)))
                 sink.submit(batch)
                 expected += encode(graphyte.Sender("localhost"), batch)
             received = []
@@ -348,9 +350,9 @@ class TestServers:
 
     def test_a_chunk_is_at_most_chunk_bytes_of_whole_intervals(self, make_sink, network):
         sink = make_sink()
-        batch = [Datapoint(f"big.series{i:04d}", i, NOW) for i in range(1000)]
+        batch = Interval(NOW, tuple(Datapoint(f"big.series{i:04d}", i) for i in range(1000)))
         for k in range(3):
-            sink.submit([Datapoint(p.path, p.value, NOW + k) for p in batch])
+            sink.submit(Interval(NOW + k, batch.points))
         assert deliver_all(sink) == 2
         sizes = [len(data) for _, data in network.delivered]
         one = len(encode(graphyte.Sender("localhost"), batch))
@@ -403,7 +405,7 @@ def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, mo
     delivery, health. Only the segment list may grow (one entry per 256 KiB segment); 0.1 KiB
     more per interval would fail."""
     monkeypatch.setattr(os, "fdatasync", lambda fd: None)  # durability is tested above
-    monkeypatch.setattr(sink_module, "CHUNK_BYTES", 2048)  # each failed try reads a chunk
+    monkeypatch.setattr(sink_module, "CHUNK_BYTES", 2048)  # a chunk of a few intervals
     monkeypatch.setattr(logging.getLogger("gsender_bcc.sink"), "disabled", True)
     sink = make_sink(frequency=1)
     network.down = {PRIMARY}
@@ -411,7 +413,8 @@ def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, mo
 
     def intervals(first, last):
         for k in range(first, last):
-            sink.submit([Datapoint(name, k + i / 8, NOW + k) for i, name in enumerate(series)])
+            sink.submit(Interval(NOW + k, tuple(Datapoint(name, k + i / 8)
+                                                for i, name in enumerate(series))))
             sink.deliver_once()
             sink.health()
             clock.advance(1)
@@ -439,6 +442,33 @@ def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, mo
     clock.advance(10)
     deliver_all(sink, limit=100000)
     assert b"".join(data for _, data in network.delivered).count(b"\n") == 5000 * len(series)
+
+
+def test_a_refused_retry_reads_and_builds_nothing_again(make_sink, network, clock, monkeypatch):
+    """In an outage every try of a full chunk was a 64 KiB read, split and check: garbage
+    that glibc kept as the agent's RssAnon, 0.5 KiB more per interval (issue 28). A retry now
+    hands out the chunk it holds: what it allocates, at its peak, is far below a chunk."""
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)
+    monkeypatch.setattr(logging.getLogger("gsender_bcc.sink"), "disabled", True)
+    sink = make_sink(frequency=1)
+    network.down = {PRIMARY}
+    series = tuple(Datapoint(f"retry.series{i:03d}", i + 0.25) for i in range(40))
+
+    def outage(first, last):
+        for k in range(first, last):
+            sink.submit(Interval(NOW + k, series))
+            clock.advance(1)
+            sink.deliver_once()
+            network.attempts.clear()
+    outage(0, 60)  # the chunk is full: 64 KiB of intervals wait before the newest
+    assert len(sink._disk.peek(sink_module.CHUNK_BYTES).data) > sink_module.CHUNK_BYTES - 2048
+    tracemalloc.start()
+    try:
+        outage(60, 100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < sink_module.CHUNK_BYTES // 4, f"{peak} bytes at the peak of 40 retries"
 
 
 class TestStateDirectoryTrouble:
@@ -473,9 +503,9 @@ class TestStateDirectoryTrouble:
         network.down = {PRIMARY}
         sink.submit(points(NOW))
 
-        def full(data, stamp, intervals=1):
+        def full(chunk):
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(sink._disk, "append", full)
+        monkeypatch.setattr(sink._disk, "append_chunk", full)
         with caplog.at_level(logging.WARNING):
             for k in range(1, 4):
                 sink.submit(points(NOW + k))
@@ -714,7 +744,7 @@ class TestFaultsOfIssue22:
 
     def test_drops_from_memory_are_counted_in_intervals(self):
         box = outbox.MemoryOutbox(100)
-        box.append(b"x" * 60, NOW, intervals=5)
+        box.append_chunk(outbox.Chunk(b"x" * 60, 5, ((60, NOW),), 60, 0))
         assert box.append(b"y" * 60, NOW + 1) == 5 and box.dropped == 5 and box.intervals == 1
 
     def test_segments_removed_by_hand_are_skipped_with_one_line(self, make_sink, network, state,
