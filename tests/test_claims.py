@@ -278,15 +278,14 @@ def test_the_top_example_adds_up():
 
 # -- cgroup v1 and the journal --
 
-def _without_cgroup_v2(command: list) -> subprocess.CompletedProcess:
-    """Run ``command`` in a mount namespace of its own where no cgroup v2 is mounted (the
-    v1 hierarchies of a hybrid host stay), as on a host with cgroup v1 only."""
+def without_cgroup_v2(command: list) -> list:
+    """Return ``command`` run in a mount namespace of its own where no cgroup v2 is mounted
+    (the v1 hierarchies of a hybrid host stay), as on a host with cgroup v1 only."""
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
               if line.split()[2] == "cgroup2"]
     hide = "".join(f"umount -l {m} && " for m in mounts)
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           hide + 'exec "$@"', "sh", *command],
-                          capture_output=True, text=True, timeout=60)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide + 'exec "$@"',
+            "sh", *command]
 
 
 NOTICE = "cgroup v2 is not mounted (cgroup v1 only): the per-service breakdown is off"
@@ -298,7 +297,8 @@ def test_without_cgroup_v2_the_breakdown_is_off_with_one_notice():
     if v2_mount() is None:
         pytest.skip("cgroup v2 is not mounted here: nothing to compare with")
     command = [sys.executable, "-m", "gsender_bcc", "--config", "/dev/null", "--dump-bpf"]
-    hidden = _without_cgroup_v2(command)
+    hidden = subprocess.run(without_cgroup_v2(command), capture_output=True, text=True,
+                            timeout=60)
     assert hidden.returncode == 0, hidden.stderr
     assert hidden.stderr.count(NOTICE) == 1 and "-DPER_CGROUP=0" in hidden.stdout
     shown = subprocess.run(command, capture_output=True, text=True, timeout=60)

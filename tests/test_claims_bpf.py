@@ -1,0 +1,94 @@
+"""README promises about the per-service breakdown's limits, with the real agent and real cgroups:
+more cgroups than the kernel map holds, and a host without cgroup v2."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from gsender_bcc import program
+from conftest import AGENT
+from test_claims import NOTICE, stated, without_cgroup_v2
+
+pytestmark = pytest.mark.bpf
+
+PREFIX = "ovf.cpu-lat"
+SERVICE_COUNT = re.compile(re.escape(PREFIX) + r"\.service\.[^.]+\.count")
+BEYOND = 300  # cgroups with samples past the map's capacity
+
+# Moves itself through the cgroups named on stdin, one after the other, and sleeps a moment
+# in each: the switch-out of each sleep is a sample of the cgroup it is in.
+MOVER = """
+import sys, time
+for line in sys.stdin:
+    with open(line.strip() + "/cgroup.procs", "w") as procs:
+        procs.write("0")
+    time.sleep(0.0002)
+print("done", flush=True)
+"""
+
+
+def test_samples_of_cgroups_past_the_maps_capacity_are_counted_in_other(agent_factory,
+                                                                       cgroup_factory):
+    entries = int(stated(r"updated atomically: (\d+) entries").group(1))
+    stated(r"Samples of cgroups beyond the map's capacity are counted in a reserved entry "
+           r"\(`agent\.services_overflow`\), never dropped")
+    assert entries == program.DEFAULT_MAX_CGROUPS
+    holder = cgroup_factory("overflow")
+    folders = [holder.path / f"job-{i}.scope" for i in range(entries + BEYOND)]
+    for folder in folders:
+        folder.mkdir()
+    agent = agent_factory(["--stdout", "--frequency", "1", "--prefix", PREFIX,
+                           "--max-services", "5", "--config", "/dev/null"])
+    lines = agent.intervals(1)  # attached: the mover starts after the attach
+    mover = subprocess.Popen([sys.executable, "-c", MOVER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        mover.stdin.write("".join(f"{folder}\n" for folder in folders))
+        mover.stdin.close()
+        assert mover.stdout.readline() == "done\n"
+        assert mover.wait(timeout=30) == 0
+    finally:
+        mover.kill()
+        mover.wait()
+    lines += agent.intervals(3)
+    assert agent.proc.poll() is None
+    by_stamp = {}
+    for path, value, stamp in lines:
+        by_stamp.setdefault(stamp, {})[path] = value
+    overflow = 0
+    for stamp, values in sorted(by_stamp.items()):
+        services = sum(v for p, v in values.items() if SERVICE_COUNT.fullmatch(p))
+        assert values[f"{PREFIX}.count"] == services, f"interval {stamp}: services do not add up"
+        beyond = values[f"{PREFIX}.agent.services_overflow"]
+        assert values.get(f"{PREFIX}.service.other.count", 0) >= beyond, stamp
+        overflow += beyond
+    # Each cgroup had at least one sample; the map held at most `entries` of them (fewer: the
+    # reserved entry and the host's other cgroups take room too).
+    assert overflow >= BEYOND, f"only {overflow} samples counted past the map's capacity"
+
+
+def test_without_cgroup_v2_the_agent_sends_the_host_series_alone():
+    stated(r"On a host with cgroup v1 only the breakdown is off, with one notice; the host series "
+           r"are unchanged")
+    agent = subprocess.Popen(without_cgroup_v2(AGENT + [
+        "--config", "/dev/null", "--stdout", "--frequency", "1", "--prefix", "v1.cpu-lat"]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while len({line.split(" ")[2] for line in lines}) < 3:  # the second interval is whole
+            line = agent.stdout.readline()
+            assert line, f"the agent ended: {agent.communicate()[1]}"
+            lines.append(line)
+    finally:
+        agent.terminate()
+        _, stderr = agent.communicate(timeout=10)
+    assert agent.returncode == 0, stderr
+    assert stderr.count(NOTICE) == 1, stderr
+    second = sorted({line.split(" ")[2] for line in lines})[1]
+    names = {line.split(" ")[0][len("v1.cpu-lat."):] for line in lines
+             if line.split(" ")[2] == second}
+    host = {"count", "wait_ms", "mean", "p50", "p90", "p99", "max", "agent.samples_lost"}
+    buckets = {name for name in names if name.isdigit()}
+    assert names - buckets == host and "0" in buckets, sorted(names)
