@@ -329,3 +329,49 @@ def test_the_map_of_cgroups_is_about_8_mib_whatever_the_cpus():
     value_bytes = (LAYOUT.slots + 1) * 8
     assert round(entries * value_bytes / 2 ** 20) == mib
     assert math.isclose(entries * value_bytes / 2 ** 20, mib, rel_tol=0.1)
+
+
+def _constant(module: str, name: str):
+    import importlib
+    return getattr(importlib.import_module(f"gsender_bcc.{module}"), name)
+
+
+@pytest.mark.parametrize("pattern, value", [
+    # each README figure (the first group) and where the code declares it
+    (r"Segments are Graphite plaintext lines \(`<sequence>\.txt`, (\d+) digits",
+     lambda: _constant("outbox", "NAME_DIGITS")),
+    (r"`<sequence>\.txt`, \d+ digits, up to (\d+) KiB each",
+     lambda: _constant("outbox", "SEGMENT_BYTES") >> 10),
+    (r"delivering from a small in-memory queue \((\d+) MiB\)",
+     lambda: _constant("sink", "MEMORY_FALLBACK_BYTES") >> 20),
+    (r"\*\*UDP\*\* datagrams carry whole lines, at most (\d+) bytes each, so they cross an IPv6 "
+     r"path with a 1500-byte MTU", lambda: 1500 - 40 - 8),
+    (r"\*\*UDP\*\* datagrams carry whole lines, at most (\d+) bytes each",
+     lambda: _constant("sink", "DATAGRAM_BYTES")),
+    (r"waiting intervals get up to (\d+) s to be delivered",
+     lambda: _constant("sink", "CLOSE_SECONDS")),
+    (r"a send still in progress (\d+) s more", lambda: _constant("sink", "JOIN_SECONDS")),
+    (r"at most 2\^(\d+) samples a second of its length",
+     lambda: _constant("carryover", "MAX_SAMPLES_PER_SECOND").bit_length() - 1),
+    (r"sums under 2\^(\d+) ns", lambda: _constant("carryover", "MAX_SUM_NS").bit_length() - 1),
+    (r"which must agree within (\d+) s, with the host up longer",
+     lambda: _constant("carryover", "BOOT_TOLERANCE")),
+    (r"repeats a timestamp \(its samples wait for the first boundary after the last stamp\) as "
+     r"long as that takes at most an (hour)",
+     lambda: {3600: "hour"}[_constant("daemon", "MAX_HOLD_SECONDS")]),
+    (r"A user gets at most (\d+) names", lambda: MAX_NAMES_PER_USER),
+    (r"is cut to (\d+) characters; names that collide are merged",
+     lambda: metrics.MAX_SERVICE_CHARS),
+    (r"samples of cgroups beyond the kernel map's (\d+) \(counted in `other`\)",
+     lambda: program.DEFAULT_MAX_CGROUPS),
+    (r"Latencies below (\d+) µs are counted per whole microsecond", lambda: LAYOUT.sub_count),
+    (r"each power of two is split into (\d+) equal slots", lambda: LAYOUT.sub_count),
+    (r"within 0\.5 µs below 8 µs and within ([\d.]+) % above it",
+     lambda: 100 / (2 * LAYOUT.sub_count)),
+    (r"Beyond 2\^(\d+) µs \(\d+ minutes\) all share one slot", lambda: LAYOUT.log2_max),
+    (r"Beyond 2\^\d+ µs \((\d+) minutes\)", lambda: (1 << LAYOUT.log2_max) // 60_000_000),
+])
+def test_a_readme_figure_is_the_codes(pattern, value):
+    shown = stated(pattern).group(1)
+    expected = value()
+    assert (float(shown) if isinstance(expected, (int, float)) else shown) == expected, pattern
