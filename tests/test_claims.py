@@ -375,3 +375,16 @@ def test_a_readme_figure_is_the_codes(pattern, value):
     shown = stated(pattern).group(1)
     expected = value()
     assert (float(shown) if isinstance(expected, (int, float)) else shown) == expected, pattern
+
+
+def test_the_include_tree_is_eight_stub_headers_with_one_file_per_architecture():
+    claim = stated(r"\(`bpf/kernel-stubs/`, (\w+) stub headers written for gsender-bcc: .*? The "
+                   r"tree's only per-architecture file is `([^`]+)`, for (\w+) and (\w+);")
+    count, per_arch, *arches = claim.groups()
+    tree = program.include_tree()
+    files = [path.relative_to(tree).as_posix() for path in program.include_tree_files(tree)]
+    by_arch = [f for f in files if f.startswith("arch/")]
+    assert sorted(by_arch) == sorted(f"arch/{a}/include/{per_arch}"
+                                     for a in arches)
+    words = {"six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+    assert len(files) - len(by_arch) + 1 == words[count], files  # what one compile sees
