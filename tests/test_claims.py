@@ -388,3 +388,25 @@ def test_the_include_tree_is_eight_stub_headers_with_one_file_per_architecture()
                                      for a in arches)
     words = {"six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
     assert len(files) - len(by_arch) + 1 == words[count], files  # what one compile sees
+
+
+@pytest.mark.parametrize("required, outcome", [(False, pytest.skip.Exception),
+                                               (True, pytest.fail.Exception)])
+def test_bpf_tests_skip_without_root_unless_required(monkeypatch, required, outcome):
+    stated(r"Outside CI, BPF tests skip with the reason when not root; with "
+           r"`GSENDER_REQUIRE_BPF=1` \(as `\.ci/run` sets\) they fail instead")
+    import conftest
+
+    class Marked:
+        @staticmethod
+        def get_closest_marker(name):
+            return object() if name == "bpf" else None
+    monkeypatch.setattr(conftest.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(conftest, "REQUIRE_BPF", required)
+    try:
+        conftest.pytest_runtest_setup(Marked())
+    except (pytest.skip.Exception, pytest.fail.Exception) as ended:
+        assert type(ended) is outcome and "needs root" in str(ended)
+    else:
+        pytest.fail("a BPF test ran without root")
+    assert "GSENDER_REQUIRE_BPF=1" in (Path(__file__).resolve().parent.parent / ".ci/run").read_text()
