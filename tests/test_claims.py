@@ -410,3 +410,32 @@ def test_bpf_tests_skip_without_root_unless_required(monkeypatch, required, outc
     else:
         pytest.fail("a BPF test ran without root")
     assert "GSENDER_REQUIRE_BPF=1" in (Path(__file__).resolve().parent.parent / ".ci/run").read_text()
+
+
+def _exposure(root: Path) -> float:
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}",
+                           "gsender-bcc.service"], capture_output=True, text=True, timeout=60)
+    score = re.search(r"Overall exposure level for gsender-bcc\.service: ([\d.]+)", done.stdout)
+    assert score, done.stdout + done.stderr
+    return float(score.group(1))
+
+
+def test_the_shipped_units_exposure_is_the_stated_score(tmp_path):
+    """systemd-analyze offline, on this host's systemd, scores the unit as shipped and with the
+    README's drop-in (make test-vm checks the running service on each release)."""
+    if subprocess.run(["systemd-analyze", "security", "--help"], capture_output=True,
+                      text=True).stdout.find("--offline") < 0:
+        pytest.skip("this systemd-analyze has no --offline")
+    plain = float(stated(r"is hardened to an exposure of ([\d.]+) by `systemd-analyze security`")
+                  .group(1))
+    before, after = map(float, stated(r"\(the exposure score rises from ([\d.]+) to ([\d.]+)\)")
+                        .groups())
+    drop_in = stated(r"printf '(\[Service\][^']*)' (?:\\ )?> /etc/systemd/system/"
+                     r"gsender-bcc\.service\.d/classic\.conf").group(1)
+    units = tmp_path / "etc/systemd/system"
+    (units / "gsender-bcc.service.d").mkdir(parents=True)
+    unit = Path(__file__).resolve().parent.parent / "packaging/gsender-bcc.service"
+    (units / "gsender-bcc.service").write_text(unit.read_text())
+    assert _exposure(tmp_path) == plain == before
+    (units / "gsender-bcc.service.d/classic.conf").write_text(drop_in.replace("\\n", "\n"))
+    assert _exposure(tmp_path) == after
