@@ -439,3 +439,31 @@ def test_the_shipped_units_exposure_is_the_stated_score(tmp_path):
     assert _exposure(tmp_path) == plain == before
     (units / "gsender-bcc.service.d/classic.conf").write_text(drop_in.replace("\\n", "\n"))
     assert _exposure(tmp_path) == after
+
+
+def test_the_outbox_files_replay_by_hand_into_carbon(tmp_path, carbon_factory):
+    """`cat <outbox>/*.txt | nc graphite 2003`: the files, in the shell's glob order, are a
+    plaintext stream carbon stores as sent (this host has no nc: a socket stands in)."""
+    stated(r"`cat /var/lib/gsender-bcc/outbox/\*\.txt \| nc graphite 2003` replays them by hand")
+    carbon = carbon_factory().start()
+    config = Config(frequency=1, prefix="replay.cpu-lat", state_directory=tmp_path / "state",
+                    server_address="127.0.0.1", port=carbon.port)
+    sink = GraphiteSink(config, start=False)  # nothing delivered: everything waits on disk
+    now = int(time.time())
+    sent = {}
+    for age in (3, 2, 1):
+        slots = array("q", bytes(8 * LAYOUT.slots))
+        slots[slot_of(LAYOUT, 10 * age)] = age
+        stats = interval_stats(LAYOUT, Counts(slots, age * 10_000), 1.0)
+        points = to_datapoints(stats, config, now - age)
+        sink.submit(points)
+        sent.update({(p.path, p.timestamp): p.value for p in points})
+    sink.close(0)
+    folder = config.state_directory / "outbox"
+    assert len(list(folder.glob("*.txt"))) >= 1
+    replayed = subprocess.run(["sh", "-c", f"cat {folder}/*.txt"], capture_output=True,
+                              check=True).stdout
+    carbon.send_and_settle(replayed)
+    stored = {(path, stamp): value for path, points in carbon.series().items()
+              for stamp, value in points}
+    assert stored == sent
