@@ -1,9 +1,12 @@
 """README promises about the per-service breakdown's limits, with the real agent and real cgroups:
 more cgroups than the kernel map holds, and a host without cgroup v2."""
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -93,3 +96,38 @@ def test_without_cgroup_v2_the_agent_sends_the_host_series_alone():
     host = {"count", "wait_ms", "mean", "p50", "p90", "p99", "max", "agent.samples_lost"}
     buckets = {name for name in names if name.isdigit()}
     assert names - buckets == host and "0" in buckets, sorted(names)
+
+
+def _top_screen(tmp_path, terminal: str) -> str:
+    """Return the first full screen of ``--top`` in a tmux pane whose TERM is ``terminal``,
+    with its escape sequences (capture-pane -e)."""
+    name = f"gsender-claims-{os.getpid()}-{terminal}"
+    conf = tmp_path / f"{terminal}.conf"
+    conf.write_text(f"set -g default-terminal {terminal}\nset -g status off\n"
+                    f"set -g remain-on-exit on\n")
+    tmux = ["tmux", "-L", name]
+    command = " ".join([sys.executable, "-m", "gsender_bcc", "--top", "--config", "/dev/null"])
+    subprocess.run(tmux + ["-f", str(conf), "new-session", "-d", "-s", "top", "-x", "80", "-y",
+                           "24", f"exec {command}"], check=True, timeout=10)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            screen = subprocess.run(tmux + ["capture-pane", "-e", "-p", "-t", "top"],
+                                    capture_output=True, text=True, check=True,
+                                    timeout=10).stdout
+            if "|#" in re.sub(r"\x1b\[[0-9;]*m", "", screen):  # a bar is drawn
+                return screen
+            assert time.monotonic() < deadline, f"--top drew no bar in {terminal}:\n{screen}"
+            time.sleep(0.2)
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True, timeout=10)
+
+
+def test_top_uses_colour_only_where_the_terminal_has_it(tmp_path):
+    stated(r"Colour only where the terminal has it")
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is missing: run 'make setup' (it installs tmux)")
+    colour = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|9[0-7]|38;5;\d+)(?:;[0-9;]*)?m")
+    assert colour.search(_top_screen(tmp_path, "screen")), "no colour where the terminal has it"
+    plain = _top_screen(tmp_path, "vt100")
+    assert not colour.search(plain), plain
