@@ -22,7 +22,7 @@ from gsender_bcc.cgroups import MAX_NAMES_PER_USER, v2_mount
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import (Counts, IntervalStats, add_counts, empty_counts,
                                    interval_stats, log2_counts, slot_of, slot_value)
-from gsender_bcc.metrics import ServiceStats, agent_points, summary, to_datapoints
+from gsender_bcc.metrics import Interval, ServiceStats, agent_points, summary, to_datapoints
 from gsender_bcc.sink import GraphiteSink
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -77,10 +77,10 @@ def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_c
     listed.append(ServiceStats("other", interval_stats(LAYOUT, other, frequency)))
     sink = GraphiteSink(config, start=False)
     stamp = int(time.time()) // frequency * frequency
-    points = to_datapoints(stats, config, stamp, listed)
-    points += agent_points(config, stamp, {"services_overflow": 0, **sink.health()})
-    sink.submit(points)
-    sink.submit(points)
+    points = to_datapoints(stats, config, listed)
+    points += agent_points(config, {"services_overflow": 0, **sink.health()})
+    sink.submit(Interval(stamp, tuple(points)))
+    sink.submit(Interval(stamp, tuple(points)))
     outbox = sink._disk
     stored = b"".join(path.read_bytes() for path in sorted(outbox.directory.glob("*.txt")))
     assert outbox.size == len(stored), "the byte limit counts other bytes than those on disk"
@@ -135,8 +135,8 @@ def _series(tmp_path: Path, config: Config, buckets: int, services: int, breakdo
         listed.append(ServiceStats("other", stats))
     health = GraphiteSink(Config(state_directory=tmp_path / "state"), start=False).health()
     extra = {"services_overflow": 0} if breakdown else {}
-    return [p.path for p in to_datapoints(stats, config, 10, listed)
-            + agent_points(config, 10, {**extra, **health})]
+    return [p.path for p in to_datapoints(stats, config, listed)
+            + agent_points(config, {**extra, **health})]
 
 
 def test_series_per_host_at_the_defaults(tmp_path):
@@ -246,8 +246,8 @@ def test_the_stdout_example_is_what_the_code_prints():
     services = [ServiceStats("nginx", stats, {"pressure": 1.0, "throttled_ms": 1.0}),
                 ServiceStats("other", stats)]
     config = Config(prefix=prefix)
-    sent = [p.path for p in to_datapoints(stats, config, 5, services)
-            + agent_points(config, 5, {"services_overflow": 0})]
+    sent = [p.path for p in to_datapoints(stats, config, services)
+            + agent_points(config, {"services_overflow": 0})]
     shown = [line.split(" ")[0] for line in lines]
     assert [p for p in sent if p in shown] == shown
     # The summary make run prints for the same interval.
@@ -455,9 +455,9 @@ def test_the_outbox_files_replay_by_hand_into_carbon(tmp_path, carbon_factory):
         slots = array("q", bytes(8 * LAYOUT.slots))
         slots[slot_of(LAYOUT, 10 * age)] = age
         stats = interval_stats(LAYOUT, Counts(slots, age * 10_000), 1.0)
-        points = to_datapoints(stats, config, now - age)
-        sink.submit(points)
-        sent.update({(p.path, p.timestamp): p.value for p in points})
+        points = to_datapoints(stats, config)
+        sink.submit(Interval(now - age, tuple(points)))
+        sent.update({(p.path, now - age): p.value for p in points})
     sink.close(0)
     folder = config.state_directory / "outbox"
     assert len(list(folder.glob("*.txt"))) >= 1
