@@ -1007,7 +1007,7 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
             f"{result['count']} cgroups under {result['mount']}, each with a process waking "
             f"every {many_services.TICK_MS} ms; the BPF program loaded as the agent does, with "
             f"{result['map_entries']} entries in its cgroup map. Timed in-process: "
-            f"`Daemon._measure` (read_snapshot, delta) and `Daemon._services` (resolve, "
+            f"`Sampler.measure` (read_snapshot, delta) and `Sampler.services` (resolve, "
             f"by_service, top_services, cpu.pressure, interval_stats for the top "
             f"{every['series_sent'] - 1} and other), {result['repeats']} intervals each:", "",
             f"- all {result['count']} changed since the previous reading: "

@@ -18,11 +18,16 @@ from dataclasses import replace
 from typing import Iterable, List, Optional, Tuple
 
 from . import interfaces
-from .cgroups import OTHER, PressureReader
+from .cgroups import OTHER, CgroupTree, PressureReader, v2_mount
 from .histogram import IntervalStats, Measured, Snapshot, by_service, delta, interval_stats, \
     top_services
 from .metrics import ServiceStats
 from .probe import overflow_cgroup
+
+
+def cgroup_tree(attached) -> Optional[CgroupTree]:
+    """Return the host's cgroup tree where the attached program counts per cgroup, else None."""
+    return CgroupTree(v2_mount()) if attached.settings.per_cgroup else None
 
 
 class Sampler:

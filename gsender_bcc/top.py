@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from .errors import EX_USAGE, AgentError
 from .histogram import IntervalStats
 from .metrics import ServiceStats
-from .sampler import Sampler
+from .sampler import Sampler, cgroup_tree
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,6 @@ def _has_terminal() -> bool:
 
 def run(config, period: float = 1.0) -> int:
     """Show the view until ``q``, Ctrl-C, SIGTERM or SIGHUP; return the exit code (0)."""
-    from .cgroups import CgroupTree, v2_mount
     from .daemon import SystemClock
     from .metrics import short_hostname
     from .probe import Probe
@@ -389,8 +388,7 @@ def run(config, period: float = 1.0) -> int:
     try:
         log.info("compiling and attaching the BPF program (this instance is --top's own)")
         with Probe(config) as attached:
-            tree = CgroupTree(v2_mount()) if attached.settings.per_cgroup else None
-            sampler = Sampler(attached, tree, SystemClock())
+            sampler = Sampler(attached, cgroup_tree(attached), SystemClock())
             sampler.start()
             handlers, root.handlers = root.handlers, [held]
             try:
