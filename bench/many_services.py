@@ -326,6 +326,46 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
     return result
 
 
+def report_lines(result: dict, checks: list) -> List[str]:
+    """The report's section for this phase (``result`` from measure()); its target is added to
+    checks."""
+    from common import Check, spread
+    lines: List[str] = []
+    if result.get("all_changed"):
+        few, every = result["few_changed"], result["all_changed"]
+        checks.append(Check(f"one interval with {result['count']} services, all changed, ms",
+                            every["ms"], 20, " ms", ".1f"))
+        lines = [
+            "", f"## One interval with {result['count']} live services", "",
+            f"{result['count']} cgroups under {result['mount']}, each with a process waking "
+            f"every {TICK_MS} ms; the BPF program loaded as the agent does, with "
+            f"{result['map_entries']} entries in its cgroup map. Timed in-process: "
+            f"`Sampler.measure` (read_snapshot, delta) and `Sampler.services` (resolve, "
+            f"by_service, top_services, cpu.pressure, interval_stats for the top "
+            f"{every['series_sent'] - 1} and other), {result['repeats']} intervals each:", "",
+            f"- all {result['count']} changed since the previous reading: "
+            f"{spread(every['ms'], '.1f')} ms",
+            f"- none of them changed (every entry read, unchanged ones reused): "
+            f"{spread(few['ms'], '.1f')} ms",
+            f"- the first interval, which walks the cgroup tree: {result['first_ms']:.1f} ms",
+            "- all changed, by stage (medians, ms): " + ", ".join(
+                f"{k} {v:.1f}" for k, v in result["stages_ms"].items()),
+            "- profile (cProfile, which slows pure Python more than C; ms per interval): "
+            + "; ".join(result.get("profile", [])),
+        ]
+        pages = result.get("pages")
+        if pages:
+            lines.append(
+                f"- this machine's memory after a pause: writing one byte in each of "
+                f"{pages['pages']} pages (as many as the map's values fill) takes "
+                f"{pages['warm_ms']:.2f} ms warm and {pages['after_pause_ms']:.2f} ms after "
+                f"the same {pages['pause_s']:g} s pause the timed readings follow; every "
+                f"interval of the agent starts after such a pause.")
+    elif result.get("failure"):
+        lines = ["", f"## Many live services: FAILED: {result['failure']}"]
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
