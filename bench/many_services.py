@@ -3,10 +3,10 @@
 Makes COUNT cgroups under the cgroup v2 mount (``gsender-bench-<pid>.slice/svcNNNN.service``,
 each its own service), puts one process in each that wakes every 50 ms (bench/ticker.c),
 loads the BPF program as the agent does (``Probe(Config())``, per-service breakdown on),
-and times what the daemon does for one interval: ``Daemon._measure`` (read_snapshot, delta)
-then ``Daemon._services`` (CgroupTree.resolve, by_service, top_services, cpu.pressure of
-the top services, interval_stats for the top 20 and other). The daemon's own methods are
-called, so the timing follows whatever it does.
+and times what the daemon does for one interval: ``Sampler.measure`` (read_snapshot, delta)
+then ``Sampler.services`` (CgroupTree.resolve, by_service, top_services, cpu.pressure of
+the top services, interval_stats for the top 20 and other). The Sampler the daemon measures
+with is called, so the timing follows whatever it does.
 
 Two cases, each repeated: "few changed" (the tickers stopped: every service is in the map,
 only the host's own cgroups changed since the last reading) and "all changed" (the tickers
@@ -143,13 +143,13 @@ class Tickers:
 
 
 @contextlib.contextmanager
-def stage_timers(daemon) -> Iterator[Dict[str, List[float]]]:
-    """Time each step the daemon takes for an interval, by wrapping what it calls.
+def stage_timers(sampler) -> Iterator[Dict[str, List[float]]]:
+    """Time each step the sampler takes for an interval, by wrapping what it calls.
 
     Yields {stage: [ms per interval, ...]}; a stage called several times in an
     interval (interval_stats) is summed over it. The wrappers are removed on exit.
     """
-    from gsender_bcc import daemon as daemon_module
+    from gsender_bcc import sampler as sampler_module
     stages: Dict[str, List[float]] = {}
     current: Dict[str, float] = {}
 
@@ -162,12 +162,12 @@ def stage_timers(daemon) -> Iterator[Dict[str, List[float]]]:
                 current[name] = current.get(name, 0.0) + (time.perf_counter() - started) * 1000
         return wrapper
 
-    instance_patches = [(daemon.probe, "read_snapshot"), (daemon.cgroup_tree, "resolve"),
-                        (daemon._pressure, "read")]
+    instance_patches = [(sampler.probe, "read_snapshot"), (sampler.tree, "resolve"),
+                        (sampler._pressure, "read")]
     labels = {"read_snapshot": "read_snapshot", "resolve": "resolve", "read": "cpu.pressure"}
     module_patches = ["delta", "by_service", "top_services", "interval_stats"]
-    saved = {name: getattr(daemon_module, name) for name in module_patches}
-    measure = daemon._measure
+    saved = {name: getattr(sampler_module, name) for name in module_patches}
+    measure = sampler.measure
 
     def whole_interval():
         current.clear()
@@ -178,21 +178,21 @@ def stage_timers(daemon) -> Iterator[Dict[str, List[float]]]:
             stages.setdefault(name, []).append(ms)
         return result
 
-    services = daemon._services
+    services = sampler.services
     try:
         for owner, attribute in instance_patches:
             setattr(owner, attribute, timed(labels[attribute], getattr(owner, attribute)))
         for name in module_patches:
-            setattr(daemon_module, name, timed(name, saved[name]))
-        daemon._measure = whole_interval
-        daemon._services = lambda measured: finish(services(measured))
+            setattr(sampler_module, name, timed(name, saved[name]))
+        sampler.measure = whole_interval
+        sampler.services = lambda measured, limit: finish(services(measured, limit))
         yield stages
     finally:
         for owner, attribute in instance_patches:
             delattr(owner, attribute)  # back to the class's method
         for name in module_patches:
-            setattr(daemon_module, name, saved[name])
-        del daemon._measure, daemon._services
+            setattr(sampler_module, name, saved[name])
+        del sampler.measure, sampler.services
 
 
 def profile_lines(profile: cProfile.Profile, calls: int) -> List[str]:
@@ -240,8 +240,9 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
     sys.path.insert(0, str(ROOT))
     from gsender_bcc import cgroups
     from gsender_bcc.config import Config
-    from gsender_bcc.daemon import Daemon
+    from gsender_bcc.daemon import SystemClock
     from gsender_bcc.probe import Probe
+    from gsender_bcc.sampler import Sampler
 
     build_ticker()
     mount = cgroups.v2_mount()
@@ -257,8 +258,8 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
             tickers = Tickers(made.parent, count)
             ours = made.ids()
             tree = cgroups.CgroupTree(mount)
-            daemon = Daemon(probe, sink=None, config=config, cgroup_tree=tree)
-            daemon._previous, daemon._started = probe.read_snapshot(), time.monotonic()
+            sampler = Sampler(probe, tree, SystemClock())
+            sampler.start()
 
             def interval(run_tickers: bool) -> tuple:
                 if run_tickers:
@@ -267,8 +268,8 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
                 tickers.pause()
                 time.sleep(0.2)
                 started = time.perf_counter()
-                measured = daemon._measure()
-                top = daemon._services(measured)
+                measured = sampler.measure()
+                top = sampler.services(measured, config.max_services)
                 spent = (time.perf_counter() - started) * 1000
                 changed = sum(1 for cgroup in measured.cgroups if cgroup in ours)
                 return spent, changed, len(top), len(measured.cgroups)
@@ -277,7 +278,7 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
             first, changed, _, _ = interval(True)
             result["first_ms"] = first
             result["first_changed"] = changed
-            result["map_entries"] = len(daemon._previous.cgroups)
+            result["map_entries"] = len(sampler.baseline.cgroups)
             progress(f"first interval (walks the tree): {first:.1f} ms, {changed} services changed")
             for case, run_tickers in (("all_changed", True), ("few_changed", False)):
                 times, changes, sizes = [], [], []
@@ -293,7 +294,7 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
                 progress(f"{case.replace('_', ' ')}: median {statistics.median(times):.1f} ms "
                          f"({min(times):.1f}-{max(times):.1f}), {min(changes)}-{max(changes)} "
                          f"of the {count} services changed")
-            with stage_timers(daemon) as stages:
+            with stage_timers(sampler) as stages:
                 for _ in range(repeats):
                     interval(True)
             result["stages_ms"] = {name: statistics.median(times)
@@ -307,7 +308,7 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
                 tickers.pause()
                 time.sleep(0.2)
                 profile.enable()
-                daemon._services(daemon._measure())
+                sampler.services(sampler.measure(), config.max_services)
                 profile.disable()
             result["profile"] = profile_lines(profile, calls)
             values = result["map_entries"] * ctypes.sizeof(probe._cgroups.Leaf)
@@ -323,6 +324,46 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
         if left:
             progress(f"could not remove {len(left)} cgroups, e.g. {left[0]}")
     return result
+
+
+def report_lines(result: dict, checks: list) -> List[str]:
+    """The report's section for this phase (``result`` from measure()); its target is added to
+    checks."""
+    from common import Check, spread
+    lines: List[str] = []
+    if result.get("all_changed"):
+        few, every = result["few_changed"], result["all_changed"]
+        checks.append(Check(f"one interval with {result['count']} services, all changed, ms",
+                            every["ms"], 20, " ms", ".1f"))
+        lines = [
+            "", f"## One interval with {result['count']} live services", "",
+            f"{result['count']} cgroups under {result['mount']}, each with a process waking "
+            f"every {TICK_MS} ms; the BPF program loaded as the agent does, with "
+            f"{result['map_entries']} entries in its cgroup map. Timed in-process: "
+            f"`Sampler.measure` (read_snapshot, delta) and `Sampler.services` (resolve, "
+            f"by_service, top_services, cpu.pressure, interval_stats for the top "
+            f"{every['series_sent'] - 1} and other), {result['repeats']} intervals each:", "",
+            f"- all {result['count']} changed since the previous reading: "
+            f"{spread(every['ms'], '.1f')} ms",
+            f"- none of them changed (every entry read, unchanged ones reused): "
+            f"{spread(few['ms'], '.1f')} ms",
+            f"- the first interval, which walks the cgroup tree: {result['first_ms']:.1f} ms",
+            "- all changed, by stage (medians, ms): " + ", ".join(
+                f"{k} {v:.1f}" for k, v in result["stages_ms"].items()),
+            "- profile (cProfile, which slows pure Python more than C; ms per interval): "
+            + "; ".join(result.get("profile", [])),
+        ]
+        pages = result.get("pages")
+        if pages:
+            lines.append(
+                f"- this machine's memory after a pause: writing one byte in each of "
+                f"{pages['pages']} pages (as many as the map's values fill) takes "
+                f"{pages['warm_ms']:.2f} ms warm and {pages['after_pause_ms']:.2f} ms after "
+                f"the same {pages['pause_s']:g} s pause the timed readings follow; every "
+                f"interval of the agent starts after such a pause.")
+    elif result.get("failure"):
+        lines = ["", f"## Many live services: FAILED: {result['failure']}"]
+    return lines
 
 
 def main() -> int:

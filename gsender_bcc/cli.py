@@ -99,20 +99,18 @@ def warn_about_local_schema(config: configuration.Config,
 
 
 def _check(attached) -> str:
-    from .cgroups import CgroupTree, v2_mount
-    from .histogram import delta
-    first = attached.read_snapshot()
+    from .daemon import SystemClock
+    from .sampler import Sampler, cgroup_tree
+    sampler = Sampler(attached, cgroup_tree(attached), SystemClock())
+    sampler.start()
     time.sleep(CHECK_SECONDS)
-    counted = delta(attached.layout, first, attached.read_snapshot(), CHECK_SECONDS)
-    breakdown = "per-service breakdown off"
-    if attached.settings.per_cgroup:
-        resolved = CgroupTree(v2_mount()).resolve(counted.cgroups)
-        services = len({resolved.service_of(cgroup) for cgroup in counted.cgroups})
-        breakdown = f"{services} services seen"
+    host, services = sampler.sample()
+    breakdown = "per-service breakdown off" if services is None else \
+        f"{len(services)} services seen"
     names = attached.settings.tracepoints
     where = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
     return (f"OK: BPF program attached to the {attached.settings.kind} {where}; "
-            f"{counted.host.count} samples in {CHECK_SECONDS:g}s; {breakdown}; detached")
+            f"{host.count} samples in {CHECK_SECONDS:g}s; {breakdown}; detached")
 
 
 def _make_sink(args, config: configuration.Config):
@@ -160,12 +158,10 @@ def run(args: argparse.Namespace) -> int:
         log.info("attached; sending %s.* every %ds to %s", config.metric_prefix,
                  config.frequency, "stdout" if args.stdout else
                  ", ".join(map(str, config.servers)))
-        tree = None
-        if attached.settings.per_cgroup:
-            from .cgroups import CgroupTree, v2_mount
-            tree = CgroupTree(v2_mount())
+        from .sampler import cgroup_tree
         daemon = Daemon(attached, out, config, reload=lambda: effective_config(args),
-                        notifier=notifier, cgroup_tree=tree, keep_unfinished=not args.stdout)
+                        notifier=notifier, cgroup_tree=cgroup_tree(attached),
+                        keep_unfinished=not args.stdout)
         try:
             return daemon.run(once=args.once)
         finally:

@@ -30,20 +30,19 @@ import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
-from . import carryover
-from .cgroups import OTHER, CgroupTree, PressureReader
+from . import carryover, interfaces
 from .config import Config, ConfigError, needing_restart
-from .histogram import (Measured, add_counts, by_service, delta, interval_stats, top_services)
-from .metrics import Interval, ServiceStats, agent_points, summary, to_datapoints
+from .histogram import Measured, add_counts
+from .metrics import Interval, agent_points, summary, to_datapoints
 from .notify import NullNotifier
+from .sampler import Sampler
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 HANDLED_SIGNALS = STOP_SIGNALS | {signal.SIGHUP}
-OVERFLOW_CGROUP = 0
 # A wall clock that went back makes the samples wait for the first boundary after the last
 # stamp, so that no stamp is sent twice, for at most this long (the longest interval). A
 # longer step back (a clock that was wrong, say a day ahead, and was corrected) resumes
@@ -114,26 +113,25 @@ class SystemClock:
 class Daemon:
     """``state_directory`` keeps the unfinished interval across restarts (None: not kept)."""
 
-    probe: object
-    sink: object
+    probe: interfaces.Probe
+    sink: interfaces.Sink
     config: Config
     reload: Optional[Callable[[], Config]] = None
     notifier: NullNotifier = field(default_factory=NullNotifier)
-    clock: object = field(default_factory=SystemClock)
-    cgroup_tree: Optional[CgroupTree] = None
+    clock: interfaces.Clock = field(default_factory=SystemClock)
+    cgroup_tree: Optional[interfaces.CgroupNames] = None
     keep_unfinished: bool = True
     last_stamp: int = field(default=0, init=False)
 
     def __post_init__(self):
-        self._pressure = PressureReader(self.cgroup_tree) if self.cgroup_tree is not None else None
+        self.sampler = Sampler(self.probe, self.cgroup_tree, self.clock)
         self._carried: Optional[Measured] = None
         self._warned_stuck = False
 
     def run(self, once: bool = False) -> int:
         """Deliver intervals until a stop signal (or after one, with ``once``); return 0."""
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        self._previous = self.probe.read_snapshot()
-        self._started = self.clock.monotonic()
+        self.sampler.start()
         boundary = self._take_unfinished(next_boundary(self.clock.time(),
                                                        self.config.frequency))
         self.notifier.ready(f"attached; first interval ends at {boundary}")
@@ -205,7 +203,7 @@ class Daemon:
         return boundary
 
     def _leave_unfinished(self, boundary: int) -> None:
-        measured = self._measure()
+        measured = self.sampler.measure()
         if self._carried is not None:
             measured = merge_measured(self._carried, measured)
         directory = self._state_directory()
@@ -224,21 +222,13 @@ class Daemon:
 
     # -- intervals --
 
-    def _measure(self) -> Measured:
-        current = self.probe.read_snapshot()
-        ended = self.clock.monotonic()
-        measured = delta(self.probe.layout, self._previous, current,
-                         max(ended - self._started, 1e-6))
-        self._previous, self._started = current, ended
-        return measured
-
     def _deliver_interval(self, boundary: int, now: float) -> None:
         stamp = interval_stamp(boundary, now, self.config.frequency, self.last_stamp)
         if stamp is None:
             log.warning("wall clock went back to %d, before the last interval at %d: its samples "
                         "go into the next interval", int(now), self.last_stamp)
             return
-        measured = self._measure()
+        measured = self.sampler.measure()
         if self._carried is not None:
             measured, self._carried = merge_measured(self._carried, measured), None
         line = self._submit(stamp, measured)
@@ -248,35 +238,15 @@ class Daemon:
 
     def _submit(self, stamp: int, measured: Measured) -> str:
         """Send one interval's datapoints; return its one-line summary."""
-        layout = self.probe.layout
-        stats = interval_stats(layout, measured.host, measured.seconds, measured.lost)
-        services: List[ServiceStats] = []
+        stats = self.sampler.host(measured)
+        services = self.sampler.services(measured, self.config.max_services)
         extra: Dict[str, int] = {}
-        if self.cgroup_tree is not None:
-            services = self._services(measured)
-            overflow = measured.cgroups.get(OVERFLOW_CGROUP)
-            extra["services_overflow"] = overflow.count if overflow is not None else 0
-        points = to_datapoints(stats, self.config, services)
+        if services is not None:
+            extra["services_overflow"] = self.sampler.overflow_count(measured)
+        points = to_datapoints(stats, self.config, services or ())
         points += agent_points(self.config, {**extra, **self.sink.health()})
         self.sink.submit(Interval(stamp, tuple(points)))
         return summary(stats)
-
-    def _services(self, measured: Measured) -> List[ServiceStats]:
-        layout = self.probe.layout
-        resolved = self.cgroup_tree.resolve(measured.cgroups, present=self._previous.cgroups,
-                                            keep=(OVERFLOW_CGROUP,))
-        named = by_service(layout, measured.cgroups, resolved.service_of)
-        top = top_services(layout, named, self.config.max_services)
-        figures = self._pressure.read([name for name, _ in top if name != OTHER],
-                                      measured.seconds)
-        if resolved.gone:
-            self.probe.forget(resolved.gone)
-            previous = self._previous
-            self._previous = replace(previous, cgroups={c: counts for c, counts in
-                                                        previous.cgroups.items()
-                                                        if c not in resolved.gone})
-        return [ServiceStats(name, interval_stats(layout, counts, measured.seconds),
-                             figures.get(name, {})) for name, counts in top]
 
     # -- reload and waiting --
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
 import re
@@ -233,14 +234,24 @@ def render_source(settings: program.ProgramSettings) -> str:
 BATCH_ENTRIES = 256
 
 
+@functools.cache
+def overflow_cgroup() -> int:
+    """Return the key the program counts the samples of cgroups beyond its map's capacity
+    under: OVERFLOW_CGROUP of the shared header, read from the installed header."""
+    return program.header_constants(
+        (program.source_dir() / program.HEADER_NAME).read_text())["OVERFLOW_CGROUP"]
+
+
 class Probe:
     """The loaded and attached BPF program."""
+
+    layout: Layout
 
     def __init__(self, config: Config, settings: Optional[program.ProgramSettings] = None):
         check_privileges()
         bcc = import_bcc()
         self.settings = settings or compile_settings(config)
-        self.layout: Layout = program.installed_layout()
+        self.layout = program.installed_layout()
         folder = program.source_dir()
         with captured_stderr() as messages, compiling_against(self.settings.include_tree):
             try:
@@ -265,9 +276,7 @@ class Probe:
         self._cgroups = None
         if self.settings.per_cgroup:
             self._cgroups = self._bpf[b"cgroup_counts"]
-            overflow = self._cgroups.Key(program.header_constants(
-                (folder / program.HEADER_NAME).read_text())["OVERFLOW_CGROUP"])
-            self._cgroups[overflow] = self._cgroups.Leaf()
+            self._cgroups[self._cgroups.Key(overflow_cgroup())] = self._cgroups.Leaf()
             self._batch_keys = (self._cgroups.Key * BATCH_ENTRIES)()
             self._batch_values = (self._cgroups.Leaf * BATCH_ENTRIES)()
             # libbcc before 0.20 (bullseye's 0.18) has no bpf_lookup_batch: read entry by entry.

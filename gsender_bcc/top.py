@@ -14,12 +14,12 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import EX_USAGE, AgentError
 from .histogram import IntervalStats
 from .metrics import ServiceStats
+from .sampler import Sampler, cgroup_tree
 
 log = logging.getLogger(__name__)
 
@@ -248,46 +248,6 @@ def render(host: Optional[IntervalStats], services: Optional[Sequence[ServiceSta
     return [_clip(line, width) for line in lines[:height]]
 
 
-# -- measuring --
-
-class Sampler:
-    """Turn the program's cumulative counters into one interval's host and service figures."""
-
-    def __init__(self, probe, tree=None):
-        from .cgroups import PressureReader
-        self.probe = probe
-        self.tree = tree
-        self._pressure = PressureReader(tree) if tree is not None else None
-        self._previous = probe.read_snapshot()
-        self._started = time.monotonic()
-
-    def sample(self) -> Tuple[IntervalStats, Optional[List[ServiceStats]]]:
-        from .cgroups import OTHER
-        from .daemon import OVERFLOW_CGROUP
-        from .histogram import by_service, delta, interval_stats
-        layout = self.probe.layout
-        current = self.probe.read_snapshot()
-        now = time.monotonic()
-        measured = delta(layout, self._previous, current, max(now - self._started, 1e-6))
-        self._previous, self._started = current, now
-        host = interval_stats(layout, measured.host, measured.seconds, measured.lost)
-        if self.tree is None:
-            return host, None
-        resolved = self.tree.resolve(measured.cgroups, present=current.cgroups,
-                                     keep=(OVERFLOW_CGROUP,))
-        named = {name: counts for name, counts in
-                 by_service(layout, measured.cgroups, resolved.service_of).items() if counts.count}
-        figures = self._pressure.read([name for name in named if name != OTHER],
-                                      measured.seconds)
-        if resolved.gone:
-            self.probe.forget(resolved.gone)
-            self._previous = replace(current, cgroups={
-                cgroup: counts for cgroup, counts in current.cgroups.items()
-                if cgroup not in resolved.gone})
-        return host, [ServiceStats(name, interval_stats(layout, counts, measured.seconds),
-                                   figures.get(name, {})) for name, counts in named.items()]
-
-
 # -- the terminal --
 
 class _Stop(Exception):
@@ -410,7 +370,7 @@ def _has_terminal() -> bool:
 
 def run(config, period: float = 1.0) -> int:
     """Show the view until ``q``, Ctrl-C, SIGTERM or SIGHUP; return the exit code (0)."""
-    from .cgroups import CgroupTree, v2_mount
+    from .daemon import SystemClock
     from .metrics import short_hostname
     from .probe import Probe
     if not _has_terminal():
@@ -428,8 +388,8 @@ def run(config, period: float = 1.0) -> int:
     try:
         log.info("compiling and attaching the BPF program (this instance is --top's own)")
         with Probe(config) as attached:
-            tree = CgroupTree(v2_mount()) if attached.settings.per_cgroup else None
-            sampler = Sampler(attached, tree)
+            sampler = Sampler(attached, cgroup_tree(attached), SystemClock())
+            sampler.start()
             handlers, root.handlers = root.handlers, [held]
             try:
                 _session(sampler, float(period), short_hostname())

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REQUIRE_BPF
 
-from gsender_bcc import program
+from gsender_bcc import probe, program
 from gsender_bcc.btf import RawLayout
 from gsender_bcc.histogram import Layout, slot_of
 
@@ -22,9 +22,18 @@ typedef uint32_t u32;
 #define __always_inline inline __attribute__((always_inline))
 #endif
 #include "runqlat.h"
-int main(void)
+int main(int argc, char **argv)
 {
 	char line[64];
+	if (argc > 1 && argv[1][0] == 'c') {
+		/* The constants as C sees them, for Python to compare with its reading of the header. */
+		printf("HIST_SUB_BITS %llu\n", (unsigned long long)HIST_SUB_BITS);
+		printf("HIST_SUB_COUNT %llu\n", (unsigned long long)HIST_SUB_COUNT);
+		printf("HIST_LOG2_MAX %llu\n", (unsigned long long)HIST_LOG2_MAX);
+		printf("HIST_SLOTS %llu\n", (unsigned long long)HIST_SLOTS);
+		printf("OVERFLOW_CGROUP %llu\n", (unsigned long long)OVERFLOW_CGROUP);
+		return 0;
+	}
 	while (fgets(line, sizeof line, stdin))
 		printf("%u\n", latency_slot(strtoull(line, NULL, 10)));
 	return 0;
@@ -66,6 +75,17 @@ def test_c_and_python_put_every_value_in_the_same_slot(compiled_slot_function):
     mismatches = [(v, c, slot_of(layout, v)) for v, c in zip(values, c_slots)
                   if c != slot_of(layout, v)]
     assert mismatches == []
+
+
+def test_c_and_python_read_the_same_constants(compiled_slot_function):
+    """Every constant C is compiled with is the one Python takes from the header: the layout's,
+    and the overflow key the Sampler keeps (probe.overflow_cgroup)."""
+    result = subprocess.run([str(compiled_slot_function), "constants"], capture_output=True,
+                            text=True, check=True)
+    in_c = {name: int(value) for name, value in (line.split() for line in result.stdout.splitlines())}
+    header = program.header_constants((program.source_dir() / program.HEADER_NAME).read_text())
+    assert {name: header.get(name) for name in in_c} == in_c
+    assert probe.overflow_cgroup() == in_c["OVERFLOW_CGROUP"]
 
 
 def test_installed_header_gives_the_documented_layout():

@@ -205,61 +205,14 @@ class FakeProbe:
         slots[5] = self.readings
         return Snapshot(Counts(slots, 5500 * self.readings), 0, {})
 
+    def forget(self, cgroups):
+        pass
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.closed = True
-
-
-def test_sampler_measures_the_interval_between_readings():
-    sampler = top.Sampler(FakeProbe())
-    host, services = sampler.sample()
-    assert (host.count, host.mean_us, host.log2_rates[-1][0], services) == (1, 5.5, 4, None)
-
-
-class FakeCgroupProbe(FakeProbe):
-    """Per-cgroup counters: cgroups 10 and 11 (web), 12 (db) and 13, which goes away."""
-
-    def __init__(self):
-        super().__init__()
-        self.forgotten = []
-
-    def read_snapshot(self):
-        self.readings += 1
-        n = self.readings
-
-        def counts(slot, samples):
-            slots = array("q", bytes(8 * self.layout.slots))
-            slots[slot] = samples
-            return Counts(slots, samples * slot * 1000)
-        cgroups = {10: counts(5, 2 * n), 11: counts(5, n), 12: counts(7, 4 * n), 13: counts(1, n)}
-        return Snapshot(counts(0, 0), 0, cgroups)
-
-    def forget(self, cgroups):
-        self.forgotten.extend(cgroups)
-
-
-class FakeTree:
-    def resolve(self, cgroups, present=(), keep=()):
-        from gsender_bcc.cgroups import Resolved
-        assert 0 in keep and set(present) == {10, 11, 12, 13}
-        return Resolved({c: {10: "web", 11: "web", 12: "db", 13: "gone"}[c] for c in cgroups},
-                        gone={13})
-
-    def directories(self, service):
-        return []
-
-
-def test_sampler_names_the_services_and_forgets_removed_cgroups():
-    probe = FakeCgroupProbe()
-    sampler = top.Sampler(probe, FakeTree())
-    host, services = sampler.sample()
-    assert host.count == 3 + 4 + 1
-    assert {s.name: (s.stats.count, s.stats.mean_us, s.figures) for s in services} == {
-        "web": (3, 5.0, {}), "db": (4, 7.0, {}), "gone": (1, 1.0, {})}
-    assert probe.forgotten == [13]
-    assert 13 not in sampler._previous.cgroups
 
 
 @pytest.fixture
