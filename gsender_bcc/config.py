@@ -206,6 +206,9 @@ def _services_on_off(running: object, new: object) -> bool:
     return (running == 0) != (new == 0)  # 0 compiles the program without the per-cgroup map
 
 
+_culprits_on_off = _services_on_off  # 0 compiles the program without the occupant timeline
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting, one field per configuration key, with its default and its declaration."""
@@ -252,6 +255,17 @@ class Config:
         flag=Flag("--max-services", "services sent one by one, the rest as 'other'; 0 sends "
                                     "the host only ({default})", "N"),
         needs_restart=_services_on_off)
+    max_culprits: int = setting(
+        "default", _whole(0, 100, "culprits"), 3,
+        "Who each service waited behind: <prefix>.service.<name>.behind.<culprit>_ms\n"
+        "for the culprits (services, or idle, migrated, untracked) its tasks waited\n"
+        "behind the longest, the rest summed as .behind.other_ms, beside\n"
+        ".behind_self_ms, .behind_others_ms and .caused_ms. 0 to 100; 0 turns the\n"
+        "attribution off. Needs the per-service breakdown (max_services above 0). A\n"
+        "change between 0 and more needs a restart.",
+        flag=Flag("--max-culprits", "culprits sent per service, the rest as 'other'; 0 turns "
+                                    "the attribution off ({default})", "N"),
+        needs_restart=_culprits_on_off)
     tracepoints: str = setting(
         "default", _choice(TRACEPOINT_MODES, str.lower), "auto",
         "Which tracepoints to attach to: auto (raw ones where the kernel's BTF\n"

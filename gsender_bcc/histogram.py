@@ -265,6 +265,9 @@ class Snapshot:
     host: Counts
     lost: int
     cgroups: Mapping[int, Counts] = field(default_factory=dict)
+    # (victim cgroup, culprit) -> ns waited, with attribution on (None: off). The culprit
+    # is a cgroup id or one of the header's reserved CULPRIT_* ids.
+    culprits: Optional[Mapping[Tuple[int, int], int]] = None
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,27 @@ class Measured:
     host: Counts
     lost: int
     cgroups: Mapping[int, Counts] = field(default_factory=dict)
+    # What each (victim cgroup, culprit) pair waited in the interval, in ns; None where the
+    # interval was measured without attribution.
+    culprits: Optional[Mapping[Tuple[int, int], int]] = None
+
+
+def culprit_delta(previous: Optional[Mapping[Tuple[int, int], int]],
+                  current: Optional[Mapping[Tuple[int, int], int]]
+                  ) -> Optional[Dict[Tuple[int, int], int]]:
+    """Return the pairs' growth between two readings (None without attribution): a pair
+    unknown to ``previous`` counts from zero, one missing from ``current`` counts nothing."""
+    if current is None:
+        return None
+    before = previous or {}
+    grown = {}
+    for pair, ns in current.items():
+        change = ns - before.get(pair, 0)
+        if change < 0:
+            raise ValueError(BACKWARDS)
+        if change:
+            grown[pair] = change
+    return grown
 
 
 def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float) -> Measured:
@@ -300,7 +324,8 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
     lost = current.lost - previous.lost
     if lost < 0:
         raise ValueError(BACKWARDS)
-    return Measured(seconds, host, lost, cgroups)
+    return Measured(seconds, host, lost, cgroups, culprit_delta(previous.culprits,
+                                                               current.culprits))
 
 
 def by_service(layout: Layout, cgroups: Mapping[int, Counts],

@@ -131,7 +131,7 @@ BAD = [
                                           "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ("[default]\nfrequncy = 15\n", "[default] frequncy: unknown key (did you mean 'frequency'?); "
                                    "known: frequency, logging_level, script_path, prefix, "
-                                   "bucket_series, state_directory, max_services, tracepoints"),
+                                   "bucket_series, state_directory, max_services, max_culprits, tracepoints"),
     ("[graphit]\nport = 2003\n", "unknown section [graphit] (did you mean 'graphite'?); known: "
                                  "[default], [graphite]"),
     ("[DEFAULT]\nfrequency = 15\n", "unknown section [DEFAULT] (did you mean 'default'?); known: "
