@@ -32,6 +32,20 @@
 #define OVERFLOW_CGROUP 0
 
 /*
+ * Who a wait is charged to (culprit attribution): the cgroup of each task that ran on the
+ * CPU while the task waited, for the time it ran, or one of these reserved culprits. Real
+ * cgroup ids never come near them (kernfs ids hold a 32-bit generation above the inode).
+ *  IDLE: the CPU ran no task (the wait of a task woken onto an idle CPU, for example).
+ *  MIGRATED: the part of a wait spent queued on another CPU, before the task moved here.
+ *  UNTRACKED: the part older than the CPU's record of recent occupants reaches back
+ *  (TIMELINE_SLOTS of them), or than the program's attach.
+ */
+#define CULPRIT_IDLE 9223372036854775807
+#define CULPRIT_MIGRATED 9223372036854775806
+#define CULPRIT_UNTRACKED 9223372036854775805
+#define TIMELINE_SLOTS 16
+
+/*
  * One per CPU. The number of samples is the sum of the slots, which stays exact
  * even when a read catches a CPU between two of these increments. With the
  * per-cgroup breakdown the slots stay empty (each cgroup has its own); on

@@ -242,6 +242,19 @@ def overflow_cgroup() -> int:
         (program.source_dir() / program.HEADER_NAME).read_text())["OVERFLOW_CGROUP"]
 
 
+RESERVED_CULPRITS = (("CULPRIT_IDLE", "idle"), ("CULPRIT_MIGRATED", "migrated"),
+                     ("CULPRIT_UNTRACKED", "untracked"))
+
+
+@functools.cache
+def reserved_culprits() -> Dict[int, str]:
+    """Return the culprit ids that name no cgroup (the header's CULPRIT_*), with the name
+    each is sent under: idle, migrated and untracked."""
+    constants = program.header_constants(
+        (program.source_dir() / program.HEADER_NAME).read_text())
+    return {constants[define]: name for define, name in RESERVED_CULPRITS}
+
+
 class Probe:
     """The loaded and attached BPF program."""
 
