@@ -125,3 +125,29 @@ def test_a_sleeper_beside_a_hog_waits_behind_the_hog(kind, cgroup_factory):
     assert behind.get(hog.id, 0) >= 0.9 * waited, (kind, behind, waited)
     assert behind.get(NAMES["idle"], 0) <= 0.02 * waited, (kind, behind, waited)
     assert_every_wait_is_split_exactly(stopped, (sleeper, hog))
+
+
+@pytest.mark.parametrize("kind", ["raw", "classic"])
+def test_a_wait_begun_on_another_cpu_is_charged_to_migrated_for_that_part(kind, cgroup_factory):
+    """A loop that keeps being moved between CPU 1 (where another loop runs) and CPU 0: each
+    move while it waits leaves part of that wait on the CPU it left, charged to ``migrated``,
+    never to the new CPU's occupants. It can wait behind the other loop only while both are on
+    CPU 1, so for no longer than that loop ran."""
+    needs_two_cpus()
+    still, moving = cgroup_factory("culprit-still"), cgroup_factory("culprit-moving")
+    still.spin(CPU)
+    mover = moving.spin(CPU)
+    time.sleep(0.3)
+    with Probe(Config(), culprit_settings(kind)) as probe:
+        time.sleep(0.2)
+        before, cpu_still = probe.read_snapshot(), cpu_ns(still)
+        for flip in range(60):  # 3 s: 50 ms on each side in turn
+            os.sched_setaffinity(mover.pid, {CPU} if flip % 2 else {0})
+            time.sleep(0.05)
+        still.pause(), moving.pause()
+        cpu_still = cpu_ns(still) - cpu_still
+        stopped = probe.read_snapshot()
+    behind = charged_to(culprit_delta(before.culprits, stopped.culprits), moving.id)
+    assert behind.get(NAMES["migrated"], 0) > 0, (kind, behind)
+    assert behind.get(still.id, 0) <= (1 + TOLERANCE) * cpu_still, (kind, behind, cpu_still)
+    assert_every_wait_is_split_exactly(stopped, (still, moving))
