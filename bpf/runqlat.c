@@ -40,9 +40,11 @@
  * and when it came on). Both kinds of tracepoint learn a sample at the switch-out of
  * the task that waited (classic ones keep it pending until then), when the wait ended
  * at that task's own switch-in: the timeline, walked back from there, holds exactly the
- * occupants during the wait. What the walk cannot reach is charged to
- * CULPRIT_UNTRACKED, the part queued on another CPU (sched_migrate_task while waiting)
- * to CULPRIT_MIGRATED. The parts add up to the sample, in nanoseconds. MAX_PAIRS
+ * occupants during the wait. Raw tracepoints read no clock for it: each task's
+ * sched_info.last_arrival (LAST_ARRIVAL_OFFSET bytes after pcount) says when it came on,
+ * and at sched_migrate_task run_delay's growth is the part of the wait queued on the CPU
+ * left. What the walk cannot reach is charged to CULPRIT_UNTRACKED, the part queued on
+ * another CPU to CULPRIT_MIGRATED. The parts add up to the sample, in nanoseconds. MAX_PAIRS
  * bounds the pairs; beyond it a pair is counted under (OVERFLOW_CGROUP,
  * OVERFLOW_CGROUP), an entry user space creates before attaching.
  *
@@ -115,15 +117,17 @@ struct culprit_pair {
 BPF_HASH(culprit_counts, struct culprit_pair, u64, MAX_PAIRS);
 
 struct occupant {
-	u64 start;	/* when it was switched in (bpf_ktime_get_ns); 0: empty */
+	u64 start;	/* when it came on (raw: sched_info.last_arrival, the run queue's
+			 * clock; classic: bpf_ktime_get_ns); 0: empty */
 	u64 culprit;
 };
 
 /* One per CPU: who ran on it lately, oldest overwritten first. */
 struct timeline {
-	u64 current_start;	/* when the task on the CPU now came on; 0: not seen yet */
 	u64 written;		/* occupants recorded so far; the newest is slot written - 1 */
-	u64 pending_moved;	/* classic: when the pending sample's task moved CPU, or 0 */
+	/* Classic tracepoints only (raw ones read when each task came on): */
+	u64 current_start;	/* when the task on the CPU now came on; 0: not seen yet */
+	u64 pending_moved;	/* when the pending sample's task moved CPU, or 0 */
 	struct occupant slots[TIMELINE_SLOTS];
 };
 
@@ -151,26 +155,21 @@ static __always_inline void charge_pair(u64 victim, u64 culprit, u64 ns)
 }
 
 /*
- * Split a wait of victim's that lasted waited ns and ended when the task on this CPU
- * came on: the part before moved (its move from another CPU, if during the wait) to
- * CULPRIT_MIGRATED, then back from the end, each earlier occupant the part of the wait
- * it ran in; what the walk does not reach to CULPRIT_UNTRACKED. Runs of one culprit are
- * charged together.
+ * Split a wait of victim's that ended at end: migrated ns of it (spent queued on another
+ * CPU) to CULPRIT_MIGRATED, and the on_cpu ns before end back over this CPU's earlier
+ * occupants, each the part of it that it ran in. An idle occupant takes all that is left:
+ * a CPU goes idle only while nothing waits on it, so a wait overlaps idle time only at its
+ * start (a task woken onto an idle CPU). What the walk does not reach goes to
+ * CULPRIT_UNTRACKED. Runs of one culprit are charged together.
  */
-static __always_inline void split_wait(struct timeline *t, u64 victim, u64 waited, u64 moved)
+static __always_inline void split_wait(struct timeline *t, u64 victim, u64 end, u64 on_cpu,
+				       u64 migrated)
 {
-	u64 end = t->current_start, left = waited, culprit = 0, run = 0, begin;
+	u64 left = on_cpu, culprit = 0, run = 0;
 	u32 i;
 
-	if (end == 0) {
-		charge_pair(victim, CULPRIT_UNTRACKED, waited);
-		return;
-	}
-	begin = end > waited ? end - waited : 0;
-	if (moved > begin && moved < end) {
-		charge_pair(victim, CULPRIT_MIGRATED, moved - begin);
-		left = end - moved;
-	}
+	if (migrated)
+		charge_pair(victim, CULPRIT_MIGRATED, migrated);
 #pragma unroll
 	for (i = 1; i <= TIMELINE_SLOTS; i++) {
 		struct occupant *o = &t->slots[(t->written - i) & (TIMELINE_SLOTS - 1)];
@@ -178,7 +177,7 @@ static __always_inline void split_wait(struct timeline *t, u64 victim, u64 waite
 
 		if (left == 0 || o->start == 0 || o->start > end)
 			break;
-		take = end - o->start < left ? end - o->start : left;
+		take = o->culprit == CULPRIT_IDLE || end - o->start > left ? left : end - o->start;
 		if (take) {
 			if (run && o->culprit != culprit) {
 				charge_pair(victim, culprit, run);
@@ -196,16 +195,21 @@ static __always_inline void split_wait(struct timeline *t, u64 victim, u64 waite
 		charge_pair(victim, CULPRIT_UNTRACKED, left);
 }
 
-/* The task on the CPU (of culprit, from current_start) leaves it now. */
+/* Add the occupant leaving the CPU now, on since start, to the CPU's timeline. */
+static __always_inline void add_occupant(struct timeline *t, u64 culprit, u64 start)
+{
+	struct occupant *o = &t->slots[t->written & (TIMELINE_SLOTS - 1)];
+
+	o->start = start;
+	o->culprit = culprit;
+	t->written++;
+}
+
+/* Classic: the task on the CPU (of culprit, on since current_start) leaves it now. */
 static __always_inline void record_occupant(struct timeline *t, u64 culprit, u64 now)
 {
-	if (t->current_start) {
-		struct occupant *o = &t->slots[t->written & (TIMELINE_SLOTS - 1)];
-
-		o->start = t->current_start;
-		o->culprit = culprit;
-		t->written++;
-	}
+	if (t->current_start)
+		add_occupant(t, culprit, t->current_start);
 	t->current_start = now;
 }
 
@@ -245,7 +249,7 @@ struct dispatches {
 /* What last_seen keeps of a task. */
 struct seen_task {
 	struct dispatches at;	/* its dispatches when it last left a CPU */
-	u64 moved;		/* when it last moved CPU (sched_migrate_task), or 0 */
+	u64 migrated;		/* ns of its wait since then spent queued on CPUs it left */
 };
 
 /*
@@ -255,38 +259,68 @@ struct seen_task {
  */
 BPF_TABLE("lru_hash", u64, struct seen_task, last_seen, START_ENTRIES);
 
+#if CULPRITS
 /*
- * Find the wait that ended when prev, leaving the CPU now, came on: its length in
- * *waited, and in *moved when prev last moved CPU. Return 0 if there is none to report.
+ * sched_info from pcount up to last_arrival, when the task last came on a CPU (the run
+ * queue's clock, as the timeline's starts are here): LAST_ARRIVAL_OFFSET bytes on.
  */
-static __always_inline int ended_wait(u64 prev, u64 *waited, u64 *moved)
+struct sched_info_head {
+	u64 words[LAST_ARRIVAL_OFFSET / 8 + 1];
+};
+
+_Static_assert(LAST_ARRIVAL_OFFSET % 8 == 0 && LAST_ARRIVAL_OFFSET >= 16,
+	       "sched_info.last_arrival must be a u64 after run_delay");
+#endif
+
+/* One wait that ended when a task came on a CPU. */
+struct ended {
+	u64 waited;	/* ns */
+	u64 migrated;	/* ns of it spent queued on CPUs the task left */
+};
+
+/*
+ * Find the wait that ended when prev, leaving the CPU now, came on, and when it came
+ * on (*arrived, with CULPRITS). Return 1 if there is one to report.
+ */
+static __always_inline int ended_wait(u64 prev, struct ended *e, u64 *arrived)
 {
 	struct dispatches now;
 	struct seen_task *seen;
+#if CULPRITS
+	struct sched_info_head head;
 
+	if (bpf_probe_read_kernel(&head, sizeof(head), (void *)(prev + SCHED_INFO_OFFSET)) != 0)
+		return 0;
+	now.pcount = head.words[0];
+	now.run_delay = head.words[1];
+	*arrived = head.words[LAST_ARRIVAL_OFFSET / 8];
+#else
 	if (bpf_probe_read_kernel(&now, sizeof(now), (void *)(prev + SCHED_INFO_OFFSET)) != 0)
 		return 0;
+#endif
 	seen = last_seen.lookup(&prev);
 	if (seen && now.pcount >= seen->at.pcount && now.run_delay >= seen->at.run_delay) {
 		/* No new dispatch: it ran on without a counted wait (none to report). */
 		if (now.pcount == seen->at.pcount)
 			return 0;
-		*moved = seen->moved;
-		seen->moved = 0;
+		e->migrated = seen->migrated;
+		seen->migrated = 0;
 		if (now.pcount - seen->at.pcount > 1) {
 			/* Several waits summed together cannot be told apart. */
 			count_lost(now.pcount - seen->at.pcount);
 			seen->at = now;
 			return 0;
 		}
-		*waited = now.run_delay - seen->at.run_delay;
+		e->waited = now.run_delay - seen->at.run_delay;
 		seen->at = now;
+		if (e->migrated > e->waited)
+			e->migrated = e->waited;
 		return 1;
 	}
 	/* First seen, or a new task at an exited one's address (a missed free). */
 	if (seen) {
 		seen->at = now;
-		seen->moved = 0;
+		seen->migrated = 0;
 	} else {
 		struct seen_task first = {.at = now};
 
@@ -296,36 +330,46 @@ static __always_inline int ended_wait(u64 prev, u64 *waited, u64 *moved)
 	/* Only a first dispatch is known to be one wait. */
 	if (now.pcount != 1)
 		return 0;
-	*waited = now.run_delay;
+	e->waited = now.run_delay;
+	e->migrated = 0;
 	return 1;
 }
 
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
-	u64 prev = ctx->args[1], waited = 0, moved = 0;
+	u64 prev = ctx->args[1], arrived = 0;
+	struct ended e;
 	/* The task leaving is still the current one; pid 0 is the idle task. */
 	int idle = (u32)bpf_get_current_pid_tgid() == 0;
 #if CULPRITS
 	struct timeline *t = this_timeline();
-	u64 now = bpf_ktime_get_ns(), cgroup = idle ? CULPRIT_IDLE : bpf_get_current_cgroup_id();
+	u64 cgroup;
 
 	if (!t)
 		return 0;
-	if (!idle && ended_wait(prev, &waited, &moved))
-		split_wait(t, charge_cgroup(cgroup, waited), waited, moved);
-	record_occupant(t, cgroup, now);
+	if (idle) {
+		/* The idle task keeps no sched_info: its start is never needed (split_wait). */
+		add_occupant(t, CULPRIT_IDLE, 1);
+		return 0;
+	}
+	cgroup = bpf_get_current_cgroup_id();
+	if (ended_wait(prev, &e, &arrived))
+		split_wait(t, charge_cgroup(cgroup, e.waited), arrived, e.waited - e.migrated,
+			   e.migrated);
+	/* Its start is 0 only if sched_info could not be read: the record then stops walks. */
+	add_occupant(t, cgroup, arrived);
 #else
-	if (idle || !ended_wait(prev, &waited, &moved))
+	if (idle || !ended_wait(prev, &e, &arrived))
 		return 0;
 #if PER_CGROUP
-	charge_cgroup(bpf_get_current_cgroup_id(), waited);
+	charge_cgroup(bpf_get_current_cgroup_id(), e.waited);
 #else
 	{
 		u32 zero = 0;
 		struct latency_stats *s = stats.lookup(&zero);
 
 		if (s)
-			count_on_cpu(s, waited);
+			count_on_cpu(s, e.waited);
 	}
 #endif
 #endif
@@ -333,14 +377,22 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 }
 
 #if CULPRITS
-/* A task moves CPU: at a wakeup (before its wait) or while it waits, queued. */
+/*
+ * A task moves CPU. If it was queued, the scheduler has just added the wait it had on
+ * the CPU it leaves to run_delay (without a dispatch): that part is migrated. A task
+ * that moves as it wakes has waited nothing since it last left a CPU: none is.
+ */
 RAW_TRACEPOINT_PROBE(sched_migrate_task)
 {
 	u64 task = ctx->args[0];
 	struct seen_task *seen = last_seen.lookup(&task);
+	struct dispatches now;
 
-	if (seen)
-		seen->moved = bpf_ktime_get_ns();
+	if (!seen || bpf_probe_read_kernel(&now, sizeof(now),
+					   (void *)(task + SCHED_INFO_OFFSET)) != 0)
+		return 0;
+	if (now.pcount == seen->at.pcount && now.run_delay >= seen->at.run_delay)
+		seen->migrated = now.run_delay - seen->at.run_delay;
 	return 0;
 }
 #endif
@@ -380,6 +432,25 @@ static __always_inline void mark_runnable(u64 task, u64 now)
 		count_lost(1);
 }
 
+#if CULPRITS
+/*
+ * The pending sample, waited ns, ended when the task leaving now came on (current_start);
+ * the part before its move from another CPU, if it moved during the wait, is migrated.
+ */
+static __always_inline void classic_split(struct timeline *t, u64 victim, u64 waited)
+{
+	u64 end = t->current_start, moved = t->pending_moved, migrated = 0;
+
+	if (end < waited) {
+		charge_pair(victim, CULPRIT_UNTRACKED, waited);
+		return;
+	}
+	if (moved > end - waited && moved < end)
+		migrated = moved - (end - waited);
+	split_wait(t, victim, end, waited - migrated, migrated);
+}
+#endif
+
 /*
  * Called at every sched_switch with the task switched in: first charge the
  * sample of the task that is now leaving the CPU, then take the new one.
@@ -403,7 +474,7 @@ static __always_inline void record_switch_in(u64 prev_pid, u64 task, u64 now)
 		return;
 #if CULPRITS
 	if (s->pending) {
-		split_wait(t, charge_cgroup(cgroup, s->pending_ns), s->pending_ns, t->pending_moved);
+		classic_split(t, charge_cgroup(cgroup, s->pending_ns), s->pending_ns);
 		s->pending = 0;
 	}
 	record_occupant(t, prev_pid == 0 ? CULPRIT_IDLE : cgroup, now);

@@ -168,6 +168,9 @@ class RawLayout:
 
     # Offset in task_struct of sched_info.pcount, which sched_info.run_delay follows.
     sched_info_offset: int
+    # Offset of sched_info.last_arrival after pcount: 16, or 32 where Linux 6.16 put
+    # max_run_delay and min_run_delay between.
+    last_arrival_offset: int = 16
 
 
 def raw_layout(btf: Btf) -> RawLayout:
@@ -186,7 +189,11 @@ def raw_layout(btf: Btf) -> RawLayout:
     if pcount[1] != 8 or run_delay != (pcount[0] + 8, 8):
         raise LookupError(f"sched_info.pcount and run_delay are at {pcount} and {run_delay} "
                           f"(offset, size), not two u64 in a row")
-    return RawLayout(sched_info + pcount[0])
+    arrival = btf.member_offset("sched_info", "last_arrival")
+    if arrival[1] != 8 or arrival[0] < run_delay[0] + 8 or arrival[0] % 8:
+        raise LookupError(f"sched_info.last_arrival is at {arrival} (offset, size), not a u64 "
+                          f"after run_delay")
+    return RawLayout(sched_info + pcount[0], arrival[0] - pcount[0])
 
 
 def read_raw_layout(path: Path = VMLINUX) -> RawLayout:

@@ -151,7 +151,8 @@ class ProgramSettings:
                  f"-DCULPRITS={int(self.culprits)}", f"-DMAX_PAIRS={self.max_pairs}",
                  *include_tree_flags(self.version_code, self.page_size)]
         if self.raw is not None:
-            flags += ["-DRAW_TRACEPOINTS", f"-DSCHED_INFO_OFFSET={self.raw.sched_info_offset}"]
+            flags += ["-DRAW_TRACEPOINTS", f"-DSCHED_INFO_OFFSET={self.raw.sched_info_offset}",
+                      f"-DLAST_ARRIVAL_OFFSET={self.raw.last_arrival_offset}"]
         else:
             flags.append(f"-DPREEMPTED_STATE={self.preempted_state:#x}")
         return tuple(flags)

@@ -54,12 +54,13 @@ class BlobBuilder:
         return header + self.types + self.strings
 
 
-def kernel_like(switch_has_state=True, run_delay_at=8):
+def kernel_like(switch_has_state=True, run_delay_at=8, last_arrival_at=32):
     b = BlobBuilder()
     u8, u32, s64 = b.integer("_Bool", 1), b.integer("unsigned int", 4), b.integer("long", 8)
     u64 = b.integer("unsigned long long", 8)
     sched_info = b.struct("sched_info", 48, [("pcount", s64, 0), ("run_delay", u64,
                                                                    8 * run_delay_at),
+                                             ("last_arrival", u64, 8 * last_arrival_at),
                                              ("last_queued", u64, 8 * 40)])
     task = b.struct("task_struct", 4096, [("thread_info", s64, 0), ("__state", u32, 192),
                                           ("sched_info", sched_info, 8 * 1008),
@@ -72,10 +73,17 @@ def kernel_like(switch_has_state=True, run_delay_at=8):
 
 class TestSyntheticBlobs:
     def test_a_current_kernel_layout(self):
-        assert raw_layout(Btf(kernel_like().blob())) == RawLayout(sched_info_offset=1008)
+        assert raw_layout(Btf(kernel_like().blob())) == RawLayout(sched_info_offset=1008,
+                                                                  last_arrival_offset=32)
 
     def test_a_kernel_before_5_18(self):
-        assert raw_layout(Btf(kernel_like(switch_has_state=False).blob())) == RawLayout(1008)
+        assert raw_layout(Btf(kernel_like(switch_has_state=False, last_arrival_at=16).blob())
+                          ) == RawLayout(1008, 16)
+
+    @pytest.mark.parametrize("at", [8, 12])
+    def test_last_arrival_must_be_a_whole_u64_after_run_delay(self, at):
+        with pytest.raises(LookupError, match="sched_info.last_arrival is at"):
+            raw_layout(Btf(kernel_like(last_arrival_at=at).blob()))
 
     def test_sched_process_free_must_take_a_task(self):
         b2 = BlobBuilder()

@@ -154,8 +154,10 @@ class TestWithBpf:
         result = agent("--dump-bpf")
         assert result.returncode == 0
         assert re.search(r"compile flags: -I\S+/bpf -DSTART_ENTRIES=65536 -DPER_CGROUP=1 "
-                         r"-DMAX_CGROUPS=4096 -DLINUX_VERSION_CODE=\d+ -DGSENDER_PAGE_SIZE=\d+ "
-                         r"-DRAW_TRACEPOINTS -DSCHED_INFO_OFFSET=\d+ \*/", result.stdout)
+                         r"-DMAX_CGROUPS=4096 -DCULPRITS=0 -DMAX_PAIRS=65536 "
+                         r"-DLINUX_VERSION_CODE=\d+ -DGSENDER_PAGE_SIZE=\d+ "
+                         r"-DRAW_TRACEPOINTS -DSCHED_INFO_OFFSET=\d+ -DLAST_ARRIVAL_OFFSET=\d+ "
+                         r"\*/", result.stdout)
         assert re.search(r"include tree \(BCC_KERNEL_SOURCE\): \S+/bpf/kernel-stubs; no kernel "
                          r"headers are read", result.stdout)
         assert re.search(r"---- \S+/kernel-stubs/include/linux/kconfig.h ----", result.stdout)

@@ -128,7 +128,7 @@ class TestSettings:
         assert settings.cflags(tmp_path) == (
             f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
             "-DCULPRITS=1", "-DMAX_PAIRS=200", "-DLINUX_VERSION_CODE=1", "-DGSENDER_PAGE_SIZE=65536",
-            "-DRAW_TRACEPOINTS", "-DSCHED_INFO_OFFSET=1008")
+            "-DRAW_TRACEPOINTS", "-DSCHED_INFO_OFFSET=1008", "-DLAST_ARRIVAL_OFFSET=16")
         assert settings.kind == "raw tracepoints"
 
     def test_the_running_kernel_is_described(self):
