@@ -151,3 +151,28 @@ def test_a_wait_begun_on_another_cpu_is_charged_to_migrated_for_that_part(kind, 
     assert behind.get(NAMES["migrated"], 0) > 0, (kind, behind)
     assert behind.get(still.id, 0) <= (1 + TOLERANCE) * cpu_still, (kind, behind, cpu_still)
     assert_every_wait_is_split_exactly(stopped, (still, moving))
+
+
+def test_pairs_beyond_the_map_are_counted_under_the_overflow_pair(cgroup_factory):
+    """With room for a few pairs only, the rest of the machine's pairs go to (overflow,
+    overflow): counted, not lost, so the pairs still add up to the histograms."""
+    from dataclasses import replace
+
+    from gsender_bcc.probe import overflow_cgroup
+    needs_two_cpus()
+    loops = [cgroup_factory(f"culprit-many-{n}") for n in range(3)]
+    for cgroup in loops:
+        cgroup.spin(CPU)
+    time.sleep(0.3)
+    with Probe(Config(), replace(culprit_settings("raw"), max_pairs=4)) as probe:
+        time.sleep(1.0)
+        for cgroup in loops:
+            cgroup.pause()
+        stopped = probe.read_snapshot()
+    overflow = (overflow_cgroup(), overflow_cgroup())
+    assert len(stopped.culprits) <= 4
+    assert stopped.culprits.get(overflow, 0) > 0, stopped.culprits
+    waited = sum(counts.sum_ns for counts in stopped.cgroups.values())
+    charged = sum(stopped.culprits.values())
+    # The rest of the machine runs on: a sample on another CPU may be in flight at the read.
+    assert abs(charged - waited) <= 0.01 * waited, (charged, waited)
