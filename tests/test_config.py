@@ -162,8 +162,8 @@ BAD = [
      "[graphite] fallback_servers = 'b.example:2003, c..example:2003': must be a comma-separated "
      "list of host:port (has an empty label (number 2): a host name is labels joined by single "
      "dots)"),
-    (f"[default]\nprefix = {'p' * 646}\n",
-     f"[default] prefix = '{'p' * 646}': is 646 characters long: at most 645 leave room for the "
+    (f"[default]\nprefix = {'p' * 512}\n",
+     f"[default] prefix = '{'p' * 512}': is 512 characters long: at most 511 leave room for the "
      f"longest series under the 1000-character path limit"),
     ("[default]\nstate_directory = /var/lib/gsender\x00\n",
      "[default] state_directory = '/var/lib/gsender\\x00': must not hold control characters (a "
