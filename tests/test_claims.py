@@ -14,15 +14,18 @@ import sys
 import time
 from array import array
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from gsender_bcc import carbon, metrics, program
+from gsender_bcc.blame import Blame, culprit_name
 from gsender_bcc.cgroups import MAX_NAMES_PER_USER, v2_mount
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import (Counts, IntervalStats, add_counts, empty_counts,
                                    interval_stats, log2_counts, slot_of, slot_value)
 from gsender_bcc.metrics import Interval, ServiceStats, agent_points, summary, to_datapoints
+from gsender_bcc.probe import reserved_culprits
 from gsender_bcc.sink import GraphiteSink
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -52,8 +55,23 @@ def _histogram(rng: random.Random, samples: int, top_us: int) -> Counts:
     return Counts(slots, total + top_us * 1000)
 
 
+def _blame(config: Config, ns, culprits) -> Optional[Blame]:
+    """A service's figures with attribution at ``config`` (None: off): ``max_culprits`` of
+    ``culprits`` named, each charge ``ns(10**9)`` nanoseconds."""
+    if not config.max_culprits:
+        return None
+    named = tuple((culprit_name(name, ()), ns(10**9)) for name in culprits[:config.max_culprits])
+    return Blame(ns(10**9), ns(10**9), ns(10**9), named, ns(10**9))
+
+
+def _host_behind(config: Config, ns) -> Optional[dict]:
+    """The host's wait behind each reserved culprit, with attribution at ``config``."""
+    return {name: ns(10**9) for name in reserved_culprits().values()} if config.max_culprits \
+        else None
+
+
 def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_chars: int,
-                   buckets: int, frequency: int = 15) -> bytes:
+                   buckets: int, frequency: int = 15, max_culprits: int = 3) -> bytes:
     """Return what the outbox holds after one interval: host ``host`` (the default prefix),
     ``services`` services named with ``name_chars`` characters, each with its cpu.pressure and
     throttling figures, the rest as ``other``, and the host's log2 buckets up to the
@@ -62,7 +80,8 @@ def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_c
     monkeypatch.setattr(metrics.socket, "gethostname", lambda: host)
     rng = random.Random(26)
     top_us = 1 << (buckets - 2)  # buckets 0, 1, 2, 4, ..., 2^(buckets - 2)
-    config = Config(frequency=frequency, state_directory=tmp_path / "state")
+    config = Config(frequency=frequency, state_directory=tmp_path / "state",
+                    max_culprits=max_culprits)
     names = [f"s{i:02d}".ljust(name_chars, "x") for i in range(services)]
     counted = [_histogram(rng, rng.randrange(100, 5000), top_us // 2) for _ in names]
     other = _histogram(rng, rng.randrange(100, 5000), top_us)
@@ -72,12 +91,14 @@ def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_c
     stats = interval_stats(LAYOUT, host_counts, frequency)
     assert len(stats.log2_rates) == buckets
     listed = [ServiceStats(name, interval_stats(LAYOUT, counts, frequency),
-                           {"pressure": rng.uniform(0, 100), "throttled_ms": rng.uniform(0, 50)})
-              for name, counts in zip(names, counted)]
-    listed.append(ServiceStats("other", interval_stats(LAYOUT, other, frequency)))
+                           {"pressure": rng.uniform(0, 100), "throttled_ms": rng.uniform(0, 50)},
+                           _blame(config, rng.randrange, names[i + 1:] + names[:i + 1]))
+              for i, (name, counts) in enumerate(zip(names, counted))]
+    listed.append(ServiceStats("other", interval_stats(LAYOUT, other, frequency), {},
+                               _blame(config, rng.randrange, names)))
     sink = GraphiteSink(config, start=False)
     stamp = int(time.time()) // frequency * frequency
-    points = to_datapoints(stats, config, listed)
+    points = to_datapoints(stats, config, listed, _host_behind(config, rng.randrange))
     points += agent_points(config, {"services_overflow": 0, **sink.health()})
     sink.submit(Interval(stamp, tuple(points)))
     sink.submit(Interval(stamp, tuple(points)))
@@ -90,21 +111,30 @@ def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_c
 
 
 def test_an_interval_at_the_defaults_is_as_large_as_the_readme_says(tmp_path, monkeypatch):
-    claim = stated(r"(\d+) MiB holds a day at the defaults with names of usual length: with the "
-                   r"host `([^`]+)`, (\d+) services of (\d+)-character names and (\d+) log2 "
-                   r"buckets, an interval is (\d+) lines, ([\d.]+) kB as the agent's code writes "
-                   r"them, about (\d+) MB a day at frequency (\d+)")
-    mib, host, services, chars, buckets, lines, kb, mb, frequency = claim.groups()
+    claim = stated(r"(\d+) MiB holds about (\d+) hours at the defaults with names of usual length: "
+                   r"with the host `([^`]+)`, (\d+) services of (\d+)-character names, each naming "
+                   r"(\d+) culprits, and (\d+) log2 buckets, an interval is (\d+) lines, ([\d.]+) kB "
+                   r"as the agent's code writes them, about (\d+) MB a day at frequency (\d+)\. "
+                   r"Without the attribution \(`max_culprits = 0`\) it is (\d+) lines, ([\d.]+) kB, "
+                   r"about (\d+) MB a day, and \1 MiB holds a day")
+    (mib, hours, host, services, chars, culprits, buckets, lines, kb, mb, frequency, lines_off,
+     kb_off, mb_off) = claim.groups()
     config = Config()
     assert int(mib) == config.buffer_megabytes and int(frequency) == config.frequency
-    assert int(services) == config.max_services
-    data = interval_bytes(tmp_path, monkeypatch, host, int(services), int(chars), int(buckets))
-    assert data.count(b"\n") == int(lines)
-    assert len(data) / 1000 == pytest.approx(float(kb), rel=0.03)
-    per_day = len(data) * DAY // config.frequency
-    assert per_day / 1e6 == pytest.approx(int(mb), rel=0.03)
-    # A day fits both limits: its bytes, and the age of its oldest interval.
-    assert per_day <= config.buffer_bytes and DAY - config.frequency < config.buffer_seconds
+    assert int(services) == config.max_services and int(culprits) == config.max_culprits
+    for max_culprits, lines_, kb_, mb_ in ((config.max_culprits, lines, kb, mb),
+                                           (0, lines_off, kb_off, mb_off)):
+        data = interval_bytes(tmp_path / str(max_culprits), monkeypatch, host, int(services),
+                              int(chars), int(buckets), max_culprits=max_culprits)
+        assert data.count(b"\n") == int(lines_)
+        assert len(data) / 1000 == pytest.approx(float(kb_), rel=0.03)
+        per_day = len(data) * DAY // config.frequency
+        assert per_day / 1e6 == pytest.approx(int(mb_), rel=0.03)
+        held = config.buffer_bytes // len(data) * config.frequency / 3600
+        if max_culprits:
+            assert held == pytest.approx(int(hours), rel=0.05)
+        else:  # a day fits both limits: its bytes, and the age of its oldest interval
+            assert per_day <= config.buffer_bytes and DAY - config.frequency < config.buffer_seconds
 
 
 def test_the_longest_names_and_how_long_the_outbox_then_holds(tmp_path, monkeypatch):
@@ -129,35 +159,50 @@ def _series(tmp_path: Path, config: Config, buckets: int, services: int, breakdo
     slots = array("q", bytes(8 * LAYOUT.slots))
     slots[slot_of(LAYOUT, (1 << (buckets - 2)))] = 1
     stats = interval_stats(LAYOUT, Counts(slots, 1), 1.0)
-    listed = [ServiceStats(f"s{i}", stats, {name: 1.0 for name in metrics.SERVICE_FIGURES})
-              for i in range(services)]
+    names = [f"s{i}" for i in range(services)]
+    listed = [ServiceStats(name, stats, {name: 1.0 for name in metrics.SERVICE_FIGURES},
+                           _blame(config, lambda top: 1, names[i + 1:] + names[:i + 1]))
+              for i, name in enumerate(names)]
     if breakdown:
-        listed.append(ServiceStats("other", stats))
+        listed.append(ServiceStats("other", stats, {}, _blame(config, lambda top: 1, names)))
     health = GraphiteSink(Config(state_directory=tmp_path / "state"), start=False).health()
     extra = {"services_overflow": 0} if breakdown else {}
-    return [p.path for p in to_datapoints(stats, config, listed)
+    behind = _host_behind(config, lambda top: 1) if breakdown else None
+    return [p.path for p in to_datapoints(stats, config, listed, behind)
             + agent_points(config, {**extra, **health})]
 
 
 def test_series_per_host_at_the_defaults(tmp_path):
-    claim = stated(r"Series per host at the defaults:\*\* (\d+) host series .*? the log2 buckets "
-                   r"`0 1 2 4 … 2\^k` up to the highest non-empty one, (\d+)–(\d+) in an interval "
-                   r"\(whisper keeps one file for every bucket ever reached: (\d+) once a wait of "
-                   r"a second is seen\); (\d+) agent series .*? for up to `max_services` = (\d+) "
-                   r"services, plus the (\d+) stats of `other`: (\d+) × (\d+) \+ (\d+) = (\d+)\. "
-                   r"About \*\*(\d+) series\*\* per interval; the whisper files grow by (\d+) for "
-                   r"every service name .*? With `max_services = 0`, under (\d+)\.")
-    (host, fewest, most, second, agent, services, other, per_service, services_again,
-     other_again, service_total, about, grow, without) = map(int, claim.groups())
+    claim = stated(r"Series per host at the defaults:\*\* (\d+) host series .*? and (\d+) of the "
+                   r"wait behind the reserved culprits .*? the log2 buckets `0 1 2 4 … 2\^k` up to "
+                   r"the highest non-empty one, (\d+)–(\d+) in an interval \(whisper keeps one file "
+                   r"for every bucket ever reached: (\d+) once a wait of a second is seen\); (\d+) "
+                   r"agent series .*? up to `max_culprits` = (\d+) `behind\.<culprit>_ms` and "
+                   r"`behind\.other_ms` \((\d+) in all\) for up to `max_services` = (\d+) services, "
+                   r"plus the (\d+) of `other` .*?: (\d+) × (\d+) \+ (\d+) = (\d+)\. About "
+                   r"\*\*(\d+) series\*\* per interval; the whisper files grow by (\d+) for every "
+                   r"service name .*?, and by (\d+) for every culprit .*? With `max_services = 0`, "
+                   r"under (\d+)\.")
+    (host, reserved, fewest, most, second, agent, culprits, per_service, services, other,
+     per_service_again, services_again, other_again, service_total, about, grow, by_culprit,
+     without) = map(int, claim.groups())
     config = Config(prefix="p")
     assert services == services_again == config.max_services
+    assert culprits == config.max_culprits and reserved == len(reserved_culprits())
     paths = _series(tmp_path, config, most, services, breakdown=True)
     host_paths = [p for p in paths if re.fullmatch(r"p\.[a-z][a-z0-9_]*", p)]
+    reserved_paths = [p for p in paths if re.fullmatch(r"p\.behind\.[a-z]+_ms", p)]
     bucket_paths = [p for p in paths if re.fullmatch(r"p\.\d+", p)]
     agent_paths = [p for p in paths if p.startswith("p.agent.")]
     service_paths = [p for p in paths if p.startswith("p.service.")]
-    assert (len(host_paths), len(bucket_paths), len(agent_paths)) == (host, most, agent)
-    assert len([p for p in service_paths if p.startswith("p.service.s0.")]) == per_service == grow
+    assert (len(host_paths), len(reserved_paths), len(bucket_paths), len(agent_paths)) == (
+        host, reserved, most, agent)
+    s0 = [p for p in service_paths if p.startswith("p.service.s0.")]
+    assert len(s0) == per_service == per_service_again
+    named_culprits = [p for p in s0 if p.startswith("p.service.s0.behind.")
+                      and p != "p.service.s0.behind.other_ms"]
+    assert len(named_culprits) == culprits and by_culprit == 1
+    assert grow == per_service - culprits
     assert len([p for p in service_paths if p.startswith("p.service.other.")]) == other
     assert len(service_paths) == per_service * services + other == service_total
     assert other == other_again
