@@ -50,6 +50,8 @@ def tracers() -> List[Tracer]:
                agent_command("--max-services", "0"), agent=True),
         Tracer("gsender", "gsender-bcc default (per-service breakdown on)",
                agent_command(), agent=True),
+        Tracer("culprits", "gsender-bcc with culprits (--max-culprits 3)",
+               agent_command("--max-culprits", "3"), agent=True),
         Tracer("bpftrace", "bpftrace runqlat.bt (the original tool's tracer)",
                ["bpftrace", "/usr/sbin/runqlat.bt"], ready_text="Tracing CPU scheduler"),
         Tracer("bcc", "bcc runqlat-bpfcc", ["/usr/sbin/runqlat-bpfcc"],

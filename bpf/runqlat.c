@@ -33,6 +33,19 @@
  * MAX_CGROUPS bounds the cgroups tracked; samples of cgroups beyond it are
  * counted under OVERFLOW_CGROUP, an entry user space creates before attaching.
  *
+ * CULPRITS=1 (needs PER_CGROUP) also splits each sample by who made it wait: the
+ * cgroups of the tasks that ran on the CPU during the wait, each charged the time it
+ * ran, in culprit_counts[(waiting cgroup, culprit)]. Each CPU keeps a timeline of its
+ * last TIMELINE_SLOTS occupants (the cgroup of each task that left it, or CULPRIT_IDLE,
+ * and when it came on). Both kinds of tracepoint learn a sample at the switch-out of
+ * the task that waited (classic ones keep it pending until then), when the wait ended
+ * at that task's own switch-in: the timeline, walked back from there, holds exactly the
+ * occupants during the wait. What the walk cannot reach is charged to
+ * CULPRIT_UNTRACKED, the part queued on another CPU (sched_migrate_task while waiting)
+ * to CULPRIT_MIGRATED. The parts add up to the sample, in nanoseconds. MAX_PAIRS
+ * bounds the pairs; beyond it a pair is counted under (OVERFLOW_CGROUP,
+ * OVERFLOW_CGROUP), an entry user space creates before attaching.
+ *
  * Counters are per CPU, cumulative and never cleared: user space sums the CPUs
  * and takes differences between reads.
  */
@@ -41,6 +54,7 @@
 _Static_assert(HIST_SLOTS == (HIST_LOG2_MAX - HIST_SUB_BITS + 1) * HIST_SUB_COUNT + 1,
 	       "HIST_SLOTS does not match the layout constants");
 _Static_assert(HIST_SUB_COUNT == 1 << HIST_SUB_BITS, "HIST_SUB_COUNT must be 2^HIST_SUB_BITS");
+_Static_assert((TIMELINE_SLOTS & (TIMELINE_SLOTS - 1)) == 0, "TIMELINE_SLOTS must be a power of 2");
 
 BPF_PERCPU_ARRAY(stats, struct latency_stats, 1);
 
@@ -62,10 +76,9 @@ static __always_inline u64 clamped_slot(u64 delta_ns)
 }
 
 #if PER_CGROUP
-/* Count one sample of the current task's cgroup. */
-static __always_inline void charge_cgroup(u64 delta_ns)
+/* Count one sample of cgroup; return the key it was counted under. */
+static __always_inline u64 charge_cgroup(u64 cgroup, u64 delta_ns)
 {
-	u64 cgroup = bpf_get_current_cgroup_id();
 	struct cgroup_stats *c = cgroup_counts.lookup(&cgroup);
 	u64 slot = clamped_slot(delta_ns);
 
@@ -81,11 +94,126 @@ static __always_inline void charge_cgroup(u64 delta_ns)
 			cgroup = OVERFLOW_CGROUP;
 			c = cgroup_counts.lookup(&cgroup);
 			if (!c)
-				return;
+				return cgroup;
 		}
 	}
 	__sync_fetch_and_add(&c->slots[slot], 1);
 	__sync_fetch_and_add(&c->sum_ns, delta_ns);
+	return cgroup;
+}
+#endif
+
+#if CULPRITS
+#if !PER_CGROUP
+#error "CULPRITS needs PER_CGROUP"
+#endif
+struct culprit_pair {
+	u64 victim;	/* the cgroup whose task waited */
+	u64 culprit;	/* a cgroup that ran meanwhile, or a reserved CULPRIT_* */
+};
+
+BPF_HASH(culprit_counts, struct culprit_pair, u64, MAX_PAIRS);
+
+struct occupant {
+	u64 start;	/* when it was switched in (bpf_ktime_get_ns); 0: empty */
+	u64 culprit;
+};
+
+/* One per CPU: who ran on it lately, oldest overwritten first. */
+struct timeline {
+	u64 current_start;	/* when the task on the CPU now came on; 0: not seen yet */
+	u64 written;		/* occupants recorded so far; the newest is slot written - 1 */
+	u64 pending_moved;	/* classic: when the pending sample's task moved CPU, or 0 */
+	struct occupant slots[TIMELINE_SLOTS];
+};
+
+BPF_PERCPU_ARRAY(timelines, struct timeline, 1);
+
+static __always_inline void charge_pair(u64 victim, u64 culprit, u64 ns)
+{
+	struct culprit_pair key = {.victim = victim, .culprit = culprit};
+	u64 *total = culprit_counts.lookup(&key);
+
+	if (!total) {
+		u64 zero = 0;
+
+		culprit_counts.insert(&key, &zero);
+		total = culprit_counts.lookup(&key);
+		if (!total) {
+			key.victim = OVERFLOW_CGROUP;
+			key.culprit = OVERFLOW_CGROUP;
+			total = culprit_counts.lookup(&key);
+			if (!total)
+				return;
+		}
+	}
+	__sync_fetch_and_add(total, ns);
+}
+
+/*
+ * Split a wait of victim's that lasted waited ns and ended when the task on this CPU
+ * came on: the part before moved (its move from another CPU, if during the wait) to
+ * CULPRIT_MIGRATED, then back from the end, each earlier occupant the part of the wait
+ * it ran in; what the walk does not reach to CULPRIT_UNTRACKED. Runs of one culprit are
+ * charged together.
+ */
+static __always_inline void split_wait(struct timeline *t, u64 victim, u64 waited, u64 moved)
+{
+	u64 end = t->current_start, left = waited, culprit = 0, run = 0, begin;
+	u32 i;
+
+	if (end == 0) {
+		charge_pair(victim, CULPRIT_UNTRACKED, waited);
+		return;
+	}
+	begin = end > waited ? end - waited : 0;
+	if (moved > begin && moved < end) {
+		charge_pair(victim, CULPRIT_MIGRATED, moved - begin);
+		left = end - moved;
+	}
+#pragma unroll
+	for (i = 1; i <= TIMELINE_SLOTS; i++) {
+		struct occupant *o = &t->slots[(t->written - i) & (TIMELINE_SLOTS - 1)];
+		u64 take;
+
+		if (left == 0 || o->start == 0 || o->start > end)
+			break;
+		take = end - o->start < left ? end - o->start : left;
+		if (take) {
+			if (run && o->culprit != culprit) {
+				charge_pair(victim, culprit, run);
+				run = 0;
+			}
+			culprit = o->culprit;
+			run += take;
+			left -= take;
+		}
+		end = o->start;
+	}
+	if (run)
+		charge_pair(victim, culprit, run);
+	if (left)
+		charge_pair(victim, CULPRIT_UNTRACKED, left);
+}
+
+/* The task on the CPU (of culprit, from current_start) leaves it now. */
+static __always_inline void record_occupant(struct timeline *t, u64 culprit, u64 now)
+{
+	if (t->current_start) {
+		struct occupant *o = &t->slots[t->written & (TIMELINE_SLOTS - 1)];
+
+		o->start = t->current_start;
+		o->culprit = culprit;
+		t->written++;
+	}
+	t->current_start = now;
+}
+
+static __always_inline struct timeline *this_timeline(void)
+{
+	u32 zero = 0;
+
+	return timelines.lookup(&zero);
 }
 #endif
 
@@ -114,50 +242,83 @@ struct dispatches {
 	u64 run_delay;	/* ns waited in all, over those */
 };
 
+/* What last_seen keeps of a task. */
+struct seen_task {
+	struct dispatches at;	/* its dispatches when it last left a CPU */
+	u64 moved;		/* when it last moved CPU (sched_migrate_task), or 0 */
+};
+
 /*
- * task -> its dispatches when it last left a CPU. Entries are updated in place,
- * so the steady state costs one lookup per switch and takes no lock. A task's
- * entry is deleted when the task is freed; the LRU policy would retire it too.
+ * task -> what it was when it last left a CPU. Entries are updated in place, so the
+ * steady state costs one lookup per switch and takes no lock. A task's entry is
+ * deleted when the task is freed; the LRU policy would retire it too.
  */
-BPF_TABLE("lru_hash", u64, struct dispatches, last_seen, START_ENTRIES);
+BPF_TABLE("lru_hash", u64, struct seen_task, last_seen, START_ENTRIES);
 
-RAW_TRACEPOINT_PROBE(sched_switch)
+/*
+ * Find the wait that ended when prev, leaving the CPU now, came on: its length in
+ * *waited, and in *moved when prev last moved CPU. Return 0 if there is none to report.
+ */
+static __always_inline int ended_wait(u64 prev, u64 *waited, u64 *moved)
 {
-	u64 prev = ctx->args[1];
-	struct dispatches now, *seen;
-	u64 waited;
+	struct dispatches now;
+	struct seen_task *seen;
 
-	/* The task leaving is still the current one; pid 0 is the idle task. */
-	if ((u32)bpf_get_current_pid_tgid() == 0)
-		return 0;
 	if (bpf_probe_read_kernel(&now, sizeof(now), (void *)(prev + SCHED_INFO_OFFSET)) != 0)
 		return 0;
 	seen = last_seen.lookup(&prev);
-	if (seen && now.pcount >= seen->pcount && now.run_delay >= seen->run_delay) {
+	if (seen && now.pcount >= seen->at.pcount && now.run_delay >= seen->at.run_delay) {
 		/* No new dispatch: it ran on without a counted wait (none to report). */
-		if (now.pcount == seen->pcount)
+		if (now.pcount == seen->at.pcount)
 			return 0;
-		if (now.pcount - seen->pcount > 1) {
+		*moved = seen->moved;
+		seen->moved = 0;
+		if (now.pcount - seen->at.pcount > 1) {
 			/* Several waits summed together cannot be told apart. */
-			count_lost(now.pcount - seen->pcount);
-			*seen = now;
+			count_lost(now.pcount - seen->at.pcount);
+			seen->at = now;
 			return 0;
 		}
-		waited = now.run_delay - seen->run_delay;
-		*seen = now;
-	} else {
-		/* First seen, or a new task at an exited one's address (a missed free). */
-		if (seen)
-			*seen = now;
-		else if (last_seen.update(&prev, &now) != 0)
-			count_lost(1);
-		/* Only a first dispatch is known to be one wait. */
-		if (now.pcount != 1)
-			return 0;
-		waited = now.run_delay;
+		*waited = now.run_delay - seen->at.run_delay;
+		seen->at = now;
+		return 1;
 	}
+	/* First seen, or a new task at an exited one's address (a missed free). */
+	if (seen) {
+		seen->at = now;
+		seen->moved = 0;
+	} else {
+		struct seen_task first = {.at = now};
+
+		if (last_seen.update(&prev, &first) != 0)
+			count_lost(1);
+	}
+	/* Only a first dispatch is known to be one wait. */
+	if (now.pcount != 1)
+		return 0;
+	*waited = now.run_delay;
+	return 1;
+}
+
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+	u64 prev = ctx->args[1], waited = 0, moved = 0;
+	/* The task leaving is still the current one; pid 0 is the idle task. */
+	int idle = (u32)bpf_get_current_pid_tgid() == 0;
+#if CULPRITS
+	struct timeline *t = this_timeline();
+	u64 now = bpf_ktime_get_ns(), cgroup = idle ? CULPRIT_IDLE : bpf_get_current_cgroup_id();
+
+	if (!t)
+		return 0;
+	if (!idle && ended_wait(prev, &waited, &moved))
+		split_wait(t, charge_cgroup(cgroup, waited), waited, moved);
+	record_occupant(t, cgroup, now);
+#else
+	if (idle || !ended_wait(prev, &waited, &moved))
+		return 0;
 #if PER_CGROUP
-	charge_cgroup(waited);
+	charge_cgroup(bpf_get_current_cgroup_id(), waited);
 #else
 	{
 		u32 zero = 0;
@@ -167,8 +328,22 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 			count_on_cpu(s, waited);
 	}
 #endif
+#endif
 	return 0;
 }
+
+#if CULPRITS
+/* A task moves CPU: at a wakeup (before its wait) or while it waits, queued. */
+RAW_TRACEPOINT_PROBE(sched_migrate_task)
+{
+	u64 task = ctx->args[0];
+	struct seen_task *seen = last_seen.lookup(&task);
+
+	if (seen)
+		seen->moved = bpf_ktime_get_ns();
+	return 0;
+}
+#endif
 
 /*
  * A task_struct is freed here, and its address may then be a new task's: forget
@@ -184,21 +359,24 @@ RAW_TRACEPOINT_PROBE(sched_process_free)
 
 #else /* classic tracepoints */
 
-/*
- * pid -> time it became runnable (ns), 0 once consumed. Updated in place, as
- * last_seen is.
- */
-BPF_TABLE("lru_hash", u64, u64, enqueued_at, START_ENTRIES);
+/* What enqueued_at keeps of a task. */
+struct queued_task {
+	u64 since;	/* when it became runnable (ns), 0 once consumed */
+	u64 moved;	/* when it moved CPU while runnable, or 0 */
+};
+
+/* pid -> when it became runnable. Updated in place, as last_seen is. */
+BPF_TABLE("lru_hash", u64, struct queued_task, enqueued_at, START_ENTRIES);
 
 static __always_inline void mark_runnable(u64 task, u64 now)
 {
-	u64 *ts = enqueued_at.lookup(&task);
+	struct queued_task *q = enqueued_at.lookup(&task), fresh = {.since = now};
 
-	if (ts) {
-		*ts = now;
+	if (q) {
+		*q = fresh;
 		return;
 	}
-	if (enqueued_at.update(&task, &now) != 0)
+	if (enqueued_at.update(&task, &fresh) != 0)
 		count_lost(1);
 }
 
@@ -206,29 +384,45 @@ static __always_inline void mark_runnable(u64 task, u64 now)
  * Called at every sched_switch with the task switched in: first charge the
  * sample of the task that is now leaving the CPU, then take the new one.
  */
-static __always_inline void record_switch_in(u64 task, u64 now)
+static __always_inline void record_switch_in(u64 prev_pid, u64 task, u64 now)
 {
-	u64 *ts = enqueued_at.lookup(&task);
+	struct queued_task *q = enqueued_at.lookup(&task);
 	struct latency_stats *s;
 	u32 zero = 0;
 	u64 delta;
+#if CULPRITS
+	struct timeline *t = this_timeline();
+	u64 cgroup = bpf_get_current_cgroup_id();
+
+	if (!t)
+		return;
+#endif
 
 	s = stats.lookup(&zero);
 	if (!s)
 		return;
-#if PER_CGROUP
+#if CULPRITS
 	if (s->pending) {
-		charge_cgroup(s->pending_ns);
+		split_wait(t, charge_cgroup(cgroup, s->pending_ns), s->pending_ns, t->pending_moved);
+		s->pending = 0;
+	}
+	record_occupant(t, prev_pid == 0 ? CULPRIT_IDLE : cgroup, now);
+#elif PER_CGROUP
+	if (s->pending) {
+		charge_cgroup(bpf_get_current_cgroup_id(), s->pending_ns);
 		s->pending = 0;
 	}
 #endif
-	if (!ts || *ts == 0 || *ts > now)
+	if (!q || q->since == 0 || q->since > now)
 		return;
-	delta = now - *ts;
-	*ts = 0;
+	delta = now - q->since;
+	q->since = 0;
 #if PER_CGROUP
 	s->pending_ns = delta;
 	s->pending = 1;
+#if CULPRITS
+	t->pending_moved = q->moved;
+#endif
 #else
 	count_on_cpu(s, delta);
 #endif
@@ -256,8 +450,21 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	if ((state == 0 || (state & PREEMPTED_STATE)) && args->prev_pid != 0)
 		mark_runnable(args->prev_pid, now);
 	/* pid 0, the idle task, is never marked runnable: switching to it records nothing. */
-	record_switch_in(args->next_pid, now);
+	record_switch_in(args->prev_pid, args->next_pid, now);
 	return 0;
 }
+
+#if CULPRITS
+/* A task moves CPU: at a wakeup (before it is marked runnable) or while it waits. */
+TRACEPOINT_PROBE(sched, sched_migrate_task)
+{
+	u64 task = args->pid;
+	struct queued_task *q = enqueued_at.lookup(&task);
+
+	if (q && q->since != 0)
+		q->moved = bpf_ktime_get_ns();
+	return 0;
+}
+#endif
 
 #endif

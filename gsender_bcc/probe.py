@@ -181,7 +181,8 @@ def compile_settings(config: Config) -> program.ProgramSettings:
     ``config.tracepoints`` may force either kind; a forced kind that cannot work here is
     an AgentError naming why.
     """
-    common = {"per_cgroup": breakdown_possible(config)}
+    per_cgroup = breakdown_possible(config)
+    common = {"per_cgroup": per_cgroup, "culprits": per_cgroup and config.max_culprits > 0}
     if config.tracepoints == "classic":
         return _classic_settings(**common)
     try:
@@ -255,6 +256,29 @@ def reserved_culprits() -> Dict[int, str]:
     return {constants[define]: name for define, name in RESERVED_CULPRITS}
 
 
+def _batches(map_fd: int, keys, values, as_bytes: bool = False) -> Iterator[tuple]:
+    """Yield a hash map's (key, value) in batches of len(keys) (kernel 5.6 and later); the
+    value as the bytes of the batch buffer if ``as_bytes``, valid until the next entry."""
+    from bcc.libbcc import lib
+    token, count = ctypes.c_uint32(0), ctypes.c_uint32(0)
+    size = ctypes.sizeof(values) // len(values)
+    first, done = True, False
+    while not done:
+        count.value = len(keys)
+        result = lib.bpf_lookup_batch(map_fd, None if first else ctypes.byref(token),
+                                      ctypes.byref(token), ctypes.byref(keys),
+                                      ctypes.byref(values), ctypes.byref(count))
+        code = ctypes.get_errno()
+        if result != 0:
+            if code != errno.ENOENT:
+                raise OSError(code, os.strerror(code))
+            done = True  # ENOENT: this batch is the last
+        first = False
+        raw = memoryview(values).cast("B")  # overwritten by the next batch
+        for i in range(count.value):
+            yield keys[i], raw[i * size:(i + 1) * size] if as_bytes else values[i]
+
+
 class Probe:
     """The loaded and attached BPF program."""
 
@@ -295,6 +319,13 @@ class Probe:
             # libbcc before 0.20 (bullseye's 0.18) has no bpf_lookup_batch: read entry by entry.
             self._batch_works = hasattr(bcc.libbcc.lib, "bpf_lookup_batch")
             self._counts_cache: Dict[int, Counts] = {}
+        self._pairs = None
+        if self.settings.culprits:
+            self._pairs = self._bpf[b"culprit_counts"]
+            overflow = overflow_cgroup()
+            self._pairs[self._pairs.Key(overflow, overflow)] = self._pairs.Leaf(0)
+            self._pair_keys = (self._pairs.Key * BATCH_ENTRIES)()
+            self._pair_values = (self._pairs.Leaf * BATCH_ENTRIES)()
 
     def read_snapshot(self) -> Snapshot:
         """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup."""
@@ -315,7 +346,21 @@ class Probe:
                     int.from_bytes(raw[base + slots_at:base + slots_at + 8 * width], order),
                     width, int.from_bytes(raw[base + sum_at:base + sum_at + 8], order)))
         host = sum_counts(self.layout, per_cpu) if per_cpu else empty_counts(self.layout)
-        return Snapshot(host, lost, self._read_cgroups() if self._cgroups is not None else {})
+        return Snapshot(host, lost, self._read_cgroups() if self._cgroups is not None else {},
+                        self._read_pairs() if self._pairs is not None else None)
+
+    def _read_pairs(self) -> Dict[tuple, int]:
+        """Read what each (waiting cgroup, culprit) pair has been charged, in ns."""
+        if self._batch_works:
+            try:
+                # Items of a ctypes array of u64 are ints already.
+                return {(key.victim, key.culprit): value for key, value in
+                        _batches(self._pairs.map_fd, self._pair_keys, self._pair_values)}
+            except (OSError, AttributeError) as error:
+                log.info("reading the culprit map in batches failed (%s): reading it entry by "
+                         "entry", getattr(error, "strerror", None) or error)
+                self._batch_works = False
+        return {(key.victim, key.culprit): value.value for key, value in self._pairs.items()}
 
     def _read_cgroups(self) -> Dict[int, Counts]:
         """Read every cgroup's counters; an entry unchanged since the last read is reused.
@@ -353,36 +398,29 @@ class Probe:
             yield key.value, memoryview(ctypes.string_at(ctypes.addressof(value), size))
 
     def _batched_entries(self, size: int) -> Iterator[tuple]:
-        from bcc.libbcc import lib
-        keys, values = self._batch_keys, self._batch_values
-        token, count = ctypes.c_uint32(0), ctypes.c_uint32(0)
-        first, done = True, False
-        while not done:
-            count.value = BATCH_ENTRIES
-            result = lib.bpf_lookup_batch(self._cgroups.map_fd,
-                                          None if first else ctypes.byref(token),
-                                          ctypes.byref(token), ctypes.byref(keys),
-                                          ctypes.byref(values), ctypes.byref(count))
-            code = ctypes.get_errno()
-            if result != 0:
-                if code != errno.ENOENT:
-                    raise OSError(code, os.strerror(code))
-                done = True  # ENOENT: this batch is the last
-            first = False
-            raw = memoryview(values).cast("B")  # overwritten by the next batch
-            for i, key in enumerate(keys[:count.value]):
-                yield key, raw[i * size:(i + 1) * size]
+        for key, raw in _batches(self._cgroups.map_fd, self._batch_keys, self._batch_values,
+                                 as_bytes=True):
+            yield key, raw[:size]
 
     def forget(self, cgroups: Iterable[int]) -> None:
-        """Delete the entries of removed cgroups, after their last counts were read."""
+        """Delete the entries of removed cgroups, and the pairs they are in as the waiting
+        cgroup or the culprit, after their last counts were read."""
         if self._cgroups is None:
             return
-        for cgroup in cgroups:
+        gone = set(cgroups)
+        for cgroup in gone:
             try:
                 del self._cgroups[self._cgroups.Key(cgroup)]
             except KeyError:
                 pass
             self._counts_cache.pop(cgroup, None)
+        if self._pairs is not None and gone:
+            for victim, culprit in list(self._read_pairs()):
+                if victim in gone or culprit in gone:
+                    try:
+                        del self._pairs[self._pairs.Key(victim, culprit)]
+                    except KeyError:
+                        pass
 
     def close(self) -> None:
         """Detach the tracepoints and unload the program."""

@@ -33,6 +33,11 @@ DEFAULT_START_ENTRIES = 65536
 # about 8 MiB of kernel memory whatever the number of CPUs.
 DEFAULT_MAX_CGROUPS = 4096
 
+# With culprit attribution, the map of (waiting cgroup, culprit) pairs: a key of two u64 and a
+# u64 value each, about 100 bytes with the hash table's own, shared by all CPUs: 65536 pairs
+# (16 culprits for each of 4096 cgroups) are about 6 MiB whatever the number of CPUs.
+DEFAULT_MAX_PAIRS = 65536
+
 _DEFINE = re.compile(r"^#define\s+([A-Z_][A-Z0-9_]*)\s+(\d+)\s*$", re.MULTILINE)
 
 
@@ -113,6 +118,8 @@ class ProgramSettings:
     start_entries: int = DEFAULT_START_ENTRIES
     per_cgroup: bool = False
     max_cgroups: int = DEFAULT_MAX_CGROUPS
+    culprits: bool = False  # split each wait by who ran meanwhile (needs per_cgroup)
+    max_pairs: int = DEFAULT_MAX_PAIRS
     # What kernel headers would have told BCC's helpers.h, taken from the running kernel.
     version_code: int = field(default_factory=running_version_code)
     page_size: int = field(default_factory=running_page_size)
@@ -121,6 +128,8 @@ class ProgramSettings:
     def __post_init__(self):
         if (self.raw is None) == (self.preempted_state is None):
             raise ValueError("give either the raw-tracepoint layout or the preempted state bit")
+        if self.culprits and not self.per_cgroup:
+            raise ValueError("culprit attribution needs the per-cgroup breakdown")
 
     @property
     def kind(self) -> str:
@@ -133,11 +142,13 @@ class ProgramSettings:
         Classic tracepoints time the wait from wakeup to switch-in; raw ones read the
         scheduler's own accounting at sched_switch, and forget each task as it is freed.
         """
-        return ("sched_switch", "sched_process_free") if self.raw else tracefs.TRACEPOINTS
+        names = ("sched_switch", "sched_process_free") if self.raw else tracefs.TRACEPOINTS
+        return names + (("sched_migrate_task",) if self.culprits else ())
 
     def cflags(self, include_dir: Path) -> Tuple[str, ...]:
         flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}",
                  f"-DPER_CGROUP={int(self.per_cgroup)}", f"-DMAX_CGROUPS={self.max_cgroups}",
+                 f"-DCULPRITS={int(self.culprits)}", f"-DMAX_PAIRS={self.max_pairs}",
                  *include_tree_flags(self.version_code, self.page_size)]
         if self.raw is not None:
             flags += ["-DRAW_TRACEPOINTS", f"-DSCHED_INFO_OFFSET={self.raw.sched_info_offset}"]

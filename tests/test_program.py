@@ -115,6 +115,7 @@ class TestSettings:
                                            version_code=0x60100, page_size=4096)
         assert settings.cflags(tmp_path) == (f"-I{tmp_path}", "-DSTART_ENTRIES=4096",
                                              "-DPER_CGROUP=0", "-DMAX_CGROUPS=4096",
+                                             "-DCULPRITS=0", "-DMAX_PAIRS=65536",
                                              "-DLINUX_VERSION_CODE=393472",
                                              "-DGSENDER_PAGE_SIZE=4096",
                                              "-DPREEMPTED_STATE=0x100")
@@ -122,10 +123,11 @@ class TestSettings:
 
     def test_raw_flags(self, tmp_path):
         settings = program.ProgramSettings(raw=RawLayout(1008), per_cgroup=True,
-                                           max_cgroups=100, version_code=1, page_size=65536)
+                                           max_cgroups=100, culprits=True, max_pairs=200,
+                                           version_code=1, page_size=65536)
         assert settings.cflags(tmp_path) == (
             f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
-            "-DLINUX_VERSION_CODE=1", "-DGSENDER_PAGE_SIZE=65536",
+            "-DCULPRITS=1", "-DMAX_PAIRS=200", "-DLINUX_VERSION_CODE=1", "-DGSENDER_PAGE_SIZE=65536",
             "-DRAW_TRACEPOINTS", "-DSCHED_INFO_OFFSET=1008")
         assert settings.kind == "raw tracepoints"
 
@@ -135,6 +137,15 @@ class TestSettings:
         assert settings.version_code == program.linux_version_code(os.uname().release) > 0
         assert settings.page_size == os.sysconf("SC_PAGE_SIZE")
         assert settings.include_tree == program.source_dir() / "kernel-stubs"
+
+    def test_culprits_need_the_per_cgroup_breakdown(self):
+        with pytest.raises(ValueError, match="per-cgroup"):
+            program.ProgramSettings(preempted_state=0x100, culprits=True)
+
+    def test_culprits_attach_to_migrations_too(self):
+        assert program.ProgramSettings(raw=RawLayout(8), per_cgroup=True, culprits=True
+                                       ).tracepoints == ("sched_switch", "sched_process_free",
+                                                         "sched_migrate_task")
 
     @pytest.mark.parametrize("raw, bit", [(None, None), (RawLayout(8), 0x100)])
     def test_exactly_one_mode(self, raw, bit):
