@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from array import array
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -71,17 +72,20 @@ def _host_behind(config: Config, ns) -> Optional[dict]:
 
 
 def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_chars: int,
-                   buckets: int, frequency: int = 15, max_culprits: int = 3) -> bytes:
+                   buckets: int, frequency: int = 15,
+                   max_culprits: Optional[int] = None) -> bytes:
     """Return what the outbox holds after one interval: host ``host`` (the default prefix),
     ``services`` services named with ``name_chars`` characters, each with its cpu.pressure and
-    throttling figures, the rest as ``other``, and the host's log2 buckets up to the
-    ``buckets``-th. Its datapoints are built by the calls the daemon makes (to_datapoints,
+    throttling figures (and with ``max_culprits``, None for the default, whom it waited
+    behind: that many of the other services), the rest as ``other``, and the host's log2
+    buckets up to the ``buckets``-th. Its datapoints are built by the calls the daemon makes (to_datapoints,
     then agent_points with the sink's health) and stored by the real sink."""
     monkeypatch.setattr(metrics.socket, "gethostname", lambda: host)
     rng = random.Random(26)
     top_us = 1 << (buckets - 2)  # buckets 0, 1, 2, 4, ..., 2^(buckets - 2)
-    config = Config(frequency=frequency, state_directory=tmp_path / "state",
-                    max_culprits=max_culprits)
+    config = Config(frequency=frequency, state_directory=tmp_path / "state")
+    if max_culprits is not None:  # None: the default
+        config = replace(config, max_culprits=max_culprits)
     names = [f"s{i:02d}".ljust(name_chars, "x") for i in range(services)]
     counted = [_histogram(rng, rng.randrange(100, 5000), top_us // 2) for _ in names]
     other = _histogram(rng, rng.randrange(100, 5000), top_us)
@@ -111,44 +115,58 @@ def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_c
 
 
 def test_an_interval_at_the_defaults_is_as_large_as_the_readme_says(tmp_path, monkeypatch):
-    claim = stated(r"(\d+) MiB holds about (\d+) hours at the defaults with names of usual length: "
-                   r"with the host `([^`]+)`, (\d+) services of (\d+)-character names, each naming "
-                   r"(\d+) culprits, and (\d+) log2 buckets, an interval is (\d+) lines, ([\d.]+) kB "
-                   r"as the agent's code writes them, about (\d+) MB a day at frequency (\d+)\. "
-                   r"Without the attribution \(`max_culprits = 0`\) it is (\d+) lines, ([\d.]+) kB, "
-                   r"about (\d+) MB a day, and \1 MiB holds a day")
-    (mib, hours, host, services, chars, culprits, buckets, lines, kb, mb, frequency, lines_off,
-     kb_off, mb_off) = claim.groups()
+    claim = stated(r"(\d+) MiB holds a day at the defaults with names of usual length: with the "
+                   r"host `([^`]+)`, (\d+) services of (\d+)-character names and (\d+) log2 "
+                   r"buckets, an interval is (\d+) lines, ([\d.]+) kB as the agent's code writes "
+                   r"them, about (\d+) MB a day at frequency (\d+)")
+    mib, host, services, chars, buckets, lines, kb, mb, frequency = claim.groups()
     config = Config()
     assert int(mib) == config.buffer_megabytes and int(frequency) == config.frequency
-    assert int(services) == config.max_services and int(culprits) == config.max_culprits
-    for max_culprits, lines_, kb_, mb_ in ((config.max_culprits, lines, kb, mb),
-                                           (0, lines_off, kb_off, mb_off)):
-        data = interval_bytes(tmp_path / str(max_culprits), monkeypatch, host, int(services),
-                              int(chars), int(buckets), max_culprits=max_culprits)
-        assert data.count(b"\n") == int(lines_)
-        assert len(data) / 1000 == pytest.approx(float(kb_), rel=0.03)
-        per_day = len(data) * DAY // config.frequency
-        assert per_day / 1e6 == pytest.approx(int(mb_), rel=0.03)
-        held = config.buffer_bytes // len(data) * config.frequency / 3600
-        if max_culprits:
-            assert held == pytest.approx(int(hours), rel=0.05)
-        else:  # a day fits both limits: its bytes, and the age of its oldest interval
-            assert per_day <= config.buffer_bytes and DAY - config.frequency < config.buffer_seconds
+    assert int(services) == config.max_services
+    data = interval_bytes(tmp_path, monkeypatch, host, int(services), int(chars), int(buckets))
+    assert data.count(b"\n") == int(lines)
+    assert len(data) / 1000 == pytest.approx(float(kb), rel=0.03)
+    per_day = len(data) * DAY // config.frequency
+    assert per_day / 1e6 == pytest.approx(int(mb), rel=0.03)
+    # A day fits both limits: its bytes, and the age of its oldest interval.
+    assert per_day <= config.buffer_bytes and DAY - config.frequency < config.buffer_seconds
+
+
+def test_an_interval_with_the_attribution_is_as_large_as_the_readme_says(tmp_path, monkeypatch):
+    host, services, chars, buckets = stated(
+        r"with the host `([^`]+)`, (\d+) services of (\d+)-character names and (\d+) log2 buckets, "
+        r"an interval is").groups()
+    claim = stated(r"With the attribution on \(`max_culprits = (\d+)`, each service naming \1 "
+                   r"culprits\) it is (\d+) lines, ([\d.]+) kB, about (\d+) MB a day, and (\d+) MiB "
+                   r"holds about (\d+) hours")
+    culprits, lines, kb, mb, mib, hours = claim.groups()
+    config = Config()
+    assert int(mib) == config.buffer_megabytes
+    data = interval_bytes(tmp_path, monkeypatch, host, int(services), int(chars), int(buckets),
+                          max_culprits=int(culprits))
+    assert data.count(b"\n") == int(lines)
+    assert len(data) / 1000 == pytest.approx(float(kb), rel=0.03)
+    assert len(data) * DAY // config.frequency / 1e6 == pytest.approx(int(mb), rel=0.03)
+    held = config.buffer_bytes // len(data) * config.frequency / 3600
+    assert held == pytest.approx(int(hours), rel=0.05)
 
 
 def test_the_longest_names_and_how_long_the_outbox_then_holds(tmp_path, monkeypatch):
     claim = stated(r"With the longest names \(a (\d+)-character host, (\d+)-character services\) "
-                   r"an interval is about (\d+) kB and (\d+) MiB holds about (\d+) hours")
-    host_chars, name_chars, kb, mib, hours = map(int, claim.groups())
+                   r"an interval is about (\d+) kB and (\d+) MiB holds about (\d+) hours, with the "
+                   r"attribution about (\d+) kB and (\d+) hours")
+    host_chars, name_chars, kb, mib, hours, kb_blamed, hours_blamed = map(int, claim.groups())
     assert host_chars == metrics.MAX_HOST_CHARS and name_chars == metrics.MAX_SERVICE_CHARS
     config = Config()
     assert mib == config.buffer_megabytes
-    data = interval_bytes(tmp_path, monkeypatch, "h" * host_chars, config.max_services,
-                          name_chars, 16)
-    assert len(data) / 1000 == pytest.approx(kb, rel=0.05)
-    held = config.buffer_bytes // len(data) * config.frequency / 3600
-    assert held == pytest.approx(hours, rel=0.1)
+    culprits = int(stated(r"With the attribution on \(`max_culprits = (\d+)`").group(1))
+    for max_culprits, size, held_hours in ((config.max_culprits, kb, hours),
+                                           (culprits, kb_blamed, hours_blamed)):
+        data = interval_bytes(tmp_path / str(max_culprits), monkeypatch, "h" * host_chars,
+                              config.max_services, name_chars, 16, max_culprits=max_culprits)
+        assert len(data) / 1000 == pytest.approx(size, rel=0.05)
+        held = config.buffer_bytes // len(data) * config.frequency / 3600
+        assert held == pytest.approx(held_hours, rel=0.1)
 
 
 # -- series per host --
@@ -173,36 +191,24 @@ def _series(tmp_path: Path, config: Config, buckets: int, services: int, breakdo
 
 
 def test_series_per_host_at_the_defaults(tmp_path):
-    claim = stated(r"Series per host at the defaults:\*\* (\d+) host series .*? and (\d+) of the "
-                   r"wait behind the reserved culprits .*? the log2 buckets `0 1 2 4 … 2\^k` up to "
-                   r"the highest non-empty one, (\d+)–(\d+) in an interval \(whisper keeps one file "
-                   r"for every bucket ever reached: (\d+) once a wait of a second is seen\); (\d+) "
-                   r"agent series .*? up to `max_culprits` = (\d+) `behind\.<culprit>_ms` and "
-                   r"`behind\.other_ms` \((\d+) in all\) for up to `max_services` = (\d+) services, "
-                   r"plus the (\d+) of `other` .*?: (\d+) × (\d+) \+ (\d+) = (\d+)\. About "
-                   r"\*\*(\d+) series\*\* per interval; the whisper files grow by (\d+) for every "
-                   r"service name .*?, and by (\d+) for every culprit .*? With `max_services = 0`, "
-                   r"under (\d+)\.")
-    (host, reserved, fewest, most, second, agent, culprits, per_service, services, other,
-     per_service_again, services_again, other_again, service_total, about, grow, by_culprit,
-     without) = map(int, claim.groups())
+    claim = stated(r"Series per host at the defaults:\*\* (\d+) host series .*? the log2 buckets "
+                   r"`0 1 2 4 … 2\^k` up to the highest non-empty one, (\d+)–(\d+) in an interval "
+                   r"\(whisper keeps one file for every bucket ever reached: (\d+) once a wait of "
+                   r"a second is seen\); (\d+) agent series .*? for up to `max_services` = (\d+) "
+                   r"services, plus the (\d+) stats of `other`: (\d+) × (\d+) \+ (\d+) = (\d+)\. "
+                   r"About \*\*(\d+) series\*\* per interval; the whisper files grow by (\d+) for "
+                   r"every service name .*? With `max_services = 0`, under (\d+)\.")
+    (host, fewest, most, second, agent, services, other, per_service, services_again,
+     other_again, service_total, about, grow, without) = map(int, claim.groups())
     config = Config(prefix="p")
     assert services == services_again == config.max_services
-    assert culprits == config.max_culprits and reserved == len(reserved_culprits())
     paths = _series(tmp_path, config, most, services, breakdown=True)
     host_paths = [p for p in paths if re.fullmatch(r"p\.[a-z][a-z0-9_]*", p)]
-    reserved_paths = [p for p in paths if re.fullmatch(r"p\.behind\.[a-z]+_ms", p)]
     bucket_paths = [p for p in paths if re.fullmatch(r"p\.\d+", p)]
     agent_paths = [p for p in paths if p.startswith("p.agent.")]
     service_paths = [p for p in paths if p.startswith("p.service.")]
-    assert (len(host_paths), len(reserved_paths), len(bucket_paths), len(agent_paths)) == (
-        host, reserved, most, agent)
-    s0 = [p for p in service_paths if p.startswith("p.service.s0.")]
-    assert len(s0) == per_service == per_service_again
-    named_culprits = [p for p in s0 if p.startswith("p.service.s0.behind.")
-                      and p != "p.service.s0.behind.other_ms"]
-    assert len(named_culprits) == culprits and by_culprit == 1
-    assert grow == per_service - culprits
+    assert (len(host_paths), len(bucket_paths), len(agent_paths)) == (host, most, agent)
+    assert len([p for p in service_paths if p.startswith("p.service.s0.")]) == per_service == grow
     assert len([p for p in service_paths if p.startswith("p.service.other.")]) == other
     assert len(service_paths) == per_service * services + other == service_total
     assert other == other_again
@@ -213,6 +219,30 @@ def test_series_per_host_at_the_defaults(tmp_path):
     one_second[slot_of(LAYOUT, 1_000_000)] = 1
     assert len(log2_counts(LAYOUT, one_second)) == second
     assert len(_series(tmp_path, config, most, 0, breakdown=False)) < without
+
+
+def test_series_per_host_with_the_attribution(tmp_path):
+    claim = stated(r"\*\*With the attribution on\*\* \(`max_culprits` = (\d+)\): (\d+) more host "
+                   r"series, .*? up to \1 `behind\.<culprit>_ms` and `behind\.other_ms` \((\d+) in "
+                   r"all; (\d+) for `other`, .*?\): \3 × (\d+) \+ \4 = (\d+), about (\d+) series per "
+                   r"interval; the whisper files then grow by (\d+) for every service name .*?, and "
+                   r"by (\d+) for every culprit that ever reaches one of its top \1\.")
+    (culprits, reserved, per_service, other, services, service_total, about, grow,
+     by_culprit) = map(int, claim.groups())
+    config = Config(prefix="p", max_culprits=culprits)
+    assert services == config.max_services and reserved == len(reserved_culprits())
+    fewest, most = map(int, stated(r"up to the highest non-empty one, (\d+)–(\d+) in an "
+                                   r"interval").groups())
+    paths = _series(tmp_path, config, most, services, breakdown=True)
+    assert len([p for p in paths if re.fullmatch(r"p\.behind\.[a-z]+_ms", p)]) == reserved
+    service_paths = [p for p in paths if p.startswith("p.service.")]
+    s0 = [p for p in service_paths if p.startswith("p.service.s0.")]
+    named = [p for p in s0 if p.startswith("p.service.s0.behind.") and not p.endswith(".other_ms")]
+    assert (len(s0), len(named), by_culprit) == (per_service, culprits, 1)
+    assert grow == per_service - culprits
+    assert len([p for p in service_paths if p.startswith("p.service.other.")]) == other
+    assert len(service_paths) == per_service * services + other == service_total
+    assert len(paths) - most + fewest <= about <= len(paths)
 
 
 def test_series_a_user_can_take(tmp_path):
