@@ -158,10 +158,14 @@ HOST_BEHIND = {"idle": 1_250_000, "migrated": 0, "untracked": 3}
 
 class TestCulpritSeries:
     def lines(self, config):
-        from gsender_bcc.sink import encode, message_builder
-        points = to_datapoints(STATS, config, [BLAMED], HOST_BEHIND)
-        return [line for line in encode(message_builder(), Interval(10, tuple(points))).decode()
-                .splitlines() if "behind" in line or "caused" in line]
+        """The culprit lines ``--stdout`` prints for the interval (the StdoutSink's writes)."""
+        import io
+        from gsender_bcc.sink import StdoutSink
+        printed = io.StringIO()
+        StdoutSink(config, printed).submit(Interval(10, tuple(
+            to_datapoints(STATS, config, [BLAMED], HOST_BEHIND))))
+        return [line for line in printed.getvalue().splitlines()
+                if "behind" in line or "caused" in line]
 
     def test_hierarchical_bytes(self):
         assert self.lines(Config(prefix="h.cpu-lat", bucket_series=False)) == [

@@ -156,7 +156,7 @@ def blamed(row, caused_ms, culprits, rest_ms=0.0):
         round(rest_ms * ms)))
 
 
-BLAMED_SERVICES = [blamed(SMALL_SERVICES[0], 1.0, (("db", 6.0), ("idle", 2.0)), 2.0),
+BLAMED_SERVICES = [blamed(SMALL_SERVICES[0], 10.0, (("db", 6.0), ("idle", 2.0)), 2.0),
                    blamed(SMALL_SERVICES[1], 240.0, ()),
                    blamed(SMALL_SERVICES[2], 4.0, (("cron", 58.0),), 2.0)]
 
@@ -166,7 +166,7 @@ def test_with_attribution_a_caused_column_and_the_first_services_culprits():
     assert texts(lines)[9:] == [
         "SERVICE                       COUNT/S WAIT ms/s CAUSED ms/s    MEAN     P99 PRESSURE",
         "db                               20.0      30.0         2.0  1.50ms  6.00ms        -",
-        "web                               100       5.0         0.5  50.0us   120us    12.5%",
+        "web                               100       5.0         5.0  50.0us   120us    12.5%",
         "cron                              1.0       0.0       120.0  10.0us  12.0us     0.0%",
         "db behind: cron 29.0 ms/s, other 1.0 ms/s",
     ]
@@ -177,7 +177,7 @@ def test_sorted_by_caused_the_causer_comes_first_with_its_culprits():
     lines = render(SMALL_HOST, BLAMED_SERVICES, 84, 16, "caused", hostname="web-01")
     shown = texts(lines)
     assert "sort: caused" in shown[0]
-    assert [line.split()[0] for line in shown[10:13]] == ["cron", "db", "web"]
+    assert [line.split()[0] for line in shown[10:13]] == ["cron", "web", "db"]
     assert ("CAUSED ms/s".rjust(12), "sorted") in lines[9]
     assert shown[13] == "cron behind: other 0.0 ms/s"  # it waited behind no one
 
