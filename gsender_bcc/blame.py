@@ -63,31 +63,30 @@ def culprit_name(service: str, reserved: Iterable[str]) -> str:
 
 def pair_cgroups(pairs: Optional[Pairs], reserved: Mapping[int, str]) -> Set[int]:
     """The cgroup ids the pairs name, as victims or culprits (the reserved ids are none)."""
-    ids: Set[int] = set()
-    for victim, culprit in pairs or ():
-        ids.add(victim)
-        if culprit not in reserved:
-            ids.add(culprit)
-    return ids
+    if not pairs:
+        return set()
+    return {victim for victim, _ in pairs} | ({culprit for _, culprit in pairs} - reserved.keys())
 
 
 def charges(pairs: Pairs, service_of: Callable[[int], str],
             reserved: Mapping[int, str]) -> Dict[str, Charges]:
     """Merge the pairs by service: every service they name, as victim or culprit."""
+    names = set(reserved.values())
+    service = {cgroup: service_of(cgroup) for cgroup in pair_cgroups(pairs, reserved)}
+    # Each culprit id once: its name in the series, and its service (None: a reserved one).
+    culprits = {culprit: (reserved[culprit], None) if culprit in reserved else
+                (culprit_name(service[culprit], names), service[culprit])
+                for culprit in {culprit for _, culprit in pairs}}
     behind: Dict[str, Dict[str, int]] = defaultdict(lambda: defaultdict(int))
     own: Dict[str, int] = defaultdict(int)
     caused: Dict[str, int] = defaultdict(int)
-    names = set(reserved.values())
     for (victim, culprit), ns in pairs.items():
-        waiter = service_of(victim)
-        if culprit in reserved:
-            behind[waiter][reserved[culprit]] += ns
-            continue
-        holder = service_of(culprit)
-        behind[waiter][culprit_name(holder, names)] += ns
+        waiter = service[victim]
+        name, holder = culprits[culprit]
+        behind[waiter][name] += ns
         if holder == waiter:
             own[waiter] += ns
-        else:
+        elif holder is not None:
             caused[holder] += ns
     return {name: Charges(dict(behind.get(name, {})), own.get(name, 0), caused.get(name, 0))
             for name in behind.keys() | caused.keys()}

@@ -351,8 +351,8 @@ def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
     """
     caused = caused or {}
     candidates = dict(services)
-    for name in caused:
-        candidates.setdefault(name, empty_counts(layout))
+    for name in caused.keys() - services.keys():
+        candidates[name] = empty_counts(layout)
 
     def counted(name: str) -> bool:
         return name in caused or candidates[name].has_samples

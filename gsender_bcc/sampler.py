@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from . import interfaces
 from .blame import Charges, blame, charges, merged, pair_cgroups, reserved_totals
 from .cgroups import OTHER, CgroupTree, PressureReader, v2_mount
-from .histogram import IntervalStats, Measured, Snapshot, by_service, delta, interval_stats, \
+from .histogram import Counts, IntervalStats, Measured, Snapshot, by_service, delta, interval_stats, \
     top_services
 from .metrics import ServiceStats
 from .probe import overflow_cgroup, reserved_culprits
@@ -110,7 +110,8 @@ class Sampler:
                 for name, counts in chosen]
 
     @staticmethod
-    def _row_charges(charged, name: str, chosen) -> Charges:
+    def _row_charges(charged: Dict[str, Charges], name: str,
+                     chosen: List[Tuple[str, Counts]]) -> Charges:
         """A row's charges: the service's own, or for ``other`` its members' summed."""
         if name != OTHER:
             return charged.get(name, Charges())
