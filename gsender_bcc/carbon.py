@@ -6,8 +6,8 @@ earlier one) and rolls points up into coarser archives with the first
 ``storage-aggregation.conf`` stanza whose pattern matches. So the finest precision must be the
 agent's frequency, and each series kind needs its own roll-up:
 
-- counts and totals per interval (samples, total wait, throttling, the agent's own counters)
-  are summed;
+- counts and totals per interval (samples, total wait, throttling, the wait behind culprits
+  and caused, the agent's own counters) are summed;
 - maxima and percentiles take the largest: no more than 1 % of an interval's samples lie above
   its p99, so no more than 1 % of a whole window's lie above the largest of its intervals'
   p99s. The maximum is a bound on the window's p99 that keeps a spike; an average of
@@ -38,7 +38,7 @@ LOCAL_SCHEMAS = "/etc/carbon/" + SCHEMAS_FILE  # Debian's graphite-carbon
 CARBON_DEFAULT_PRECISION = 60
 
 # Roll-up by series name; a name is the stat of the host or of a service, or agent.<name>.
-SUMMED = ("count", "wait_ms", "throttled_ms")
+SUMMED = ("count", "wait_ms", "throttled_ms", "behind_self_ms", "behind_others_ms", "caused_ms")
 LARGEST = tuple(f"p{p}" for p in PERCENTILES) + ("max",)
 AGENT_SUMMED = ("samples_lost", "dropped_intervals", "send_failures", "spool_errors",
                 "services_overflow")
@@ -91,10 +91,17 @@ class _Patterns:
     def any(self) -> str:
         return rf"^{self.prefix}\."
 
+    def behind(self) -> str:
+        """The wait behind a culprit: ``behind_ms`` tagged, ``behind.<culprit>_ms`` plain."""
+        return "behind_ms" if self.tagged else r"behind\.[^.]+_ms"
+
     def named(self, stats: Tuple[str, ...], agent: Tuple[str, ...]) -> str:
         service = r"(service\.)?" if self.tagged else r"(service\.[^.]+\.)?"
         return (rf"^{self.prefix}\.({service}({'|'.join(stats)})|agent\.({'|'.join(agent)})"
                 rf"){self.end}")
+
+    def summed(self) -> str:
+        return self.named(SUMMED + (self.behind(),), AGENT_SUMMED)
 
 
 def _described(config) -> str:
@@ -117,7 +124,7 @@ def aggregation_stanzas(config) -> str:
     patterns = _Patterns(config)
     stanzas = (
         ("gsender-bcc-sum", "counts and totals per interval: summed",
-         patterns.named(SUMMED, AGENT_SUMMED), "sum"),
+         patterns.summed(), "sum"),
         ("gsender-bcc-max", "maxima and percentiles: the largest, a bound on the window's",
          patterns.named(LARGEST, AGENT_LARGEST), "max"),
         ("gsender-bcc-average", "means, bucket rates per second, cpu.pressure: averaged",

@@ -300,7 +300,7 @@ class Config:
         "Past either, the oldest are dropped and counted in\n"
         "<prefix>.agent.dropped_intervals. 128 MiB holds a day at the defaults\n"
         "(frequency 15, 20 services of 15-character names: about 74 MB a day), and\n"
-        "about 2.9 hours at frequency 1.")
+        "about 2.9 hours at frequency 1; about 23 hours with max_culprits = 3.")
     buffer_megabytes: int = setting("graphite", _whole(1, 1 << 20, "MiB"), 128, "")
     tags: bool = setting(
         "graphite", _boolean, False,

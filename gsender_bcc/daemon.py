@@ -239,11 +239,13 @@ class Daemon:
     def _submit(self, stamp: int, measured: Measured) -> str:
         """Send one interval's datapoints; return its one-line summary."""
         stats = self.sampler.host(measured)
-        services = self.sampler.services(measured, self.config.max_services)
+        services = self.sampler.services(measured, self.config.max_services,
+                                         self.config.max_culprits)
         extra: Dict[str, int] = {}
         if services is not None:
             extra["services_overflow"] = self.sampler.overflow_count(measured)
-        points = to_datapoints(stats, self.config, services or ())
+        behind = self.sampler.host_behind(measured) if self.config.max_culprits else None
+        points = to_datapoints(stats, self.config, services or (), behind)
         points += agent_points(self.config, {**extra, **self.sink.health()})
         self.sink.submit(Interval(stamp, tuple(points)))
         return summary(stats)

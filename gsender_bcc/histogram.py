@@ -339,18 +339,30 @@ def by_service(layout: Layout, cgroups: Mapping[int, Counts],
 
 
 def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
-                 other: str = "other") -> List[Tuple[str, Counts]]:
+                 other: str = "other", caused: Optional[Mapping[str, int]] = None
+                 ) -> List[Tuple[str, Counts]]:
     """Return the ``limit`` services with the most total wait, then the rest summed as ``other``.
 
-    A service named ``other`` joins the rest; ``other`` is left out when nothing falls in
-    it. Ties go by name, so the order is stable.
+    With attribution, ``caused`` holds every service the culprit pairs name and the wait it
+    caused other services: the ranking is by wait plus caused, and a service in it without
+    samples of its own is ranked too (with empty counts). A service named ``other`` joins the
+    rest; ``other`` is left out when nothing falls in it. Ties go by name, so the order is
+    stable.
     """
-    ranked = sorted(((name, counts) for name, counts in services.items()
-                     if counts.has_samples and name != other),
-                    key=lambda item: (-item[1].sum_ns, item[0]))
+    caused = caused or {}
+    candidates = dict(services)
+    for name in caused.keys() - services.keys():
+        candidates[name] = empty_counts(layout)
+
+    def counted(name: str) -> bool:
+        return name in caused or candidates[name].has_samples
+
+    ranked = sorted(((name, counts) for name, counts in candidates.items()
+                     if name != other and counted(name)),
+                    key=lambda item: (-item[1].sum_ns - caused.get(item[0], 0), item[0]))
     rest = [counts for _, counts in ranked[limit:]]
-    if services.get(other) is not None and services[other].has_samples:
-        rest.append(services[other])
+    if other in candidates and counted(other):
+        rest.append(candidates[other])
     chosen = ranked[:limit]
     if rest:
         chosen.append((other, sum_counts(layout, rest)))

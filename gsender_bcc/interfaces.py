@@ -23,10 +23,12 @@ class Probe(Protocol):
     layout: Layout
 
     def read_snapshot(self) -> Snapshot:
-        """Return the cumulative counters: the host's and each cgroup's, by cgroup id."""
+        """Return the cumulative counters: the host's and each cgroup's, by cgroup id, and
+        with the attribution each (victim cgroup, culprit) pair's charge."""
 
     def forget(self, cgroups: Iterable[int]) -> None:
-        """Delete the entries of these cgroups (removed ones, after their last counts were read)."""
+        """Delete the entries of these cgroups (removed ones, after their last counts were read),
+        and the pairs naming them as victim or culprit."""
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .blame import MAX_CULPRIT_CHARS, Blame
 from .histogram import IntervalStats
 
 _UNSAFE_HOST_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -25,6 +26,8 @@ MAX_PATH_CHARS = 1000
 MAX_HOST_CHARS = 64  # Linux's HOST_NAME_MAX: the short host name in a tag is cut to it
 MAX_SERVICE_CHARS = 255  # a service's series name, cut to this (one cgroup directory's name)
 SERVICE_FIGURES = ("pressure", "throttled_ms")  # per-service figures beside the statistics
+BLAME_FIGURES = ("behind_self_ms", "behind_others_ms", "caused_ms")  # with attribution
+OTHER_CULPRIT = "other"  # behind.other: the culprits not named, summed
 
 Tags = Tuple[Tuple[str, str], ...]
 
@@ -48,11 +51,13 @@ class Interval:
 
 @dataclass(frozen=True)
 class ServiceStats:
-    """One service's interval, with cpu.pressure and throttling figures where known."""
+    """One service's interval, with cpu.pressure and throttling figures where known, and
+    whom it waited behind where the interval was measured with attribution."""
 
     name: str
     stats: IntervalStats
     figures: Mapping[str, float] = field(default_factory=dict)
+    blame: Optional[Blame] = None
 
 
 def short_hostname(hostname: Optional[str] = None) -> str:
@@ -115,6 +120,18 @@ class _Namer:
             return self.point(f"service.{stat}", value, (("service", tag_value(service)),))
         return self.point(f"service.{service}.{stat}", value)
 
+    def behind(self, culprit: str, value, service: Optional[str] = None) -> Datapoint:
+        """A service's wait behind one culprit, or with ``service`` None the host's."""
+        if self.tagged:
+            tags = (("culprit", tag_value(culprit)),)
+            if service is None:
+                return self.point("behind_ms", value, tags)
+            return self.point("service.behind_ms", value,
+                              tags + (("service", tag_value(service)),))
+        stat = f"behind.{culprit}_ms"
+        return self.point(stat, value) if service is None else \
+            self.service_stat(service, stat, value)
+
 
 def _stat_values(stats: IntervalStats) -> List[Tuple[str, Union[int, float]]]:
     values: List[Tuple[str, Union[int, float]]] = [("count", stats.count),
@@ -126,6 +143,16 @@ def _stat_values(stats: IntervalStats) -> List[Tuple[str, Union[int, float]]]:
     return values
 
 
+def _blame_points(namer: _Namer, service: str, blame: Blame) -> List[Datapoint]:
+    """A service's wait split by whom it waited behind, and the wait it caused others (ms)."""
+    points = [namer.service_stat(service, stat, ns / 1e6) for stat, ns in (
+        ("behind_self_ms", blame.behind_self_ns), ("behind_others_ms", blame.behind_others_ns),
+        ("caused_ms", blame.caused_ns))]
+    points.extend(namer.behind(culprit, ns / 1e6, service) for culprit, ns in blame.culprits)
+    points.append(namer.behind(OTHER_CULPRIT, blame.rest_ns / 1e6, service))
+    return points
+
+
 def series_key(point: Datapoint) -> str:
     """Return what identifies a series on the wire: its path, then ``;tag=value`` each."""
     return point.path + "".join(f";{key}={value}" for key, value in sorted(point.tags))
@@ -134,34 +161,43 @@ def series_key(point: Datapoint) -> str:
 def _longest_suffix() -> int:
     """Return how many characters the longest series adds to the prefix, in either style.
 
-    That is a per-service figure of a service with the longest name: longer than any host,
-    bucket or agent series.
+    That is a per-service figure, or a service's wait behind a culprit, of a service and a
+    culprit with the longest names: longer than any host, bucket or agent series.
     """
-    stat = max(SERVICE_FIGURES, key=len)  # the statistics' names (count, p99, ...) are shorter
-    return max(len(series_key(_Namer("", tagged, "h" * MAX_HOST_CHARS).service_stat(
-        "s" * MAX_SERVICE_CHARS, stat, 0))) for tagged in (False, True))
+    stat = max(SERVICE_FIGURES + BLAME_FIGURES, key=len)  # longer than count, p99, ...
+    service, culprit = "s" * MAX_SERVICE_CHARS, "c" * MAX_CULPRIT_CHARS
+    longest = 0
+    for tagged in (False, True):
+        namer = _Namer("", tagged, "h" * MAX_HOST_CHARS)
+        longest = max(longest, len(series_key(namer.service_stat(service, stat, 0))),
+                      len(series_key(namer.behind(culprit, 0, service))))
+    return longest
 
 
 MAX_PREFIX_CHARS = MAX_PATH_CHARS - _longest_suffix()
 
 
-def to_datapoints(stats: IntervalStats, config,
-                  services: Sequence[ServiceStats] = ()) -> List[Datapoint]:
+def to_datapoints(stats: IntervalStats, config, services: Sequence[ServiceStats] = (),
+                  behind: Optional[Mapping[str, int]] = None) -> List[Datapoint]:
     """Return the interval's datapoints (its ``Interval`` gives them their timestamp).
 
     ``config`` gives the prefix, the naming style (``tags``) and whether the per-second
-    rate of each classic log2 bucket is sent (``bucket_series``).
+    rate of each classic log2 bucket is sent (``bucket_series``). ``behind``: with
+    attribution, the host's wait behind each reserved culprit, in ns.
     """
     namer = _Namer.of(config)
     points = [namer.host_stat(stat, value) for stat, value in _stat_values(stats)]
     if config.bucket_series:
         points.extend(namer.bucket(bucket, rate) for bucket, rate in stats.log2_rates)
+    points.extend(namer.behind(culprit, ns / 1e6) for culprit, ns in (behind or {}).items())
     points.append(namer.point("agent.samples_lost", stats.lost))
     for service in services:
         points.extend(namer.service_stat(service.name, stat, value)
                       for stat, value in _stat_values(service.stats))
         points.extend(namer.service_stat(service.name, name, value)
                       for name, value in sorted(service.figures.items()))
+        if service.blame is not None:
+            points.extend(_blame_points(namer, service.name, service.blame))
     return points
 
 

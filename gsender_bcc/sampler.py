@@ -15,14 +15,15 @@ from zero: never less its predecessor's counts, never those counted twice.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import interfaces
+from .blame import Charges, blame, charges, merged, pair_cgroups, reserved_totals
 from .cgroups import OTHER, CgroupTree, PressureReader, v2_mount
-from .histogram import IntervalStats, Measured, Snapshot, by_service, delta, interval_stats, \
+from .histogram import Counts, IntervalStats, Measured, Snapshot, by_service, delta, interval_stats, \
     top_services
 from .metrics import ServiceStats
-from .probe import overflow_cgroup
+from .probe import overflow_cgroup, reserved_culprits
 
 
 def cgroup_tree(attached) -> Optional[CgroupTree]:
@@ -39,6 +40,7 @@ class Sampler:
         self.tree = tree
         self.clock = clock
         self.overflow = overflow_cgroup()
+        self.reserved = reserved_culprits()
         self._pressure = PressureReader(tree) if tree is not None else None
         self._baseline: Optional[Snapshot] = None
         self._started = 0.0
@@ -67,11 +69,15 @@ class Sampler:
         """The host's figures for an interval."""
         return interval_stats(self.probe.layout, measured.host, measured.seconds, measured.lost)
 
-    def services(self, measured: Measured,
-                 limit: Optional[int] = None) -> Optional[List[ServiceStats]]:
+    def services(self, measured: Measured, limit: Optional[int] = None,
+                 culprits: Optional[int] = None) -> Optional[List[ServiceStats]]:
         """Return the figures of the services that counted in ``measured``: the ``limit`` with
         the most total wait and the rest summed as ``other`` (None: every one), each with its
         cpu.pressure; None without the per-service breakdown.
+
+        Where ``measured`` holds culprit pairs and ``culprits`` is not 0, the ranking is by
+        wait plus the wait caused others, and each row gets its Blame naming its ``culprits``
+        culprits with the most charge (None: every one).
 
         ``measured`` may hold an interval measured before the baseline (the one a restart
         carried over). The cgroups the tree finds gone are forgotten once named.
@@ -79,25 +85,58 @@ class Sampler:
         if self.tree is None or self._pressure is None:
             return None
         layout = self.probe.layout
-        resolved = self.tree.resolve(measured.cgroups, present=self.baseline.cgroups,
-                                     keep=(self.overflow,))
+        pairs = measured.culprits if culprits != 0 else None
+        baseline = self.baseline
+        resolved = self.tree.resolve(
+            set(measured.cgroups) | pair_cgroups(pairs, self.reserved),
+            present=set(baseline.cgroups) | pair_cgroups(baseline.culprits, self.reserved),
+            keep=(self.overflow,))
         named = by_service(layout, measured.cgroups, resolved.service_of)
-        chosen = top_services(layout, named, len(named) if limit is None else limit)
+        charged = charges(pairs, resolved.service_of, self.reserved) if pairs is not None \
+            else None
+        caused = None if charged is None else {name: part.caused_ns
+                                               for name, part in charged.items()}
+        everyone = len(named) + len(caused or ())
+        chosen = top_services(layout, named, everyone if limit is None else limit,
+                              caused=caused)
         figures = self._pressure.read([name for name, _ in chosen if name != OTHER],
                                       measured.seconds)
         if resolved.gone:
             self._forget(resolved.gone)
         return [ServiceStats(name, interval_stats(layout, counts, measured.seconds),
-                             figures.get(name, {})) for name, counts in chosen]
+                             figures.get(name, {}),
+                             None if charged is None else
+                             blame(self._row_charges(charged, name, chosen), culprits))
+                for name, counts in chosen]
+
+    @staticmethod
+    def _row_charges(charged: Dict[str, Charges], name: str,
+                     chosen: List[Tuple[str, Counts]]) -> Charges:
+        """A row's charges: the service's own, or for ``other`` its members' summed."""
+        if name != OTHER:
+            return charged.get(name, Charges())
+        alone = {shown for shown, _ in chosen if shown != OTHER}
+        return merged(part for member, part in charged.items() if member not in alone)
+
+    def host_behind(self, measured: Measured) -> Optional[Dict[str, int]]:
+        """The host's wait behind each reserved culprit, in ns; None without attribution."""
+        if measured.culprits is None:
+            return None
+        return reserved_totals(measured.culprits, self.reserved)
 
     def _forget(self, gone: Iterable[int]) -> None:
-        """Delete the entries of removed cgroups and drop them from the baseline, together."""
+        """Delete the entries of removed cgroups and drop them from the baseline, together:
+        their histograms and the culprit pairs naming them as victim or culprit."""
         gone = set(gone)
         self.probe.forget(gone)
         baseline = self.baseline
-        self._baseline = replace(baseline, cgroups={cgroup: counts for cgroup, counts in
-                                                    baseline.cgroups.items()
-                                                    if cgroup not in gone})
+        pairs = baseline.culprits
+        self._baseline = replace(
+            baseline,
+            cgroups={cgroup: counts for cgroup, counts in baseline.cgroups.items()
+                     if cgroup not in gone},
+            culprits=None if pairs is None else
+            {pair: ns for pair, ns in pairs.items() if pair[0] not in gone and pair[1] not in gone})
 
     def overflow_count(self, measured: Measured) -> int:
         """The samples counted beyond the map's capacity (under the overflow key)."""

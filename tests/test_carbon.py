@@ -11,6 +11,7 @@ import pytest
 
 from conftest import AGENT
 from gsender_bcc import carbon
+from gsender_bcc.blame import Blame
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats
 from gsender_bcc.metrics import Interval, ServiceStats, agent_points, to_datapoints
@@ -18,7 +19,9 @@ from gsender_bcc.sink import GraphiteSink, encode, message_builder
 
 STATS = IntervalStats(5.0, 120, 0, 12.5, ((50, 8.5), (90, 21.0), (99, 34.0)), 68.0,
                       ((0, 0.0), (1, 0.2), (2, 1.0), (4, 3.0)), 1_500_000)
-SERVICE = ServiceStats("nginx", STATS, {"pressure": 1.25, "throttled_ms": 40.0})
+SERVICE = ServiceStats("nginx", STATS, {"pressure": 1.25, "throttled_ms": 40.0},
+                       Blame(1, 2, 3, (("batch", 4),), 5))
+BEHIND = {"idle": 1, "migrated": 0, "untracked": 0}  # the host's wait behind reserved culprits
 
 # Debian's graphite-carbon /etc/carbon/storage-schemas.conf, without its comments.
 DEBIAN_SCHEMAS = """[carbon]
@@ -35,7 +38,7 @@ def sent_names(config, tmp_path):
     """Every series name carbon receives from the agent for one full interval, as graphyte
     writes it: host, buckets, a service with its figures, and every agent series."""
     health = GraphiteSink(Config(state_directory=tmp_path), start=False).health()
-    points = to_datapoints(STATS, config, [SERVICE])
+    points = to_datapoints(STATS, config, [SERVICE], BEHIND)
     points += agent_points(config, {"services_overflow": 0, **health})
     interval = Interval(100, tuple(points))
     return [line.split(" ")[0] for line in encode(message_builder(), interval).decode().splitlines()]
@@ -56,6 +59,8 @@ def kind(name):
     stat = name.split(";")[0].rsplit(".", 1)[1]
     if stat == "bucket" or stat.isdigit():
         return "average"  # samples per second in a log2 bucket
+    if stat.endswith("_ms"):
+        return "sum"  # a total in ms: wait, throttling, the wait behind a culprit, caused
     return {"count": "sum", "wait_ms": "sum", "throttled_ms": "sum", "samples_lost": "sum",
             "dropped_intervals": "sum", "send_failures": "sum", "spool_errors": "sum",
             "services_overflow": "sum", "p50": "max", "p90": "max", "p99": "max", "max": "max",
@@ -67,7 +72,8 @@ def kind(name):
                          ids=["default", "prefix", "tagged", "tagged-prefix"])
 def test_every_series_sent_gets_its_roll_up(config, tmp_path):
     names = sent_names(config, tmp_path)
-    assert len(names) == 7 + 4 + 6 + 9  # host stats, buckets, agent, service
+    # host stats, buckets, the host's behind reserved culprits, agent, service, its culprits
+    assert len(names) == 7 + 4 + 3 + 6 + 9 + 3 + 2
     assert {name: roll_up(config, name) for name in names} == {name: kind(name) for name in names}
     schema_pattern = carbon.schema_stanzas(config).split("pattern = ")[1].split("\n")[0]
     assert all(re.search(schema_pattern, name) for name in names)
@@ -90,6 +96,9 @@ def test_patterns_leave_other_series_alone(config, name):
 
 def test_a_service_named_like_a_stat_rolls_up_by_its_own_stat():
     assert roll_up(Config(), "h.cpu-lat.service.count.max") == "max"
+    assert roll_up(Config(), "h.cpu-lat.service.behind.max") == "max"
+    assert roll_up(Config(), "h.cpu-lat.service.behind.mean") == "average"
+    assert roll_up(Config(), "h.cpu-lat.service.max.behind.max_ms") == "sum"
     assert roll_up(Config(), "h.cpu-lat.service.max.count") == "sum"
     assert roll_up(Config(), "h.cpu-lat.service.max.mean") == "average"
 

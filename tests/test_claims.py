@@ -13,16 +13,20 @@ import subprocess
 import sys
 import time
 from array import array
+from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from gsender_bcc import carbon, metrics, program
+from gsender_bcc.blame import Blame, culprit_name
 from gsender_bcc.cgroups import MAX_NAMES_PER_USER, v2_mount
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import (Counts, IntervalStats, add_counts, empty_counts,
                                    interval_stats, log2_counts, slot_of, slot_value)
 from gsender_bcc.metrics import Interval, ServiceStats, agent_points, summary, to_datapoints
+from gsender_bcc.probe import reserved_culprits
 from gsender_bcc.sink import GraphiteSink
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -52,17 +56,36 @@ def _histogram(rng: random.Random, samples: int, top_us: int) -> Counts:
     return Counts(slots, total + top_us * 1000)
 
 
+def _blame(config: Config, ns, culprits) -> Optional[Blame]:
+    """A service's figures with attribution at ``config`` (None: off): ``max_culprits`` of
+    ``culprits`` named, each charge ``ns(10**9)`` nanoseconds."""
+    if not config.max_culprits:
+        return None
+    named = tuple((culprit_name(name, ()), ns(10**9)) for name in culprits[:config.max_culprits])
+    return Blame(ns(10**9), ns(10**9), ns(10**9), named, ns(10**9))
+
+
+def _host_behind(config: Config, ns) -> Optional[dict]:
+    """The host's wait behind each reserved culprit, with attribution at ``config``."""
+    return {name: ns(10**9) for name in reserved_culprits().values()} if config.max_culprits \
+        else None
+
+
 def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_chars: int,
-                   buckets: int, frequency: int = 15) -> bytes:
+                   buckets: int, frequency: int = 15,
+                   max_culprits: Optional[int] = None) -> bytes:
     """Return what the outbox holds after one interval: host ``host`` (the default prefix),
     ``services`` services named with ``name_chars`` characters, each with its cpu.pressure and
-    throttling figures, the rest as ``other``, and the host's log2 buckets up to the
-    ``buckets``-th. Its datapoints are built by the calls the daemon makes (to_datapoints,
+    throttling figures (and with ``max_culprits``, None for the default, whom it waited
+    behind: that many of the other services), the rest as ``other``, and the host's log2
+    buckets up to the ``buckets``-th. Its datapoints are built by the calls the daemon makes (to_datapoints,
     then agent_points with the sink's health) and stored by the real sink."""
     monkeypatch.setattr(metrics.socket, "gethostname", lambda: host)
     rng = random.Random(26)
     top_us = 1 << (buckets - 2)  # buckets 0, 1, 2, 4, ..., 2^(buckets - 2)
     config = Config(frequency=frequency, state_directory=tmp_path / "state")
+    if max_culprits is not None:  # None: the default
+        config = replace(config, max_culprits=max_culprits)
     names = [f"s{i:02d}".ljust(name_chars, "x") for i in range(services)]
     counted = [_histogram(rng, rng.randrange(100, 5000), top_us // 2) for _ in names]
     other = _histogram(rng, rng.randrange(100, 5000), top_us)
@@ -72,12 +95,14 @@ def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_c
     stats = interval_stats(LAYOUT, host_counts, frequency)
     assert len(stats.log2_rates) == buckets
     listed = [ServiceStats(name, interval_stats(LAYOUT, counts, frequency),
-                           {"pressure": rng.uniform(0, 100), "throttled_ms": rng.uniform(0, 50)})
-              for name, counts in zip(names, counted)]
-    listed.append(ServiceStats("other", interval_stats(LAYOUT, other, frequency)))
+                           {"pressure": rng.uniform(0, 100), "throttled_ms": rng.uniform(0, 50)},
+                           _blame(config, rng.randrange, names[i + 1:] + names[:i + 1]))
+              for i, (name, counts) in enumerate(zip(names, counted))]
+    listed.append(ServiceStats("other", interval_stats(LAYOUT, other, frequency), {},
+                               _blame(config, rng.randrange, names)))
     sink = GraphiteSink(config, start=False)
     stamp = int(time.time()) // frequency * frequency
-    points = to_datapoints(stats, config, listed)
+    points = to_datapoints(stats, config, listed, _host_behind(config, rng.randrange))
     points += agent_points(config, {"services_overflow": 0, **sink.health()})
     sink.submit(Interval(stamp, tuple(points)))
     sink.submit(Interval(stamp, tuple(points)))
@@ -107,18 +132,41 @@ def test_an_interval_at_the_defaults_is_as_large_as_the_readme_says(tmp_path, mo
     assert per_day <= config.buffer_bytes and DAY - config.frequency < config.buffer_seconds
 
 
+def test_an_interval_with_the_attribution_is_as_large_as_the_readme_says(tmp_path, monkeypatch):
+    host, services, chars, buckets = stated(
+        r"with the host `([^`]+)`, (\d+) services of (\d+)-character names and (\d+) log2 buckets, "
+        r"an interval is").groups()
+    claim = stated(r"With the attribution on \(`max_culprits = (\d+)`, each service naming \1 "
+                   r"culprits\) it is (\d+) lines, ([\d.]+) kB, about (\d+) MB a day, and (\d+) MiB "
+                   r"holds about (\d+) hours")
+    culprits, lines, kb, mb, mib, hours = claim.groups()
+    config = Config()
+    assert int(mib) == config.buffer_megabytes
+    data = interval_bytes(tmp_path, monkeypatch, host, int(services), int(chars), int(buckets),
+                          max_culprits=int(culprits))
+    assert data.count(b"\n") == int(lines)
+    assert len(data) / 1000 == pytest.approx(float(kb), rel=0.03)
+    assert len(data) * DAY // config.frequency / 1e6 == pytest.approx(int(mb), rel=0.03)
+    held = config.buffer_bytes // len(data) * config.frequency / 3600
+    assert held == pytest.approx(int(hours), rel=0.05)
+
+
 def test_the_longest_names_and_how_long_the_outbox_then_holds(tmp_path, monkeypatch):
     claim = stated(r"With the longest names \(a (\d+)-character host, (\d+)-character services\) "
-                   r"an interval is about (\d+) kB and (\d+) MiB holds about (\d+) hours")
-    host_chars, name_chars, kb, mib, hours = map(int, claim.groups())
+                   r"an interval is about (\d+) kB and (\d+) MiB holds about (\d+) hours, with the "
+                   r"attribution about (\d+) kB and (\d+) hours")
+    host_chars, name_chars, kb, mib, hours, kb_blamed, hours_blamed = map(int, claim.groups())
     assert host_chars == metrics.MAX_HOST_CHARS and name_chars == metrics.MAX_SERVICE_CHARS
     config = Config()
     assert mib == config.buffer_megabytes
-    data = interval_bytes(tmp_path, monkeypatch, "h" * host_chars, config.max_services,
-                          name_chars, 16)
-    assert len(data) / 1000 == pytest.approx(kb, rel=0.05)
-    held = config.buffer_bytes // len(data) * config.frequency / 3600
-    assert held == pytest.approx(hours, rel=0.1)
+    culprits = int(stated(r"With the attribution on \(`max_culprits = (\d+)`").group(1))
+    for max_culprits, size, held_hours in ((config.max_culprits, kb, hours),
+                                           (culprits, kb_blamed, hours_blamed)):
+        data = interval_bytes(tmp_path / str(max_culprits), monkeypatch, "h" * host_chars,
+                              config.max_services, name_chars, 16, max_culprits=max_culprits)
+        assert len(data) / 1000 == pytest.approx(size, rel=0.05)
+        held = config.buffer_bytes // len(data) * config.frequency / 3600
+        assert held == pytest.approx(held_hours, rel=0.1)
 
 
 # -- series per host --
@@ -129,13 +177,16 @@ def _series(tmp_path: Path, config: Config, buckets: int, services: int, breakdo
     slots = array("q", bytes(8 * LAYOUT.slots))
     slots[slot_of(LAYOUT, (1 << (buckets - 2)))] = 1
     stats = interval_stats(LAYOUT, Counts(slots, 1), 1.0)
-    listed = [ServiceStats(f"s{i}", stats, {name: 1.0 for name in metrics.SERVICE_FIGURES})
-              for i in range(services)]
+    names = [f"s{i}" for i in range(services)]
+    listed = [ServiceStats(name, stats, {name: 1.0 for name in metrics.SERVICE_FIGURES},
+                           _blame(config, lambda top: 1, names[i + 1:] + names[:i + 1]))
+              for i, name in enumerate(names)]
     if breakdown:
-        listed.append(ServiceStats("other", stats))
+        listed.append(ServiceStats("other", stats, {}, _blame(config, lambda top: 1, names)))
     health = GraphiteSink(Config(state_directory=tmp_path / "state"), start=False).health()
     extra = {"services_overflow": 0} if breakdown else {}
-    return [p.path for p in to_datapoints(stats, config, listed)
+    behind = _host_behind(config, lambda top: 1) if breakdown else None
+    return [p.path for p in to_datapoints(stats, config, listed, behind)
             + agent_points(config, {**extra, **health})]
 
 
@@ -168,6 +219,30 @@ def test_series_per_host_at_the_defaults(tmp_path):
     one_second[slot_of(LAYOUT, 1_000_000)] = 1
     assert len(log2_counts(LAYOUT, one_second)) == second
     assert len(_series(tmp_path, config, most, 0, breakdown=False)) < without
+
+
+def test_series_per_host_with_the_attribution(tmp_path):
+    claim = stated(r"\*\*With the attribution on\*\* \(`max_culprits` = (\d+)\): (\d+) more host "
+                   r"series, .*? up to \1 `behind\.<culprit>_ms` and `behind\.other_ms` \((\d+) in "
+                   r"all; (\d+) for `other`, .*?\): \3 × (\d+) \+ \4 = (\d+), about (\d+) series per "
+                   r"interval; the whisper files then grow by (\d+) for every service name .*?, and "
+                   r"by (\d+) for every culprit that ever reaches one of its top \1\.")
+    (culprits, reserved, per_service, other, services, service_total, about, grow,
+     by_culprit) = map(int, claim.groups())
+    config = Config(prefix="p", max_culprits=culprits)
+    assert services == config.max_services and reserved == len(reserved_culprits())
+    fewest, most = map(int, stated(r"up to the highest non-empty one, (\d+)–(\d+) in an "
+                                   r"interval").groups())
+    paths = _series(tmp_path, config, most, services, breakdown=True)
+    assert len([p for p in paths if re.fullmatch(r"p\.behind\.[a-z]+_ms", p)]) == reserved
+    service_paths = [p for p in paths if p.startswith("p.service.")]
+    s0 = [p for p in service_paths if p.startswith("p.service.s0.")]
+    named = [p for p in s0 if p.startswith("p.service.s0.behind.") and not p.endswith(".other_ms")]
+    assert (len(s0), len(named), by_culprit) == (per_service, culprits, 1)
+    assert grow == per_service - culprits
+    assert len([p for p in service_paths if p.startswith("p.service.other.")]) == other
+    assert len(service_paths) == per_service * services + other == service_total
+    assert len(paths) - most + fewest <= about <= len(paths)
 
 
 def test_series_a_user_can_take(tmp_path):

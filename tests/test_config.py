@@ -162,8 +162,8 @@ BAD = [
      "[graphite] fallback_servers = 'b.example:2003, c..example:2003': must be a comma-separated "
      "list of host:port (has an empty label (number 2): a host name is labels joined by single "
      "dots)"),
-    (f"[default]\nprefix = {'p' * 646}\n",
-     f"[default] prefix = '{'p' * 646}': is 646 characters long: at most 645 leave room for the "
+    (f"[default]\nprefix = {'p' * 512}\n",
+     f"[default] prefix = '{'p' * 512}': is 512 characters long: at most 511 leave room for the "
      f"longest series under the 1000-character path limit"),
     ("[default]\nstate_directory = /var/lib/gsender\x00\n",
      "[default] state_directory = '/var/lib/gsender\\x00': must not hold control characters (a "
@@ -270,7 +270,8 @@ class TestCheckConfig:
         assert result.returncode == 0
         assert result.stdout == (
             "[default]\nfrequency = 15\nlogging_level = INFO\nprefix = x.y\nbucket_series = yes\n"
-            "state_directory = /var/lib/gsender-bcc\nmax_services = 20\ntracepoints = auto\n\n"
+            "state_directory = /var/lib/gsender-bcc\nmax_services = 20\nmax_culprits = 0\n"
+            "tracepoints = auto\n\n"
             "[graphite]\nserver_address = localhost\nport = 2103\nfallback_servers = \n"
             "protocol = tcp\ntimeout = 5.0\nbuffer_hours = 24.0\nbuffer_megabytes = 128\n"
             "tags = no\n")

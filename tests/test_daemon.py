@@ -14,7 +14,9 @@ from gsender_bcc.daemon import (MAX_HOLD_SECONDS, Daemon, boundary_after_reload,
                                 next_boundary, stamp_floor)
 from gsender_bcc.histogram import Counts, Layout, Snapshot, slot_of
 from gsender_bcc.notify import NullNotifier
+from gsender_bcc.probe import reserved_culprits
 
+IDLE = next(i for i, name in reserved_culprits().items() if name == "idle")
 LAYOUT = Layout(sub_bits=3, log2_max=32)
 
 
@@ -116,6 +118,12 @@ class FakeProbe:
         self.cgroups = {}
         self.per_cgroup = per_cgroup
         self.forgotten = set()
+        self.pairs = None  # with attribution: (victim, culprit) -> ns, cumulative
+
+    def blame(self, us, cgroup, culprit):
+        """Count one sample of ``us`` in ``cgroup``, all of it behind ``culprit``."""
+        self.add(us, cgroup=cgroup)
+        self.pairs[cgroup, culprit] = self.pairs.get((cgroup, culprit), 0) + us * 1000
 
     def add(self, us, n=1, cgroup=None):
         if cgroup is None:
@@ -129,7 +137,8 @@ class FakeProbe:
 
     def read_snapshot(self):
         return Snapshot(Counts(array("q", self.slots), self.sum_ns), 0,
-                        {c: Counts(array("q", s), t) for c, (s, t) in self.cgroups.items()})
+                        {c: Counts(array("q", s), t) for c, (s, t) in self.cgroups.items()},
+                        None if self.pairs is None else dict(self.pairs))
 
     def forget(self, cgroups):
         self.forgotten |= set(cgroups)
@@ -395,6 +404,49 @@ class TestServices:
         assert interval["t.count"] == sum(v for k, v in interval.items()
                                           if k.startswith("t.service.") and k.endswith(".count"))
         assert interval["t.agent.services_overflow"] == 4
+
+    @pytest.mark.parametrize("max_culprits", [0, 1])
+    def test_who_waited_behind_whom_is_sent_with_the_attribution(self, tree, max_culprits):
+        nginx, cron = (os.stat(tree / name).st_ino for name in ("system.slice/nginx.service",
+                                                                 "system.slice/cron.service"))
+        probe = FakeProbe(per_cgroup=True)
+        probe.pairs = {}
+
+        def load():
+            probe.blame(300, nginx, cron)
+            probe.blame(200, nginx, nginx)
+            probe.blame(100, cron, IDLE)
+        clock = FakeClock(100.0, [(101, load), stop_at(106)])
+        config = Config(frequency=5, prefix="t", max_culprits=max_culprits)
+        sink, _ = run_daemon(clock, probe, config=config, cgroup_tree=CgroupTree(tree),
+                             keep_unfinished=False)
+        sent = {path: value for path, value in sink.intervals[0].items()
+                if "behind" in path or "caused" in path}
+        assert sent == ({} if not max_culprits else {
+            "t.behind.idle_ms": 0.1, "t.behind.migrated_ms": 0.0, "t.behind.untracked_ms": 0.0,
+            "t.service.nginx.behind_self_ms": 0.2, "t.service.nginx.behind_others_ms": 0.3,
+            "t.service.nginx.caused_ms": 0.0, "t.service.nginx.behind.cron_ms": 0.3,
+            "t.service.nginx.behind.other_ms": 0.2,
+            "t.service.cron.behind_self_ms": 0.0, "t.service.cron.behind_others_ms": 0.1,
+            "t.service.cron.caused_ms": 0.3, "t.service.cron.behind.idle_ms": 0.1,
+            "t.service.cron.behind.other_ms": 0.0})
+
+    def test_the_part_a_restart_carried_over_sends_no_culprits(self, tree, tmp_path):
+        """The carried-over part has no culprit pairs: the interval it is added to sends no
+        attribution series, rather than ones that do not add up to its wait."""
+        nginx = os.stat(tree / "system.slice/nginx.service").st_ino
+        config = Config(frequency=5, prefix="t", max_culprits=3, state_directory=tmp_path)
+        first = FakeProbe(per_cgroup=True)
+        first.pairs = {}
+        clock = FakeClock(100.0, [(101, lambda: first.blame(40, nginx, IDLE)), stop_at(102)])
+        run_daemon(clock, first, config=config, cgroup_tree=CgroupTree(tree))
+        second = FakeProbe(per_cgroup=True)
+        second.pairs = {}
+        clock = FakeClock(102.5, [(103, lambda: second.blame(10, nginx, IDLE)),
+                                  (108, lambda: second.blame(20, nginx, IDLE)), stop_at(111)])
+        sink, _ = run_daemon(clock, second, config=config, cgroup_tree=CgroupTree(tree))
+        assert [(i["@"], i["t.service.nginx.wait_ms"], i.get("t.behind.idle_ms"))
+                for i in sink.intervals] == [(105, 0.05, None), (110, 0.02, 0.02)]
 
     def test_a_user_service_is_never_merged_into_a_system_one(self, tree):
         user = tree / "user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service"

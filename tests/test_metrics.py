@@ -1,5 +1,6 @@
 import pytest
 
+from gsender_bcc.blame import MAX_CULPRIT_CHARS, Blame
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats
 from gsender_bcc import metrics
@@ -50,10 +51,11 @@ class TestLongestSeries:
         config = Config(prefix=prefix, tags=tags)
         stats = STATS.__class__(**{**STATS.__dict__, "log2_rates": ((1 << 32, 0.5),)})
         service = ServiceStats("s" * metrics.MAX_SERVICE_CHARS, stats,
-                               {figure: 1.0 for figure in metrics.SERVICE_FIGURES})
+                               {figure: 1.0 for figure in metrics.SERVICE_FIGURES},
+                               Blame(1, 2, 3, (("c" * MAX_CULPRIT_CHARS, 4),), 5))
         figures = {name: 0 for name in ("queued_intervals", "dropped_intervals",
                                         "send_failures", "spool_errors", "services_overflow")}
-        points = to_datapoints(stats, config, [service])
+        points = to_datapoints(stats, config, [service], {"untracked": 6})
         points += agent_points(config, figures)
         lines = encode(message_builder(), Interval(1700000010, tuple(points))).splitlines()
         assert [line for line in lines if parse_line(line) is None] == []
@@ -61,6 +63,12 @@ class TestLongestSeries:
         assert longest <= metrics.MAX_PATH_CHARS
         if tags:  # the tagged style is the longer one: it sets the limit
             assert longest == metrics.MAX_PATH_CHARS
+            assert [p.path for p in points if len(metrics.series_key(p)) == longest] == [
+                f"{prefix}.service.behind_ms"]  # a culprit's, with the longest names
+
+    def test_a_culprit_name_is_cut_to_keep_the_limit(self):
+        from gsender_bcc.blame import culprit_name
+        assert len(culprit_name("c" * metrics.MAX_SERVICE_CHARS, ())) == MAX_CULPRIT_CHARS
 
     def test_one_character_more_is_refused(self):
         with pytest.raises(ValueError, match=f"at most {metrics.MAX_PREFIX_CHARS} leave room"):
@@ -140,3 +148,50 @@ def test_summary_line():
     assert summary(STATS) == ("120 samples in 5.0s, mean=12.3us p50=8.5us p90=21us p99=34us "
                               "max=68us")
     assert summary(IntervalStats(15.0, 0, 0, None, (), None, (), 0)) == "0 samples in 15.0s"
+
+
+BLAMED = ServiceStats("nginx", SERVICE.stats, {}, Blame(
+    behind_self_ns=4_000_000, behind_others_ns=17_000_000, caused_ns=2_500_000,
+    culprits=(("batch", 12_000_000), ("nginx", 4_000_000)), rest_ns=5_000_000))
+HOST_BEHIND = {"idle": 1_250_000, "migrated": 0, "untracked": 3}
+
+
+class TestCulpritSeries:
+    def lines(self, config):
+        """The culprit lines ``--stdout`` prints for the interval (the StdoutSink's writes)."""
+        import io
+        from gsender_bcc.sink import StdoutSink
+        printed = io.StringIO()
+        StdoutSink(config, printed).submit(Interval(10, tuple(
+            to_datapoints(STATS, config, [BLAMED], HOST_BEHIND))))
+        return [line for line in printed.getvalue().splitlines()
+                if "behind" in line or "caused" in line]
+
+    def test_hierarchical_bytes(self):
+        assert self.lines(Config(prefix="h.cpu-lat", bucket_series=False)) == [
+            "h.cpu-lat.behind.idle_ms 1.25 10",
+            "h.cpu-lat.behind.migrated_ms 0.0 10",
+            "h.cpu-lat.behind.untracked_ms 0.0 10",
+            "h.cpu-lat.service.nginx.behind_self_ms 4.0 10",
+            "h.cpu-lat.service.nginx.behind_others_ms 17.0 10",
+            "h.cpu-lat.service.nginx.caused_ms 2.5 10",
+            "h.cpu-lat.service.nginx.behind.batch_ms 12.0 10",
+            "h.cpu-lat.service.nginx.behind.nginx_ms 4.0 10",
+            "h.cpu-lat.service.nginx.behind.other_ms 5.0 10"]
+
+    def test_tagged_bytes(self, monkeypatch):
+        monkeypatch.setattr(metrics.socket, "gethostname", lambda: "web-01.example")
+        assert self.lines(Config(tags=True, bucket_series=False)) == [
+            "cpu-lat.behind_ms;culprit=idle;host=web-01 1.25 10",
+            "cpu-lat.behind_ms;culprit=migrated;host=web-01 0.0 10",
+            "cpu-lat.behind_ms;culprit=untracked;host=web-01 0.0 10",
+            "cpu-lat.service.behind_self_ms;host=web-01;service=nginx 4.0 10",
+            "cpu-lat.service.behind_others_ms;host=web-01;service=nginx 17.0 10",
+            "cpu-lat.service.caused_ms;host=web-01;service=nginx 2.5 10",
+            "cpu-lat.service.behind_ms;culprit=batch;host=web-01;service=nginx 12.0 10",
+            "cpu-lat.service.behind_ms;culprit=nginx;host=web-01;service=nginx 4.0 10",
+            "cpu-lat.service.behind_ms;culprit=other;host=web-01;service=nginx 5.0 10"]
+
+    def test_none_without_attribution(self):
+        points = to_datapoints(STATS, Config(prefix="p"), [SERVICE])
+        assert not [p for p in points if "behind" in p.path or "caused" in p.path]

@@ -12,7 +12,10 @@ import pytest
 
 from gsender_bcc.cgroups import OTHER, Resolved
 from gsender_bcc.histogram import Counts, Layout, Measured, Snapshot, empty_counts, slot_of
-from gsender_bcc.probe import overflow_cgroup
+from gsender_bcc.blame import Blame
+from gsender_bcc.config import Config
+from gsender_bcc.metrics import to_datapoints
+from gsender_bcc.probe import overflow_cgroup, reserved_culprits
 from gsender_bcc.sampler import Sampler
 
 LAYOUT = Layout(sub_bits=3, log2_max=32)
@@ -24,9 +27,20 @@ class FakeMap:
 
     layout = LAYOUT
 
-    def __init__(self):
+    def __init__(self, attribution=False):
         self.entries = {}
         self.forgotten = []
+        self.pairs = {} if attribution else None  # (victim, culprit) -> ns, cumulative
+
+    def blamed(self, victim, behind):
+        """Count one sample of ``victim`` that waited behind each culprit ``behind[c]`` ns."""
+        total = sum(behind.values())
+        slots, summed = self.entries.get(victim, (array("q", bytes(8 * LAYOUT.slots)), 0))
+        slots = array("q", slots)
+        slots[slot_of(LAYOUT, total // 1000)] += 1
+        self.entries[victim] = (slots, summed + total)
+        for culprit, ns in behind.items():
+            self.pairs[victim, culprit] = self.pairs.get((victim, culprit), 0) + ns
 
     def count(self, cgroup, samples, us=10):
         slots, total = self.entries.get(cgroup, (array("q", bytes(8 * LAYOUT.slots)), 0))
@@ -36,12 +50,15 @@ class FakeMap:
 
     def read_snapshot(self):
         return Snapshot(empty_counts(LAYOUT), 0, {cgroup: Counts(array("q", slots), total)
-                                                  for cgroup, (slots, total) in self.entries.items()})
+                                                  for cgroup, (slots, total) in self.entries.items()},
+                        None if self.pairs is None else dict(self.pairs))
 
     def forget(self, cgroups):
         for cgroup in cgroups:
             self.forgotten.append(cgroup)
             self.entries.pop(cgroup, None)
+            if self.pairs is not None:
+                self.pairs = {pair: ns for pair, ns in self.pairs.items() if cgroup not in pair}
 
 
 class FakeTree:
@@ -213,3 +230,112 @@ def test_an_interval_carried_over_is_named_against_the_latest_reading():
 def test_measuring_needs_a_start():
     with pytest.raises(RuntimeError, match="start"):
         Sampler(FakeMap(), None, FakeClock()).measure()
+
+
+# -- who waited behind whom (attribution on) --
+
+MS = 1_000_000
+IDLE = next(i for i, name in reserved_culprits().items() if name == "idle")
+
+
+def blaming(*services):
+    """A map with attribution and a tree naming ``(cgroup, service)`` each."""
+    kernel, tree = FakeMap(attribution=True), FakeTree()
+    for cgroup, service in services:
+        tree.make(cgroup, service)
+    return kernel, tree
+
+
+def rows(shown):
+    return {s.name: (s.stats.count, s.blame) for s in shown}
+
+
+def test_a_service_that_causes_wait_is_ranked_even_without_samples():
+    kernel, tree = blaming((1, "web"), (2, "db"), (3, "batch"))
+    sampler = Sampler(kernel, tree, FakeClock())
+    sampler.start()
+    kernel.blamed(1, {3: 30 * MS})  # web waits behind batch, which never waits
+    kernel.blamed(2, {2: 10 * MS})
+    measured = sampler.measure()
+    assert rows(sampler.services(measured, 2, 3)) == {
+        "batch": (0, Blame(0, 0, 30 * MS, (), 0)),
+        "web": (1, Blame(0, 30 * MS, 0, (("batch", 30 * MS),), 0)),
+        OTHER: (1, Blame(10 * MS, 0, 0, (("db", 10 * MS),), 0))}
+    # Without attribution (max_culprits = 0) the ranking is by wait alone, with no Blame.
+    assert rows(sampler.services(measured, 2, 0)) == {"web": (1, None), "db": (1, None)}
+
+
+def test_the_other_row_sums_its_members_figures():
+    kernel, tree = blaming((1, "web"), (2, "db"), (3, "batch"))
+    sampler = Sampler(kernel, tree, FakeClock())
+    sampler.start()
+    kernel.blamed(1, {1: 50 * MS, 2: 40 * MS})
+    kernel.blamed(2, {3: 5 * MS, IDLE: 1 * MS})
+    kernel.blamed(3, {3: 2 * MS, 1: 3 * MS})
+    shown = sampler.services(sampler.measure(), 1, 1)
+    assert rows(shown) == {
+        "web": (1, Blame(50 * MS, 40 * MS, 3 * MS, (("web", 50 * MS),), 40 * MS)),
+        OTHER: (2, Blame(2 * MS, 9 * MS, 45 * MS, (("batch", 7 * MS),), 4 * MS))}
+
+
+def test_the_series_keep_the_conservation_laws_exactly():
+    """Per service: behind_self + behind_others = wait_ms = Σ behind.*; over the services
+    (other included): Σ caused + Σ the host's behind.<reserved> = Σ behind_others."""
+    kernel, tree = blaming((1, "web"), (2, "db"), (3, "batch"), (4, "cron"))
+    sampler = Sampler(kernel, tree, FakeClock())
+    sampler.start()
+    kernel.blamed(1, {1: 5 * MS, 2: 7 * MS, 3: 11 * MS, IDLE: 2 * MS})
+    kernel.blamed(2, {3: 13 * MS, OVERFLOW: 1 * MS})
+    kernel.blamed(3, {1: 3 * MS, 3: 17 * MS})
+    kernel.blamed(4, {2: 19 * MS})
+    kernel.blamed(9, {1: 23 * MS, 4: 1 * MS})  # an unnamed cgroup: other
+    measured = sampler.measure()
+    points = to_datapoints(sampler.host(measured), Config(prefix="p", bucket_series=False),
+                           sampler.services(measured, 2, 1), sampler.host_behind(measured))
+    values = {p.path: p.value for p in points}
+    services = {path.split(".")[2] for path in values if path.startswith("p.service.")}
+    assert services == {"web", "batch", OTHER}
+    for name in services:
+        own = {path.split(".", 3)[3]: v for path, v in values.items()
+               if path.startswith(f"p.service.{name}.")}
+        behind = [v for stat, v in own.items() if stat.startswith("behind.")]
+        assert own["behind_self_ms"] + own["behind_others_ms"] == own["wait_ms"] == sum(behind)
+        assert len(behind) == 2  # max_culprits = 1, and behind.other
+    assert sum(values[f"p.service.{name}.caused_ms"] for name in services) + sum(
+        values[f"p.behind.{name}_ms"] for name in ("idle", "migrated", "untracked")) == sum(
+        values[f"p.service.{name}.behind_others_ms"] for name in services)
+
+
+def test_a_culprit_that_never_waited_is_named_and_forgotten_once_gone():
+    kernel, tree = blaming((1, "web"), (3, "batch"))
+    sampler = Sampler(kernel, tree, FakeClock())
+    sampler.start()
+    kernel.blamed(1, {3: 4 * MS})
+    assert rows(sampler.services(sampler.measure(), 20, 3))["batch"] == (
+        0, Blame(0, 0, 4 * MS, (), 0))
+    assert tree.asked[-1][0] == {1, 3}  # the culprit is named as the victims are
+    tree.existing.remove(3)
+    sampler.services(sampler.measure(), 20, 3)
+    assert kernel.forgotten == [3]
+    assert sampler.baseline.culprits == {}
+    # Its id handed out again counts from zero.
+    tree.make(3, "job")
+    kernel.blamed(1, {3: 1 * MS})
+    assert rows(sampler.services(sampler.measure(), 20, 3))["job"] == (
+        0, Blame(0, 0, 1 * MS, (), 0))
+
+
+def test_an_interval_carried_over_has_no_culprit_figures():
+    kernel, tree = blaming((1, "web"))
+    sampler = Sampler(kernel, tree, FakeClock())
+    kernel.blamed(1, {IDLE: 3 * MS})
+    sampler.start()
+    left = FakeMap()
+    left.count(1, 3)
+    cgroups = left.read_snapshot().cgroups
+    carried = Measured(4.0, cgroups[1], 0, cgroups)
+    shown = sampler.services(carried, 20, 3)
+    assert rows(shown) == {"web": (3, None)} and sampler.host_behind(carried) is None
+    paths = [p.path for p in to_datapoints(sampler.host(carried), Config(prefix="p"), shown,
+                                           sampler.host_behind(carried))]
+    assert not [path for path in paths if "behind" in path or "caused" in path]

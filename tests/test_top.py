@@ -19,6 +19,7 @@ import pytest
 
 from conftest import agent_program_count, assert_unloaded, wait_for_programs_of
 from gsender_bcc import cli, top
+from gsender_bcc.blame import Blame
 from gsender_bcc.histogram import Counts, IntervalStats, Layout, Snapshot
 from gsender_bcc.metrics import ServiceStats, short_hostname
 from gsender_bcc.top import format_duration, line_text, render
@@ -81,18 +82,20 @@ def test_small_example_exactly():
     ("p99", ["db", "web", "cron"], "sort: p99"),
     ("rate", ["web", "db", "cron"], "sort: count/s"),
     ("name", ["cron", "db", "web"], "sort: name"),
+    ("caused", ["cron", "db", "web"], "sort: caused"),  # not measured: by name
 ])
 def test_sort_orders(sort, order, title):
     lines = texts(render(SMALL_HOST, SMALL_SERVICES, 72, 16, sort, hostname="web-01"))
     assert title in lines[0]
     assert [line.split()[0] for line in lines[10:13]] == order
     header = render(SMALL_HOST, SMALL_SERVICES, 72, 16, sort)[9]
-    assert [text.strip() for text, hint in header if hint == "sorted"] == [
-        {"wait": "WAIT ms/s", "p99": "P99", "rate": "COUNT/S", "name": "SERVICE"}[sort]]
+    assert [text.strip() for text, hint in header if hint == "sorted"] == {
+        "wait": ["WAIT ms/s"], "p99": ["P99"], "rate": ["COUNT/S"], "name": ["SERVICE"],
+        "caused": []}[sort]  # no CAUSED column without attribution
 
 
 def test_sort_cycle_covers_every_order():
-    assert top.SORT_KEYS == ("wait", "p99", "rate", "name")
+    assert top.SORT_KEYS == ("wait", "caused", "p99", "rate", "name")
     with pytest.raises(ValueError, match="unknown sort order 'size'"):
         render(SMALL_HOST, SMALL_SERVICES, 80, 24, "size")
 
@@ -143,8 +146,59 @@ def test_the_histogram_is_whole_where_there_is_room():
         f"unit-{i:02}" for i in range(10)]
 
 
+def blamed(row, caused_ms, culprits, rest_ms=0.0):
+    """``row`` with its Blame: it caused ``caused_ms`` ms and waited behind ``culprits``,
+    (name, ms) each, and ``rest_ms`` others (the figures are in ms per interval)."""
+    ms = 1_000_000
+    wait = row.stats.wait_ns
+    return ServiceStats(row.name, row.stats, row.figures, Blame(
+        0, wait, round(caused_ms * ms), tuple((n, round(v * ms)) for n, v in culprits),
+        round(rest_ms * ms)))
+
+
+BLAMED_SERVICES = [blamed(SMALL_SERVICES[0], 10.0, (("db", 6.0), ("idle", 2.0)), 2.0),
+                   blamed(SMALL_SERVICES[1], 240.0, ()),
+                   blamed(SMALL_SERVICES[2], 4.0, (("cron", 58.0),), 2.0)]
+
+
+def test_with_attribution_a_caused_column_and_the_first_services_culprits():
+    lines = render(SMALL_HOST, BLAMED_SERVICES, 84, 16, "wait", hostname="web-01")
+    assert texts(lines)[9:] == [
+        "SERVICE                       COUNT/S WAIT ms/s CAUSED ms/s    MEAN     P99 PRESSURE",
+        "db                               20.0      30.0         2.0  1.50ms  6.00ms        -",
+        "web                               100       5.0         5.0  50.0us   120us    12.5%",
+        "cron                              1.0       0.0       120.0  10.0us  12.0us     0.0%",
+        "db behind: cron 29.0 ms/s, other 1.0 ms/s",
+    ]
+    assert lines[-1][0] == ("db behind: ", "header")
+
+
+def test_sorted_by_caused_the_causer_comes_first_with_its_culprits():
+    lines = render(SMALL_HOST, BLAMED_SERVICES, 84, 16, "caused", hostname="web-01")
+    shown = texts(lines)
+    assert "sort: caused" in shown[0]
+    assert [line.split()[0] for line in shown[10:13]] == ["cron", "web", "db"]
+    assert ("CAUSED ms/s".rjust(12), "sorted") in lines[9]
+    assert shown[13] == "cron behind: other 0.0 ms/s"  # it waited behind no one
+
+
+def test_the_culprits_line_keeps_its_row_on_a_short_screen():
+    shown = texts(render(BUSY_HOST, [blamed(s, 1.0, (("x", 1.0),)) for s in BUSY_SERVICES],
+                         80, 24, "wait"))
+    assert len(shown) == 24
+    assert shown[-8:-2] == [
+        "SERVICE                   COUNT/S WAIT ms/s CAUSED ms/s    MEAN     P99 PRESSURE",
+        "gsender-top-test             1800     990.0         1.0   550us  3.97ms    99.0%",
+        "unit-09                      19.0       0.6         1.0  29.0us  60.0us        -",
+        "unit-08                      18.0       0.5         1.0  28.0us  60.0us        -",
+        "unit-07                      17.0       0.5         1.0  27.0us  60.0us        -",
+        "unit-06                      16.0       0.4         1.0  26.0us  60.0us        -"]
+    assert shown[-2:] == ["+7 more", "gsender-top-test behind: x 1.0 ms/s"]
+
+
 @pytest.mark.parametrize("host, services", [
-    (BUSY_HOST, BUSY_SERVICES), (SMALL_HOST, SMALL_SERVICES), (None, None), (None, []),
+    (BUSY_HOST, BUSY_SERVICES), (SMALL_HOST, SMALL_SERVICES), (SMALL_HOST, BLAMED_SERVICES),
+    (None, None), (None, []),
     (stats(0, None, None), []), (SMALL_HOST, None), (BUSY_HOST, [])])
 def test_any_size_degrades_without_error(host, services):
     for width, height in itertools.product(range(0, 90, 3), range(0, 30)):
