@@ -298,10 +298,11 @@ class Config:
         "How long undelivered intervals are kept on disk while Graphite is away, in\n"
         "hours (0.01 to 720), and how much disk they may take, in MiB (1 to 1048576).\n"
         "Past either, the oldest are dropped and counted in\n"
-        "<prefix>.agent.dropped_intervals. 128 MiB holds a day at the defaults\n"
-        "(frequency 15, 20 services of 15-character names: about 74 MB a day), and\n"
-        "about 2.9 hours at frequency 1; about 23 hours with max_culprits = 3.")
-    buffer_megabytes: int = setting("graphite", _whole(1, 1 << 20, "MiB"), 128, "")
+        "<prefix>.agent.dropped_intervals. 160 MiB holds a day at the defaults\n"
+        "(frequency 15, 20 services of 15-character names, 3 culprits each: about\n"
+        "140 MB a day; 74 MB with max_culprits = 0), and about 1.9 hours at\n"
+        "frequency 1.")
+    buffer_megabytes: int = setting("graphite", _whole(1, 1 << 20, "MiB"), 160, "")
     tags: bool = setting(
         "graphite", _boolean, False,
         "Send Graphite 1.1 tagged series (cpu-lat.p99;host=web-01) instead of paths\n"
