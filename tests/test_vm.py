@@ -45,7 +45,7 @@ OPERATOR_CHECKS = ["old-running"] + [
     "purge-removed"]
 CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69", "no-headers",
           "series-arrived",
-          "service-series", "accuracy", "physics", "series-stamps", "series-order", "series-rates",
+          "service-series", "accuracy", "physics", "culprit", "series-stamps", "series-order", "series-rates",
           "series-slots", "reload",
           "reload-frequency", "security-score", "no-restarts", "watchdog", "bpf-programs",
           "clean-stop", "config-error", "config-error-message", "missing-header-69",
@@ -388,3 +388,15 @@ def test_arrived_counts_only_what_was_measured_and_allows_one_in_flight():
     assert gc.check_arrived([1002, 1004, 1014, 1016], measured, 1001, 1016, 2)[0]  # one in flight
     assert not gc.check_arrived([1002, 1014, 1016], measured, 1001, 1016, 2)[0]
     assert not gc.check_arrived([1002, 1004], [], 1001, 1016, 2)[0]  # nothing measured: no proof
+
+
+def test_culprit_check_wants_the_burner_on_top_and_can_fail():
+    totals = {"gsender-vm-burn": 5200.0, "gsender-vm-busy": 900.0, "other": 9000.0, "idle": 1.0}
+    ok, detail = gc.check_culprit(totals, "gsender-vm-burn")
+    assert ok, detail
+    assert detail.startswith("top culprit gsender-vm-burn (expected gsender-vm-burn): "
+                             "gsender-vm-burn 5200.0 ms, gsender-vm-busy 900.0 ms")
+    # The rest (other) never counts as the top culprit; the busy unit itself on top fails.
+    assert not gc.check_culprit({**totals, "gsender-vm-busy": 5300.0}, "gsender-vm-burn")[0]
+    assert not gc.check_culprit({"other": 10.0}, "gsender-vm-burn")[0]
+    assert not gc.check_culprit({"gsender-vm-burn": 0.0}, "gsender-vm-burn")[0]

@@ -7,6 +7,7 @@ set -u
 out=/dev/ttyS0
 unit=gsender-bcc.service
 busy=gsender-vm-busy.service
+burn=gsender-vm-burn.service
 whisper_dir=/var/lib/graphite/whisper/vm/cpu-lat
 helper() { timeout 300 /usr/bin/python3 /usr/local/lib/gsender-vm/guest_checks.py "$@"; }
 say() { echo "$*" > "$out"; }
@@ -167,6 +168,20 @@ code=$?
 [ $stopped -eq 0 ] || code=1
 check physics $code "${said#VMCHECK physics [A-Z]* }"
 systemctl stop "$busy"
+
+# Culprits: a unit that burns CPU beside the busy unit, on its CPU and with a larger share of it,
+# is whom the busy unit waits behind the most (its 16 loops wait behind each other less).
+start_boundary=$(calc "(int($(now) / $f) + 1) * $f")
+sleep "$(calc "$start_boundary + 0.3 - $(now)")"
+systemctl start "$busy" "$burn"
+sleep 6
+systemctl stop "$busy" "$burn"
+last=$(( $(calc "(int($(now) / $f) + 1) * $f") + f ))
+sleep "$(calc "$last + 1 - $(now)")"
+wait_for 30 stamp_delivered "$last"
+said=$(helper culprit "$whisper_dir" --from "$start_boundary" --until "$last" \
+	--service "${busy%.service}" --culprit "${burn%.service}")
+check culprit $? "service.${busy%.service}: ${said#VMCHECK culprit [A-Z]* }"
 
 # Plausible series: every interval since the start, before the reload.
 helper series "$whisper_dir" --frequency $f --from 0 --until "$(date +%s)" > "$out"

@@ -10,6 +10,7 @@ on the guest's own python3 (3.9 on bullseye) with nothing but python3-whisper.
     guest_checks.py accuracy DIR --frequency F --from S0 --until S1 --run-delay-ns NS --service NAME
     guest_checks.py physics  DIR --frequency F --from S0 --until S1 --service NAME
                              --pids "PID..." --stopped-at UPTIME
+    guest_checks.py culprit  DIR --from S0 --until S1 --service NAME --culprit NAME
     guest_checks.py reload   DIR --frequency F --since T --need N
     guest_checks.py stamps   DIR --since T                  (prints the stamps delivered since T)
     guest_checks.py continuity DIR --frequency F --from T0 --until T1 --name NAME
@@ -294,6 +295,32 @@ def check_physics(service_window: Sequence[Interval], first: int, last: int, fre
                 f"loops: {error:+.2%} (tolerance {PHYSICS_TOLERANCE:.0%})" + note)
 
 
+def culprit_totals(directory: str, service: str, since: int, until: int) -> Dict[str, float]:
+    """Σ of each of ``service``'s ``behind.<culprit>_ms`` series stamped in (since, until], by
+    culprit (``other`` included)."""
+    import whisper
+    folder = os.path.join(directory, "service", service, "behind")
+    totals = {}
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        if entry.endswith("_ms.wsp"):
+            (start, _end, step), values = whisper.fetch(os.path.join(folder, entry), since, until)
+            totals[entry[:-len("_ms.wsp")]] = sum(
+                v for i, v in enumerate(values)
+                if v is not None and since < start + i * step <= until)
+    return totals
+
+
+def check_culprit(totals: Dict[str, float], expected: str) -> Tuple[bool, str]:
+    """The named culprit (not ``other``, the rest) with the most charge must be ``expected``."""
+    named = {name: ms for name, ms in totals.items() if name != "other"}
+    if not named:
+        return False, f"no behind.<culprit>_ms series (expected {expected} on top)"
+    ranked = sorted(named, key=lambda name: (-named[name], name))
+    listed = ", ".join(f"{name} {named[name]:.1f} ms" for name in ranked[:4])
+    ok = ranked[0] == expected and named[ranked[0]] > 0
+    return ok, f"top culprit {ranked[0]} (expected {expected}): {listed}"
+
+
 def sched_clock_s(pid: int, proc: str = "/proc") -> Optional[float]:
     """When the process last started to run, on its CPU's scheduler clock (se.exec_start), in s.
 
@@ -434,7 +461,8 @@ def agent_programs(listing: list, pid: int, fdinfo: Sequence[int]) -> Tuple[List
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
-    for name in ("series", "accuracy", "physics", "reload", "stamps", "continuity", "arrived"):
+    for name in ("series", "accuracy", "physics", "reload", "stamps", "continuity", "arrived",
+                 "culprit"):
         p = sub.add_parser(name)
         p.add_argument("directory")
         p.add_argument("--frequency", type=int, default=0)
@@ -449,6 +477,7 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--stopped-at", type=float, default=0.0)
         p.add_argument("--cpu", type=int, default=1)
         p.add_argument("--measured", default="")
+        p.add_argument("--culprit", default="")
     sub.add_parser("progs").add_argument("--pid", type=int, required=True)
     sub.add_parser("loaded").add_argument("ids", type=int, nargs="*")
     args = parser.parse_args(argv)
@@ -474,6 +503,11 @@ def main(argv: Sequence[str]) -> int:
         else:
             ok, detail = check_arrived(stamps, [int(s) for s in args.measured.split()],
                                        args.first, args.until, args.frequency)
+        print(verdict(args.name, ok, detail))
+        return 0 if ok else 1
+    if args.what == "culprit":
+        ok, detail = check_culprit(culprit_totals(args.directory, args.service, args.first - 1,
+                                                  args.until), args.culprit)
         print(verdict(args.name, ok, detail))
         return 0 if ok else 1
     if args.what == "reload":

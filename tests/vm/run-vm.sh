@@ -186,7 +186,8 @@ grep -qx 'MAX_CREATES_PER_MINUTE = inf' "$root/etc/carbon/carbon.conf" \
 install -m 0755 "$here/guest-check.sh" "$root/usr/local/sbin/gsender-vm-check"
 install -m 0755 "$here/guest-busy.sh" "$root/usr/local/sbin/gsender-vm-busy"
 install -D -m 0644 "$here/guest_checks.py" "$root/usr/local/lib/gsender-vm/guest_checks.py"
-install -m 0644 "$here/gsender-vm-check.service" "$here/gsender-vm-busy.service" "$root/etc/systemd/system/"
+install -m 0644 "$here/gsender-vm-check.service" "$here/gsender-vm-busy.service" \
+	"$here/gsender-vm-burn.service" "$root/etc/systemd/system/"
 echo gsender-vm > "$root/etc/hostname"
 echo "/dev/vda / ext4 rw,errors=remount-ro 0 1" > "$root/etc/fstab"
 ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
