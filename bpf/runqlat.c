@@ -170,7 +170,7 @@ static __always_inline void split_wait(struct timeline *t, u64 victim, u64 end, 
 
 	if (migrated)
 		charge_pair(victim, CULPRIT_MIGRATED, migrated);
-#pragma unroll
+#pragma clang loop unroll(disable)
 	for (i = 1; i <= TIMELINE_SLOTS; i++) {
 		struct occupant *o = &t->slots[(t->written - i) & (TIMELINE_SLOTS - 1)];
 		u64 take;

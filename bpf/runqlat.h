@@ -43,7 +43,7 @@
 #define CULPRIT_IDLE 9223372036854775807
 #define CULPRIT_MIGRATED 9223372036854775806
 #define CULPRIT_UNTRACKED 9223372036854775805
-#define TIMELINE_SLOTS 16
+#define TIMELINE_SLOTS 64
 
 /*
  * One per CPU. The number of samples is the sum of the slots, which stays exact
