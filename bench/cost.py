@@ -79,9 +79,10 @@ def program_stats() -> Dict[int, dict]:
     return {p["id"]: p for p in bpftool("prog", "show")}
 
 
-def program_time(programs: set, rounds: int) -> Tuple[Optional[float], Optional[float]]:
+def program_time(programs: set, rounds: int) -> Tuple[Optional[float], ...]:
     """Time a round trip with kernel.bpf_stats_enabled on; return the ns per run of the
-    programs and their ns in all per round trip (None, None if they did not run)."""
+    programs, their ns in all per round trip and their runs per round trip (None each if they
+    did not run). The programs trace every CPU: what else runs meanwhile counts too."""
     switch = Path("/proc/sys/kernel/bpf_stats_enabled")
     switch.write_text("1")
     try:
@@ -94,7 +95,7 @@ def program_time(programs: set, rounds: int) -> Tuple[Optional[float], Optional[
                 for i in programs if i in after and i in before)
     spent = sum(after[i].get("run_time_ns", 0) - before[i].get("run_time_ns", 0)
                 for i in programs if i in after and i in before)
-    return (spent / count, spent / rounds) if count else (None, None)
+    return (spent / count, spent / rounds, count / rounds) if count else (None, None, None)
 
 
 class DiscardSink:
@@ -137,6 +138,7 @@ class Trial:
     added_ns: Optional[float] = None
     ns_per_run: Optional[float] = None
     bpf_ns_per_round_trip: Optional[float] = None  # the programs' time, all runs of a round trip
+    runs_per_round_trip: Optional[float] = None
     attach_s: Optional[float] = None
     maps: Dict[str, int] = field(default_factory=dict)  # bytes_memlock per map
     rss_anon_kib: Optional[int] = None
@@ -188,7 +190,8 @@ def try_tracer(tracer: Tracer, rounds: int, runs: int, port: int) -> Tuple[Trial
         trial.attach_s = running.attach_s
         round_trip_ns(rounds)  # warm-up
         timed = [round_trip_ns(rounds) for _ in range(runs)]
-        trial.ns_per_run, trial.bpf_ns_per_round_trip = program_time(running.programs, rounds)
+        (trial.ns_per_run, trial.bpf_ns_per_round_trip,
+         trial.runs_per_round_trip) = program_time(running.programs, rounds)
         trial.maps = map_memory(running.maps) if running.maps else {}
         if running.alive():
             status = proc_status(running.proc.pid)

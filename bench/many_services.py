@@ -286,7 +286,7 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
     from gsender_bcc import cgroups
     from gsender_bcc.config import Config
     from gsender_bcc.daemon import SystemClock
-    from gsender_bcc.probe import Probe
+    from gsender_bcc.probe import Probe, overflow_cgroup
     from gsender_bcc.sampler import Sampler
 
     config = Config(**keywords)
@@ -301,6 +301,10 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
             sampler = Sampler(probe, tree, SystemClock())
             sampler.start()
 
+            # Per interval: the share of the pairs' ns counted under the overflow pair (the
+            # map full).
+            shares: List[float] = []
+
             def interval(run_tickers: bool) -> tuple:
                 if run_tickers:
                     tickers.resume()
@@ -312,7 +316,10 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
                 top = sampler.services(measured, config.max_services)
                 spent = (time.perf_counter() - started) * 1000
                 changed = sum(1 for cgroup in measured.cgroups if cgroup in ours)
-                return spent, changed, len(top), len(measured.culprits or ())
+                pairs = measured.culprits or {}
+                overflow = pairs.get((overflow_cgroup(), overflow_cgroup()), 0)
+                shares.append(overflow / sum(pairs.values()) if pairs else 0.0)
+                return spent, changed, len(top), len(pairs)
 
             # The first reading meets COUNT unknown ids: it walks the tree.
             first, changed, _, _ = interval(True)
@@ -326,6 +333,7 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
                                    f", {result['pair_entries']} pairs in the culprit map"))
             for case, run_tickers in (("all_changed", True), ("few_changed", False)):
                 times, changes, sizes, pairs = [], [], [], []
+                shares.clear()
                 for _ in range(repeats):
                     spent, changed, services, changed_pairs = interval(run_tickers)
                     times.append(spent)
@@ -336,10 +344,13 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
                                 "min_ms": min(times), "max_ms": max(times),
                                 "changed": [min(changes), max(changes)],
                                 "pairs_changed": [min(pairs), max(pairs)],
+                                "overflow_share": [min(shares), max(shares)],
                                 "series_sent": max(sizes)}
                 progress(f"{case.replace('_', ' ')}: median {statistics.median(times):.1f} ms "
                          f"({min(times):.1f}-{max(times):.1f}), {min(changes)}-{max(changes)} "
-                         f"of the {count} services changed, {min(pairs)}-{max(pairs)} pairs")
+                         f"of the {count} services changed, {min(pairs)}-{max(pairs)} pairs "
+                         f"({min(shares):.0%}-{max(shares):.0%} of their ns under the overflow "
+                         f"pair)")
             with stage_timers(sampler) as stages:
                 for _ in range(repeats):
                     interval(True)
@@ -431,7 +442,9 @@ def build_lines(result: dict, checks: list) -> List[str]:
         lines += [
             f"- {label}, the same readings ({timed['pair_entries']} (waiting cgroup, culprit) "
             f"pairs in the map after the first interval; {every['pairs_changed'][0]}–"
-            f"{every['pairs_changed'][1]} changed an interval): all changed "
+            f"{every['pairs_changed'][1]} changed an interval, "
+            f"{every['overflow_share'][0]:.0%}–{every['overflow_share'][1]:.0%} of their ns "
+            f"counted under the overflow pair, the map being full): all changed "
             f"{spread(every['ms'], '.1f')} ms, none changed {spread(few['ms'], '.1f')} ms, "
             f"the first interval {timed['first_ms']:.1f} ms; all changed, by stage (medians, "
             f"ms): " + ", ".join(f"{k} {v:.1f}" for k, v in timed["stages_ms"].items()),

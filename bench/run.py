@@ -200,8 +200,10 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     bcc_comparable = not by_key["bcc"].caveat
     rows = [("added ns / round trip", [bench.trial_values(m, "added_ns") for m in modes], ".0f"),
             ("ns / BPF run", [bench.trial_values(m, "ns_per_run") for m in modes], ".1f"),
+            ("BPF program runs / round trip (bpf_stats)",
+             [bench.trial_values(m, "runs_per_round_trip") for m in modes], ".2f"),
             ("BPF programs' ns / round trip (bpf_stats)",
-             [bench.trial_values(m, "bpf_ns_per_round_trip") for m in modes], ".0f"),
+             [bench.trial_values(m, ROUND_TRIP_BPF) for m in modes], ".0f"),
             ("/ empty programs, classic tracepoints",
              [bench.ratios(m, "floor") for m in modes], ".2f"),
             ("/ empty programs, raw tracepoints",
@@ -246,10 +248,11 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
                   "over a round trip (what ns / BPF run leaves out: how often they run; "
                   "bpftrace runs its programs four times a round trip, gsender-bcc its "
                   "sched_switch program twice, with or without attribution, whose "
-                  "sched_migrate_task program a round trip pinned to one CPU never runs). It "
-                  "leaves out the tracepoints' own cost, which added ns / round trip has, but "
-                  "it is the stable figure where a machine's noise swamps the round trips' "
-                  "few hundred ns."]
+                  "sched_migrate_task program a round trip pinned to one CPU never runs; runs above "
+                  "that are other work's context switches on the machine meanwhile, which the "
+                  "programs trace too). It leaves out the tracepoints' own cost, which added "
+                  "ns / round trip has, but it is the stable figure where a machine's noise "
+                  "swamps the round trips' few hundred ns."]
 
     # Memory.
     checks = [
