@@ -176,7 +176,9 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     notes.append("- the empty programs and both peers attach to sched_wakeup, sched_wakeup_new "
                  "and sched_switch; gsender-bcc on raw tracepoints attaches to sched_switch, "
                  "where it reads the wait the scheduler already measured (README: What is "
-                 "measured), and to sched_process_free, which a round trip never runs. Each "
+                 "measured), and to sched_process_free, which a round trip never runs (with "
+                 "attribution also to sched_migrate_task, which a round trip pinned to one "
+                 "CPU never runs either). Each "
                  "round trip runs its sched_switch program twice, and the others' programs four "
                  "times.")
     waited = sum(waited_for_quiet) - 2.0 * len(waited_for_quiet)
