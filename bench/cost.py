@@ -7,7 +7,7 @@ import socket
 import statistics
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -79,7 +79,10 @@ def program_stats() -> Dict[int, dict]:
     return {p["id"]: p for p in bpftool("prog", "show")}
 
 
-def ns_per_program_run(programs: set, rounds: int) -> Optional[float]:
+def program_time(programs: set, rounds: int) -> Tuple[Optional[float], ...]:
+    """Time a round trip with kernel.bpf_stats_enabled on; return the ns per run of the
+    programs, their ns in all per round trip and their runs per round trip (None each if they
+    did not run). The programs trace every CPU: what else runs meanwhile counts too."""
     switch = Path("/proc/sys/kernel/bpf_stats_enabled")
     switch.write_text("1")
     try:
@@ -92,7 +95,7 @@ def ns_per_program_run(programs: set, rounds: int) -> Optional[float]:
                 for i in programs if i in after and i in before)
     spent = sum(after[i].get("run_time_ns", 0) - before[i].get("run_time_ns", 0)
                 for i in programs if i in after and i in before)
-    return spent / count if count else None
+    return (spent / count, spent / rounds, count / rounds) if count else (None, None, None)
 
 
 class DiscardSink:
@@ -134,12 +137,18 @@ class Trial:
 
     added_ns: Optional[float] = None
     ns_per_run: Optional[float] = None
+    bpf_ns_per_round_trip: Optional[float] = None  # the programs' time, all runs of a round trip
+    runs_per_round_trip: Optional[float] = None
     attach_s: Optional[float] = None
-    maps_bytes: Optional[int] = None
+    maps: Dict[str, int] = field(default_factory=dict)  # bytes_memlock per map
     rss_anon_kib: Optional[int] = None
     peak_rss_kib: Optional[int] = None
     survived: bool = False
     failure: str = ""
+
+    @property
+    def maps_bytes(self) -> Optional[int]:
+        return sum(self.maps.values()) if self.maps else None
 
 
 # How busy the CPU pingpong does not use was during the baseline blocks, % (the bench itself
@@ -181,8 +190,9 @@ def try_tracer(tracer: Tracer, rounds: int, runs: int, port: int) -> Tuple[Trial
         trial.attach_s = running.attach_s
         round_trip_ns(rounds)  # warm-up
         timed = [round_trip_ns(rounds) for _ in range(runs)]
-        trial.ns_per_run = ns_per_program_run(running.programs, rounds)
-        trial.maps_bytes = sum(map_memory(running.maps).values()) if running.maps else None
+        (trial.ns_per_run, trial.bpf_ns_per_round_trip,
+         trial.runs_per_round_trip) = program_time(running.programs, rounds)
+        trial.maps = map_memory(running.maps) if running.maps else {}
         if running.alive():
             status = proc_status(running.proc.pid)
             trial.rss_anon_kib, trial.peak_rss_kib = status.get("RssAnon"), status.get("VmHWM")

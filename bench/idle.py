@@ -1,4 +1,5 @@
-"""Phase 2: gsender-bcc idle, both modes side by side, sending to a throwaway carbon-cache."""
+"""Phase 2: gsender-bcc idle, host-only, default and with culprit attribution side by side,
+sending to a throwaway carbon-cache."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class Idle:
 
 
 IDLE_MODES = [("host_only", "bench.hostonly", ["--max-services", "0"]),
-              ("gsender", "bench.default", [])]
+              ("gsender", "bench.default", []),
+              ("culprits", "bench.culprits", ["--max-culprits", "3"])]
 
 # For comparison in the idle runs: a Python process that only wakes once an interval, on the
 # same boundaries as the agent, and does a trifle (what a machine charges for waking at all).
@@ -44,7 +46,7 @@ while True:
 
 
 def idle_run(index: int, total: int, intervals: int, frequency: int) -> Dict[str, Idle]:
-    """Run both modes side by side against one carbon-cache; return their figures."""
+    """Run the modes side by side against one carbon-cache; return their figures."""
     folder = Path(tempfile.mkdtemp(prefix="gsender-bench-carbon-"))
     carbon = CarbonCache(folder)
     results = {key: Idle() for key, _, _ in IDLE_MODES}

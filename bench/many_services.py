@@ -6,7 +6,10 @@ loads the BPF program as the agent does (``Probe(Config())``, per-service breakd
 and times what the daemon does for one interval: ``Sampler.measure`` (read_snapshot, delta)
 then ``Sampler.services`` (CgroupTree.resolve, by_service, top_services, cpu.pressure of
 the top services, interval_stats for the top 20 and other). The Sampler the daemon measures
-with is called, so the timing follows whatever it does.
+with is called, so the timing follows whatever it does. All of it again with culprit
+attribution on (``Config(max_culprits=3)``): read_snapshot then reads the map of (waiting
+cgroup, culprit) pairs too and delta subtracts them, and whatever the Sampler does with
+them is timed with the rest.
 
 Two cases, each repeated: "few changed" (the tickers stopped: every service is in the map,
 only the host's own cgroups changed since the last reading) and "all changed" (the tickers
@@ -45,9 +48,11 @@ STAGES = [
     ("read_snapshot", "probe.py", "read_snapshot"),
     ("  of which _read_cgroups", "probe.py", "_read_cgroups"),
     ("  of which _batched_entries", "probe.py", "_batched_entries"),
+    ("  of which _read_pairs", "probe.py", "_read_pairs"),
     ("delta", "histogram.py", "delta"),
     ("  of which subtract_counts", "histogram.py", "subtract_counts"),
     ("  of which sum_counts", "histogram.py", "sum_counts"),
+    ("  of which culprit_delta", "histogram.py", "culprit_delta"),
     ("CgroupTree.resolve", "cgroups.py", "resolve"),
     ("  of which CgroupTree.walk", "cgroups.py", "walk"),
     ("by_service", "histogram.py", "by_service"),
@@ -235,31 +240,70 @@ def page_touch_ms(pages: int, pause: float, repeats: int = 5) -> Dict[str, float
     return {"pages": pages, "pause_s": pause, "warm_ms": warm, "after_pause_ms": statistics.median(cold)}
 
 
+# The agent's builds timed: (key in the result, label, Config keywords). "culprits" adds the
+# culprit attribution (off by default), whose pairs Sampler.measure reads and subtracts too.
+BUILDS = [("default", "attribution off (the default)", {}),
+          ("culprits", "attribution on (--max-culprits 3)", {"max_culprits": 3})]
+
+
 def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
-    """Return the timings (ms) and profile of one interval with ``count`` live services."""
+    """Return the timings (ms) and profile of one interval with ``count`` live services, for
+    the default build at the top level and for each other build under its key."""
     sys.path.insert(0, str(ROOT))
     from gsender_bcc import cgroups
-    from gsender_bcc.config import Config
-    from gsender_bcc.daemon import SystemClock
-    from gsender_bcc.probe import Probe
-    from gsender_bcc.sampler import Sampler
 
     build_ticker()
     mount = cgroups.v2_mount()
     if mount is None:
         raise RuntimeError("cgroup v2 is not mounted")
-    config = Config()
     made = Cgroups(mount, count)
-    tickers: Optional[Tickers] = None
     result: dict = {"count": count, "repeats": repeats, "mount": str(mount)}
     try:
-        progress(f"{count} cgroups made under {made.parent}; loading the probe")
+        for key, label, keywords in BUILDS:
+            progress(f"{label}: {count} cgroups made under {made.parent}; loading the probe")
+
+            def say(text: str, key: str = key) -> None:
+                progress(f"{key}: {text}")
+            if key == "default":
+                result.update(measure_build(made, mount, keywords, repeats, True, say))
+                continue
+            try:  # the default's figures stand whatever happens to another build's
+                result[key] = measure_build(made, mount, keywords, repeats, False, say)
+            except Exception as error:
+                say(f"FAILED: {error}")
+                result[key] = {"failure": str(error)}
+    finally:
+        left = made.remove()
+        result["cgroups_left"] = left
+        if left:
+            progress(f"could not remove {len(left)} cgroups, e.g. {left[0]}")
+    return result
+
+
+def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, pages: bool,
+                  progress) -> dict:
+    """Time intervals of one build of the probe (Config(**keywords)) over the cgroups made."""
+    from gsender_bcc import cgroups
+    from gsender_bcc.config import Config
+    from gsender_bcc.daemon import SystemClock
+    from gsender_bcc.probe import Probe, overflow_cgroup
+    from gsender_bcc.sampler import Sampler
+
+    config = Config(**keywords)
+    count = len(made.children)
+    tickers: Optional[Tickers] = None
+    result: dict = {}
+    try:
         with Probe(config) as probe:
             tickers = Tickers(made.parent, count)
             ours = made.ids()
             tree = cgroups.CgroupTree(mount)
             sampler = Sampler(probe, tree, SystemClock())
             sampler.start()
+
+            # Per interval: the share of the pairs' ns counted under the overflow pair (the
+            # map full).
+            shares: List[float] = []
 
             def interval(run_tickers: bool) -> tuple:
                 if run_tickers:
@@ -272,28 +316,41 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
                 top = sampler.services(measured, config.max_services)
                 spent = (time.perf_counter() - started) * 1000
                 changed = sum(1 for cgroup in measured.cgroups if cgroup in ours)
-                return spent, changed, len(top), len(measured.cgroups)
+                pairs = measured.culprits or {}
+                overflow = pairs.get((overflow_cgroup(), overflow_cgroup()), 0)
+                shares.append(overflow / sum(pairs.values()) if pairs else 0.0)
+                return spent, changed, len(top), len(pairs)
 
             # The first reading meets COUNT unknown ids: it walks the tree.
             first, changed, _, _ = interval(True)
             result["first_ms"] = first
             result["first_changed"] = changed
             result["map_entries"] = len(sampler.baseline.cgroups)
-            progress(f"first interval (walks the tree): {first:.1f} ms, {changed} services changed")
+            result["pair_entries"] = (None if sampler.baseline.culprits is None
+                                      else len(sampler.baseline.culprits))
+            progress(f"first interval (walks the tree): {first:.1f} ms, {changed} services "
+                     f"changed" + ("" if result["pair_entries"] is None else
+                                   f", {result['pair_entries']} pairs in the culprit map"))
             for case, run_tickers in (("all_changed", True), ("few_changed", False)):
-                times, changes, sizes = [], [], []
+                times, changes, sizes, pairs = [], [], [], []
+                shares.clear()
                 for _ in range(repeats):
-                    spent, changed, services, listed = interval(run_tickers)
+                    spent, changed, services, changed_pairs = interval(run_tickers)
                     times.append(spent)
                     changes.append(changed)
                     sizes.append(services)
+                    pairs.append(changed_pairs)
                 result[case] = {"ms": times, "median_ms": statistics.median(times),
                                 "min_ms": min(times), "max_ms": max(times),
                                 "changed": [min(changes), max(changes)],
+                                "pairs_changed": [min(pairs), max(pairs)],
+                                "overflow_share": [min(shares), max(shares)],
                                 "series_sent": max(sizes)}
                 progress(f"{case.replace('_', ' ')}: median {statistics.median(times):.1f} ms "
                          f"({min(times):.1f}-{max(times):.1f}), {min(changes)}-{max(changes)} "
-                         f"of the {count} services changed")
+                         f"of the {count} services changed, {min(pairs)}-{max(pairs)} pairs "
+                         f"({min(shares):.0%}-{max(shares):.0%} of their ns under the overflow "
+                         f"pair)")
             with stage_timers(sampler) as stages:
                 for _ in range(repeats):
                     interval(True)
@@ -301,29 +358,31 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
                                    for name, times in stages.items()}
             progress("all changed, by stage (medians, ms): " + ", ".join(
                 f"{name} {ms:.1f}" for name, ms in result["stages_ms"].items()))
-            profile, calls = cProfile.Profile(), 3
-            for _ in range(calls):
-                tickers.resume()
-                time.sleep(0.3)
-                tickers.pause()
-                time.sleep(0.2)
-                profile.enable()
-                sampler.services(sampler.measure(), config.max_services)
-                profile.disable()
-            result["profile"] = profile_lines(profile, calls)
-            values = result["map_entries"] * ctypes.sizeof(probe._cgroups.Leaf)
-            result["pages"] = page_touch_ms(-(-values // 4096), 0.2)
-            progress(f"touching {result['pages']['pages']} pages (the map values' size): "
-                     f"{result['pages']['warm_ms']:.2f} ms warm, "
-                     f"{result['pages']['after_pause_ms']:.2f} ms after a 0.2 s pause")
+            result["profile"] = profile_run(sampler, tickers, config)
+            if pages:
+                values = result["map_entries"] * ctypes.sizeof(probe._cgroups.Leaf)
+                result["pages"] = page_touch_ms(-(-values // 4096), 0.2)
+                progress(f"touching {result['pages']['pages']} pages (the map values' size): "
+                         f"{result['pages']['warm_ms']:.2f} ms warm, "
+                         f"{result['pages']['after_pause_ms']:.2f} ms after a 0.2 s pause")
     finally:
         if tickers is not None:
             tickers.close()
-        left = made.remove()
-        result["cgroups_left"] = left
-        if left:
-            progress(f"could not remove {len(left)} cgroups, e.g. {left[0]}")
     return result
+
+
+def profile_run(sampler, tickers: Tickers, config, calls: int = 3) -> List[str]:
+    """More all-changed readings under cProfile: where the time goes."""
+    profile = cProfile.Profile()
+    for _ in range(calls):
+        tickers.resume()
+        time.sleep(0.3)
+        tickers.pause()
+        time.sleep(0.2)
+        profile.enable()
+        sampler.services(sampler.measure(), config.max_services)
+        profile.disable()
+    return profile_lines(profile, calls)
 
 
 def report_lines(result: dict, checks: list) -> List[str]:
@@ -361,8 +420,36 @@ def report_lines(result: dict, checks: list) -> List[str]:
                 f"{pages['warm_ms']:.2f} ms warm and {pages['after_pause_ms']:.2f} ms after "
                 f"the same {pages['pause_s']:g} s pause the timed readings follow; every "
                 f"interval of the agent starts after such a pause.")
+        lines += build_lines(result, checks)
     elif result.get("failure"):
         lines = ["", f"## Many live services: FAILED: {result['failure']}"]
+    return lines
+
+
+def build_lines(result: dict, checks: list) -> List[str]:
+    """The report's lines and targets for the builds other than the default."""
+    from common import Check, spread
+    lines: List[str] = []
+    for key, label, _ in BUILDS[1:]:
+        timed = result.get(key) or {"failure": "not measured"}
+        every = timed.get("all_changed")
+        checks.append(Check(f"one interval with {result['count']} services, {label.split(' (')[0]}"
+                            f", all changed, ms", every["ms"] if every else [], 25, " ms", ".1f"))
+        if not every:
+            lines.append(f"- {label}: FAILED: {timed.get('failure')}")
+            continue
+        few = timed["few_changed"]
+        lines += [
+            f"- {label}, the same readings ({timed['pair_entries']} (waiting cgroup, culprit) "
+            f"pairs in the map after the first interval; {every['pairs_changed'][0]}–"
+            f"{every['pairs_changed'][1]} changed an interval, "
+            f"{every['overflow_share'][0]:.0%}–{every['overflow_share'][1]:.0%} of their ns "
+            f"counted under the overflow pair, the map being full): all changed "
+            f"{spread(every['ms'], '.1f')} ms, none changed {spread(few['ms'], '.1f')} ms, "
+            f"the first interval {timed['first_ms']:.1f} ms; all changed, by stage (medians, "
+            f"ms): " + ", ".join(f"{k} {v:.1f}" for k, v in timed["stages_ms"].items()),
+            f"- {label}, profile (ms per interval): " + "; ".join(timed.get("profile", [])),
+        ]
     return lines
 
 

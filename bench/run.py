@@ -5,24 +5,28 @@ job (tests, VMs) shares the machine while it times. Phases, with progress on std
 
 1. Cost per round trip, RUNS times over. Tracers: empty programs on the classic and on
    the raw tracepoints (the floors), gsender-bcc host-only (--max-services 0), gsender-bcc
-   as deployed (per-service breakdown on), bpftrace's runqlat.bt and bcc's runqlat. In
+   as deployed (per-service breakdown on), gsender-bcc with culprit attribution
+   (--max-culprits 3, off by default), bpftrace's runqlat.bt and bcc's runqlat. In
    each run the tracers take turns in an order rotated by one from the previous run, with
    a block of baseline runs (no tracer) before the first, between any two and after the
    last. A tracer's added cost is the median of its round trips minus the median of the
    baseline blocks on either side. Each run also gives the ns per BPF program run
    (kernel.bpf_stats_enabled, a separate round trip run as the statistics cost time
-   themselves), the time to attach, the bytes_memlock of its BPF maps and its RssAnon.
-   Ratios are taken within a run, then summarised over the runs.
-2. gsender-bcc idle, once a run: host-only and default side by side, each sending to a
-   throwaway carbon-cache on loopback at the default frequency; CPU over four intervals,
-   then RssAnon, peak RSS and bytes_memlock.
+   themselves) and the programs' time per round trip from the same, the time to attach,
+   the bytes_memlock of its BPF maps and its RssAnon. Ratios are taken within a run, then
+   summarised over the runs.
+2. gsender-bcc idle, once a run: host-only, default and with attribution side by side, each
+   sending to a throwaway carbon-cache on loopback at the default frequency; CPU over four
+   intervals, then RssAnon, peak RSS and bytes_memlock.
 3. gsender-bcc with Graphite down: frequency 1, nothing listening on its port; RssAnon
    after 100 and after 1000 undelivered intervals, and the slope between them in KiB per
    interval (issues 11 and 28). UNDELIVERED_RUNS agents run side by side, each its own run
    (memory, not time, is measured), so the phase takes about 17 minutes however many.
-4. One interval with 1000 live services, timed in-process (bench/many_services.py).
-5. BPF map memory of the agent computed from the map definitions at 256 CPUs, beside
-   bytes_memlock read on this machine.
+4. One interval with 1000 live services, timed in-process (bench/many_services.py), with
+   attribution off (the default) and on.
+5. BPF map memory of the agent computed from the map definitions at 256 CPUs, for the
+   default and with attribution, beside bytes_memlock read on this machine while the agent
+   ran in phase 2 (or else 1).
 6. BCC's compile of the program against the package's include tree beside the same compile
    against the distro's kernel headers, each in a fresh process: seconds and peak RSS
    (bench/compile_cost.py).
@@ -86,6 +90,8 @@ def services_run(count: int, repeats: int) -> dict:
 
 # ---- summarising and reporting ------------------------------------------------------------------
 
+ROUND_TRIP_BPF = "bpf_ns_per_round_trip"  # the Trial attribute of the programs' time
+
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in
                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
@@ -115,9 +121,20 @@ class Bench:
     def trial_values(self, key: str, attribute: str) -> List[Optional[float]]:
         return [getattr(run[key], attribute) if key in run else None for run in self.cost]
 
-    def ratios(self, ours: str, peer: str) -> List[Optional[float]]:
-        return [ratio(run[ours].added_ns, run[peer].added_ns)
+    def ratios(self, ours: str, peer: str, attribute: str = "added_ns") -> List[Optional[float]]:
+        return [ratio(getattr(run[ours], attribute), getattr(run[peer], attribute))
                 if ours in run and peer in run else None for run in self.cost]
+
+    def measured_maps(self) -> Dict[str, Dict[str, int]]:
+        """bytes_memlock per map of each tracer, from its last run that read them (the idle
+        phase's before the cost phase's)."""
+        found: Dict[str, Dict[str, int]] = {}
+        for runs in (self.idle, self.cost):
+            for run in reversed(runs):
+                for key, result in run.items():
+                    if getattr(result, "maps", None) and key not in found:
+                        found[key] = result.maps
+        return found
 
     def idle_values(self, key: str, get: Callable[[Idle], Optional[float]]) -> list:
         return [None if run[key].failure else get(run[key]) for run in self.idle]
@@ -159,7 +176,9 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     notes.append("- the empty programs and both peers attach to sched_wakeup, sched_wakeup_new "
                  "and sched_switch; gsender-bcc on raw tracepoints attaches to sched_switch, "
                  "where it reads the wait the scheduler already measured (README: What is "
-                 "measured), and to sched_process_free, which a round trip never runs. Each "
+                 "measured), and to sched_process_free, which a round trip never runs (with "
+                 "attribution also to sched_migrate_task, which a round trip pinned to one "
+                 "CPU never runs either). Each "
                  "round trip runs its sched_switch program twice, and the others' programs four "
                  "times.")
     waited = sum(waited_for_quiet) - 2.0 * len(waited_for_quiet)
@@ -178,15 +197,22 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
                      f"itself idle; anything well above 0 is other work on the machine).")
     lines += ["", "Notes:"] + notes
 
-    # Side by side: host-only and default.
-    modes = ("host_only", "gsender")
+    # Side by side: host-only, default, and default with culprit attribution.
+    modes = ("host_only", "gsender", "culprits")
     bcc_comparable = not by_key["bcc"].caveat
     rows = [("added ns / round trip", [bench.trial_values(m, "added_ns") for m in modes], ".0f"),
+            ("ns / BPF run", [bench.trial_values(m, "ns_per_run") for m in modes], ".1f"),
+            ("BPF program runs / round trip (bpf_stats)",
+             [bench.trial_values(m, "runs_per_round_trip") for m in modes], ".2f"),
+            ("BPF programs' ns / round trip (bpf_stats)",
+             [bench.trial_values(m, ROUND_TRIP_BPF) for m in modes], ".0f"),
             ("/ empty programs, classic tracepoints",
              [bench.ratios(m, "floor") for m in modes], ".2f"),
             ("/ empty programs, raw tracepoints",
              [bench.ratios(m, "raw_floor") for m in modes], ".2f"),
             ("/ bpftrace runqlat.bt", [bench.ratios(m, "bpftrace") for m in modes], ".2f"),
+            ("BPF programs' ns / round trip, / bpftrace runqlat.bt's",
+             [bench.ratios(m, "bpftrace", ROUND_TRIP_BPF) for m in modes], ".2f"),
             ("/ bcc runqlat" + ("" if bcc_comparable else f" ({NOT_COMPARABLE})"),
              [bench.ratios(m, "bcc") for m in modes], ".2f"),
             ("attach s", [bench.trial_values(m, "attach_s") for m in modes], ".2f")]
@@ -205,13 +231,30 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
                    for m in modes], ".2f"),
                  ("series stored by carbon-cache",
                   [bench.idle_values(m, lambda r: r.series) for m in modes], ".0f")]
-    lines += ["", "## gsender-bcc: host-only and default side by side", "",
-              "| figure | host-only (--max-services 0) | default (breakdown on) |",
-              "|---|---:|---:|"]
-    for what, (host_values, default_values), spec in rows:
-        lines.append(f"| {what} | {spread(host_values, spec)} | {spread(default_values, spec)} |")
-    lines.append(f"| default added cost / host-only added cost | | "
-                 f"{spread(bench.ratios('gsender', 'host_only'), '.2f')} |")
+    rows += [("default added cost / host-only added cost",
+              [[], bench.ratios("gsender", "host_only"), []], ".2f"),
+             ("with attribution: added cost / default added cost",
+              [[], [], bench.ratios("culprits", "gsender")], ".2f"),
+             ("with attribution: ns / BPF run, / default's",
+              [[], [], bench.ratios("culprits", "gsender", "ns_per_run")], ".2f"),
+             ("with attribution: BPF programs' ns / round trip, / default's",
+              [[], [], bench.ratios("culprits", "gsender", ROUND_TRIP_BPF)], ".2f")]
+    lines += ["", "## gsender-bcc: host-only, default, and with attribution side by side", "",
+              "| figure | host-only (--max-services 0) | default (breakdown on) | "
+              "default with culprit attribution (--max-culprits 3; off by default) |",
+              "|---|---:|---:|---:|"]
+    for what, values, spec in rows:
+        lines.append(f"| {what} | " + " | ".join(
+            spread(v, spec) if v else "" for v in values) + " |")
+    lines += ["", "BPF programs' ns / round trip is bpf_stats' run time of a tracer's programs "
+                  "over a round trip (what ns / BPF run leaves out: how often they run; "
+                  "bpftrace runs its programs four times a round trip, gsender-bcc its "
+                  "sched_switch program twice, with or without attribution, whose "
+                  "sched_migrate_task program a round trip pinned to one CPU never runs; runs above "
+                  "that are other work's context switches on the machine meanwhile, which the "
+                  "programs trace too). It leaves out the tracepoints' own cost, which added "
+                  "ns / round trip has, but it is the stable figure where a machine's noise "
+                  "swamps the round trips' few hundred ns."]
 
     # Memory.
     checks = [
@@ -225,6 +268,17 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
         Check("added cost / host-only added cost", bench.ratios("gsender", "host_only"), 1.15,
               "x", aim=True),
         Check("attach, s", bench.trial_values("gsender", "attach_s"), 0.5, " s"),
+        # Issue 23's limits for culprit attribution, which decide whether it can be on by
+        # default: aims while it ships off (a miss is why it is off, not a failure).
+        Check("with attribution: added cost / default added cost",
+              bench.ratios("culprits", "gsender"), 1.3, "x", aim=True),
+        Check("with attribution: BPF programs' ns / round trip, / default's (bpf_stats)",
+              bench.ratios("culprits", "gsender", ROUND_TRIP_BPF), 1.3, "x", aim=True),
+        Check("with attribution: added cost / bpftrace runqlat.bt",
+              bench.ratios("culprits", "bpftrace"), 0.3, "x", aim=True),
+        Check("with attribution: BPF programs' ns / round trip, / bpftrace runqlat.bt's "
+              "(bpf_stats)", bench.ratios("culprits", "bpftrace", ROUND_TRIP_BPF), 0.3, "x",
+              aim=True),
     ]
     if bench.idle:
         checks += [
@@ -236,11 +290,12 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
         ]
     memory_lines = ["", "## Memory", ""]
     memory_lines += undelivered_lines(bench.undelivered, checks)
-    memory_lines += map_memory_lines(bench.idle, checks)
+    memory_lines += map_memory_lines(bench.measured_maps(), checks)
 
     services_lines = many_services.report_lines(bench.services, checks)
 
-    lines += ["", "## Targets (gsender-bcc default: per-service breakdown on)", "",
+    lines += ["", "## Targets (gsender-bcc default: per-service breakdown on; rows \"with "
+                  "attribution\" add --max-culprits 3, off by default)", "",
               "| target | median | range over the runs | limit | met |",
               "|---|---:|---:|---:|---|"]
     failed = False
@@ -305,7 +360,7 @@ def main() -> int:
                                            sink.port))
             if "idle" not in skip:
                 wait_for_quiet()
-                progress(f"run {run + 1}/{args.runs}: idle, both modes, "
+                progress(f"run {run + 1}/{args.runs}: idle, the agent's modes side by side, "
                          f"{args.idle_intervals} intervals of {args.frequency} s")
                 bench.idle.append(idle_run(run + 1, args.runs, args.idle_intervals,
                                            args.frequency))
