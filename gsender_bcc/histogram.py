@@ -294,13 +294,11 @@ def culprit_delta(previous: Optional[Mapping[Tuple[int, int], int]],
     if current is None:
         return None
     before = previous or {}
-    grown = {}
-    for pair, ns in current.items():
-        change = ns - before.get(pair, 0)
-        if change < 0:
-            raise ValueError(BACKWARDS)
-        if change:
-            grown[pair] = change
+    # Most pairs are unchanged from one reading to the next: compare them as (pair, ns) items.
+    grown = {pair: ns - before.get(pair, 0) for pair, ns in current.items() - before.items()
+             if ns != before.get(pair, 0)}
+    if any(change < 0 for change in grown.values()):
+        raise ValueError(BACKWARDS)
     return grown
 
 

@@ -256,12 +256,35 @@ def reserved_culprits() -> Dict[int, str]:
     return {constants[define]: name for define, name in RESERVED_CULPRITS}
 
 
-def _batches(map_fd: int, keys, values, as_bytes: bool = False) -> Iterator[tuple]:
-    """Yield a hash map's (key, value) in batches of len(keys) (kernel 5.6 and later); the
-    value as the bytes of the batch buffer if ``as_bytes``, valid until the next entry."""
+def _batches(map_fd: int, keys, values) -> Iterator[tuple]:
+    """Yield a hash map's (key, the value's bytes), in batches of len(keys) (kernel 5.6 and
+    later); the bytes are the batch buffer's, valid until the next entry is asked for."""
+    size = ctypes.sizeof(values) // len(values)
+    raw = memoryview(values).cast("B")  # overwritten by the next batch
+    for count in _batch_counts(map_fd, keys, values):
+        for i in range(count):
+            yield keys[i], raw[i * size:(i + 1) * size]
+
+
+# Pairs are small (24 bytes with the value) and many: fewer, larger batches.
+PAIR_BATCH_ENTRIES = 4096
+
+
+def _pair_batches(map_fd: int, keys, values) -> Iterator[tuple]:
+    """Yield the culprit map's batches: the keys as a sequence of u64 (victim, culprit, ...)
+    and the values as one of u64, each valid until the next batch is asked for."""
+    words_per_key = ctypes.sizeof(keys) // len(keys) // 8
+    key_words = memoryview(keys).cast("B").cast("Q")
+    value_words = memoryview(values).cast("B").cast("Q")
+    for count in _batch_counts(map_fd, keys, values):
+        yield key_words[:count * words_per_key], value_words[:count]
+
+
+def _batch_counts(map_fd: int, keys, values) -> Iterator[int]:
+    """Fill ``keys`` and ``values`` with a hash map's entries, batch after batch (kernel 5.6
+    and later), and yield how many each batch holds."""
     from bcc.libbcc import lib
     token, count = ctypes.c_uint32(0), ctypes.c_uint32(0)
-    size = ctypes.sizeof(values) // len(values)
     first, done = True, False
     while not done:
         count.value = len(keys)
@@ -274,9 +297,7 @@ def _batches(map_fd: int, keys, values, as_bytes: bool = False) -> Iterator[tupl
                 raise OSError(code, os.strerror(code))
             done = True  # ENOENT: this batch is the last
         first = False
-        raw = memoryview(values).cast("B")  # overwritten by the next batch
-        for i in range(count.value):
-            yield keys[i], raw[i * size:(i + 1) * size] if as_bytes else values[i]
+        yield count.value
 
 
 class Probe:
@@ -324,8 +345,8 @@ class Probe:
             self._pairs = self._bpf[b"culprit_counts"]
             overflow = overflow_cgroup()
             self._pairs[self._pairs.Key(overflow, overflow)] = self._pairs.Leaf(0)
-            self._pair_keys = (self._pairs.Key * BATCH_ENTRIES)()
-            self._pair_values = (self._pairs.Leaf * BATCH_ENTRIES)()
+            self._pair_keys = (self._pairs.Key * PAIR_BATCH_ENTRIES)()
+            self._pair_values = (self._pairs.Leaf * PAIR_BATCH_ENTRIES)()
 
     def read_snapshot(self) -> Snapshot:
         """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup."""
@@ -350,12 +371,17 @@ class Probe:
                         self._read_pairs() if self._pairs is not None else None)
 
     def _read_pairs(self) -> Dict[tuple, int]:
-        """Read what each (waiting cgroup, culprit) pair has been charged, in ns."""
+        """Read what each (waiting cgroup, culprit) pair has been charged, in ns.
+
+        The map may hold tens of thousands of pairs, read every interval: each batch's keys
+        and values are taken as arrays of u64, not entry by entry."""
         if self._batch_works:
             try:
-                # Items of a ctypes array of u64 are ints already.
-                return {(key.victim, key.culprit): value for key, value in
-                        _batches(self._pairs.map_fd, self._pair_keys, self._pair_values)}
+                pairs: Dict[tuple, int] = {}
+                for keys, values in _pair_batches(self._pairs.map_fd, self._pair_keys,
+                                                  self._pair_values):
+                    pairs.update(zip(zip(keys[0::2], keys[1::2]), values))
+                return pairs
             except (OSError, AttributeError) as error:
                 log.info("reading the culprit map in batches failed (%s): reading it entry by "
                          "entry", getattr(error, "strerror", None) or error)
@@ -398,8 +424,7 @@ class Probe:
             yield key.value, memoryview(ctypes.string_at(ctypes.addressof(value), size))
 
     def _batched_entries(self, size: int) -> Iterator[tuple]:
-        for key, raw in _batches(self._cgroups.map_fd, self._batch_keys, self._batch_values,
-                                 as_bytes=True):
+        for key, raw in _batches(self._cgroups.map_fd, self._batch_keys, self._batch_values):
             yield key, raw[:size]
 
     def forget(self, cgroups: Iterable[int]) -> None:

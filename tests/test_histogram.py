@@ -289,3 +289,23 @@ class TestSumCounts:
         big = Counts.from_packed((1 << 62) << (64 * slot), LAYOUT.slots, 0)
         with pytest.raises(OverflowError):
             sum_counts(LAYOUT, [big, big])
+
+
+class TestCulpritDelta:
+    from gsender_bcc.histogram import culprit_delta as delta_of
+
+    @pytest.mark.parametrize("previous, current, grown", [
+        (None, None, None),
+        ({(1, 2): 5}, None, None),
+        (None, {(1, 2): 5, (0, 0): 0}, {(1, 2): 5}),
+        # unchanged pairs and pairs that are gone count nothing; new ones count from zero
+        ({(1, 2): 5, (1, 3): 7, (4, 4): 1}, {(1, 2): 5, (1, 3): 9, (5, 1): 2},
+         {(1, 3): 2, (5, 1): 2}),
+        ({(0, 0): 0}, {(0, 0): 0}, {}),
+    ])
+    def test_table(self, previous, current, grown):
+        assert type(self).delta_of(previous, current) == grown
+
+    def test_backwards_is_an_error(self):
+        with pytest.raises(ValueError, match="backwards"):
+            type(self).delta_of({(1, 2): 5}, {(1, 2): 4})
