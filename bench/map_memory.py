@@ -28,8 +28,8 @@ HASHTAB_MAP_LOCK_COUNT = 8  # per-CPU int counters of a hash map (before rqspinl
 # The agent's builds whose maps are computed: (tracer key, label, ProgramSettings keywords).
 # The bench runs the agent on raw tracepoints, as it runs on this kernel.
 BUILDS = [("host_only", "host-only (--max-services 0)", {"per_cgroup": False}),
-          ("gsender", "default (breakdown on)", {"per_cgroup": True}),
-          ("culprits", "with culprit attribution (--max-culprits 3)",
+          ("gsender", "breakdown without attribution (--max-culprits 0)", {"per_cgroup": True}),
+          ("culprits", "default: breakdown with culprit attribution (--max-culprits 3)",
            {"per_cgroup": True, "culprits": True})]
 LIMITS_MIB = {"gsender": 16, "culprits": 24}  # issue 23: attribution on stays within 24 MiB
 
@@ -74,7 +74,15 @@ def preprocessed(settings: program.ProgramSettings) -> str:
 
 
 _STRUCT = re.compile(r"\bstruct\s+(\w+)\s*\{([^{}]*)\}\s*;")
-_FIELD = re.compile(r"^(struct\s+\w+|\w+)\s+\w+\s*(?:\[\s*(\d+)\s*\])?$")
+_FIELD = re.compile(r"^(struct\s+\w+|\w+)\s+\w+\s*(?:\[\s*([\d\s+*/-]+?)\s*\])?$")
+
+
+def array_length(expression: str) -> int:
+    """The length of an array field: a number, or integer arithmetic the preprocessor left
+    (``16 / 8 + 1``), evaluated as C does (integer division)."""
+    if not re.fullmatch(r"[\d\s+*/-]+", expression):
+        raise ValueError(f"map memory: cannot evaluate the array length {expression!r}")
+    return int(eval(expression.replace("/", "//"), {"__builtins__": {}}))  # digits and + - * /
 
 
 def type_size(name: str, structs: Dict[str, int]) -> int:
@@ -97,7 +105,7 @@ def struct_sizes(text: str) -> Dict[str, int]:
             if not match:
                 raise ValueError(f"map memory: cannot read the field {declaration!r} of "
                                  f"struct {name}")
-            size += type_size(match.group(1), structs) * int(match.group(2) or 1)
+            size += type_size(match.group(1), structs) * array_length(match.group(2) or "1")
         structs[name] = size
     return structs
 
