@@ -31,7 +31,11 @@ def test_an_unknown_field_stops_it_with_one_line(text):
 
 
 def test_the_program_as_built_by_default_is_read():
+    import shutil
+
     from gsender_bcc import btf, program
+    if shutil.which("cpp") is None:
+        pytest.skip("the bench preprocesses the program with cpp, which is not installed")
     try:
         raw = btf.read_raw_layout()
     except (OSError, LookupError, ValueError):
