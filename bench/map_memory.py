@@ -28,8 +28,8 @@ HASHTAB_MAP_LOCK_COUNT = 8  # per-CPU int counters of a hash map (before rqspinl
 # The agent's builds whose maps are computed: (tracer key, label, ProgramSettings keywords).
 # The bench runs the agent on raw tracepoints, as it runs on this kernel.
 BUILDS = [("host_only", "host-only (--max-services 0)", {"per_cgroup": False}),
-          ("gsender", "breakdown without attribution (--max-culprits 0)", {"per_cgroup": True}),
-          ("culprits", "default: breakdown with culprit attribution (--max-culprits 3)",
+          ("gsender", "default (breakdown on)", {"per_cgroup": True}),
+          ("culprits", "with culprit attribution (--max-culprits 3)",
            {"per_cgroup": True, "culprits": True})]
 LIMITS_MIB = {"gsender": 16, "culprits": 24}  # issue 23: attribution on stays within 24 MiB
 

@@ -256,13 +256,15 @@ class Config:
                                     "the host only ({default})", "N"),
         needs_restart=_services_on_off)
     max_culprits: int = setting(
-        "default", _whole(0, 100, "culprits"), 3,
+        "default", _whole(0, 100, "culprits"), 0,
         "Who each service waited behind: <prefix>.service.<name>.behind.<culprit>_ms\n"
         "for the culprits (services, or idle, migrated, untracked) its tasks waited\n"
         "behind the longest, the rest summed as .behind.other_ms, beside\n"
-        ".behind_self_ms, .behind_others_ms and .caused_ms. 0 to 100; 0 turns the\n"
-        "attribution off. Needs the per-service breakdown (max_services above 0). A\n"
-        "change between 0 and more needs a restart.",
+        ".behind_self_ms, .behind_others_ms and .caused_ms. 0 to 100; 0 (the default)\n"
+        "turns the attribution off. 3 is a good start: it costs 1.1x the breakdown's\n"
+        "program per context switch, and reading 1000 busy services takes about\n"
+        "0.14 s an interval (README: Cost). Needs the per-service breakdown\n"
+        "(max_services above 0). A change between 0 and more needs a restart.",
         flag=Flag("--max-culprits", "culprits sent per service, the rest as 'other'; 0 turns "
                                     "the attribution off ({default})", "N"),
         needs_restart=_culprits_on_off)
@@ -298,11 +300,10 @@ class Config:
         "How long undelivered intervals are kept on disk while Graphite is away, in\n"
         "hours (0.01 to 720), and how much disk they may take, in MiB (1 to 1048576).\n"
         "Past either, the oldest are dropped and counted in\n"
-        "<prefix>.agent.dropped_intervals. 160 MiB holds a day at the defaults\n"
-        "(frequency 15, 20 services of 15-character names, 3 culprits each: about\n"
-        "140 MB a day; 74 MB with max_culprits = 0), and about 1.9 hours at\n"
-        "frequency 1.")
-    buffer_megabytes: int = setting("graphite", _whole(1, 1 << 20, "MiB"), 160, "")
+        "<prefix>.agent.dropped_intervals. 128 MiB holds a day at the defaults\n"
+        "(frequency 15, 20 services of 15-character names: about 74 MB a day), and\n"
+        "about 2.9 hours at frequency 1; about 23 hours with max_culprits = 3.")
+    buffer_megabytes: int = setting("graphite", _whole(1, 1 << 20, "MiB"), 128, "")
     tags: bool = setting(
         "graphite", _boolean, False,
         "Send Graphite 1.1 tagged series (cpu-lat.p99;host=web-01) instead of paths\n"

@@ -116,13 +116,13 @@ def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_c
 
 def test_an_interval_at_the_defaults_is_as_large_as_the_readme_says(tmp_path, monkeypatch):
     claim = stated(r"(\d+) MiB holds a day at the defaults with names of usual length: with the "
-                   r"host `([^`]+)`, (\d+) services of (\d+)-character names, each naming (\d+) "
-                   r"culprits, and (\d+) log2 buckets, an interval is (\d+) lines, ([\d.]+) kB as "
-                   r"the agent's code writes them, about (\d+) MB a day at frequency (\d+)")
-    mib, host, services, chars, culprits, buckets, lines, kb, mb, frequency = claim.groups()
+                   r"host `([^`]+)`, (\d+) services of (\d+)-character names and (\d+) log2 "
+                   r"buckets, an interval is (\d+) lines, ([\d.]+) kB as the agent's code writes "
+                   r"them, about (\d+) MB a day at frequency (\d+)")
+    mib, host, services, chars, buckets, lines, kb, mb, frequency = claim.groups()
     config = Config()
     assert int(mib) == config.buffer_megabytes and int(frequency) == config.frequency
-    assert int(services) == config.max_services and int(culprits) == config.max_culprits
+    assert int(services) == config.max_services
     data = interval_bytes(tmp_path, monkeypatch, host, int(services), int(chars), int(buckets))
     assert data.count(b"\n") == int(lines)
     assert len(data) / 1000 == pytest.approx(float(kb), rel=0.03)
@@ -132,32 +132,36 @@ def test_an_interval_at_the_defaults_is_as_large_as_the_readme_says(tmp_path, mo
     assert per_day <= config.buffer_bytes and DAY - config.frequency < config.buffer_seconds
 
 
-def test_an_interval_without_the_attribution_is_as_large_as_the_readme_says(tmp_path,
-                                                                            monkeypatch):
+def test_an_interval_with_the_attribution_is_as_large_as_the_readme_says(tmp_path, monkeypatch):
     host, services, chars, buckets = stated(
-        r"with the host `([^`]+)`, (\d+) services of (\d+)-character names, each naming \d+ "
-        r"culprits, and (\d+) log2 buckets, an interval is").groups()
-    claim = stated(r"Without the attribution \(`max_culprits = (\d+)`\) it is (\d+) lines, "
-                   r"([\d.]+) kB, about (\d+) MB a day")
-    culprits, lines, kb, mb = claim.groups()
+        r"with the host `([^`]+)`, (\d+) services of (\d+)-character names and (\d+) log2 buckets, "
+        r"an interval is").groups()
+    claim = stated(r"With the attribution on \(`max_culprits = (\d+)`, each service naming \1 "
+                   r"culprits\) it is (\d+) lines, ([\d.]+) kB, about (\d+) MB a day, and (\d+) MiB "
+                   r"holds about (\d+) hours")
+    culprits, lines, kb, mb, mib, hours = claim.groups()
     config = Config()
+    assert int(mib) == config.buffer_megabytes
     data = interval_bytes(tmp_path, monkeypatch, host, int(services), int(chars), int(buckets),
                           max_culprits=int(culprits))
     assert data.count(b"\n") == int(lines)
     assert len(data) / 1000 == pytest.approx(float(kb), rel=0.03)
     assert len(data) * DAY // config.frequency / 1e6 == pytest.approx(int(mb), rel=0.03)
+    held = config.buffer_bytes // len(data) * config.frequency / 3600
+    assert held == pytest.approx(int(hours), rel=0.05)
 
 
 def test_the_longest_names_and_how_long_the_outbox_then_holds(tmp_path, monkeypatch):
     claim = stated(r"With the longest names \(a (\d+)-character host, (\d+)-character services\) "
-                   r"an interval is about (\d+) kB and (\d+) MiB holds about (\d+) hours, without "
-                   r"the attribution about (\d+) kB and (\d+) hours")
-    host_chars, name_chars, kb, mib, hours, kb_bare, hours_bare = map(int, claim.groups())
+                   r"an interval is about (\d+) kB and (\d+) MiB holds about (\d+) hours, with the "
+                   r"attribution about (\d+) kB and (\d+) hours")
+    host_chars, name_chars, kb, mib, hours, kb_blamed, hours_blamed = map(int, claim.groups())
     assert host_chars == metrics.MAX_HOST_CHARS and name_chars == metrics.MAX_SERVICE_CHARS
     config = Config()
     assert mib == config.buffer_megabytes
+    culprits = int(stated(r"With the attribution on \(`max_culprits = (\d+)`").group(1))
     for max_culprits, size, held_hours in ((config.max_culprits, kb, hours),
-                                           (0, kb_bare, hours_bare)):
+                                           (culprits, kb_blamed, hours_blamed)):
         data = interval_bytes(tmp_path / str(max_culprits), monkeypatch, "h" * host_chars,
                               config.max_services, name_chars, 16, max_culprits=max_culprits)
         assert len(data) / 1000 == pytest.approx(size, rel=0.05)
@@ -187,8 +191,7 @@ def _series(tmp_path: Path, config: Config, buckets: int, services: int, breakdo
 
 
 def test_series_per_host_at_the_defaults(tmp_path):
-    claim = stated(r"Series per host without the attribution\*\* \(`max_culprits = 0`\)\*\*:\*\* "
-                   r"(\d+) host series .*? the log2 buckets "
+    claim = stated(r"Series per host at the defaults:\*\* (\d+) host series .*? the log2 buckets "
                    r"`0 1 2 4 … 2\^k` up to the highest non-empty one, (\d+)–(\d+) in an interval "
                    r"\(whisper keeps one file for every bucket ever reached: (\d+) once a wait of "
                    r"a second is seen\); (\d+) agent series .*? for up to `max_services` = (\d+) "
@@ -197,7 +200,7 @@ def test_series_per_host_at_the_defaults(tmp_path):
                    r"every service name .*? With `max_services = 0`, under (\d+)\.")
     (host, fewest, most, second, agent, services, other, per_service, services_again,
      other_again, service_total, about, grow, without) = map(int, claim.groups())
-    config = Config(prefix="p", max_culprits=0)
+    config = Config(prefix="p")
     assert services == services_again == config.max_services
     paths = _series(tmp_path, config, most, services, breakdown=True)
     host_paths = [p for p in paths if re.fullmatch(r"p\.[a-z][a-z0-9_]*", p)]
@@ -219,8 +222,7 @@ def test_series_per_host_at_the_defaults(tmp_path):
 
 
 def test_series_per_host_with_the_attribution(tmp_path):
-    claim = stated(r"\*\*With the attribution on\*\* \(`max_culprits` = (\d+), the default\): (\d+) "
-                   r"more host "
+    claim = stated(r"\*\*With the attribution on\*\* \(`max_culprits` = (\d+)\): (\d+) more host "
                    r"series, .*? up to \1 `behind\.<culprit>_ms` and `behind\.other_ms` \((\d+) in "
                    r"all; (\d+) for `other`, .*?\): \3 × (\d+) \+ \4 = (\d+), about (\d+) series per "
                    r"interval; the whisper files then grow by (\d+) for every service name .*?, and "
@@ -245,7 +247,7 @@ def test_series_per_host_with_the_attribution(tmp_path):
 
 def test_series_a_user_can_take(tmp_path):
     claim = stated(r"A user gets at most (\d+) names from one start of the agent to the next "
-                   r"\((\d+) series at the defaults, with the catch-all (\d+)\)")
+                   r"\((\d+) series, with the catch-all (\d+)\)")
     names, series, with_catch_all = map(int, claim.groups())
     assert names == MAX_NAMES_PER_USER
     paths = _series(tmp_path, Config(prefix="p"), 16, names + 1, breakdown=False)
