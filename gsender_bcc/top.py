@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 SORTS: Tuple[Tuple[str, str], ...] = (("wait", "total wait"), ("caused", "caused"),
                                       ("p99", "p99"), ("rate", "count/s"), ("name", "name"))
 SORT_KEYS = tuple(key for key, _ in SORTS)
+
+
+def sort_keys(attributed: bool) -> Tuple[str, ...]:
+    """The orders ``s`` cycles through: by wait caused only with the attribution on."""
+    return tuple(key for key in SORT_KEYS if attributed or key != "caused")
 KEYS_HELP = "s: sort  q: quit"
 MIN_SERVICE_ROWS = 6
 MAX_NAME_WIDTH = 40
@@ -358,6 +363,7 @@ def _keys(screen, until: float) -> Iterator[int]:
 
 
 def _show(screen, sampler: Sampler, period: float, hostname: str) -> None:
+    sorts = sort_keys(bool(sampler.probe.settings.culprits))
     try:
         curses.curs_set(0)
     except curses.error:
@@ -369,13 +375,13 @@ def _show(screen, sampler: Sampler, period: float, hostname: str) -> None:
     due = time.monotonic() + period
     while True:
         height, width = screen.getmaxyx()
-        _draw(screen, render(host, services, width, height, SORT_KEYS[sort],
+        _draw(screen, render(host, services, width, height, sorts[sort],
                              hostname=hostname, period=period), styles)
         for key in _keys(screen, due):
             if key in (ord("q"), ord("Q"), 3):
                 return
             if key in (ord("s"), ord("S")):
-                sort = (sort + 1) % len(SORT_KEYS)
+                sort = (sort + 1) % len(sorts)
                 break
             if key == curses.KEY_RESIZE:
                 break

@@ -96,6 +96,8 @@ def test_sort_orders(sort, order, title):
 
 def test_sort_cycle_covers_every_order():
     assert top.SORT_KEYS == ("wait", "caused", "p99", "rate", "name")
+    assert top.sort_keys(True) == top.SORT_KEYS
+    assert top.sort_keys(False) == ("wait", "p99", "rate", "name")
     with pytest.raises(ValueError, match="unknown sort order 'size'"):
         render(SMALL_HOST, SMALL_SERVICES, 80, 24, "size")
 
