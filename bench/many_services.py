@@ -47,7 +47,7 @@ LIFETIME_S = 600  # a bound on the tickers' life should this process die without
 STAGES = [
     ("read_snapshot", "probe.py", "read_snapshot"),
     ("  of which _read_cgroups", "probe.py", "_read_cgroups"),
-    ("  of which _batched_entries", "probe.py", "_batched_entries"),
+    ("  of which _batches (the cgroup map)", "probe.py", "_batches"),
     ("  of which _read_pairs", "probe.py", "_read_pairs"),
     ("delta", "histogram.py", "delta"),
     ("  of which subtract_counts", "histogram.py", "subtract_counts"),

@@ -239,8 +239,7 @@ BATCH_ENTRIES = 256
 def overflow_cgroup() -> int:
     """Return the key the program counts the samples of cgroups beyond its map's capacity
     under: OVERFLOW_CGROUP of the shared header, read from the installed header."""
-    return program.header_constants(
-        (program.source_dir() / program.HEADER_NAME).read_text())["OVERFLOW_CGROUP"]
+    return program.installed_constants()["OVERFLOW_CGROUP"]
 
 
 RESERVED_CULPRITS = (("CULPRIT_IDLE", "idle"), ("CULPRIT_MIGRATED", "migrated"),
@@ -251,8 +250,7 @@ RESERVED_CULPRITS = (("CULPRIT_IDLE", "idle"), ("CULPRIT_MIGRATED", "migrated"),
 def reserved_culprits() -> Dict[int, str]:
     """Return the culprit ids that name no cgroup (the header's CULPRIT_*), with the name
     each is sent under: idle, migrated and untracked."""
-    constants = program.header_constants(
-        (program.source_dir() / program.HEADER_NAME).read_text())
+    constants = program.installed_constants()
     return {constants[define]: name for define, name in RESERVED_CULPRITS}
 
 
@@ -347,6 +345,7 @@ class Probe:
             self._pairs[self._pairs.Key(overflow, overflow)] = self._pairs.Leaf(0)
             self._pair_keys = (self._pairs.Key * PAIR_BATCH_ENTRIES)()
             self._pair_values = (self._pairs.Leaf * PAIR_BATCH_ENTRIES)()
+            self._pairs_read: Dict[tuple, int] = {}  # the last reading, whose pairs forget sees
 
     def read_snapshot(self) -> Snapshot:
         """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup."""
@@ -381,12 +380,15 @@ class Probe:
                 for keys, values in _pair_batches(self._pairs.map_fd, self._pair_keys,
                                                   self._pair_values):
                     pairs.update(zip(zip(keys[0::2], keys[1::2]), values))
+                self._pairs_read = pairs
                 return pairs
             except (OSError, AttributeError) as error:
                 log.info("reading the culprit map in batches failed (%s): reading it entry by "
                          "entry", getattr(error, "strerror", None) or error)
                 self._batch_works = False
-        return {(key.victim, key.culprit): value.value for key, value in self._pairs.items()}
+        self._pairs_read = {(key.victim, key.culprit): value.value
+                            for key, value in self._pairs.items()}
+        return self._pairs_read
 
     def _read_cgroups(self) -> Dict[int, Counts]:
         """Read every cgroup's counters; an entry unchanged since the last read is reused.
@@ -414,7 +416,7 @@ class Probe:
         asked for), in batches where the kernel can (5.6 and later)."""
         if self._batch_works:
             try:
-                yield from self._batched_entries(size)
+                yield from _batches(self._cgroups.map_fd, self._batch_keys, self._batch_values)
                 return
             except (OSError, AttributeError) as error:  # an old kernel, or an old libbcc
                 log.info("reading the cgroup map in batches failed (%s): reading it entry by "
@@ -423,13 +425,10 @@ class Probe:
         for key, value in self._cgroups.items():
             yield key.value, memoryview(ctypes.string_at(ctypes.addressof(value), size))
 
-    def _batched_entries(self, size: int) -> Iterator[tuple]:
-        for key, raw in _batches(self._cgroups.map_fd, self._batch_keys, self._batch_values):
-            yield key, raw[:size]
-
     def forget(self, cgroups: Iterable[int]) -> None:
         """Delete the entries of removed cgroups, and the pairs they are in as the waiting
-        cgroup or the culprit, after their last counts were read."""
+        cgroup or the culprit, after their last counts were read (a removed cgroup has no
+        tasks left to make a new pair since that reading)."""
         if self._cgroups is None:
             return
         gone = set(cgroups)
@@ -440,7 +439,7 @@ class Probe:
                 pass
             self._counts_cache.pop(cgroup, None)
         if self._pairs is not None and gone:
-            for victim, culprit in list(self._read_pairs()):
+            for victim, culprit in list(self._pairs_read):
                 if victim in gone or culprit in gone:
                     try:
                         del self._pairs[self._pairs.Key(victim, culprit)]

@@ -104,9 +104,14 @@ def layout_from_constants(constants: Dict[str, int]) -> Layout:
     return layout
 
 
+def installed_constants() -> Dict[str, int]:
+    """Return the ``#define NAME number`` constants of the installed shared header."""
+    return header_constants((source_dir() / HEADER_NAME).read_text())
+
+
 def installed_layout() -> Layout:
     """Return the layout of the installed program."""
-    return layout_from_constants(header_constants((source_dir() / HEADER_NAME).read_text()))
+    return layout_from_constants(installed_constants())
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,6 @@ def test_the_program_as_built_by_default_is_read():
         raw = btf.RawLayout(1008, 16)
     text = map_memory.preprocessed(program.ProgramSettings(raw=raw, per_cgroup=True, culprits=True))
     sizes = map_memory.struct_sizes(text)
-    slots = program.header_constants((program.source_dir() / program.HEADER_NAME).read_text())
+    slots = program.installed_constants()
     assert sizes["timeline"] == 8 * 3 + 16 * slots["TIMELINE_SLOTS"]
     assert sizes["culprit_pair"] == 16 and sizes["seen_task"] == 24

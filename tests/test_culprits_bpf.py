@@ -176,3 +176,24 @@ def test_pairs_beyond_the_map_are_counted_under_the_overflow_pair(cgroup_factory
     charged = sum(stopped.culprits.values())
     # The rest of the machine runs on: a sample on another CPU may be in flight at the read.
     assert abs(charged - waited) <= 0.01 * waited, (charged, waited)
+
+
+def test_forgetting_a_removed_cgroup_deletes_its_pairs(cgroup_factory):
+    """Once a removed cgroup's last counts are read, forget deletes the pairs naming it, as
+    the waiting cgroup or as the culprit, and no other pair."""
+    needs_two_cpus()
+    gone, stays = cgroup_factory("culprit-gone"), cgroup_factory("culprit-stays")
+    gone.spin(CPU), stays.spin(CPU)
+    time.sleep(0.3)
+    with Probe(Config(), culprit_settings("raw")) as probe:
+        time.sleep(0.5)
+        gone.remove()
+        stays.pause()
+        read = probe.read_snapshot()
+        named = {pair for pair in read.culprits if gone.id in pair}
+        assert named, read.culprits
+        probe.forget({gone.id})
+        after = probe.read_snapshot()
+    assert not any(gone.id in pair for pair in after.culprits)
+    kept = set(read.culprits) - named
+    assert kept <= set(after.culprits)

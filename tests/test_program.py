@@ -83,7 +83,7 @@ def test_c_and_python_read_the_same_constants(compiled_slot_function):
     result = subprocess.run([str(compiled_slot_function), "constants"], capture_output=True,
                             text=True, check=True)
     in_c = {name: int(value) for name, value in (line.split() for line in result.stdout.splitlines())}
-    header = program.header_constants((program.source_dir() / program.HEADER_NAME).read_text())
+    header = program.installed_constants()
     assert {name: header.get(name) for name in in_c} == in_c
     assert probe.overflow_cgroup() == in_c["OVERFLOW_CGROUP"]
 
