@@ -46,10 +46,14 @@
  * left. What the walk cannot reach is charged to CULPRIT_UNTRACKED, the part queued on
  * another CPU to CULPRIT_MIGRATED. The parts add up to the sample, in nanoseconds. MAX_PAIRS
  * bounds the pairs; beyond it a pair is counted under (OVERFLOW_CGROUP,
- * OVERFLOW_CGROUP), an entry user space creates before attaching.
+ * OVERFLOW_CGROUP), an entry user space creates before attaching. The pairs are not
+ * cumulative: a host with many services makes more pairs than any map holds for long.
+ * They go to one of two maps, culprit_counts_0 or _1, the one culprit_side names; at
+ * each reading user space flips the side and then empties the map it left, so each map
+ * holds one interval's pairs.
  *
- * Counters are per CPU, cumulative and never cleared: user space sums the CPUs
- * and takes differences between reads.
+ * The other counters are per CPU or per cgroup, cumulative and never cleared: user space
+ * sums the CPUs and takes differences between reads.
  */
 #include "runqlat.h"
 
@@ -114,7 +118,10 @@ struct culprit_pair {
 	u64 culprit;	/* a cgroup that ran meanwhile, or a reserved CULPRIT_* */
 };
 
-BPF_HASH(culprit_counts, struct culprit_pair, u64, MAX_PAIRS);
+BPF_HASH(culprit_counts_0, struct culprit_pair, u64, MAX_PAIRS);
+BPF_HASH(culprit_counts_1, struct culprit_pair, u64, MAX_PAIRS);
+/* Which of the two maps is charged now (0 or 1): user space flips it at each reading. */
+BPF_ARRAY(culprit_side, u64, 1);
 
 struct occupant {
 	u64 start;	/* when it came on (raw: sched_info.last_arrival, the run queue's
@@ -133,25 +140,56 @@ struct timeline {
 
 BPF_PERCPU_ARRAY(timelines, struct timeline, 1);
 
-static __always_inline void charge_pair(u64 victim, u64 culprit, u64 ns)
+/*
+ * The pair's total in culprit_counts_0 or _1, created at 0 if it is new (NOEXIST: another
+ * CPU may have made it meanwhile); NULL where the map is full. (BCC's map calls cannot be
+ * written once in a macro for both maps.)
+ */
+static __always_inline u64 *pair_total_0(struct culprit_pair *key)
 {
-	struct culprit_pair key = {.victim = victim, .culprit = culprit};
-	u64 *total = culprit_counts.lookup(&key);
+	u64 zero = 0, *total = culprit_counts_0.lookup(key);
 
 	if (!total) {
-		u64 zero = 0;
+		culprit_counts_0.insert(key, &zero);
+		total = culprit_counts_0.lookup(key);
+	}
+	return total;
+}
 
-		culprit_counts.insert(&key, &zero);
-		total = culprit_counts.lookup(&key);
-		if (!total) {
-			key.victim = OVERFLOW_CGROUP;
-			key.culprit = OVERFLOW_CGROUP;
-			total = culprit_counts.lookup(&key);
-			if (!total)
-				return;
-		}
+static __always_inline u64 *pair_total_1(struct culprit_pair *key)
+{
+	u64 zero = 0, *total = culprit_counts_1.lookup(key);
+
+	if (!total) {
+		culprit_counts_1.insert(key, &zero);
+		total = culprit_counts_1.lookup(key);
+	}
+	return total;
+}
+
+/* Add ns to the pair in the map side names, or to the overflow pair if that map is full. */
+static __always_inline void charge_pair(u32 side, u64 victim, u64 culprit, u64 ns)
+{
+	struct culprit_pair key = {.victim = victim, .culprit = culprit};
+	u64 *total = side ? pair_total_1(&key) : pair_total_0(&key);
+
+	if (!total) {
+		key.victim = OVERFLOW_CGROUP;
+		key.culprit = OVERFLOW_CGROUP;
+		total = side ? culprit_counts_1.lookup(&key) : culprit_counts_0.lookup(&key);
+		if (!total)
+			return;
 	}
 	__sync_fetch_and_add(total, ns);
+}
+
+/* The map charged now: 0 or 1. */
+static __always_inline u32 current_side(void)
+{
+	u32 zero = 0;
+	u64 *side = culprit_side.lookup(&zero);
+
+	return side && *side ? 1 : 0;
 }
 
 /*
@@ -166,10 +204,10 @@ static __always_inline void split_wait(struct timeline *t, u64 victim, u64 end, 
 				       u64 migrated)
 {
 	u64 left = on_cpu, culprit = 0, run = 0;
-	u32 i;
+	u32 i, side = current_side();
 
 	if (migrated)
-		charge_pair(victim, CULPRIT_MIGRATED, migrated);
+		charge_pair(side, victim, CULPRIT_MIGRATED, migrated);
 #pragma clang loop unroll(disable)
 	for (i = 1; i <= TIMELINE_SLOTS; i++) {
 		struct occupant *o = &t->slots[(t->written - i) & (TIMELINE_SLOTS - 1)];
@@ -180,7 +218,7 @@ static __always_inline void split_wait(struct timeline *t, u64 victim, u64 end, 
 		take = o->culprit == CULPRIT_IDLE || end - o->start > left ? left : end - o->start;
 		if (take) {
 			if (run && o->culprit != culprit) {
-				charge_pair(victim, culprit, run);
+				charge_pair(side, victim, culprit, run);
 				run = 0;
 			}
 			culprit = o->culprit;
@@ -190,9 +228,9 @@ static __always_inline void split_wait(struct timeline *t, u64 victim, u64 end, 
 		end = o->start;
 	}
 	if (run)
-		charge_pair(victim, culprit, run);
+		charge_pair(side, victim, culprit, run);
 	if (left)
-		charge_pair(victim, CULPRIT_UNTRACKED, left);
+		charge_pair(side, victim, CULPRIT_UNTRACKED, left);
 }
 
 /* Add the occupant leaving the CPU now, on since start, to the CPU's timeline. */
@@ -442,7 +480,7 @@ static __always_inline void classic_split(struct timeline *t, u64 victim, u64 wa
 	u64 end = t->current_start, moved = t->pending_moved, migrated = 0;
 
 	if (end < waited) {
-		charge_pair(victim, CULPRIT_UNTRACKED, waited);
+		charge_pair(current_side(), victim, CULPRIT_UNTRACKED, waited);
 		return;
 	}
 	if (moved > end - waited && moved < end)

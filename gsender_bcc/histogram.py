@@ -265,8 +265,9 @@ class Snapshot:
     host: Counts
     lost: int
     cgroups: Mapping[int, Counts] = field(default_factory=dict)
-    # (victim cgroup, culprit) -> ns waited, with attribution on (None: off). The culprit
-    # is a cgroup id or one of the header's reserved CULPRIT_* ids.
+    # With attribution on (None: off), (victim cgroup, culprit) -> ns waited since the
+    # previous reading: the pairs are not cumulative (the reading empties the kernel's map).
+    # The culprit is a cgroup id or one of the header's reserved CULPRIT_* ids.
     culprits: Optional[Mapping[Tuple[int, int], int]] = None
 
 
@@ -286,27 +287,12 @@ class Measured:
     culprits: Optional[Mapping[Tuple[int, int], int]] = None
 
 
-def culprit_delta(previous: Optional[Mapping[Tuple[int, int], int]],
-                  current: Optional[Mapping[Tuple[int, int], int]]
-                  ) -> Optional[Dict[Tuple[int, int], int]]:
-    """Return the pairs' growth between two readings (None without attribution): a pair
-    unknown to ``previous`` counts from zero, one missing from ``current`` counts nothing."""
-    if current is None:
-        return None
-    before = previous or {}
-    # Most pairs are unchanged from one reading to the next: compare them as (pair, ns) items.
-    grown = {pair: ns - before.get(pair, 0) for pair, ns in current.items() - before.items()
-             if ns != before.get(pair, 0)}
-    if any(change < 0 for change in grown.values()):
-        raise ValueError(BACKWARDS)
-    return grown
-
-
 def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float) -> Measured:
     """Return what was counted between two snapshots of the same program.
 
     A cgroup unknown to ``previous`` counts from zero; one missing from ``current``
-    (its entry was removed after its last reading) counts nothing.
+    (its entry was removed after its last reading) counts nothing. The culprit pairs are
+    ``current``'s: they hold only what was charged since ``previous``.
     """
     cgroups: Dict[int, Counts] = {}
     for cgroup, counts in current.cgroups.items():
@@ -322,8 +308,7 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
     lost = current.lost - previous.lost
     if lost < 0:
         raise ValueError(BACKWARDS)
-    return Measured(seconds, host, lost, cgroups, culprit_delta(previous.culprits,
-                                                               current.culprits))
+    return Measured(seconds, host, lost, cgroups, current.culprits)
 
 
 def by_service(layout: Layout, cgroups: Mapping[int, Counts],

@@ -24,11 +24,12 @@ class Probe(Protocol):
 
     def read_snapshot(self) -> Snapshot:
         """Return the cumulative counters: the host's and each cgroup's, by cgroup id, and
-        with the attribution each (victim cgroup, culprit) pair's charge."""
+        with the attribution each (victim cgroup, culprit) pair's charge since the previous
+        reading (a reading empties the pairs)."""
 
     def forget(self, cgroups: Iterable[int]) -> None:
-        """Delete the entries of these cgroups (removed ones, after their last counts were read),
-        and the pairs naming them as victim or culprit."""
+        """Delete the entries of these cgroups (removed ones, after their last counts were
+        read)."""
 
 
 @runtime_checkable

@@ -268,27 +268,28 @@ def _batches(map_fd: int, keys, values) -> Iterator[tuple]:
 PAIR_BATCH_ENTRIES = 4096
 
 
-def _pair_batches(map_fd: int, keys, values) -> Iterator[tuple]:
-    """Yield the culprit map's batches: the keys as a sequence of u64 (victim, culprit, ...)
-    and the values as one of u64, each valid until the next batch is asked for."""
+def _pair_batches(map_fd: int, keys, values, drain: bool = False) -> Iterator[tuple]:
+    """Yield a pair map's batches (``drain``: deleting what each batch read): the keys as a
+    sequence of u64 (victim, culprit, ...) and the values as one of u64, each valid until the
+    next batch is asked for."""
     words_per_key = ctypes.sizeof(keys) // len(keys) // 8
     key_words = memoryview(keys).cast("B").cast("Q")
     value_words = memoryview(values).cast("B").cast("Q")
-    for count in _batch_counts(map_fd, keys, values):
+    for count in _batch_counts(map_fd, keys, values, drain):
         yield key_words[:count * words_per_key], value_words[:count]
 
 
-def _batch_counts(map_fd: int, keys, values) -> Iterator[int]:
+def _batch_counts(map_fd: int, keys, values, drain: bool = False) -> Iterator[int]:
     """Fill ``keys`` and ``values`` with a hash map's entries, batch after batch (kernel 5.6
-    and later), and yield how many each batch holds."""
+    and later), and yield how many each batch holds; ``drain``: delete them as they are read."""
     from bcc.libbcc import lib
+    call = lib.bpf_lookup_and_delete_batch if drain else lib.bpf_lookup_batch
     token, count = ctypes.c_uint32(0), ctypes.c_uint32(0)
     first, done = True, False
     while not done:
         count.value = len(keys)
-        result = lib.bpf_lookup_batch(map_fd, None if first else ctypes.byref(token),
-                                      ctypes.byref(token), ctypes.byref(keys),
-                                      ctypes.byref(values), ctypes.byref(count))
+        result = call(map_fd, None if first else ctypes.byref(token), ctypes.byref(token),
+                      ctypes.byref(keys), ctypes.byref(values), ctypes.byref(count))
         code = ctypes.get_errno()
         if result != 0:
             if code != errno.ENOENT:
@@ -338,18 +339,25 @@ class Probe:
             # libbcc before 0.20 (bullseye's 0.18) has no bpf_lookup_batch: read entry by entry.
             self._batch_works = hasattr(bcc.libbcc.lib, "bpf_lookup_batch")
             self._counts_cache: Dict[int, Counts] = {}
-        self._pairs = None
+        self._pair_maps: Optional[tuple] = None
         if self.settings.culprits:
-            self._pairs = self._bpf[b"culprit_counts"]
-            overflow = overflow_cgroup()
-            self._pairs[self._pairs.Key(overflow, overflow)] = self._pairs.Leaf(0)
-            self._pair_keys = (self._pairs.Key * PAIR_BATCH_ENTRIES)()
-            self._pair_values = (self._pairs.Leaf * PAIR_BATCH_ENTRIES)()
-            self._pairs_read: Dict[tuple, int] = {}  # the last reading, whose pairs forget sees
+            # Charged one at a time, the one culprit_side names; each reading flips the side
+            # and empties the map left (see _drain_pairs).
+            self._pair_maps = (self._bpf[b"culprit_counts_0"], self._bpf[b"culprit_counts_1"])
+            self._side_map = self._bpf[b"culprit_side"]
+            self._side = 0
+            for pairs in self._pair_maps:
+                self._create_overflow_pair(pairs)
+            pairs = self._pair_maps[0]
+            self._pair_keys = (pairs.Key * PAIR_BATCH_ENTRIES)()
+            self._pair_values = (pairs.Leaf * PAIR_BATCH_ENTRIES)()
+            self._drain_works = hasattr(bcc.libbcc.lib, "bpf_lookup_and_delete_batch")
 
     def read_snapshot(self) -> Snapshot:
-        """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup."""
+        """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup;
+        with attribution, the pairs charged since the previous reading."""
         from bcc.libbcc import lib
+        left = self._flip_side() if self._pair_maps is not None else None
         if lib.bpf_lookup_elem(self._stats.map_fd, ctypes.byref(self._stats_key),
                                ctypes.byref(self._stats_value)) != 0:
             code = ctypes.get_errno()
@@ -366,29 +374,48 @@ class Probe:
                     int.from_bytes(raw[base + slots_at:base + slots_at + 8 * width], order),
                     width, int.from_bytes(raw[base + sum_at:base + sum_at + 8], order)))
         host = sum_counts(self.layout, per_cpu) if per_cpu else empty_counts(self.layout)
-        return Snapshot(host, lost, self._read_cgroups() if self._cgroups is not None else {},
-                        self._read_pairs() if self._pairs is not None else None)
+        cgroups = self._read_cgroups() if self._cgroups is not None else {}
+        # The pairs last: a program that read the old side just before the flip has long
+        # finished its update (a tracepoint's program runs without sleeping, in microseconds).
+        pairs = self._drain_pairs(left) if left is not None else None
+        return Snapshot(host, lost, cgroups, pairs)
 
-    def _read_pairs(self) -> Dict[tuple, int]:
-        """Read what each (waiting cgroup, culprit) pair has been charged, in ns.
+    @staticmethod
+    def _create_overflow_pair(pairs) -> None:
+        """Create the pair the program counts under once the map is full."""
+        overflow = overflow_cgroup()
+        pairs[pairs.Key(overflow, overflow)] = pairs.Leaf(0)
 
-        The map may hold tens of thousands of pairs, read every interval: each batch's keys
-        and values are taken as arrays of u64, not entry by entry."""
-        if self._batch_works:
+    def _flip_side(self):
+        """Charge the other pair map from now on; return the one left."""
+        left = self._pair_maps[self._side]
+        self._side ^= 1
+        self._side_map[self._side_map.Key(0)] = self._side_map.Leaf(self._side)
+        return left
+
+    def _drain_pairs(self, pairs) -> Dict[tuple, int]:
+        """Read and empty a pair map that is no longer charged: what each (waiting cgroup,
+        culprit) pair was charged since it was last emptied, in ns.
+
+        It may hold tens of thousands of pairs: each batch's keys and values are taken as
+        arrays of u64, not entry by entry. The overflow pair is created again."""
+        found: Dict[tuple, int] = {}
+        if self._drain_works:
             try:
-                pairs: Dict[tuple, int] = {}
-                for keys, values in _pair_batches(self._pairs.map_fd, self._pair_keys,
-                                                  self._pair_values):
-                    pairs.update(zip(zip(keys[0::2], keys[1::2]), values))
-                self._pairs_read = pairs
-                return pairs
+                for keys, values in _pair_batches(pairs.map_fd, self._pair_keys,
+                                                  self._pair_values, drain=True):
+                    found.update(zip(zip(keys[0::2], keys[1::2]), values))
             except (OSError, AttributeError) as error:
-                log.info("reading the culprit map in batches failed (%s): reading it entry by "
-                         "entry", getattr(error, "strerror", None) or error)
-                self._batch_works = False
-        self._pairs_read = {(key.victim, key.culprit): value.value
-                            for key, value in self._pairs.items()}
-        return self._pairs_read
+                log.info("emptying the culprit map in batches failed (%s): entry by entry",
+                         getattr(error, "strerror", None) or error)
+                self._drain_works = False
+        if not self._drain_works:  # libbcc before 0.20 (bullseye's 0.18), or the kernel said no
+            for key, value in pairs.items():
+                found[key.victim, key.culprit] = found.get((key.victim, key.culprit), 0) \
+                    + value.value
+            pairs.clear()
+        self._create_overflow_pair(pairs)
+        return {pair: ns for pair, ns in found.items() if ns}  # the overflow pair may be 0
 
     def _read_cgroups(self) -> Dict[int, Counts]:
         """Read every cgroup's counters; an entry unchanged since the last read is reused.
@@ -426,25 +453,16 @@ class Probe:
             yield key.value, memoryview(ctypes.string_at(ctypes.addressof(value), size))
 
     def forget(self, cgroups: Iterable[int]) -> None:
-        """Delete the entries of removed cgroups, and the pairs they are in as the waiting
-        cgroup or the culprit, after their last counts were read (a removed cgroup has no
-        tasks left to make a new pair since that reading)."""
+        """Delete the entries of removed cgroups, after their last counts were read. (The
+        pairs need no forgetting: each reading empties the map it reads.)"""
         if self._cgroups is None:
             return
-        gone = set(cgroups)
-        for cgroup in gone:
+        for cgroup in set(cgroups):
             try:
                 del self._cgroups[self._cgroups.Key(cgroup)]
             except KeyError:
                 pass
             self._counts_cache.pop(cgroup, None)
-        if self._pairs is not None and gone:
-            for victim, culprit in list(self._pairs_read):
-                if victim in gone or culprit in gone:
-                    try:
-                        del self._pairs[self._pairs.Key(victim, culprit)]
-                    except KeyError:
-                        pass
 
     def close(self) -> None:
         """Detach the tracepoints and unload the program."""

@@ -33,10 +33,11 @@ DEFAULT_START_ENTRIES = 65536
 # about 8 MiB of kernel memory whatever the number of CPUs.
 DEFAULT_MAX_CGROUPS = 4096
 
-# With culprit attribution, the map of (waiting cgroup, culprit) pairs: a key of two u64 and a
-# u64 value each, about 100 bytes with the hash table's own, shared by all CPUs: 65536 pairs
-# (16 culprits for each of 4096 cgroups) are about 6 MiB whatever the number of CPUs.
-DEFAULT_MAX_PAIRS = 65536
+# With culprit attribution, each of the two maps of (waiting cgroup, culprit) pairs (one is
+# charged while the other is read and emptied, so each holds one interval's pairs): a key of
+# two u64 and a u64 value each, about 100 bytes with the hash table's own, shared by all CPUs:
+# 32768 pairs an interval are about 3 MiB a map whatever the number of CPUs.
+DEFAULT_MAX_PAIRS = 32768
 
 _DEFINE = re.compile(r"^#define\s+([A-Z_][A-Z0-9_]*)\s+(\d+)\s*$", re.MULTILINE)
 

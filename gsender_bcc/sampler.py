@@ -4,6 +4,9 @@ The program's counters are cumulative. Each interval is the difference between t
 (histogram.delta), over the monotonic seconds between them. With the per-service breakdown,
 the cgroups that counted are named by the tree, and merged by service.
 
+The culprit pairs (with attribution) are the exception: each reading empties the kernel's
+pair map, so a reading holds the interval's pairs and needs no subtracting.
+
 A removed cgroup's entry stays in the kernel's map, its counts unchanged, until it is
 forgotten: its last samples are sent under its name, and once the tree reports it gone
 its entry is deleted and it is dropped from the reading the next interval is subtracted
@@ -86,11 +89,8 @@ class Sampler:
             return None
         layout = self.probe.layout
         pairs = measured.culprits if culprits != 0 else None
-        baseline = self.baseline
-        resolved = self.tree.resolve(
-            set(measured.cgroups) | pair_cgroups(pairs, self.reserved),
-            present=set(baseline.cgroups) | pair_cgroups(baseline.culprits, self.reserved),
-            keep=(self.overflow,))
+        resolved = self.tree.resolve(set(measured.cgroups) | pair_cgroups(pairs, self.reserved),
+                                     present=self.baseline.cgroups.keys(), keep=(self.overflow,))
         named = by_service(layout, measured.cgroups, resolved.service_of)
         charged = charges(pairs, resolved.service_of, self.reserved) if pairs is not None \
             else None
@@ -125,18 +125,14 @@ class Sampler:
         return reserved_totals(measured.culprits, self.reserved)
 
     def _forget(self, gone: Iterable[int]) -> None:
-        """Delete the entries of removed cgroups and drop them from the baseline, together:
-        their histograms and the culprit pairs naming them as victim or culprit."""
+        """Delete the entries of removed cgroups and drop them from the baseline, together.
+        (The culprit pairs are not cumulative: nothing keeps those naming them.)"""
         gone = set(gone)
         self.probe.forget(gone)
         baseline = self.baseline
-        pairs = baseline.culprits
         self._baseline = replace(
-            baseline,
-            cgroups={cgroup: counts for cgroup, counts in baseline.cgroups.items()
-                     if cgroup not in gone},
-            culprits=None if pairs is None else
-            {pair: ns for pair, ns in pairs.items() if pair[0] not in gone and pair[1] not in gone})
+            baseline, cgroups={cgroup: counts for cgroup, counts in baseline.cgroups.items()
+                               if cgroup not in gone})
 
     def overflow_count(self, measured: Measured) -> int:
         """The samples counted beyond the map's capacity (under the overflow key)."""

@@ -154,7 +154,7 @@ class TestWithBpf:
         result = agent("--dump-bpf")
         assert result.returncode == 0
         assert re.search(r"compile flags: -I\S+/bpf -DSTART_ENTRIES=65536 -DPER_CGROUP=1 "
-                         r"-DMAX_CGROUPS=4096 -DCULPRITS=0 -DMAX_PAIRS=65536 "
+                         r"-DMAX_CGROUPS=4096 -DCULPRITS=0 -DMAX_PAIRS=32768 "
                          r"-DLINUX_VERSION_CODE=\d+ -DGSENDER_PAGE_SIZE=\d+ "
                          r"-DRAW_TRACEPOINTS -DSCHED_INFO_OFFSET=\d+ -DLAST_ARRIVAL_OFFSET=\d+ "
                          r"\*/", result.stdout)

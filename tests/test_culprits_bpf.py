@@ -12,7 +12,6 @@ import time
 import pytest
 
 from gsender_bcc.config import Config
-from gsender_bcc.histogram import culprit_delta
 from gsender_bcc.probe import Probe, reserved_culprits
 from test_physics_bpf import CPU, exec_runtime_ns
 from test_probe_bpf import settings_for
@@ -50,12 +49,23 @@ def within(measured, truth, what):
         f"{what}: {measured / 1e9:.3f}s by the program, {truth / 1e9:.3f}s by CPU time")
 
 
-def assert_every_wait_is_split_exactly(snapshot, cgroups):
-    """Cumulative since the attach, read with the loops stopped (no wait in flight): each
-    cgroup's pairs add up to its histogram's total, to the nanosecond."""
+def summed(*readings):
+    """The pairs of several readings added up: each holds those charged since the one before,
+    so every reading since the attach adds up to what was charged since it."""
+    total = {}
+    for reading in readings:
+        for pair, ns in reading.culprits.items():
+            total[pair] = total.get(pair, 0) + ns
+    return total
+
+
+def assert_every_wait_is_split_exactly(readings, cgroups):
+    """Every reading since the attach, the last with the loops stopped (no wait in flight):
+    each cgroup's pairs add up to its histogram's total, to the nanosecond."""
+    pairs = summed(*readings)
     for cgroup in cgroups:
-        assert sum(charged_to(snapshot.culprits, cgroup.id).values()) == \
-            snapshot.cgroups[cgroup.id].sum_ns
+        assert sum(charged_to(pairs, cgroup.id).values()) == \
+            readings[-1].cgroups[cgroup.id].sum_ns
 
 
 @pytest.mark.parametrize("kind", ["raw", "classic"])
@@ -83,7 +93,7 @@ def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory)
         for cgroup in loops:
             cgroup.pause()
         stopped = probe.read_snapshot()
-    pairs = culprit_delta(before.culprits, after.culprits)
+    pairs = after.culprits
     for victim in loops:
         for culprit in loops:
             if culprit is not victim:
@@ -96,7 +106,7 @@ def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory)
     within(service_pair((b.id,), a), cpu[one.id] + cpu[two.id], f"{kind}: B behind A")
     within(service_pair(a, (b.id,)), 2 * cpu[b.id], f"{kind}: A behind B")
     within(service_pair(a, a), cpu[one.id] + cpu[two.id], f"{kind}: A behind itself")
-    assert_every_wait_is_split_exactly(stopped, loops)
+    assert_every_wait_is_split_exactly((before, after, stopped), loops)
 
 
 @pytest.mark.parametrize("kind", ["raw", "classic"])
@@ -121,10 +131,10 @@ def test_a_sleeper_beside_a_hog_waits_behind_the_hog(kind, cgroup_factory):
         stopped = probe.read_snapshot()
     waited = stopped.cgroups[sleeper.id].sum_ns - before.cgroups[sleeper.id].sum_ns
     assert stopped.cgroups[sleeper.id].count - before.cgroups[sleeper.id].count > 100
-    behind = charged_to(culprit_delta(before.culprits, stopped.culprits), sleeper.id)
+    behind = charged_to(stopped.culprits, sleeper.id)
     assert behind.get(hog.id, 0) >= 0.9 * waited, (kind, behind, waited)
     assert behind.get(NAMES["idle"], 0) <= 0.02 * waited, (kind, behind, waited)
-    assert_every_wait_is_split_exactly(stopped, (sleeper, hog))
+    assert_every_wait_is_split_exactly((before, stopped), (sleeper, hog))
 
 
 @pytest.mark.parametrize("kind", ["raw", "classic"])
@@ -147,10 +157,10 @@ def test_a_wait_begun_on_another_cpu_is_charged_to_migrated_for_that_part(kind, 
         still.pause(), moving.pause()
         cpu_still = cpu_ns(still) - cpu_still
         stopped = probe.read_snapshot()
-    behind = charged_to(culprit_delta(before.culprits, stopped.culprits), moving.id)
+    behind = charged_to(stopped.culprits, moving.id)
     assert behind.get(NAMES["migrated"], 0) > 0, (kind, behind)
     assert behind.get(still.id, 0) <= (1 + TOLERANCE) * cpu_still, (kind, behind, cpu_still)
-    assert_every_wait_is_split_exactly(stopped, (still, moving))
+    assert_every_wait_is_split_exactly((before, stopped), (still, moving))
 
 
 def test_pairs_beyond_the_map_are_counted_under_the_overflow_pair(cgroup_factory):
@@ -178,22 +188,26 @@ def test_pairs_beyond_the_map_are_counted_under_the_overflow_pair(cgroup_factory
     assert abs(charged - waited) <= 0.01 * waited, (charged, waited)
 
 
-def test_forgetting_a_removed_cgroup_deletes_its_pairs(cgroup_factory):
-    """Once a removed cgroup's last counts are read, forget deletes the pairs naming it, as
-    the waiting cgroup or as the culprit, and no other pair."""
+def test_each_reading_holds_the_pairs_charged_since_the_one_before(cgroup_factory):
+    """A reading flips the map the program charges and empties the one it left. So once the
+    loops stop, the reading after next finds none of their pairs (a removed cgroup's pairs
+    vanish the same way), and the readings add up, across both maps, to the histograms."""
     needs_two_cpus()
-    gone, stays = cgroup_factory("culprit-gone"), cgroup_factory("culprit-stays")
-    gone.spin(CPU), stays.spin(CPU)
+    loops = [cgroup_factory(f"culprit-reading-{n}") for n in range(2)]
+    for cgroup in loops:
+        cgroup.spin(CPU)
     time.sleep(0.3)
     with Probe(Config(), culprit_settings("raw")) as probe:
-        time.sleep(0.5)
-        gone.remove()
-        stays.pause()
-        read = probe.read_snapshot()
-        named = {pair for pair in read.culprits if gone.id in pair}
-        assert named, read.culprits
-        probe.forget({gone.id})
-        after = probe.read_snapshot()
-    assert not any(gone.id in pair for pair in after.culprits)
-    kept = set(read.culprits) - named
-    assert kept <= set(after.culprits)
+        readings = [probe.read_snapshot()]
+        for _ in range(3):  # three flips while they run, so both maps are read twice
+            time.sleep(0.3)
+            readings.append(probe.read_snapshot())
+        for cgroup in loops:
+            cgroup.pause()
+        readings.append(probe.read_snapshot())  # their last waits, charged before the pause
+        readings.append(probe.read_snapshot())
+    ids = {cgroup.id for cgroup in loops}
+    for reading in readings[1:4]:
+        assert any(victim in ids for victim, _ in reading.culprits), reading.culprits
+    assert not any(victim in ids or culprit in ids for victim, culprit in readings[-1].culprits)
+    assert_every_wait_is_split_exactly(readings, loops)

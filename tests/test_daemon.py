@@ -118,7 +118,7 @@ class FakeProbe:
         self.cgroups = {}
         self.per_cgroup = per_cgroup
         self.forgotten = set()
-        self.pairs = None  # with attribution: (victim, culprit) -> ns, cumulative
+        self.pairs = None  # with attribution: (victim, culprit) -> ns since the last reading
 
     def blame(self, us, cgroup, culprit):
         """Count one sample of ``us`` in ``cgroup``, all of it behind ``culprit``."""
@@ -136,9 +136,10 @@ class FakeProbe:
         self.cgroups[cgroup] = (slots, total + us * 1000 * n)
 
     def read_snapshot(self):
+        pairs, self.pairs = self.pairs, None if self.pairs is None else {}  # emptied when read
         return Snapshot(Counts(array("q", self.slots), self.sum_ns), 0,
                         {c: Counts(array("q", s), t) for c, (s, t) in self.cgroups.items()},
-                        None if self.pairs is None else dict(self.pairs))
+                        pairs)
 
     def forget(self, cgroups):
         self.forgotten |= set(cgroups)

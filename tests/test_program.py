@@ -115,7 +115,7 @@ class TestSettings:
                                            version_code=0x60100, page_size=4096)
         assert settings.cflags(tmp_path) == (f"-I{tmp_path}", "-DSTART_ENTRIES=4096",
                                              "-DPER_CGROUP=0", "-DMAX_CGROUPS=4096",
-                                             "-DCULPRITS=0", "-DMAX_PAIRS=65536",
+                                             "-DCULPRITS=0", "-DMAX_PAIRS=32768",
                                              "-DLINUX_VERSION_CODE=393472",
                                              "-DGSENDER_PAGE_SIZE=4096",
                                              "-DPREEMPTED_STATE=0x100")
