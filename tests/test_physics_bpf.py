@@ -133,13 +133,13 @@ def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
       next update ("a useless back to back clock update": check_preempt_curr, wakeup_preempt
       in newer kernels, in kernel/sched/core.c), so the few microseconds from the wakeup to the
       switch are not in run_delay. Classic reads bpf_ktime_get_ns in its own programs at the two
-      tracepoints and has them. Measured here: about half of a 2 ms sleeper's samples under 1 µs in raw mode,
-      4 to 16 µs in classic; 13 ms over 1500 such samples (28 ms over 1315 on a slow day). The task it preempted
-      is queued again with that stale clock, so in raw mode its wait gains what the woken one
-      lost (one CI run put 6% of a busy loop's samples at 32 to 64 µs in raw mode and under
-      32 µs in classic). So one wait may land
-      one log2 bucket away under the other clock (never two, from 2 × WAKEUP_GAP_NS up), and the totals may
-      differ by that gap per sample on top of the tolerance.
+      tracepoints and has them. Measured here: about half of a 2 ms sleeper's samples under
+      1 µs in raw mode, 4 to 16 µs in classic; 13 ms over 1500 such samples (28 ms over 1315
+      on a slow day). The task it preempted is queued again with that stale clock, so in raw
+      mode its wait gains what the woken one lost (one CI run put 6% of a busy loop's samples
+      at 32 to 64 µs in raw mode and under 32 µs in classic). So one wait may land one log2
+      bucket away under the other clock (never two, from 2 × WAKEUP_GAP_NS up), and the totals
+      may differ by that gap per sample on top of the tolerance.
     - A task preempted while already marked to sleep is counted by classic (its prev_state has
       the preempted bit) and not by the scheduler, which does not queue it as waiting.
     - A wait in progress at the attach is counted by classic from the attach, by raw mode not at
