@@ -54,10 +54,17 @@ def test_samples_of_cgroups_past_the_maps_capacity_are_counted_in_other(agent_fa
         mover.stdin.close()
         assert mover.stdout.readline() == "done\n"
         assert mover.wait(timeout=30) == 0
+        finished = time.time()
     finally:
         mover.kill()
         mover.wait()
-    lines += agent.intervals(3)
+    # The agent printed on while the mover ran (seconds on a slow machine): read on up to the
+    # interval after the one the mover finished in, not a fixed number of intervals.
+    for _ in range(60):
+        batch = agent.intervals(1)
+        lines += batch
+        if batch[0][2] >= finished + 1:
+            break
     assert agent.proc.poll() is None
     by_stamp = {}
     for path, value, stamp in lines:
