@@ -268,14 +268,14 @@ def _batches(map_fd: int, keys, values) -> Iterator[tuple]:
 PAIR_BATCH_ENTRIES = 4096
 
 
-def _pair_batches(map_fd: int, keys, values, drain: bool = False) -> Iterator[tuple]:
-    """Yield a pair map's batches (``drain``: deleting what each batch read): the keys as a
+def _pair_batches(map_fd: int, keys, values) -> Iterator[tuple]:
+    """Yield a pair map's batches, deleting what each batch read: the keys as a
     sequence of u64 (victim, culprit, ...) and the values as one of u64, each valid until the
     next batch is asked for."""
     words_per_key = ctypes.sizeof(keys) // len(keys) // 8
     key_words = memoryview(keys).cast("B").cast("Q")
     value_words = memoryview(values).cast("B").cast("Q")
-    for count in _batch_counts(map_fd, keys, values, drain):
+    for count in _batch_counts(map_fd, keys, values, drain=True):
         yield key_words[:count * words_per_key], value_words[:count]
 
 
@@ -403,7 +403,7 @@ class Probe:
         if self._drain_works:
             try:
                 for keys, values in _pair_batches(pairs.map_fd, self._pair_keys,
-                                                  self._pair_values, drain=True):
+                                                  self._pair_values):
                     found.update(zip(zip(keys[0::2], keys[1::2]), values))
             except (OSError, AttributeError) as error:
                 log.info("emptying the culprit map in batches failed (%s): entry by entry",
