@@ -4,12 +4,11 @@ No RPM distribution is reachable from here. The closest honest proof: rpmbuild a
 from Debian's rpm and rpmlint packages (BuildRequires not checked: --nodeps), the package's
 file list and files compared with the .deb's, and the package installed with
 `rpm --root --nodeps` (Debian's python3-bpfcc stands in for Fedora's python3-bcc) into a
-throwaway Debian root file system unpacked from the VM test's cached bookworm base, where
+throwaway Debian root file system unpacked from the VM test's bookworm base, where
 `gsender-bcc --check` runs under chroot (README: "The .rpm").
 """
 
 import glob
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +19,6 @@ import pytest
 from test_packaging import run
 
 ROOT = Path(__file__).resolve().parent.parent
-VM_CACHE = Path(os.environ.get("GSENDER_VM_CACHE", "/var/cache/gsender-bcc-vm"))
 SEED_CONF = ROOT / "tests" / "vm" / "old-gsender" / "gsender.conf"
 # Where each package puts the Python package: Debian's dist-packages, the python3_sitelib of
 # the Python that built the .rpm; and where each puts its docs.
@@ -132,14 +130,15 @@ def test_dependencies_and_scriptlets_are_fedoras(packages):
 
 @pytest.fixture
 def debian_root(tmp_path):
-    """A bookworm root file system from the VM test's cache, with python3-bpfcc installed
-    from the packages the cache carries (no network)."""
-    bases = sorted(VM_CACHE.glob("base-bookworm-*.tar"))
-    if not bases:
-        pytest.skip(f"no cached bookworm base in {VM_CACHE} (make test-vm builds one)")
+    """A bookworm root file system from the VM test's base (built and cached by run-vm.sh
+    if this machine has none yet), with python3-bpfcc installed from the packages the base
+    carries (no network)."""
+    run("scripts/setup-host.sh", "debootstrap", cwd=ROOT)
+    base = run(str(ROOT / "tests" / "vm" / "run-vm.sh"), "--base", str(tmp_path / "vm"),
+               "bookworm", timeout=1800).stdout.strip().splitlines()[-1]
     root = tmp_path / "root"
     root.mkdir()
-    run("tar", "-C", str(root), "-xf", str(bases[-1]))
+    run("tar", "-C", str(root), "-xf", base)
     mounted = []
 
     def mount(*args):

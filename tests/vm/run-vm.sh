@@ -2,6 +2,7 @@
 # make test-vm: boot a Debian VM of one release with our .deb installed and record its serial console.
 #
 #   run-vm.sh DEB WORKDIR RELEASE [KERNEL_RELEASE]
+#   run-vm.sh --base WORKDIR RELEASE    (step 1 alone: prints the cached base's path)
 #
 # RELEASE: bullseye, bookworm or trixie. KERNEL_RELEASE, if given, is another of them whose cloud
 # kernel the guest boots instead of its own: a kernel for which RELEASE has no headers package.
@@ -21,6 +22,8 @@
 # Packages come from the Debian mirror this host's apt already uses (or $GSENDER_VM_MIRROR).
 # WORKDIR/timing gets one line per phase: "<phase> <seconds>".
 set -euo pipefail
+base_only=
+if [ "${1:-}" = --base ]; then base_only=1; shift; set -- /dev/null "$@"; fi
 here=$(cd "$(dirname "$0")" && pwd)
 deb=$(realpath "$1")
 work=$(realpath -m "$2")
@@ -128,6 +131,7 @@ else
 	build_base "$base_tar" "$sources"
 	phase_done base-built
 fi
+[ -z "$base_only" ] || { echo "$base_tar"; exit 0; }
 
 root=$work/root
 rm -rf "$root" && mkdir -p "$root"
