@@ -1,56 +1,43 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 /*
- * Run-queue latency: time from a task becoming runnable until it is switched in.
+ * Run-queue latency, as runqlat measures it: the time from a task becoming runnable
+ * (sched_wakeup, sched_wakeup_new, or a switch-out while still runnable, preempted
+ * included) until sched_switch switches it in, both ends read from the kernel's monotonic
+ * clock (bpf_ktime_get_ns) here. pid 0, the idle task, never counts.
  *
- * Two ways to measure it, chosen by gsender_bcc.program and given as -D flags.
+ * The handlers are the same on both kinds of hook; gsender_bcc.program picks the kind and
+ * passes it and the settings as -D flags:
+ *  RAW_TRACEPOINTS (the kernel's BTF describes task_struct): the hooks hand over task_struct
+ *  pointers, which key the tasks. The task leaving is still runnable if it was preempted or
+ *  its own state is TASK_RUNNING (STATE_SIZE bytes at STATE_OFFSET in task_struct).
+ *  Otherwise classic tracepoints, whose fields come from tracefs: tasks are keyed by pid, and
+ *  the task leaving is still runnable if prev_state is 0 or has the PREEMPTED_STATE bit.
  *
- * RAW_TRACEPOINTS (the kernel's BTF locates task_struct.sched_info): the
- * scheduler already measures every such wait. When a task becomes runnable it
- * stamps sched_info.last_queued; when the task is switched in (just after the
- * sched_switch tracepoint) it adds the wait to sched_info.run_delay and counts
- * the dispatch in sched_info.pcount. This is what /proc/PID/schedstat shows.
- * So one program, on sched_switch only, reads the task leaving the CPU: since
- * it was last seen leaving, one more dispatch (pcount) and run_delay's growth
- * is exactly the wait before the run now ending. No clock is read and no
- * wakeup is traced; a second program forgets each task as it is freed. The task leaving is the current task, so its cgroup is
- * bpf_get_current_cgroup_id(). SCHED_INFO_OFFSET is the byte offset in
- * task_struct of sched_info.pcount, followed by sched_info.run_delay (both
- * u64). Tasks are keyed by task_struct pointer; the idle task (pid 0) is left
- * out, as the scheduler leaves it out.
+ * START_ENTRIES sizes the map of start times, one entry per task seen runnable. An entry is
+ * updated in place (a consumed start is zeroed, never deleted) and deleted when the task is
+ * freed (sched_process_free); a task the full map cannot take is counted as lost.
  *
- * Otherwise classic tracepoints, whose fields come from tracefs: the wait is
- * timed here, from sched_wakeup, sched_wakeup_new or a switch-out while still
- * runnable (prev_state 0, or the PREEMPTED_STATE bit) to the switch-in. Tasks
- * are keyed by pid.
+ * PER_CGROUP=1 charges each sample to the cgroup v2 of the task that waited, and the host's
+ * histogram is then the sum of the cgroups'. The sample is taken at the switch-in, where the
+ * current task is still the one leaving; it waits in its CPU's pending_ns until the next
+ * sched_switch on that CPU, whose current task is the one that waited. MAX_CGROUPS bounds
+ * the cgroups tracked; samples of cgroups beyond it are counted under OVERFLOW_CGROUP, an
+ * entry user space creates before attaching.
  *
- * START_ENTRIES sizes the map of tasks.
- *
- * PER_CGROUP=1 charges each sample to the cgroup v2 of the task that waited,
- * and the host's histogram is then the sum of the cgroups'. On classic
- * tracepoints the sample is taken at the switch-in, where the current task is
- * still the one leaving; it waits in its CPU's pending_ns until the next
- * sched_switch on that CPU, whose current task is the one that waited.
- * MAX_CGROUPS bounds the cgroups tracked; samples of cgroups beyond it are
- * counted under OVERFLOW_CGROUP, an entry user space creates before attaching.
- *
- * CULPRITS=1 (needs PER_CGROUP) also splits each sample by who made it wait: the
- * cgroups of the tasks that ran on the CPU during the wait, each charged the time it
- * ran, in culprit_counts[(waiting cgroup, culprit)]. Each CPU keeps a timeline of its
- * last TIMELINE_SLOTS occupants (the cgroup of each task that left it, or CULPRIT_IDLE,
- * and when it came on). Both kinds of tracepoint learn a sample at the switch-out of
- * the task that waited (classic ones keep it pending until then), when the wait ended
- * at that task's own switch-in: the timeline, walked back from there, holds exactly the
- * occupants during the wait. Raw tracepoints read no clock for it: each task's
- * sched_info.last_arrival (LAST_ARRIVAL_OFFSET bytes after pcount) says when it came on,
- * and at sched_migrate_task run_delay's growth is the part of the wait queued on the CPU
- * left. What the walk cannot reach is charged to CULPRIT_UNTRACKED, the part queued on
- * another CPU to CULPRIT_MIGRATED. The parts add up to the sample, in nanoseconds. MAX_PAIRS
- * bounds the pairs; beyond it a pair is counted under (OVERFLOW_CGROUP,
- * OVERFLOW_CGROUP), an entry user space creates before attaching. The pairs are not
- * cumulative: a host with many services makes more pairs than any map holds for long.
- * They go to one of two maps, culprit_counts_0 or _1, the one culprit_side names; at
- * each reading user space flips the side and then empties the map it left, so each map
- * holds one interval's pairs.
+ * CULPRITS=1 (needs PER_CGROUP) also splits each sample by who made it wait: the cgroups of
+ * the tasks that ran on the CPU during the wait, each charged the time it ran, in
+ * culprit_counts[(waiting cgroup, culprit)]. Each CPU keeps a timeline of its last
+ * TIMELINE_SLOTS occupants (the cgroup of each task that left it, or CULPRIT_IDLE, and when
+ * it came on, by the same clock). A pending sample is split at the switch-out of the task
+ * that waited: the timeline, walked back from its switch-in, holds exactly the occupants
+ * during the wait. What the walk cannot reach is charged to CULPRIT_UNTRACKED; the part of a
+ * wait queued on another CPU before sched_migrate_task moved the task, to CULPRIT_MIGRATED.
+ * The parts add up to the sample, in nanoseconds. MAX_PAIRS bounds the pairs; beyond it a
+ * pair is counted under (OVERFLOW_CGROUP, OVERFLOW_CGROUP), an entry user space creates
+ * before attaching. The pairs are not cumulative: a host with many services makes more pairs
+ * than any map holds for long. They go to one of two maps, culprit_counts_0 or _1, the one
+ * culprit_side names; at each reading user space flips the side and then empties the map it
+ * left, so each map holds one interval's pairs.
  *
  * The other counters are per CPU or per cgroup, cumulative and never cleared: user space
  * sums the CPUs and takes differences between reads.
@@ -124,15 +111,13 @@ BPF_HASH(culprit_counts_1, struct culprit_pair, u64, MAX_PAIRS);
 BPF_ARRAY(culprit_side, u64, 1);
 
 struct occupant {
-	u64 start;	/* when it came on (raw: sched_info.last_arrival, the run queue's
-			 * clock; classic: bpf_ktime_get_ns); 0: empty */
+	u64 start;	/* when it came on (bpf_ktime_get_ns); 0: empty */
 	u64 culprit;
 };
 
 /* One per CPU: who ran on it lately, oldest overwritten first. */
 struct timeline {
 	u64 written;		/* occupants recorded so far; the newest is slot written - 1 */
-	/* Classic tracepoints only (raw ones read when each task came on): */
 	u64 current_start;	/* when the task on the CPU now came on; 0: not seen yet */
 	u64 pending_moved;	/* when the pending sample's task moved CPU, or 0 */
 	struct occupant slots[TIMELINE_SLOTS];
@@ -243,7 +228,7 @@ static __always_inline void add_occupant(struct timeline *t, u64 culprit, u64 st
 	t->written++;
 }
 
-/* Classic: the task on the CPU (of culprit, on since current_start) leaves it now. */
+/* The task on the CPU (of culprit, on since current_start) leaves it now. */
 static __always_inline void record_occupant(struct timeline *t, u64 culprit, u64 now)
 {
 	if (t->current_start)
@@ -276,197 +261,25 @@ static __always_inline void count_lost(u64 samples)
 		s->lost += samples;
 }
 
-#ifdef RAW_TRACEPOINTS
-
-/* The first two fields of task_struct.sched_info, as the scheduler keeps them. */
-struct dispatches {
-	u64 pcount;	/* times switched in after a counted wait */
-	u64 run_delay;	/* ns waited in all, over those */
-};
-
-/* What last_seen keeps of a task. */
-struct seen_task {
-	struct dispatches at;	/* its dispatches when it last left a CPU */
-	u64 migrated;		/* ns of its wait since then spent queued on CPUs it left */
-};
-
-/*
- * task -> what it was when it last left a CPU. Entries are updated in place, so the
- * steady state costs one lookup per switch and takes no lock. A task's entry is
- * deleted when the task is freed; the LRU policy would retire it too.
- */
-BPF_TABLE("lru_hash", u64, struct seen_task, last_seen, START_ENTRIES);
-
-#if CULPRITS
-/*
- * sched_info from pcount up to last_arrival, when the task last came on a CPU (the run
- * queue's clock, as the timeline's starts are here): LAST_ARRIVAL_OFFSET bytes on.
- */
-struct sched_info_head {
-	u64 words[LAST_ARRIVAL_OFFSET / 8 + 1];
-};
-
-_Static_assert(LAST_ARRIVAL_OFFSET % 8 == 0 && LAST_ARRIVAL_OFFSET >= 16,
-	       "sched_info.last_arrival must be a u64 after run_delay");
-#endif
-
-/* One wait that ended when a task came on a CPU. */
-struct ended {
-	u64 waited;	/* ns */
-	u64 migrated;	/* ns of it spent queued on CPUs the task left */
-};
-
-/*
- * Find the wait that ended when prev, leaving the CPU now, came on, and when it came
- * on (*arrived, with CULPRITS). Return 1 if there is one to report.
- */
-static __always_inline int ended_wait(u64 prev, struct ended *e, u64 *arrived)
-{
-	struct dispatches now;
-	struct seen_task *seen;
-#if CULPRITS
-	struct sched_info_head head;
-
-	if (bpf_probe_read_kernel(&head, sizeof(head), (void *)(prev + SCHED_INFO_OFFSET)) != 0)
-		return 0;
-	now.pcount = head.words[0];
-	now.run_delay = head.words[1];
-	*arrived = head.words[LAST_ARRIVAL_OFFSET / 8];
-#else
-	if (bpf_probe_read_kernel(&now, sizeof(now), (void *)(prev + SCHED_INFO_OFFSET)) != 0)
-		return 0;
-#endif
-	seen = last_seen.lookup(&prev);
-	if (seen && now.pcount >= seen->at.pcount && now.run_delay >= seen->at.run_delay) {
-		/* No new dispatch: it ran on without a counted wait (none to report). */
-		if (now.pcount == seen->at.pcount)
-			return 0;
-		e->migrated = seen->migrated;
-		seen->migrated = 0;
-		if (now.pcount - seen->at.pcount > 1) {
-			/* Several waits summed together cannot be told apart. */
-			count_lost(now.pcount - seen->at.pcount);
-			seen->at = now;
-			return 0;
-		}
-		e->waited = now.run_delay - seen->at.run_delay;
-		seen->at = now;
-		if (e->migrated > e->waited)
-			e->migrated = e->waited;
-		return 1;
-	}
-	/* First seen, or a new task at an exited one's address (a missed free). */
-	if (seen) {
-		seen->at = now;
-		seen->migrated = 0;
-	} else {
-		struct seen_task first = {.at = now};
-
-		if (last_seen.update(&prev, &first) != 0)
-			count_lost(1);
-	}
-	/* Only a first dispatch is known to be one wait. */
-	if (now.pcount != 1)
-		return 0;
-	e->waited = now.run_delay;
-	e->migrated = 0;
-	return 1;
-}
-
-RAW_TRACEPOINT_PROBE(sched_switch)
-{
-	u64 prev = ctx->args[1], arrived = 0;
-	struct ended e;
-	/* The task leaving is still the current one; pid 0 is the idle task. */
-	int idle = (u32)bpf_get_current_pid_tgid() == 0;
-#if CULPRITS
-	struct timeline *t = this_timeline();
-	u64 cgroup;
-
-	if (!t)
-		return 0;
-	if (idle) {
-		/* The idle task keeps no sched_info: its start is never needed (split_wait). */
-		add_occupant(t, CULPRIT_IDLE, 1);
-		return 0;
-	}
-	cgroup = bpf_get_current_cgroup_id();
-	if (ended_wait(prev, &e, &arrived))
-		split_wait(t, charge_cgroup(cgroup, e.waited), arrived, e.waited - e.migrated,
-			   e.migrated);
-	/* Its start is 0 only if sched_info could not be read: the record then stops walks. */
-	add_occupant(t, cgroup, arrived);
-#else
-	if (idle || !ended_wait(prev, &e, &arrived))
-		return 0;
-#if PER_CGROUP
-	charge_cgroup(bpf_get_current_cgroup_id(), e.waited);
-#else
-	{
-		u32 zero = 0;
-		struct latency_stats *s = stats.lookup(&zero);
-
-		if (s)
-			count_on_cpu(s, e.waited);
-	}
-#endif
-#endif
-	return 0;
-}
-
-#if CULPRITS
-/*
- * A task moves CPU. If it was queued, the scheduler has just added the wait it had on
- * the CPU it leaves to run_delay (without a dispatch): that part is migrated. A task
- * that moves as it wakes has waited nothing since it last left a CPU: none is.
- */
-RAW_TRACEPOINT_PROBE(sched_migrate_task)
-{
-	u64 task = ctx->args[0];
-	struct seen_task *seen = last_seen.lookup(&task);
-	struct dispatches now;
-
-	if (!seen || bpf_probe_read_kernel(&now, sizeof(now),
-					   (void *)(task + SCHED_INFO_OFFSET)) != 0)
-		return 0;
-	if (now.pcount == seen->at.pcount && now.run_delay >= seen->at.run_delay)
-		seen->migrated = now.run_delay - seen->at.run_delay;
-	return 0;
-}
-#endif
-
-/*
- * A task_struct is freed here, and its address may then be a new task's: forget
- * it, so the new task is never measured against the old one's counters.
- */
-RAW_TRACEPOINT_PROBE(sched_process_free)
-{
-	u64 task = ctx->args[0];
-
-	last_seen.delete(&task);
-	return 0;
-}
-
-#else /* classic tracepoints */
-
-/* What enqueued_at keeps of a task. */
-struct queued_task {
+/* What start_times keeps of a task. */
+struct start_time {
 	u64 since;	/* when it became runnable (ns), 0 once consumed */
-	u64 moved;	/* when it moved CPU while runnable, or 0 */
+	u64 moved;	/* when it moved CPU while runnable, or 0 (read with CULPRITS only) */
 };
 
-/* pid -> when it became runnable. Updated in place, as last_seen is. */
-BPF_TABLE("lru_hash", u64, struct queued_task, enqueued_at, START_ENTRIES);
+/* task (pointer or pid) -> when it became runnable; preallocated, updated in place. */
+BPF_HASH(start_times, u64, struct start_time, START_ENTRIES);
 
+/* The task became runnable at now. */
 static __always_inline void mark_runnable(u64 task, u64 now)
 {
-	struct queued_task *q = enqueued_at.lookup(&task), fresh = {.since = now};
+	struct start_time *q = start_times.lookup(&task), fresh = {.since = now};
 
 	if (q) {
 		*q = fresh;
 		return;
 	}
-	if (enqueued_at.update(&task, &fresh) != 0)
+	if (start_times.insert(&task, &fresh) != 0)
 		count_lost(1);
 }
 
@@ -475,7 +288,7 @@ static __always_inline void mark_runnable(u64 task, u64 now)
  * The pending sample, waited ns, ended when the task leaving now came on (current_start);
  * the part before its move from another CPU, if it moved during the wait, is migrated.
  */
-static __always_inline void classic_split(struct timeline *t, u64 victim, u64 waited)
+static __always_inline void split_pending(struct timeline *t, u64 victim, u64 waited)
 {
 	u64 end = t->current_start, moved = t->pending_moved, migrated = 0;
 
@@ -490,15 +303,16 @@ static __always_inline void classic_split(struct timeline *t, u64 victim, u64 wa
 #endif
 
 /*
- * Called at every sched_switch with the task switched in: first charge the
- * sample of the task that is now leaving the CPU, then take the new one.
+ * sched_switch: prev leaves the CPU (still runnable or not; the idle task if idle), next
+ * comes on. First charge the pending sample of the task now leaving (it waited before
+ * it came on), then mark prev if it still waits, then end next's wait.
  */
-static __always_inline void record_switch_in(u64 prev_pid, u64 task, u64 now)
+static __always_inline void on_switch(u64 prev, int runnable, int idle, u64 next)
 {
-	struct queued_task *q = enqueued_at.lookup(&task);
+	u64 now = bpf_ktime_get_ns(), delta;
+	struct start_time *q;
 	struct latency_stats *s;
 	u32 zero = 0;
-	u64 delta;
 #if CULPRITS
 	struct timeline *t = this_timeline();
 	u64 cgroup = bpf_get_current_cgroup_id();
@@ -512,16 +326,19 @@ static __always_inline void record_switch_in(u64 prev_pid, u64 task, u64 now)
 		return;
 #if CULPRITS
 	if (s->pending) {
-		classic_split(t, charge_cgroup(cgroup, s->pending_ns), s->pending_ns);
+		split_pending(t, charge_cgroup(cgroup, s->pending_ns), s->pending_ns);
 		s->pending = 0;
 	}
-	record_occupant(t, prev_pid == 0 ? CULPRIT_IDLE : cgroup, now);
+	record_occupant(t, idle ? CULPRIT_IDLE : cgroup, now);
 #elif PER_CGROUP
 	if (s->pending) {
 		charge_cgroup(bpf_get_current_cgroup_id(), s->pending_ns);
 		s->pending = 0;
 	}
 #endif
+	if (runnable)
+		mark_runnable(prev, now);
+	q = start_times.lookup(&next);
 	if (!q || q->since == 0 || q->since > now)
 		return;
 	delta = now - q->since;
@@ -536,6 +353,83 @@ static __always_inline void record_switch_in(u64 prev_pid, u64 task, u64 now)
 	count_on_cpu(s, delta);
 #endif
 }
+
+#if CULPRITS
+/* A task moves CPU: at a wakeup (before it is marked runnable) or while it waits. */
+static __always_inline void on_migrate(u64 task)
+{
+	struct start_time *q = start_times.lookup(&task);
+
+	if (q && q->since != 0)
+		q->moved = bpf_ktime_get_ns();
+}
+#endif
+
+/* A task is freed: its pointer or pid may be a new task's next. */
+static __always_inline void forget_task(u64 task)
+{
+	start_times.delete(&task);
+}
+
+#ifdef RAW_TRACEPOINTS
+
+/* The width of task_struct's state: unsigned int __state since 5.14, long state before. */
+#if STATE_SIZE == 8
+typedef u64 task_state;
+#else
+typedef u32 task_state;
+#endif
+
+/* Whether prev, leaving its CPU, stays runnable: preempted, or its own state is running. */
+static __always_inline int still_runnable(u64 preempt, u64 prev)
+{
+	task_state state;
+
+	if (preempt)
+		return 1;
+	if (bpf_probe_read_kernel(&state, sizeof(state), (void *)(prev + STATE_OFFSET)) != 0)
+		return 0;
+	return state == 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_wakeup)
+{
+	mark_runnable(ctx->args[0], bpf_ktime_get_ns());
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_wakeup_new)
+{
+	mark_runnable(ctx->args[0], bpf_ktime_get_ns());
+	return 0;
+}
+
+/* (bool preempt, struct task_struct *prev, struct task_struct *next[, prev_state]) */
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+	u64 prev = ctx->args[1];
+	/* The task leaving is still the current one; pid 0 is the idle task. */
+	int idle = (u32)bpf_get_current_pid_tgid() == 0;
+
+	on_switch(prev, !idle && still_runnable(ctx->args[0], prev), idle, ctx->args[2]);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_process_free)
+{
+	forget_task(ctx->args[0]);
+	return 0;
+}
+
+#if CULPRITS
+RAW_TRACEPOINT_PROBE(sched_migrate_task)
+{
+	on_migrate(ctx->args[0]);
+	return 0;
+}
+#endif
+
+#else /* classic tracepoints */
 
 TRACEPOINT_PROBE(sched, sched_wakeup)
 {
@@ -553,25 +447,24 @@ TRACEPOINT_PROBE(sched, sched_wakeup_new)
 
 TRACEPOINT_PROBE(sched, sched_switch)
 {
-	u64 now = bpf_ktime_get_ns();
 	long state = args->prev_state;
+	int idle = args->prev_pid == 0;
 
-	if ((state == 0 || (state & PREEMPTED_STATE)) && args->prev_pid != 0)
-		mark_runnable(args->prev_pid, now);
-	/* pid 0, the idle task, is never marked runnable: switching to it records nothing. */
-	record_switch_in(args->prev_pid, args->next_pid, now);
+	on_switch(args->prev_pid, !idle && (state == 0 || (state & PREEMPTED_STATE)), idle,
+		  args->next_pid);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_free)
+{
+	forget_task(args->pid);
 	return 0;
 }
 
 #if CULPRITS
-/* A task moves CPU: at a wakeup (before it is marked runnable) or while it waits. */
 TRACEPOINT_PROBE(sched, sched_migrate_task)
 {
-	u64 task = args->pid;
-	struct queued_task *q = enqueued_at.lookup(&task);
-
-	if (q && q->since != 0)
-		q->moved = bpf_ktime_get_ns();
+	on_migrate(args->pid);
 	return 0;
 }
 #endif

@@ -48,9 +48,8 @@
 /*
  * One per CPU. The number of samples is the sum of the slots, which stays exact
  * even when a read catches a CPU between two of these increments. With the
- * per-cgroup breakdown the slots stay empty (each cgroup has its own); on
- * classic tracepoints pending_ns then holds this CPU's last sample until it can
- * be charged.
+ * per-cgroup breakdown the slots stay empty (each cgroup has its own), and
+ * pending_ns holds this CPU's last sample until it can be charged.
  */
 struct latency_stats {
 	u64 slots[HIST_SLOTS];

@@ -164,36 +164,41 @@ class Btf:
 
 @dataclass(frozen=True)
 class RawLayout:
-    """What the raw-tracepoint program needs to know about this kernel."""
+    """What the raw-tracepoint program needs to know about this kernel's task_struct."""
 
-    # Offset in task_struct of sched_info.pcount, which sched_info.run_delay follows.
-    sched_info_offset: int
-    # Offset of sched_info.last_arrival after pcount: 16, or 32 where Linux 6.16 put
-    # max_run_delay and min_run_delay between.
-    last_arrival_offset: int = 16
+    # Where the task's own state is (TASK_RUNNING is 0), and its width in bytes: 4 for
+    # ``unsigned int __state`` (Linux 5.14 and later), 8 for ``long state`` before.
+    state_offset: int
+    state_size: int = 4
+
+
+# Each hook's argument sizes after ``void *__data``: the program reads them as integers.
+# sched_switch gained ``unsigned int prev_state`` in Linux 5.18 (the program does not read it).
+RAW_ARGUMENTS = {
+    "sched_wakeup": ([8],),
+    "sched_wakeup_new": ([8],),
+    "sched_switch": ([1, 8, 8], [1, 8, 8, 4]),
+    "sched_process_free": ([8],),
+    "sched_migrate_task": ([8, 4],),
+}
 
 
 def raw_layout(btf: Btf) -> RawLayout:
     """Work out the raw-tracepoint layout, or raise LookupError saying what is missing."""
-    # sched_switch is (bool preempt, task *prev, task *next) and, since Linux 5.18
-    # (commit fa2c3254d7cf), (..., unsigned int prev_state); sched_process_free is (task *p).
-    switch = btf.tracepoint_argument_sizes("sched_switch")
-    if switch[:3] != [1, 8, 8] or switch[3:] not in ([], [4]):
-        raise LookupError(f"sched_switch's argument sizes are {switch}, not 1, 8, 8[, 4]")
-    if btf.tracepoint_argument_sizes("sched_process_free") != [8]:
-        raise LookupError("sched_process_free does not take one task pointer")
-    # struct sched_info is empty without CONFIG_SCHED_INFO.
-    sched_info, _ = btf.member_offset("task_struct", "sched_info")
-    pcount = btf.member_offset("sched_info", "pcount")
-    run_delay = btf.member_offset("sched_info", "run_delay")
-    if pcount[1] != 8 or run_delay != (pcount[0] + 8, 8):
-        raise LookupError(f"sched_info.pcount and run_delay are at {pcount} and {run_delay} "
-                          f"(offset, size), not two u64 in a row")
-    arrival = btf.member_offset("sched_info", "last_arrival")
-    if arrival[1] != 8 or arrival[0] < run_delay[0] + 8 or arrival[0] % 8:
-        raise LookupError(f"sched_info.last_arrival is at {arrival} (offset, size), not a u64 "
-                          f"after run_delay")
-    return RawLayout(sched_info + pcount[0], arrival[0] - pcount[0])
+    for event, accepted in RAW_ARGUMENTS.items():
+        sizes = btf.tracepoint_argument_sizes(event)
+        if sizes not in accepted:
+            raise LookupError(f"{event}'s argument sizes are {sizes}, not "
+                              f"{' or '.join(map(str, accepted))}")
+    for member in ("__state", "state"):
+        try:
+            offset, size = btf.member_offset("task_struct", member)
+        except LookupError:
+            continue
+        if size not in (4, 8):
+            raise LookupError(f"task_struct.{member} is {size} bytes, not 4 or 8")
+        return RawLayout(offset, size)
+    raise LookupError("struct task_struct has no member __state or state")
 
 
 def read_raw_layout(path: Path = VMLINUX) -> RawLayout:

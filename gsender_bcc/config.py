@@ -271,8 +271,8 @@ class Config:
     tracepoints: str = setting(
         "default", _choice(TRACEPOINT_MODES, str.lower), "auto",
         "Which tracepoints to attach to: auto (raw ones where the kernel's BTF\n"
-        "describes them and it keeps per-task run-queue delays, else classic), raw,\n"
-        "or classic. A change needs a restart.",
+        "describes task_struct, else classic), raw, or classic. Both time the same\n"
+        "wait; raw ones cost less. A change needs a restart.",
         flag=Flag("--tracepoints", "raw tracepoints (needs the kernel's BTF), classic ones, or "
                                    "the best available ({default})", "|".join(TRACEPOINT_MODES)),
         needs_restart=operator.ne)

@@ -176,46 +176,24 @@ def breakdown_possible(config: Config) -> bool:
 
 
 def compile_settings(config: Config) -> program.ProgramSettings:
-    """Use raw tracepoints where the kernel's BTF and run-queue delay accounting allow, else classic.
+    """Use raw tracepoints where the kernel's BTF describes task_struct, else classic ones.
 
-    ``config.tracepoints`` may force either kind; a forced kind that cannot work here is
-    an AgentError naming why.
+    Both time the same wait with the same handlers; raw ones cost less. ``config.tracepoints``
+    may force either kind; a forced kind that cannot work here is an AgentError naming why.
     """
     per_cgroup = breakdown_possible(config)
     common = {"per_cgroup": per_cgroup, "culprits": per_cgroup and config.max_culprits > 0}
     if config.tracepoints == "classic":
         return _classic_settings(**common)
     try:
-        layout = btf.read_raw_layout()
+        return program.ProgramSettings(raw=btf.read_raw_layout(), **common)
     except (OSError, ValueError, LookupError) as error:
         why = f"{btf.VMLINUX}: {error}"
-    else:
-        why = run_delay_not_kept()
-        if why is None:
-            return program.ProgramSettings(raw=layout, **common)
     if config.tracepoints == "raw":
-        raise AgentError(f"raw tracepoints need the kernel's BTF and its run-queue delay "
-                         f"accounting ({why}): use --tracepoints auto or classic",
-                         EX_UNAVAILABLE)
+        raise AgentError(f"raw tracepoints need the kernel's BTF ({why}): use --tracepoints "
+                         f"auto or classic", EX_UNAVAILABLE)
     log.info("using classic tracepoints: cannot use raw ones (%s)", why)
     return _classic_settings(**common)
-
-
-def run_delay_not_kept(schedstat: Path = Path("/proc/thread-self/schedstat")) -> Optional[str]:
-    """Say why the scheduler does not keep per-task run-queue delays, or None if it does.
-
-    The raw-tracepoint program reads them (sched_info). Older kernels keep them only with
-    schedstats or delay accounting on, and show "0 0 0" otherwise; this thread has run, so a
-    kernel that keeps them has counted at least one dispatch of it (the third field).
-    """
-    try:
-        fields = schedstat.read_text().split()
-    except OSError as error:
-        return f"{schedstat}: {error.strerror or error}"
-    if len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) == 0:
-        return (f"{schedstat} counts no dispatch of this thread ({' '.join(fields[:3])}): the "
-                f"kernel keeps no run-queue delays")
-    return None
 
 
 def render_source(settings: program.ProgramSettings) -> str:

@@ -20,12 +20,23 @@ HEADER_NAME = "runqlat.h"
 # own helpers.h includes, and BCC is pointed at it: no kernel headers are read or needed.
 INCLUDE_TREE_NAME = "kernel-stubs"
 
-# The map of tasks holds one entry per thread seen recently; the LRU policy
-# evicts the least recently seen. 65536 entries (about 5 MiB of kernel memory)
-# exceed the threads a host normally has alive, so a thread that runs is never
-# the least recently seen one. A failed insert is counted (agent.samples_lost),
-# never silent.
-DEFAULT_START_ENTRIES = 65536
+# The map of start times holds one entry per live task that has been runnable since the
+# attach (an entry goes when its task is freed). Every task has a pid of its own, so a map of
+# pid_max entries can never be full; it is sized so, up to MAX_START_ENTRIES (about 5 MiB of
+# kernel memory, preallocated, whatever the number of CPUs). On a host with a larger pid_max
+# and more live tasks than that, a task the map cannot take is counted (agent.samples_lost).
+MAX_START_ENTRIES = 65536
+PID_MAX = Path("/proc/sys/kernel/pid_max")
+
+
+def start_entries(pid_max_file: Path = PID_MAX) -> int:
+    """Size the map of start times: the kernel's pid_max, at most MAX_START_ENTRIES."""
+    try:
+        pid_max = int(pid_max_file.read_text())
+    except (OSError, ValueError):
+        return MAX_START_ENTRIES
+    return max(1, min(pid_max, MAX_START_ENTRIES))
+
 
 # The per-cgroup map holds one entry per cgroup that had a sample since it was created
 # (user space deletes the entries of removed cgroups). Each entry is a histogram of
@@ -121,7 +132,7 @@ class ProgramSettings:
 
     raw: Optional[RawLayout] = None
     preempted_state: Optional[int] = None
-    start_entries: int = DEFAULT_START_ENTRIES
+    start_entries: int = field(default_factory=start_entries)
     per_cgroup: bool = False
     max_cgroups: int = DEFAULT_MAX_CGROUPS
     culprits: bool = False  # split each wait by who ran meanwhile (needs per_cgroup)
@@ -143,13 +154,10 @@ class ProgramSettings:
 
     @property
     def tracepoints(self) -> Tuple[str, ...]:
-        """Name the tracepoints the program attaches to, one program each.
-
-        Classic tracepoints time the wait from wakeup to switch-in; raw ones read the
-        scheduler's own accounting at sched_switch, and forget each task as it is freed.
-        """
-        names = ("sched_switch", "sched_process_free") if self.raw else tracefs.TRACEPOINTS
-        return names + (("sched_migrate_task",) if self.culprits else ())
+        """Name the tracepoints the program attaches to, one program each, of either kind:
+        the three that start and end each wait, the one that forgets a freed task, and with
+        culprit attribution the one that sees a waiting task move CPU."""
+        return tracefs.TRACEPOINTS + (("sched_migrate_task",) if self.culprits else ())
 
     def cflags(self, include_dir: Path) -> Tuple[str, ...]:
         flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}",
@@ -157,8 +165,8 @@ class ProgramSettings:
                  f"-DCULPRITS={int(self.culprits)}", f"-DMAX_PAIRS={self.max_pairs}",
                  *include_tree_flags(self.version_code, self.page_size)]
         if self.raw is not None:
-            flags += ["-DRAW_TRACEPOINTS", f"-DSCHED_INFO_OFFSET={self.raw.sched_info_offset}",
-                      f"-DLAST_ARRIVAL_OFFSET={self.raw.last_arrival_offset}"]
+            flags += ["-DRAW_TRACEPOINTS", f"-DSTATE_OFFSET={self.raw.state_offset}",
+                      f"-DSTATE_SIZE={self.raw.state_size}"]
         else:
             flags.append(f"-DPREEMPTED_STATE={self.preempted_state:#x}")
         return tuple(flags)

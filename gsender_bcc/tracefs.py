@@ -9,7 +9,9 @@ from typing import Iterable
 from .errors import EX_UNAVAILABLE, AgentError
 
 MOUNT_POINTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-TRACEPOINTS = ("sched_wakeup", "sched_wakeup_new", "sched_switch")
+# The waits start at the first two and at sched_switch, and end at sched_switch; a task's
+# start time is forgotten at sched_process_free.
+TRACEPOINTS = ("sched_wakeup", "sched_wakeup_new", "sched_switch", "sched_process_free")
 
 
 def tracefs_root(candidates: Iterable[Path] = MOUNT_POINTS) -> Path:
@@ -27,7 +29,7 @@ def check_tracepoints(root: Path, names: Iterable[str] = TRACEPOINTS) -> None:
         if not (root / "events" / "sched" / name / "format").is_file():
             raise AgentError(f"this kernel has no tracepoint sched:{name} "
                              f"({root}/events/sched/{name} is missing); gsender-bcc needs "
-                             f"sched:sched_wakeup, sched:sched_wakeup_new and sched:sched_switch",
+                             f"{', '.join('sched:' + each for each in TRACEPOINTS)}",
                              EX_UNAVAILABLE)
 
 

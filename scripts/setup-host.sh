@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-bpfcc python3-systemd python3-venv bpftool gcc make graphite-carbon python3-whisper
+APT_PACKAGES=(python3-bpfcc python3-systemd python3-venv bpftool gcc make graphite-carbon python3-whisper libbpf-tools
 	graphite-web carbon-c-relay tmux)
 
 say() { printf 'setup: %s\n' "$*"; }

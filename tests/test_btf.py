@@ -54,55 +54,44 @@ class BlobBuilder:
         return header + self.types + self.strings
 
 
-def kernel_like(switch_has_state=True, run_delay_at=8, last_arrival_at=32):
+def kernel_like(switch_has_state=True, state=("__state", 4), free_argument="task"):
+    """A blob with what raw_layout reads: the five hooks and task_struct's state, at byte 24."""
     b = BlobBuilder()
     u8, u32, s64 = b.integer("_Bool", 1), b.integer("unsigned int", 4), b.integer("long", 8)
-    u64 = b.integer("unsigned long long", 8)
-    sched_info = b.struct("sched_info", 48, [("pcount", s64, 0), ("run_delay", u64,
-                                                                   8 * run_delay_at),
-                                             ("last_arrival", u64, 8 * last_arrival_at),
-                                             ("last_queued", u64, 8 * 40)])
-    task = b.struct("task_struct", 4096, [("thread_info", s64, 0), ("__state", u32, 192),
-                                          ("sched_info", sched_info, 8 * 1008),
+    state_type = {4: u32, 8: s64, 2: b.integer("short", 2)}[state[1]]
+    task = b.struct("task_struct", 4096, [("thread_info", s64, 0), (state[0], state_type, 192),
                                           ("pid", b.integer("int", 4), 8 * 2456)])
     task_pointer = b.add(PTR, "", task)
+    b.tracepoint("sched_wakeup", [task_pointer])
+    b.tracepoint("sched_wakeup_new", [task_pointer])
     b.tracepoint("sched_switch", [u8, task_pointer, task_pointer] + ([u32] if switch_has_state else []))
-    b.tracepoint("sched_process_free", [task_pointer])
+    b.tracepoint("sched_process_free", [task_pointer if free_argument == "task" else u32])
+    b.tracepoint("sched_migrate_task", [task_pointer, b.integer("int", 4)])
     return b
 
 
 class TestSyntheticBlobs:
     def test_a_current_kernel_layout(self):
-        assert raw_layout(Btf(kernel_like().blob())) == RawLayout(sched_info_offset=1008,
-                                                                  last_arrival_offset=32)
+        assert raw_layout(Btf(kernel_like().blob())) == RawLayout(state_offset=24, state_size=4)
 
-    def test_a_kernel_before_5_18(self):
-        assert raw_layout(Btf(kernel_like(switch_has_state=False, last_arrival_at=16).blob())
-                          ) == RawLayout(1008, 16)
+    def test_a_kernel_before_5_14_has_a_long_state(self):
+        assert raw_layout(Btf(kernel_like(state=("state", 8)).blob())) == RawLayout(24, 8)
 
-    @pytest.mark.parametrize("at", [8, 12])
-    def test_last_arrival_must_be_a_whole_u64_after_run_delay(self, at):
-        with pytest.raises(LookupError, match="sched_info.last_arrival is at"):
-            raw_layout(Btf(kernel_like(last_arrival_at=at).blob()))
+    def test_a_kernel_before_5_18_has_no_prev_state_argument(self):
+        assert raw_layout(Btf(kernel_like(switch_has_state=False).blob())) == RawLayout(24, 4)
+
+    def test_a_state_of_another_width_is_refused(self):
+        with pytest.raises(LookupError, match="task_struct.__state is 2 bytes, not 4 or 8"):
+            raw_layout(Btf(kernel_like(state=("__state", 2)).blob()))
 
     def test_sched_process_free_must_take_a_task(self):
-        b2 = BlobBuilder()
-        u8, u32 = b2.integer("_Bool", 1), b2.integer("unsigned int", 4)
-        task_pointer = b2.add(PTR, "", b2.struct("task_struct", 8, []))
-        b2.tracepoint("sched_switch", [u8, task_pointer, task_pointer])
-        b2.tracepoint("sched_process_free", [u32])
-        with pytest.raises(LookupError, match="sched_process_free does not take one task pointer"):
-            raw_layout(Btf(b2.blob()))
-
-    def test_run_delay_must_follow_pcount(self):
-        with pytest.raises(LookupError, match=r"sched_info.pcount and run_delay are at \(0, 8\) "
-                                              r"and \(16, 8\)"):
-            raw_layout(Btf(kernel_like(run_delay_at=16).blob()))
+        with pytest.raises(LookupError, match=r"sched_process_free's argument sizes are \[4\]"):
+            raw_layout(Btf(kernel_like(free_argument="int").blob()))
 
     def test_an_unknown_kind_is_refused_by_name(self):
         b = kernel_like()
         b.add(25, "future", 0)
-        with pytest.raises(ValueError, match=r"BTF type 17 has kind 25, which this reader does "
+        with pytest.raises(ValueError, match=r"BTF type 29 has kind 25, which this reader does "
                                              r"not know"):
             Btf(b.blob())
 
@@ -115,19 +104,13 @@ class TestSyntheticBlobs:
             Btf(b"\xeb\x9f" + kernel_like().blob()[2:])
 
     def test_a_missing_field_is_named(self):
-        b = BlobBuilder()
-        u8, u64 = b.integer("_Bool", 1), b.integer("unsigned long long", 8)
-        task = b.struct("task_struct", 64, [("pid", u64, 0)])
-        task_pointer = b.add(PTR, "", task)
-        b.tracepoint("sched_switch", [u8, task_pointer, task_pointer])
-        b.tracepoint("sched_process_free", [task_pointer])
-        with pytest.raises(LookupError, match="struct task_struct has no member sched_info"):
-            raw_layout(Btf(b.blob()))
+        with pytest.raises(LookupError, match="struct task_struct has no member __state or state"):
+            raw_layout(Btf(kernel_like(state=("stat", 4)).blob()))
 
     def test_a_missing_tracepoint_is_named(self):
         b = BlobBuilder()
         b.struct("task_struct", 64, [("__state", b.integer("unsigned int", 4), 0)])
-        with pytest.raises(LookupError, match="BTF has no btf_trace_sched_switch"):
+        with pytest.raises(LookupError, match="BTF has no btf_trace_sched_wakeup"):
             raw_layout(Btf(b.blob()))
 
     def test_a_name_found_inside_another_record_is_not_a_type(self):
@@ -154,6 +137,9 @@ class TestSyntheticBlobs:
     def test_an_unexpected_switch_signature_is_refused(self):
         b = BlobBuilder()
         u32 = b.integer("unsigned int", 4)
+        task_pointer = b.add(PTR, "", b.struct("task_struct", 8, []))
+        b.tracepoint("sched_wakeup", [task_pointer])
+        b.tracepoint("sched_wakeup_new", [task_pointer])
         b.tracepoint("sched_switch", [u32, u32])
         with pytest.raises(LookupError, match=r"sched_switch's argument sizes are \[4, 4\]"):
             raw_layout(Btf(b.blob()))
@@ -162,4 +148,4 @@ class TestSyntheticBlobs:
 @pytest.mark.skipif(not VMLINUX.exists(), reason="this kernel has no BTF")
 def test_this_kernel_btf_is_read_without_error():
     layout = raw_layout(Btf(VMLINUX.read_bytes()))
-    assert 0 < layout.sched_info_offset < 8192
+    assert 0 < layout.state_offset < 8192 and layout.state_size in (4, 8)

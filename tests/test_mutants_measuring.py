@@ -214,8 +214,7 @@ def test_a_directory_named_only_dot_service_keeps_a_name(path, name):
 
 
 def test_samples_that_waited_no_time_at_all_are_counted(tmp_path):
-    """In raw mode a task can run again with no wait (run_delay unchanged): samples of 0 ns,
-    whose sum is 0. They count, for the host and for their service."""
+    """Samples of 0 ns, whose sum is 0, count for the host and for their service."""
     (tmp_path / "web.service").mkdir()
     web = os.stat(tmp_path / "web.service").st_ino
     probe = FakeProbe(per_cgroup=True)

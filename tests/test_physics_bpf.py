@@ -1,11 +1,9 @@
 """Accuracy against physics, not against the counters the agent reads.
 
-In raw mode the agent takes waits from the scheduler's own run_delay, so comparing it with
-schedstat's run_delay proves only the read. Here the truth comes from elsewhere: busy loops
-pinned to one CPU are always runnable, so over a window each one waits for exactly the time
-it did not run. N loops over a window of W seconds wait N·W minus the CPU time they got,
-taken from schedstat's first field (sum_exec_runtime), which the wait accounting never
-touches.
+Busy loops pinned to one CPU are always runnable, so over a window each one waits for exactly
+the time it did not run. N loops over a window of W seconds wait N·W minus the CPU time they
+got, taken from schedstat's first field (sum_exec_runtime), which no wait accounting touches.
+(Waits that start at a wakeup: tests/test_wakeup_bpf.py.)
 """
 
 import os
@@ -24,8 +22,8 @@ pytestmark = pytest.mark.bpf
 LOOPS = 4
 WINDOW_S = 3.0
 CPU = 1
-# What the issue asks for. The window's edges cost at most one wait per loop at each end
-# (raw mode reports a wait when the run after it ends), a few ms each against seconds.
+# The window's edges cost at most one wait per loop at each end (a sample is charged when the
+# run after it ends), a few ms each against seconds.
 TOLERANCE = 0.03
 
 
@@ -83,10 +81,9 @@ def test_busy_loops_wait_for_the_time_they_did_not_run(kind, cgroup_factory):
 SLEEPER = "import time\nwhile True: time.sleep(0.002)"
 
 
-# How far the two clocks may place one wakeup's wait apart (see the test's docstring). The gap
-# is machine time, so it grows on a slow machine: 6-9 us a sample on most days here, 21 us on
-# one that ran every program about 1.7 times slower (and then 13 % of the sleeper's samples
-# crossed from under 16 us to over 32 us, which a 16 us allowance rejected).
+# How far the two kinds of hook may place one wait apart: both read bpf_ktime_get_ns at the
+# same tracepoints, one program after the other, so a wait moves by the time the other kind's
+# program takes, a few microseconds on a slow machine.
 WAKEUP_GAP_NS = 32_000
 # From here up, a shift of WAKEUP_GAP_NS moves a sample by at most one log2 bucket.
 SHORT_US = 2 * WAKEUP_GAP_NS // 1000
@@ -109,7 +106,7 @@ def farthest_apart(layout, a, b):
     """The largest share of one side's samples that the other side places more than one log2
     bucket higher, over the bucket bounds from SHORT_US µs up, with the bound where it is.
 
-    A sample either clock puts under bound/2 µs the other must put under bound µs: each wait
+    A sample either side puts under bound/2 µs the other must put under bound µs: each wait
     moves by at most WAKEUP_GAP_NS, less than half of any bound from SHORT_US up. Samples sitting
     on a bucket's edge may cross it; they may not cross two."""
     worst = (0.0, None)
@@ -123,27 +120,15 @@ def farthest_apart(layout, a, b):
 
 
 def test_raw_and_classic_probes_agree_on_the_same_load(cgroup_factory):
-    """Two clocks: raw mode takes the scheduler's run_delay, classic times each wait itself with
-    bpf_ktime_get_ns. Attached at once to the same load, read with the load stopped, they agree
-    on each cgroup's total wait and count, and on where in the log2 buckets its samples fall.
+    """Raw and classic tracepoints run the same handlers on the same events: attached at once
+    to the same load, read with the load stopped, they agree on each cgroup's total wait and
+    count, and on where in the log2 buckets its samples fall.
 
-    What differs, and why:
-    - A woken task that preempts the running one: the scheduler stamps its queueing and its
-      arrival with the run queue's clock, and right after such a wakeup it skips the clock's
-      next update ("a useless back to back clock update": check_preempt_curr, wakeup_preempt
-      in newer kernels, in kernel/sched/core.c), so the few microseconds from the wakeup to the
-      switch are not in run_delay. Classic reads bpf_ktime_get_ns in its own programs at the two
-      tracepoints and has them. Measured here: about half of a 2 ms sleeper's samples under
-      1 µs in raw mode, 4 to 16 µs in classic; 13 ms over 1500 such samples (28 ms over 1315
-      on a slow day). The task it preempted is queued again with that stale clock, so in raw
-      mode its wait gains what the woken one lost (one CI run put 6% of a busy loop's samples
-      at 32 to 64 µs in raw mode and under 32 µs in classic). So one wait may land one log2
-      bucket away under the other clock (never two, from 2 × WAKEUP_GAP_NS up), and the totals
-      may differ by that gap per sample on top of the tolerance.
-    - A task preempted while already marked to sleep is counted by classic (its prev_state has
-      the preempted bit) and not by the scheduler, which does not queue it as waiting.
-    - A wait in progress at the attach is counted by classic from the attach, by raw mode not at
-      all. The window here starts well after the attach.
+    What may differ: the order in which the two programs run at each tracepoint (a wait moves
+    by the other's run time), and a task preempted while already marked to sleep (classic
+    knows it from the preempted bit of prev_state, raw from the preempt argument; Linux 5.18
+    and later format prev_state before a pending signal sets the task running again, which
+    raw reads from the task itself).
     """
     if os.cpu_count() < 2:
         pytest.skip("needs a second CPU for the loops")

@@ -1,4 +1,5 @@
-"""The real program in the kernel: it counts, agrees with the kernel's accounting, and leaves."""
+"""The real program in the kernel: it counts, agrees with the kernel's accounting of busy
+loops, and leaves."""
 
 import time
 
@@ -69,10 +70,10 @@ def test_a_header_missing_from_the_tree_is_one_line_naming_bcc_and_the_file(kind
     assert error.value.exit_code == 69
     assert str(error.value).startswith(f"BCC {bcc.__version__} wants the header linux/version.h, "
                                        f"which gsender-bcc's include tree ({tree}) does not have")
-    assert loaded_program_ids() == before
+    assert not loaded_program_ids() - before  # none left loaded (others may be freed meanwhile)
 
 
-@pytest.mark.parametrize("kind, programs", [("raw", 2), ("classic", 3)])
+@pytest.mark.parametrize("kind, programs", [("raw", 4), ("classic", 4)])
 def test_attaches_its_programs_and_detaches_all(kind, programs):
     before = loaded_program_ids()
     with Probe(Config(), settings_for(kind)) as attached:
@@ -85,8 +86,10 @@ def test_attaches_its_programs_and_detaches_all(kind, programs):
 def test_each_cgroup_wait_matches_its_threads_run_delay(probe, cgroup_factory, kind):
     """Two loops share CPU 0 in one cgroup, three share CPU 1 in another.
 
-    Both readings are taken with the loops stopped, so no wait is in progress: schedstat
-    adds a wait to run_delay only when the task runs again.
+    Busy loops are never woken, so each wait of theirs is one behind the other loops, which
+    the scheduler's own run_delay times as the agent does (it misses only the time after a
+    wakeup that asks for a reschedule). Both readings are taken with the loops stopped, so no
+    wait is in progress: schedstat adds a wait to run_delay only when the task runs again.
     """
     pair, trio = cgroup_factory("pair"), cgroup_factory("trio")
     for _ in range(2):
@@ -107,12 +110,9 @@ def test_each_cgroup_wait_matches_its_threads_run_delay(probe, cgroup_factory, k
     delays = [pair_2 - pair_0, trio_2 - trio_0]
     # Two loops on one CPU wait about half the time each, three about two thirds.
     assert delays[0] > 0.8e9 and delays[1] > 2.5e9
-    # One sample per wait the scheduler counted: on raw tracepoints its own count, exactly.
+    # One sample per wait the scheduler counted.
     samples = whole.cgroups[pair.id].count + whole.cgroups[trio.id].count
-    if probe.settings.raw:
-        assert samples == runs_2 - runs_0
-    else:
-        assert samples == pytest.approx(runs_2 - runs_0, rel=WAIT_TOLERANCE)
+    assert samples == pytest.approx(runs_2 - runs_0, rel=WAIT_TOLERANCE)
     for cgroup, kernel_wait in zip((pair, trio), delays):
         counted = whole.cgroups[cgroup.id]
         assert counted.sum_ns == pytest.approx(kernel_wait, rel=WAIT_TOLERANCE)
@@ -158,10 +158,11 @@ def test_a_removed_cgroups_entry_can_be_forgotten(probe, cgroup_factory):
 
 
 def test_short_lived_tasks_never_give_absurd_waits(cgroup_factory):
-    """Exited tasks' addresses are reused by new ones: each is measured on its own counters.
+    """Exited tasks' pids and task_struct addresses are reused by new ones: each new task's
+    first wait starts at its own sched_wakeup_new, never at a stamp an exited one left.
 
     Thousands of processes that exit at once come and go here; none waits a second, so any
-    sample of a second or more is a task measured against another's counters.
+    sample of a second or more is a task measured from another's stamp.
     """
     with Probe(Config(), settings_for("raw")) as attached:
         churn = cgroup_factory("churn")
@@ -177,3 +178,28 @@ def test_short_lived_tasks_never_give_absurd_waits(cgroup_factory):
                   if slot_bounds(attached.layout, slot)[0] >= 1_000_000)
     assert sum(counted.host.slots[second:]) == 0, (
         f"{sum(counted.host.slots[second:])} samples of a second or more")
+
+
+SLEEPERS = 200
+SLEEPY = "import time\nwhile True: time.sleep(0.005)"
+
+
+@pytest.mark.parametrize("kind", ["raw", "classic"])
+def test_tasks_the_start_time_map_cannot_hold_are_counted_as_lost(kind, cgroup_factory):
+    """A map of 64 start times beside 200 sleepers that wake every 5 ms: the wakeups it has no
+    room for are counted (agent.samples_lost), and a map of the default size loses none."""
+    from dataclasses import replace
+    sleepy = cgroup_factory("sleepy")
+    for _ in range(SLEEPERS):
+        sleepy.start(SLEEPY)
+    time.sleep(0.5)
+    with Probe(Config(), replace(settings_for(kind), start_entries=64)) as small, \
+            Probe(Config(), settings_for(kind)) as default:
+        small_first, default_first = small.read_snapshot(), default.read_snapshot()
+        time.sleep(1.0)
+        small_last, default_last = small.read_snapshot(), default.read_snapshot()
+    lost = delta(small.layout, small_first, small_last, 1.0).lost
+    counted = delta(small.layout, small_first, small_last, 1.0).cgroups[sleepy.id].count
+    # 136 sleepers at least have no room, each losing about 200 wakeups in the second.
+    assert lost > (SLEEPERS - 64) * 50, (lost, counted)
+    assert delta(default.layout, default_first, default_last, 1.0).lost == 0

@@ -90,24 +90,3 @@ def test_other_load_failures_are_a_missing_feature(failure, lines, settings):
     error = probe.load_failure(failure, lines, settings, 3)
     assert error.exit_code == 69
     assert str(error) == f"compiling or loading the BPF program failed: {failure} ({lines[-1]})"
-
-
-class TestRunDelayKept:
-    """Raw tracepoints read the scheduler's per-task run-queue delays: only where it keeps them."""
-
-    def test_a_thread_with_counted_dispatches(self, tmp_path):
-        (tmp_path / "schedstat").write_text("8958246 2290 7\n")
-        assert probe.run_delay_not_kept(tmp_path / "schedstat") is None
-
-    def test_no_dispatch_counted_means_not_kept(self, tmp_path):
-        (tmp_path / "schedstat").write_text("0 0 0\n")
-        assert probe.run_delay_not_kept(tmp_path / "schedstat") == (
-            f"{tmp_path}/schedstat counts no dispatch of this thread (0 0 0): the kernel keeps "
-            f"no run-queue delays")
-
-    def test_no_schedstat_file(self, tmp_path):
-        assert probe.run_delay_not_kept(tmp_path / "schedstat") == (
-            f"{tmp_path}/schedstat: No such file or directory")
-
-    def test_this_kernel_keeps_them(self):
-        assert probe.run_delay_not_kept() is None

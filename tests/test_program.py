@@ -122,14 +122,25 @@ class TestSettings:
         assert settings.kind == "tracepoints"
 
     def test_raw_flags(self, tmp_path):
-        settings = program.ProgramSettings(raw=RawLayout(1008), per_cgroup=True,
+        settings = program.ProgramSettings(raw=RawLayout(24), per_cgroup=True,
                                            max_cgroups=100, culprits=True, max_pairs=200,
-                                           version_code=1, page_size=65536)
+                                           start_entries=32768, version_code=1, page_size=65536)
         assert settings.cflags(tmp_path) == (
-            f"-I{tmp_path}", "-DSTART_ENTRIES=65536", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
+            f"-I{tmp_path}", "-DSTART_ENTRIES=32768", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
             "-DCULPRITS=1", "-DMAX_PAIRS=200", "-DLINUX_VERSION_CODE=1", "-DGSENDER_PAGE_SIZE=65536",
-            "-DRAW_TRACEPOINTS", "-DSCHED_INFO_OFFSET=1008", "-DLAST_ARRIVAL_OFFSET=16")
+            "-DRAW_TRACEPOINTS", "-DSTATE_OFFSET=24", "-DSTATE_SIZE=4")
         assert settings.kind == "raw tracepoints"
+        # With culprits, migrations too.
+        assert settings.tracepoints == ("sched_wakeup", "sched_wakeup_new", "sched_switch",
+                                        "sched_process_free", "sched_migrate_task")
+
+    @pytest.mark.parametrize("pid_max, entries", [("32768\n", 32768), ("4194304\n", 65536),
+                                                  ("", 65536), ("0\n", 1)])
+    def test_the_start_time_map_follows_pid_max_up_to_its_bound(self, tmp_path, pid_max,
+                                                                entries):
+        (tmp_path / "pid_max").write_text(pid_max)
+        assert program.start_entries(tmp_path / "pid_max") == entries
+        assert program.start_entries(tmp_path / "missing") == program.MAX_START_ENTRIES
 
     def test_the_running_kernel_is_described(self):
         import os
@@ -142,10 +153,10 @@ class TestSettings:
         with pytest.raises(ValueError, match="per-cgroup"):
             program.ProgramSettings(preempted_state=0x100, culprits=True)
 
-    def test_culprits_attach_to_migrations_too(self):
-        assert program.ProgramSettings(raw=RawLayout(8), per_cgroup=True, culprits=True
-                                       ).tracepoints == ("sched_switch", "sched_process_free",
-                                                         "sched_migrate_task")
+    @pytest.mark.parametrize("raw, bit", [(RawLayout(8), None), (None, 0x100)])
+    def test_both_kinds_attach_to_the_same_tracepoints(self, raw, bit):
+        assert program.ProgramSettings(raw=raw, preempted_state=bit).tracepoints == (
+            "sched_wakeup", "sched_wakeup_new", "sched_switch", "sched_process_free")
 
     @pytest.mark.parametrize("raw, bit", [(None, None), (RawLayout(8), 0x100)])
     def test_exactly_one_mode(self, raw, bit):

@@ -1,0 +1,49 @@
+"""The peer's histogram as the tests read it, and the rows both sides are compared in."""
+
+import pytest
+
+from peers import percentile_row, rows_apart, rows_of_log2, runqlat_rows, share_apart, row_of
+
+RUNQLAT_OUTPUT = """Tracing run queue latency... Hit Ctrl-C to end.
+
+     usecs               : count    distribution
+         0 -> 1          : 125      |****************************            |
+         2 -> 3          : 178      |****************************************|
+         4 -> 7          : 0        |                                        |
+      2048 -> 4095       : 2        |                                        |
+"""
+
+
+def test_runqlat_rows_are_read_by_lower_bound():
+    assert runqlat_rows(RUNQLAT_OUTPUT) == {0: 125, 2: 178, 4: 0, 2048: 2}
+    assert runqlat_rows("Tracing run queue latency... Hit Ctrl-C to end.\n") == {}
+
+
+@pytest.mark.parametrize("us, row", [(0, 0), (1, 0), (2, 2), (3, 2), (4, 4), (1023, 512),
+                                     (1024, 1024)])
+def test_row_of(us, row):
+    assert row_of(us) == row
+
+
+def test_the_agents_first_two_buckets_share_runqlats_first_row():
+    assert rows_of_log2(((0, 3), (1, 4), (2, 5), (4, 0), (8, 1))) == {0: 7, 2: 5, 8: 1}
+
+
+@pytest.mark.parametrize("rows, percent, row", [
+    ({0: 50, 2: 50}, 50, 0), ({0: 49, 2: 51}, 50, 2), ({0: 98, 2: 1, 1024: 1}, 99, 2),
+    ({0: 98, 2: 1, 1024: 1}, 100, 1024), ({}, 50, None)])
+def test_percentile_row(rows, percent, row):
+    assert percentile_row(rows, percent) == row
+
+
+@pytest.mark.parametrize("a, b, apart", [(0, 0, 0), (0, 2, 1), (2, 8, 2), (16, 1024, 6),
+                                         (None, None, 0), (None, 4, 99)])
+def test_rows_apart(a, b, apart):
+    assert rows_apart(a, b) == apart
+
+
+@pytest.mark.parametrize("a, b, share", [
+    ({0: 10}, {0: 20}, 0.0), ({0: 10}, {2: 10}, 1.0), ({0: 5, 2: 5}, {2: 10}, 0.5),
+    ({0: 1, 2: 3}, {0: 3, 2: 1}, 0.5)])
+def test_share_apart(a, b, share):
+    assert share_apart(a, b) == pytest.approx(share)
