@@ -261,9 +261,8 @@ class Config:
         "for the culprits (services, or idle, migrated, untracked) its tasks waited\n"
         "behind the longest, the rest summed as .behind.other_ms, beside\n"
         ".behind_self_ms, .behind_others_ms and .caused_ms. 0 to 100; 0 (the default)\n"
-        "turns the attribution off. 3 is a good start: it costs 1.1x the breakdown's\n"
-        "program per context switch, and reading 1000 busy services takes about\n"
-        "0.14 s an interval (README: Cost). Needs the per-service breakdown\n"
+        "turns the attribution off. 3 is a good start; what it costs is recorded by\n"
+        "make bench (docs/benchmarks.md). Needs the per-service breakdown\n"
         "(max_services above 0). A change between 0 and more needs a restart.",
         flag=Flag("--max-culprits", "culprits sent per service, the rest as 'other'; 0 turns "
                                     "the attribution off ({default})", "N"),
@@ -300,9 +299,8 @@ class Config:
         "How long undelivered intervals are kept on disk while Graphite is away, in\n"
         "hours (0.01 to 720), and how much disk they may take, in MiB (1 to 1048576).\n"
         "Past either, the oldest are dropped and counted in\n"
-        "<prefix>.agent.dropped_intervals. 128 MiB holds a day at the defaults\n"
-        "(frequency 15, 20 services of 15-character names: about 74 MB a day), and\n"
-        "about 2.9 hours at frequency 1; about 23 hours with max_culprits = 3.")
+        "<prefix>.agent.dropped_intervals. What one interval takes on disk:\n"
+        "docs/design.md.")
     buffer_megabytes: int = setting("graphite", _whole(1, 1 << 20, "MiB"), 128, "")
     tags: bool = setting(
         "graphite", _boolean, False,
