@@ -1,4 +1,4 @@
-"""What an operator reads back from Graphite (README "Graphite storage" and "Fleet queries").
+"""What an operator reads back from Graphite (docs/operations.md: storage, and fleet queries).
 
 A real carbon-cache (and graphite-web) on loopback is fed the exact plaintext lines the agent's
 own metrics and sink code build for crafted intervals, so the numbers are known and no BPF is
@@ -6,7 +6,7 @@ needed:
 - Debian's stock schema at frequency 15 loses intervals: a documented demonstration, which
   asserts the loss, so that a change in carbon shows up here;
 - the stanzas `--carbon-config` prints roll series up exactly;
-- every fleet recipe in the README, rendered by graphite-web, gives the numbers worked out by hand.
+- every fleet query of docs/operations.md, rendered by graphite-web, gives the numbers worked out by hand.
 """
 
 import json
@@ -27,7 +27,7 @@ from gsender_bcc.metrics import Interval, ServiceStats, to_datapoints
 from gsender_bcc.sink import encode, message_builder
 from local_carbon import CarbonCache, LocalGraphite
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 DEBIAN_SCHEMAS = Path("/etc/carbon/storage-schemas.conf")
 
 
@@ -68,7 +68,7 @@ def carbon_with(tmp_path):
 
 
 def test_debian_stock_schema_keeps_one_interval_a_minute_at_frequency_15(carbon_with):
-    """Documented demonstration of the loss (README "Graphite storage"): Debian's
+    """Documented demonstration of the loss (docs/operations.md, Graphite storage): Debian's
     storage-schemas.conf (60s:1d,5m:30d,1h:3y) and no storage-aggregation.conf (carbon's
     average, xFilesFactor 0.5). Two minutes of intervals 15 s apart, a spike of 1000 us in
     the first of each minute."""
@@ -188,12 +188,12 @@ def test_carbon_matches_the_printed_tagged_stanzas(tmp_path):
         "cpu-lat.service.pressure;service=nginx": "average"}
 
 
-# ---- the README's fleet recipes, rendered by graphite-web -------------------------------------
+# ---- the fleet queries, rendered by graphite-web --- -------------------------------------
 
-def readme_recipes():
-    """{target: what it is for} from the fenced block under README's "Fleet queries"."""
-    text = README.read_text()
-    block = text.split("### Fleet queries", 1)[1].split("```\n", 2)[1]
+def fleet_queries():
+    """{target: what it is for} from the example block fleet-queries of docs/operations.md."""
+    text = OPERATIONS.read_text()
+    block = text.split("<!-- example: fleet-queries -->\n```\n", 1)[1].split("```\n", 1)[0]
     recipes, about = {}, None
     for line in block.splitlines():
         if line.startswith("# "):
@@ -214,7 +214,7 @@ HOSTS = {
 }
 NGINX = {"h1": [(40, 2.0, 30.0), (60, 6.0, 80.0)], "h2": [(160, 14.0, 700.0), (40, 4.0, 20.0)]}
 
-# By hand, for each README target: {series name as graphite-web names it: (s0, s1)}.
+# By hand, for each fleet query: {series name as graphite-web names it: (s0, s1)}.
 EXPECTED = {
     # (5 + 45 + 2.5 + 2.5 + 5) ms / 600 samples; (30 + 10 + 2.5 + 2.5 + 5) ms / 400 samples
     "alias(scale(divideSeries(sumSeries(*.cpu-lat.wait_ms),sumSeries(*.cpu-lat.count)),1000),"
@@ -246,8 +246,8 @@ def fleet_lines(stamps):
     return sent
 
 
-def test_every_readme_fleet_recipe_gives_the_numbers_worked_out_by_hand(tmp_path):
-    recipes = readme_recipes()
+def test_every_fleet_query_gives_the_numbers_worked_out_by_hand(tmp_path):
+    recipes = fleet_queries()
     assert sorted(recipes) == sorted(EXPECTED)  # a recipe without its check fails here
     stamps = (int(time.time()) - 20, int(time.time()) - 19)
     with LocalGraphite(tmp_path / "graphite") as graphite:

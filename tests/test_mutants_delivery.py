@@ -70,7 +70,7 @@ def reading_server():
 
 
 class TestTcpSendCountsOnceTheServerHasReadIt:
-    """README, Delivery guarantees: after sending, the agent half-closes the connection and
+    """After sending, the agent half-closes the connection and
     waits for the server to close its side."""
 
     DATA = b"".join(b"tcp.series%05d %d %d\n" % (i, i, NOW) for i in range(40000))  # ~1 MiB

@@ -197,7 +197,7 @@ def test_restarts_early_late_and_very_late_leave_no_missing_boundary(carbon_fact
                                                                      tmp_path, steady_load):
     """However long each restart takes: every boundary is sent once, what the stopping agent
     kept is in the interval of its boundary, and each interval's count matches the seconds it
-    measured (the time the agent was down is not measured, README: Delivery guarantees)."""
+    measured (the time the agent was down is not measured, docs/design.md)."""
     carbon = carbon_factory().start()
     args = agent_args(carbon.port, tmp_path / "state", frequency=FREQUENCY, prefix=PREFIX)
     agent = agents(args, "first")
