@@ -214,10 +214,8 @@ def limits() -> List[List[str]]:
     entry = (LAYOUT.slots + 1) * 8  # a cgroup's histogram slots and its sum, 8 bytes each
     return [
         ["outbox segment size", f"{outbox_files.SEGMENT_BYTES >> 10} KiB",
-         "`outbox.SEGMENT_BYTES`"],
-        ["digits of a segment's number", str(outbox_files.NAME_DIGITS), "`outbox.NAME_DIGITS`"],
-        ["bytes of one `.stamps` record", str(outbox_files.RECORD_BYTES),
-         "`outbox.RECORD_BYTES`"],
+         "`outbox.lines.SEGMENT_BYTES`"],
+        ["digits of a segment's number", str(outbox_files.NAME_DIGITS), "`outbox.files.NAME_DIGITS`"],
         ["largest chunk sent at once", f"{sink.CHUNK_BYTES >> 10} KiB", "`sink.CHUNK_BYTES`"],
         ["in-memory queue when the outbox is unusable", f"{sink.MEMORY_FALLBACK_BYTES >> 20} MiB",
          "`sink.MEMORY_FALLBACK_BYTES`"],

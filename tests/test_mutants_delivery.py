@@ -114,7 +114,7 @@ class TestDroppingPartlyDeliveredSegments:
     def test_bytes_past_the_limit_count_only_what_was_not_delivered(self, tmp_path,
                                                                      monkeypatch):
         from gsender_bcc import outbox
-        monkeypatch.setattr(outbox, "SEGMENT_BYTES", 2 * len(lines_of(NOW)))
+        monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", 2 * len(lines_of(NOW)))
         box = DiskOutbox(tmp_path / "state" / "outbox", 1 << 20, 3600.0, clock=lambda: NOW)
         for stamp in (NOW - 30, NOW - 20, NOW - 10):  # two in the first segment, one after
             box.append(lines_of(stamp), stamp)

@@ -362,7 +362,7 @@ class TestServers:
 class TestLimits:
     def test_drops_are_logged_once_per_outage_and_summed_when_graphite_is_back(
             self, make_sink, network, clock, caplog, monkeypatch):
-        monkeypatch.setattr(outbox, "SEGMENT_BYTES", 1)  # one interval per segment
+        monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", 1)  # one interval per segment
         sink = make_sink(buffer_hours=0.01)  # 36 s
         network.down = {PRIMARY}
         with caplog.at_level(logging.WARNING):
@@ -749,7 +749,7 @@ class TestFaultsOfIssue22:
 
     def test_segments_removed_by_hand_are_skipped_with_one_line(self, make_sink, network, state,
                                                                 clock, caplog, monkeypatch):
-        monkeypatch.setattr(outbox, "SEGMENT_BYTES", len(lines(NOW)) * 2)
+        monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", len(lines(NOW)) * 2)
         sink = make_sink()
         network.down = {PRIMARY}
         for k in range(6):
