@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gsender_bcc import carryover, daemon, metrics, program, sink  # noqa: E402
+from gsender_bcc import carryover, daemon, metrics, outboxes, program, sink  # noqa: E402
 from gsender_bcc import outbox as outbox_files  # noqa: E402
 from gsender_bcc.blame import MAX_CULPRIT_CHARS, Blame, culprit_name  # noqa: E402
 from gsender_bcc.cgroups import MAX_NAMES_PER_USER  # noqa: E402
@@ -121,7 +121,7 @@ def stored_interval(state: Path, host: str, services: int, name_chars: int, buck
     graphite.submit(Interval(stamp, tuple(points)))
     folder = state / "outbox"
     data = b"".join(path.read_bytes() for path in sorted(folder.glob("*.txt")))
-    counted_bytes = graphite._disk.size
+    counted_bytes = graphite.outbox_bytes()
     graphite.close(0)
     return Stored(data, counted_bytes)
 
@@ -217,8 +217,8 @@ def limits() -> List[List[str]]:
          "`outbox.lines.SEGMENT_BYTES`"],
         ["digits of a segment's number", str(outbox_files.NAME_DIGITS), "`outbox.files.NAME_DIGITS`"],
         ["largest chunk sent at once", f"{sink.CHUNK_BYTES >> 10} KiB", "`sink.CHUNK_BYTES`"],
-        ["in-memory queue when the outbox is unusable", f"{sink.MEMORY_FALLBACK_BYTES >> 20} MiB",
-         "`sink.MEMORY_FALLBACK_BYTES`"],
+        ["in-memory queue when the outbox is unusable",
+         f"{outboxes.MEMORY_FALLBACK_BYTES >> 20} MiB", "`outboxes.MEMORY_FALLBACK_BYTES`"],
         ["largest UDP datagram", f"{sink.DATAGRAM_BYTES} bytes", "`sink.DATAGRAM_BYTES`"],
         ["a stop's wait for waiting intervals", f"{sink.CLOSE_SECONDS:g} s",
          "`sink.CLOSE_SECONDS`"],

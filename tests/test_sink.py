@@ -20,7 +20,7 @@ import graphyte
 import pytest
 
 from conftest import TIMER_SLACK, Lateness
-from gsender_bcc import outbox, sink as sink_module
+from gsender_bcc import outbox, outboxes as outboxes_module, sink as sink_module
 from gsender_bcc.config import Config, Server
 from gsender_bcc.metrics import Datapoint, Interval
 from gsender_bcc.outbox import DiskOutbox
@@ -386,7 +386,7 @@ class TestLimits:
         assert sink.health()["dropped_intervals"] == 4
 
     def test_memory_fallback_is_bounded_too(self, tmp_path, make_sink, network, monkeypatch):
-        monkeypatch.setattr(sink_module, "MEMORY_FALLBACK_BYTES", 3 * len(lines(NOW)))
+        monkeypatch.setattr(outboxes_module, "MEMORY_FALLBACK_BYTES", 3 * len(lines(NOW)))
         (tmp_path / "file").write_text("in the way")
         sink = make_sink(state_directory=tmp_path / "file" / "state")
         network.down = {PRIMARY}
@@ -422,7 +422,7 @@ def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, mo
 
     def held():
         gc.collect()
-        return tracemalloc.get_traced_memory()[0], len(sink._disk._segments)
+        return tracemalloc.get_traced_memory()[0], len(sink._outboxes._disk._segments)
     intervals(0, 100)
     tracemalloc.start()
     try:
@@ -461,7 +461,7 @@ def test_a_refused_retry_reads_and_builds_nothing_again(make_sink, network, cloc
             sink.deliver_once()
             network.attempts.clear()
     outage(0, 60)  # the chunk is full: 64 KiB of intervals wait before the newest
-    assert len(sink._disk.peek(sink_module.CHUNK_BYTES).data) > sink_module.CHUNK_BYTES - 2048
+    assert len(sink._outboxes._disk.peek(sink_module.CHUNK_BYTES).data) > sink_module.CHUNK_BYTES - 2048
     tracemalloc.start()
     try:
         outage(60, 100)
@@ -505,7 +505,7 @@ class TestStateDirectoryTrouble:
 
         def full(chunk):
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(sink._disk, "append_chunk", full)
+        monkeypatch.setattr(sink._outboxes._disk, "append_chunk", full)
         with caplog.at_level(logging.WARNING):
             for k in range(1, 4):
                 sink.submit(points(NOW + k))
@@ -584,7 +584,7 @@ class TestClose:
                                                          monkeypatch):
         sink = make_sink()
         network.down = {PRIMARY}
-        monkeypatch.setattr(sink._disk, "append",
+        monkeypatch.setattr(sink._outboxes._disk, "append",
                             lambda data, stamp, intervals=1: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
         sink.submit(points(NOW))
         monkeypatch.undo()
@@ -631,13 +631,13 @@ class TestDeliveryThread:
         stamp = int(time.time()) - 10
         with caplog.at_level(logging.INFO):
             sink = GraphiteSink(config_for(state), send=network)
-            peek = sink._disk.peek
+            peek = sink._outboxes._disk.peek
 
             def surprising_peek(max_bytes):
                 if surprises:
                     raise surprises.pop(0)
                 return peek(max_bytes)
-            monkeypatch.setattr(sink._disk, "peek", surprising_peek)
+            monkeypatch.setattr(sink._outboxes._disk, "peek", surprising_peek)
             try:
                 sink.submit(points(stamp))
                 wait_until(lambda: network.delivered, "the first delivery")
@@ -775,7 +775,7 @@ class TestFaultsOfIssue22:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory")
         sink = GraphiteSink(config_for(state), send=Network(), clock=clock.monotonic)
         try:
-            monkeypatch.setattr(sink._disk, "peek", broken)
+            monkeypatch.setattr(sink._outboxes._disk, "peek", broken)
             sink.submit(points(int(time.time())))
             wait_until(lambda: len(tries) >= 2, "two tries")
             assert sink.alive()
