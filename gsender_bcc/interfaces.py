@@ -12,8 +12,9 @@ from typing import Dict, Iterable, List, Optional, Protocol, runtime_checkable
 
 from .cgroups import Resolved
 from .config import Config
-from .histogram import Layout, Snapshot
+from .histogram import Layout
 from .metrics import Interval
+from .readings import Snapshot
 
 
 @runtime_checkable

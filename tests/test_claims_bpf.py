@@ -162,7 +162,7 @@ def _pcounts(pid):
 def test_a_task_from_before_the_attach_counts_from_its_second_run_a_new_one_from_its_first(
         cgroup_factory):
     from gsender_bcc.config import Config
-    from gsender_bcc.histogram import delta
+    from gsender_bcc.readings import delta
     from gsender_bcc.probe import Probe, compile_settings
     settings = compile_settings(Config())
     if not settings.raw:

@@ -12,7 +12,8 @@ from gsender_bcc.cgroups import CgroupTree
 from gsender_bcc.config import Config
 from gsender_bcc.daemon import (MAX_HOLD_SECONDS, Daemon, boundary_after_reload, interval_stamp,
                                 next_boundary, stamp_floor)
-from gsender_bcc.histogram import Counts, Layout, Snapshot, slot_of
+from gsender_bcc.histogram import Counts, Layout, slot_of
+from gsender_bcc.readings import Snapshot
 from gsender_bcc.notify import NullNotifier
 from gsender_bcc.probe import reserved_culprits
 

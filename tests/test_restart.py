@@ -9,7 +9,8 @@ from array import array
 import pytest
 
 from gsender_bcc import carryover
-from gsender_bcc.histogram import Counts, Layout, Measured
+from gsender_bcc.histogram import Counts, Layout
+from gsender_bcc.readings import Measured
 from test_delivery import agent_args, agents, assert_carbon_holds_exactly  # noqa: F401 (fixture)
 from test_delivery import wall_sleep_until_fraction
 

@@ -11,7 +11,8 @@ from array import array
 import pytest
 
 from gsender_bcc.cgroups import OTHER, Resolved
-from gsender_bcc.histogram import Counts, Layout, Measured, Snapshot, empty_counts, slot_of
+from gsender_bcc.histogram import Counts, Layout, empty_counts, slot_of
+from gsender_bcc.readings import Measured, Snapshot
 from gsender_bcc.blame import Blame
 from gsender_bcc.config import Config
 from gsender_bcc.metrics import to_datapoints
