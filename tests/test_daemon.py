@@ -6,6 +6,7 @@ import signal
 from array import array
 
 import pytest
+from types import SimpleNamespace
 
 from gsender_bcc import carryover
 from gsender_bcc.cgroups import CgroupTree
@@ -118,6 +119,7 @@ class FakeProbe:
         self.sum_ns = 0
         self.cgroups = {}
         self.per_cgroup = per_cgroup
+        self.settings = SimpleNamespace(per_cgroup=per_cgroup, culprits=False)
         self.forgotten = set()
         self.pairs = None  # with attribution: (victim, culprit) -> ns since the last reading
 

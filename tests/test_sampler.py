@@ -9,6 +9,7 @@ longer do (once they stopped counting, as CgroupTree does).
 from array import array
 
 import pytest
+from types import SimpleNamespace
 
 from gsender_bcc.cgroups import OTHER, Resolved
 from gsender_bcc.histogram import Counts, Layout, empty_counts, slot_of
@@ -32,6 +33,7 @@ class FakeMap:
         self.entries = {}
         self.forgotten = []
         self.pairs = {} if attribution else None  # (victim, culprit) -> ns since the last read
+        self.settings = SimpleNamespace(per_cgroup=True, culprits=attribution)
 
     def blamed(self, victim, behind):
         """Count one sample of ``victim`` that waited behind each culprit ``behind[c]`` ns."""
