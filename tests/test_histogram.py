@@ -198,3 +198,7 @@ class TestSumCounts:
         big = Counts.from_packed((1 << 62) << (64 * slot), LAYOUT.slots, 0)
         with pytest.raises(OverflowError):
             sum_counts(LAYOUT, [big, big])
+
+
+def test_slot_of_the_last_slot_is_the_overflow():
+    assert slot_of(LAYOUT, 1 << LAYOUT.log2_max) == LAYOUT.overflow_slot == LAYOUT.slots - 1

@@ -686,3 +686,49 @@ class TestRetries:
         assert box.peek(1 << 16).intervals == 2
         clock.now += 3601
         assert box.peek(1 << 16).data == interval(NOW + 1000)
+
+
+# -- limits over segments partly delivered, and a state directory others may write --
+
+def lines_of(stamp, count=3):
+    return b"".join(b"box.s%d %d %d\n" % (i, i, stamp) for i in range(count))
+
+
+class TestDroppingPartlyDeliveredSegments:
+    def test_dropping_a_segment_counts_only_the_intervals_not_yet_delivered(self, tmp_path):
+        now = [float(NOW)]
+        box = DiskOutbox(tmp_path / "state" / "outbox", 1 << 20, 3600.0, clock=lambda: now[0])
+        for stamp in (NOW - 30, NOW - 20, NOW - 10):  # three intervals in one segment
+            box.append(lines_of(stamp), stamp)
+        # A chunk of the first interval (and one line of the next, so it is known to end).
+        chunk = box.peek(len(lines_of(NOW)) + 20)
+        assert (chunk.intervals, chunk.data) == (1, lines_of(NOW - 30))
+        box.consume(chunk)
+        assert (box.intervals, box.dropped) == (2, 0)
+        now[0] += 7200  # the segment's newest line is now older than the age limit
+        box.set_limits(1 << 20, 3600.0)
+        assert (box.intervals, box.dropped) == (0, 2)
+
+    def test_bytes_past_the_limit_count_only_what_was_not_delivered(self, tmp_path,
+                                                                     monkeypatch):
+        monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", 2 * len(lines_of(NOW)))
+        box = DiskOutbox(tmp_path / "state" / "outbox", 1 << 20, 3600.0, clock=lambda: NOW)
+        for stamp in (NOW - 30, NOW - 20, NOW - 10):  # two in the first segment, one after
+            box.append(lines_of(stamp), stamp)
+        chunk = box.peek(len(lines_of(NOW)) + 20)
+        assert chunk.intervals == 1
+        box.consume(chunk)
+        assert box.append(lines_of(NOW), NOW) == 0
+        box.set_limits(len(lines_of(NOW)) * 2, 3600.0)  # room for the newest segment only
+        assert (box.intervals, box.dropped) == (2, 1)
+
+
+@pytest.mark.parametrize("mode", [0o720, 0o702, 0o770])
+def test_a_state_directory_writable_by_group_or_others_is_refused(tmp_path, mode):
+    folder = tmp_path / "state" / "outbox"
+    folder.mkdir(parents=True)
+    os.chmod(folder.parent, mode)
+    with pytest.raises(OSError) as refused:
+        DiskOutbox(folder, 1 << 20, 3600.0, clock=lambda: NOW)
+    assert f"is writable by group or others (mode 0{mode:o}): chmod go-w it" in \
+        refused.value.strerror

@@ -7,9 +7,9 @@ longer do (once they stopped counting, as CgroupTree does).
 """
 
 from array import array
+from types import SimpleNamespace
 
 import pytest
-from types import SimpleNamespace
 
 from gsender_bcc.cgroups import OTHER, Resolved
 from gsender_bcc.histogram import Counts, Layout, empty_counts, slot_of
