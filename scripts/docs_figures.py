@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import settings_docs  # noqa: E402
 from gsender_bcc import carryover, daemon, metrics, outboxes, program, sink  # noqa: E402
 from gsender_bcc import outbox as outbox_files  # noqa: E402
 from gsender_bcc.blame import MAX_CULPRIT_CHARS, Blame, culprit_name  # noqa: E402
@@ -297,23 +298,8 @@ def expected() -> Dict[Path, str]:
     return {page: rewritten(page.read_text(), made) for page in PAGES}
 
 
-def _shown(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def main(argv: List[str]) -> int:
-    if argv not in (["write"], ["check"]):
-        print("usage: docs_figures.py write|check", file=sys.stderr)
-        return 64
-    stale = [(path, text) for path, text in expected().items() if path.read_text() != text]
-    for path, text in stale:
-        if argv == ["write"]:
-            path.write_text(text)
-            print(f"{_shown(path)}: figures rewritten from the code")
-        else:
-            print(f"{_shown(path)}: its figures differ from the code: "
-                  f"run `make settings-docs`", file=sys.stderr)
-    return 1 if stale and argv == ["check"] else 0
+    return settings_docs.write_or_check(argv, "docs_figures.py", expected(), "the code's figures")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Iterable, List
+from typing import Dict, Iterable, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -109,13 +109,19 @@ def man_list(cls: type = configuration.Config) -> str:
     return "\n".join(lines + [MAN_END]) + "\n"
 
 
+def replaced_between(text: str, begin: str, end: str, new: str, where: Path) -> str:
+    """Return ``text`` with what lies between the lines ``begin`` and ``end`` replaced by
+    ``new`` (which carries both lines)."""
+    before, found_begin, rest = text.partition(begin + "\n")
+    _, found_end, after = rest.partition(end + "\n")
+    if not (found_begin and found_end):
+        raise ValueError(f"{where}: the lines {begin!r} and {end!r} are missing")
+    return before + new + after
+
+
 def man_page_with(page: str, listed: str) -> str:
     """Return the man page ``page`` with its list of settings replaced by ``listed``."""
-    before, begin, rest = page.partition(MAN_BEGIN + "\n")
-    _, end, after = rest.partition(MAN_END + "\n")
-    if not (begin and end):
-        raise ValueError(f"{MAN}: the lines {MAN_BEGIN!r} and {MAN_END!r} are missing")
-    return before + listed + after
+    return replaced_between(page, MAN_BEGIN, MAN_END, listed, MAN)
 
 
 def _summary(text: str) -> str:
@@ -160,11 +166,7 @@ def readme_table(cls: type = configuration.Config) -> str:
 
 def readme_with(text: str, table: str) -> str:
     """Return the README ``text`` with its table of settings replaced by ``table``."""
-    before, begin, rest = text.partition(README_BEGIN + "\n")
-    _, end, after = rest.partition(README_END + "\n")
-    if not (begin and end):
-        raise ValueError(f"{README}: the lines {README_BEGIN!r} and {README_END!r} are missing")
-    return before + table + after
+    return replaced_between(text, README_BEGIN, README_END, table, README)
 
 
 def expected() -> dict:
@@ -173,19 +175,25 @@ def expected() -> dict:
             README: readme_with(README.read_text(), readme_table())}
 
 
-def main(argv: List[str]) -> int:
+def write_or_check(argv: List[str], program: str, expected: Dict[Path, str], source: str) -> int:
+    """``write``: rewrite each file of ``expected`` that differs; ``check``: name each such file
+    with the fix and return 1. ``source`` says what the texts come from."""
     if argv not in (["write"], ["check"]):
-        print("usage: settings_docs.py write|check", file=sys.stderr)
+        print(f"usage: {program} write|check", file=sys.stderr)
         return 64
-    stale = [path for path, text in expected().items() if path.read_text() != text]
-    for path in stale:
+    stale = {path: text for path, text in expected.items() if path.read_text() != text}
+    for path, text in stale.items():
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         if argv == ["write"]:
-            path.write_text(expected()[path])
-            print(f"{path.name}: rewritten from the settings' declarations")
+            path.write_text(text)
+            print(f"{shown}: rewritten from {source}")
         else:
-            print(f"{path.name} differs from the settings' declarations: "
-                  f"run `make settings-docs`", file=sys.stderr)
+            print(f"{shown} differs from {source}: run `make settings-docs`", file=sys.stderr)
     return 1 if stale and argv == ["check"] else 0
+
+
+def main(argv: List[str]) -> int:
+    return write_or_check(argv, "settings_docs.py", expected(), "the settings' declarations")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_a_stale_table_is_named_with_the_fix(tmp_path, monkeypatch, capsys):
     assert page.read_text() != docs_figures.PAGES[0].read_text()
     monkeypatch.setattr(docs_figures, "PAGES", [page])
     assert docs_figures.main(["check"]) == 1
-    assert "its figures differ from the code: run `make settings-docs`" in capsys.readouterr().err
+    assert "differs from the code's figures: run `make settings-docs`" in capsys.readouterr().err
 
 
 def test_every_table_a_page_names_is_filled():
