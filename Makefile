@@ -46,10 +46,12 @@ docs-graph: setup
 		$(VENV)/bin/gsender-bcc --config /dev/null --frequency 1 --prefix web-01.cpu-lat \
 		--graphite-host 127.0.0.1 --graphite-port {port} --state-directory $(CURDIR)/build/graph-run/state
 
-# packaging/gsender.conf and the man page's list of settings, rewritten from the settings'
-# declarations (gsender_bcc/config.py); tests/test_settings.py fails while either is stale.
+# packaging/gsender.conf, the man page's list of settings and the README's table, rewritten from
+# the settings' declarations (gsender_bcc/config.py), and the figures tables of docs/ from the
+# code; tests/test_settings.py and tests/test_claims.py fail while one is stale.
 settings-docs:
 	$(VENV)/bin/python scripts/settings_docs.py write
+	$(VENV)/bin/python scripts/docs_figures.py write
 
 # ruff, with the settings in pyproject.toml; `make test` runs it first.
 lint: setup

@@ -14,15 +14,12 @@ from typing import Dict, List, Optional, Tuple
 from common import (PINGPONG, PYTHON, Running, Tracer, agent_command, bpftool, map_memory,
                     proc_status, progress)
 
-EMPTY_CLASSIC = """
-TRACEPOINT_PROBE(sched, sched_wakeup) { return 0; }
-TRACEPOINT_PROBE(sched, sched_wakeup_new) { return 0; }
-TRACEPOINT_PROBE(sched, sched_switch) { return 0; }
-"""
+# The floor: empty programs on the hooks the agent attaches to by default (raw tracepoints).
 EMPTY_RAW = """
 RAW_TRACEPOINT_PROBE(sched_wakeup) { return 0; }
 RAW_TRACEPOINT_PROBE(sched_wakeup_new) { return 0; }
 RAW_TRACEPOINT_PROBE(sched_switch) { return 0; }
+RAW_TRACEPOINT_PROBE(sched_process_free) { return 0; }
 """
 # A stand-in tracer: loads a BCC program, says so, and waits to be stopped.
 # BCC compiles it against the agent's own include tree, with the flags that tree needs, as
@@ -42,9 +39,7 @@ b.cleanup()
 def tracers() -> List[Tracer]:
     headers = headers_note()
     return [
-        Tracer("floor", "empty programs, classic tracepoints",
-               [PYTHON, "-c", EMPTY_LOADER, EMPTY_CLASSIC], ready_text="attached"),
-        Tracer("raw_floor", "empty programs, raw tracepoints",
+        Tracer("raw_floor", "empty programs on the agent's raw tracepoints (the floor)",
                [PYTHON, "-c", EMPTY_LOADER, EMPTY_RAW], ready_text="attached"),
         Tracer("host_only", "gsender-bcc host-only (--max-services 0)",
                agent_command("--max-services", "0"), agent=True),
@@ -56,6 +51,9 @@ def tracers() -> List[Tracer]:
                ["bpftrace", "/usr/sbin/runqlat.bt"], ready_text="Tracing CPU scheduler"),
         Tracer("bcc", "bcc runqlat-bpfcc", ["/usr/sbin/runqlat-bpfcc"],
                ready_text="Tracing run queue latency", caveat=headers),
+        # Line-buffered: on a pipe it would hold its "Tracing" line until it exits.
+        Tracer("libbpf", "libbpf-tools runqlat (CO-RE)", ["stdbuf", "-oL", "/usr/sbin/runqlat"],
+               ready_text="Tracing run queue latency"),
     ]
 
 

@@ -61,8 +61,10 @@ def kernel_struct_sizes() -> Tuple[Dict[str, int], str]:
 
 
 def build_settings(**keywords) -> program.ProgramSettings:
-    # The offset only tells the program where sched_info is: no map depends on it.
-    return program.ProgramSettings(raw=btf.RawLayout(sched_info_offset=0), **keywords)
+    # The offset only tells the program where task_struct's state is: no map depends on it.
+    # The map of start times at its bound, whatever this host's pid_max.
+    keywords.setdefault("start_entries", program.MAX_START_ENTRIES)
+    return program.ProgramSettings(raw=btf.RawLayout(state_offset=0), **keywords)
 
 
 def preprocessed(settings: program.ProgramSettings) -> str:
@@ -260,7 +262,7 @@ def map_memory_lines(measured: Dict[str, Dict[str, int]], checks: List[Check]) -
                                          source)
         lines += table
     host = measured.get("host_only")
-    lines += ["", f"Host-only mode has last_seen and stats only: "
+    lines += ["", f"Host-only mode has start_times and stats only: "
                   f"{totals['host_only'] / 2**20:.2f} MiB at 256 CPUs computed, "
                   f"{fmt_mib(sum(host.values()) if host else None)} measured here. The programs' "
                   f"own images and the verifier's memory are not maps and are left out; so is "

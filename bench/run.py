@@ -3,10 +3,11 @@
 Run it as `make bench`, which holds /tmp/gsender-heavy.lock throughout so that no other heavy
 job (tests, VMs) shares the machine while it times. Phases, with progress on stderr:
 
-1. Cost per round trip, RUNS times over. Tracers: empty programs on the classic and on
-   the raw tracepoints (the floors), gsender-bcc host-only (--max-services 0), gsender-bcc
-   as deployed (per-service breakdown on), gsender-bcc with culprit attribution
-   (--max-culprits 3, off by default), bpftrace's runqlat.bt and bcc's runqlat. In
+1. Cost per round trip, RUNS times over. Tracers, all timing the same wait: empty programs
+   on the raw tracepoints the agent uses (the floor), gsender-bcc host-only
+   (--max-services 0), gsender-bcc as deployed (per-service breakdown on), gsender-bcc with
+   culprit attribution (--max-culprits 3, off by default), bpftrace's runqlat.bt, bcc's
+   runqlat and libbpf-tools' runqlat. In
    each run the tracers take turns in an order rotated by one from the previous run, with
    a block of baseline runs (no tracer) before the first, between any two and after the
    last. A tracer's added cost is the median of its round trips minus the median of the
@@ -173,14 +174,12 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     notes += [f"- failed: {f[:300]}" for f in failures]
     notes.append("- ns / BPF run leaves out the tracepoint's own argument marshalling, which "
                  "is where classic and raw tracepoints differ; added ns / round trip has it.")
-    notes.append("- the empty programs and both peers attach to sched_wakeup, sched_wakeup_new "
-                 "and sched_switch; gsender-bcc on raw tracepoints attaches to sched_switch, "
-                 "where it reads the wait the scheduler already measured (README: What is "
-                 "measured), and to sched_process_free, which a round trip never runs (with "
-                 "attribution also to sched_migrate_task, which a round trip pinned to one "
-                 "CPU never runs either). Each "
-                 "round trip runs its sched_switch program twice, and the others' programs four "
-                 "times.")
+    notes.append("- every tracer here times the same wait, from sched_wakeup, sched_wakeup_new or "
+                 "a runnable switch-out to the switch-in, with programs on those three "
+                 "tracepoints; gsender-bcc and the floor also attach to sched_process_free, "
+                 "which a round trip never runs (with attribution also to sched_migrate_task, "
+                 "which a round trip pinned to one CPU never runs either). Each round trip runs "
+                 "each tracer's programs four times: two wakeups, two switches.")
     waited = sum(waited_for_quiet) - 2.0 * len(waited_for_quiet)
     if waited > 1:
         notes.append(f"- the machine was busy with other work at times: the bench waited "
@@ -206,10 +205,11 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
              [bench.trial_values(m, "runs_per_round_trip") for m in modes], ".2f"),
             ("BPF programs' ns / round trip (bpf_stats)",
              [bench.trial_values(m, ROUND_TRIP_BPF) for m in modes], ".0f"),
-            ("/ empty programs, classic tracepoints",
-             [bench.ratios(m, "floor") for m in modes], ".2f"),
-            ("/ empty programs, raw tracepoints",
+            ("/ the floor (empty programs, same hooks)",
              [bench.ratios(m, "raw_floor") for m in modes], ".2f"),
+            ("/ libbpf-tools runqlat", [bench.ratios(m, "libbpf") for m in modes], ".2f"),
+            ("BPF programs' ns / round trip, / libbpf-tools runqlat's",
+             [bench.ratios(m, "libbpf", ROUND_TRIP_BPF) for m in modes], ".2f"),
             ("/ bpftrace runqlat.bt", [bench.ratios(m, "bpftrace") for m in modes], ".2f"),
             ("BPF programs' ns / round trip, / bpftrace runqlat.bt's",
              [bench.ratios(m, "bpftrace", ROUND_TRIP_BPF) for m in modes], ".2f"),
@@ -248,9 +248,7 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
             spread(v, spec) if v else "" for v in values) + " |")
     lines += ["", "BPF programs' ns / round trip is bpf_stats' run time of a tracer's programs "
                   "over a round trip (what ns / BPF run leaves out: how often they run; "
-                  "bpftrace runs its programs four times a round trip, gsender-bcc its "
-                  "sched_switch program twice, with or without attribution, whose "
-                  "sched_migrate_task program a round trip pinned to one CPU never runs; runs above "
+                  "each tracer runs its programs four times a round trip; runs above "
                   "that are other work's context switches on the machine meanwhile, which the "
                   "programs trace too). It leaves out the tracepoints' own cost, which added "
                   "ns / round trip has, but it is the stable figure where a machine's noise "
@@ -258,13 +256,14 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
 
     # Memory.
     checks = [
-        Check("added cost / bpftrace runqlat.bt", bench.ratios("gsender", "bpftrace"), 0.45, "x"),
+        Check("added cost / libbpf-tools runqlat", bench.ratios("gsender", "libbpf"), 0.5, "x"),
+        Check("BPF programs' ns / round trip, / libbpf-tools runqlat's (bpf_stats)",
+              bench.ratios("gsender", "libbpf", ROUND_TRIP_BPF), 0.5, "x"),
+        Check("added cost / bpftrace runqlat.bt", bench.ratios("gsender", "bpftrace"), 0.25, "x"),
         Check("added cost / bcc runqlat", bench.ratios("gsender", "bcc"), 0.75, "x",
               comparable=bcc_comparable),
-        Check("added cost / empty programs, classic tracepoints",
-              bench.ratios("gsender", "floor"), 1.8, "x"),
-        Check("added cost / empty programs, raw tracepoints (the kind the agent uses)",
-              bench.ratios("gsender", "raw_floor"), 1.8, "x"),
+        Check("added cost / the floor (empty programs on the same hooks)",
+              bench.ratios("gsender", "raw_floor"), 2.0, "x"),
         Check("added cost / host-only added cost", bench.ratios("gsender", "host_only"), 1.15,
               "x", aim=True),
         Check("attach, s", bench.trial_values("gsender", "attach_s"), 0.5, " s"),

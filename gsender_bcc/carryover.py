@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
-from .histogram import Counts, Layout, Measured, empty_counts, sum_counts
+from .histogram import Counts, Layout, empty_counts, sum_counts
 from .outbox import check_private
+from .readings import Measured
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from . import __version__, carbon, config as configuration
+from . import __version__, carbon_storage, config as configuration
 from .errors import EX_USAGE, AgentError
 
 log = logging.getLogger("gsender_bcc")
@@ -92,8 +92,8 @@ def _setup_logging(level: str) -> None:
 
 def warn_about_local_schema(config: configuration.Config,
                             read: Callable[[str], str] = lambda path: Path(path).read_text()) -> None:
-    """Log one line when this host's carbon and the frequency disagree (see carbon.py)."""
-    warning = carbon.local_schema_warning(config, read)
+    """Log one line when this host's carbon and the frequency disagree (see carbon_storage.py)."""
+    warning = carbon_storage.local_schema_warning(config, read)
     if warning:
         log.warning("%s", warning)
 
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(configuration.render(config))
         return 0
     if args.carbon_config:
-        sys.stdout.write(carbon.render(config))
+        sys.stdout.write(carbon_storage.render(config))
         return 0
     if args.check:
         warn_about_local_schema(config)

@@ -11,134 +11,25 @@ from __future__ import annotations
 import configparser
 import difflib
 import functools
-import ipaddress
-import math
 import operator
-import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 from .errors import EX_CONFIG, AgentError
 from .metrics import TAGGED_PREFIX, check_prefix, default_prefix
+from .setting_values import (Server, boolean, choice, decimal, directory, host, server_list,
+                             whole)
 
 DEFAULT_PATH = Path("/etc/gsender.conf")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TRACEPOINT_MODES = ("auto", "raw", "classic")
-_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
-_DOTTED_NUMBERS = re.compile(r"[0-9]+(\.[0-9]+)*")
-MAX_LABEL_CHARS = 63    # RFC 1035: one label of a host name
-MAX_HOST_CHARS = 253    # RFC 1035: the whole name, dots included, without the root's dot
-
-
-@dataclass(frozen=True)
-class Server:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 class ConfigError(AgentError):
     def __init__(self, problems: List[str]):
         super().__init__("\n".join(problems), EX_CONFIG)
         self.problems = problems
-
-
-# Parsers: text -> value, raising ValueError with what is allowed.
-
-def _whole(low: int, high: int, unit: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not re.fullmatch(r"[+-]?[0-9]+", text):
-            raise ValueError(f"must be a whole number of {unit} from {low} to {high}")
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be from {low} to {high} {unit}")
-        return value
-    return parse
-
-
-def _decimal(low: float, high: float, unit: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"must be a number of {unit} from {low:g} to {high:g}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise ValueError(f"must be from {low:g} to {high:g} {unit}")
-        return value
-    return parse
-
-
-def _choice(options: Tuple[str, ...], fold: Callable[[str], str]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if fold(text) not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return fold(text)
-    return parse
-
-
-def _boolean(text: str) -> bool:
-    states = configparser.ConfigParser.BOOLEAN_STATES
-    if text.lower() not in states:
-        raise ValueError("must be yes or no")
-    return states[text.lower()]
-
-
-def _address(text: str, kind: Callable[[str], object], name: str) -> str:
-    try:
-        kind(text)
-    except ValueError:
-        raise ValueError(f"must be a valid {name} address") from None
-    return text
-
-
-def _host(text: str) -> str:
-    """Return a host name or an IPv4 or IPv6 address, checked label by label."""
-    if not text:
-        raise ValueError("must not be empty: give a host name or address")
-    if ":" in text:
-        return _address(text, ipaddress.IPv6Address, "IPv6")
-    name = text[:-1] if text.endswith(".") else text  # a fully qualified name's root dot
-    if _DOTTED_NUMBERS.fullmatch(name):
-        return _address(text, ipaddress.IPv4Address, "IPv4")
-    if len(name) > MAX_HOST_CHARS:
-        raise ValueError(f"is {len(name)} characters long: a host name has at most "
-                         f"{MAX_HOST_CHARS}")
-    for number, label in enumerate(name.split("."), 1):
-        if not label:
-            raise ValueError(f"has an empty label (number {number}): a host name is labels "
-                             f"joined by single dots")
-        if len(label) > MAX_LABEL_CHARS:
-            raise ValueError(f"has a label of {len(label)} characters ({label[:12]}...): at most "
-                             f"{MAX_LABEL_CHARS}")
-        if not _LABEL.fullmatch(label):
-            raise ValueError(f"has a label {label!r} that is not letters, digits, '-' and '_' "
-                             f"(not beginning or ending with '-')")
-    return text
-
-
-def _server(text: str) -> Server:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep:
-        raise ValueError("must be host:port")
-    return Server(_host(host.strip("[]")), _whole(1, 65535, "(port)")(port))
-
-
-def _server_list(text: str) -> Tuple[Server, ...]:
-    try:
-        return tuple(_server(item) for item in text.split(",") if item.strip())
-    except ValueError as error:
-        raise ValueError(f"must be a comma-separated list of host:port ({error})") from None
-
-
-def _directory(text: str) -> Path:
-    if not text.startswith("/"):
-        raise ValueError("must be an absolute path")
-    if re.search(r"[\x00-\x1f\x7f]", text):
-        raise ValueError("must not hold control characters (a newline, a tab, ...)")
-    return Path(text)
 
 
 # -- the settings: each declared once, as a field of Config ------------------------------------
@@ -181,7 +72,7 @@ class Setting:
     @property
     def is_switch(self) -> bool:
         """A yes/no setting's flag takes no value: it turns the setting on."""
-        return self.parse is _boolean
+        return self.parse is boolean
 
 
 @dataclass(frozen=True)
@@ -213,14 +104,16 @@ _culprits_on_off = _services_on_off  # 0 compiles the program without the occupa
 class Config:
     """Every setting, one field per configuration key, with its default and its declaration."""
 
+    # The declarations below share one shape (section, parser, default, comment, flag,
+    # reload rule) and no logic: each is the one place its setting is described.
     frequency: int = setting(
-        "default", _whole(1, 3600, "seconds"), 15,
+        "default", whole(1, 3600, "seconds"), 15,
         "Interval length in seconds, 1 to 3600. Each interval's datapoints carry its\n"
         "end time, a multiple of the frequency.",
         flag=Flag("--frequency", "interval length; timestamps are multiples of it ({default})",
                   "SECONDS"))
     logging_level: str = setting(
-        "default", _choice(LEVELS, str.upper), "INFO",
+        "default", choice(LEVELS, str.upper), "INFO",
         "DEBUG, INFO, WARNING, ERROR or CRITICAL.",
         flag=Flag("--log-level", f"{', '.join(LEVELS)} ({{default}})", "LEVEL"))
     # Listed here among the keys of [default], as the original tool's file has it; the sample
@@ -237,17 +130,17 @@ class Config:
         flag=Flag("--prefix", f"metric path prefix (default <short hostname>.cpu-lat, "
                               f"or {TAGGED_PREFIX} with --tags)", "PATH"))
     bucket_series: bool = setting(
-        "default", _boolean, True,
+        "default", boolean, True,
         "Send the per-bucket series <prefix>.0, .1, .2, .4, ... (samples per second in\n"
         "each log2 microsecond bucket), as the original did: yes or no.")
     state_directory: Path = setting(
-        "default", _directory, Path("/var/lib/gsender-bcc"),
+        "default", directory, Path("/var/lib/gsender-bcc"),
         "Where undelivered intervals wait for Graphite (outbox/, plain Graphite lines\n"
         "in segment files) and where a stopping agent leaves its unfinished interval\n"
         "for the next start (unfinished.json).",
         flag=Flag("--state-directory", "where undelivered data waits ({default})", "DIR"))
     max_services: int = setting(
-        "default", _whole(0, 1000, "services"), 20,
+        "default", whole(0, 1000, "services"), 20,
         "Run-queue latency per service (cgroup v2): <prefix>.service.<name>.* for the\n"
         "services with the most total wait in each interval, the rest summed as\n"
         "<prefix>.service.other.*. 0 to 1000; 0 sends the host series only. A change\n"
@@ -256,20 +149,19 @@ class Config:
                                     "the host only ({default})", "N"),
         needs_restart=_services_on_off)
     max_culprits: int = setting(
-        "default", _whole(0, 100, "culprits"), 0,
+        "default", whole(0, 100, "culprits"), 0,
         "Who each service waited behind: <prefix>.service.<name>.behind.<culprit>_ms\n"
         "for the culprits (services, or idle, migrated, untracked) its tasks waited\n"
         "behind the longest, the rest summed as .behind.other_ms, beside\n"
         ".behind_self_ms, .behind_others_ms and .caused_ms. 0 to 100; 0 (the default)\n"
-        "turns the attribution off. 3 is a good start: it costs 1.1x the breakdown's\n"
-        "program per context switch, and reading 1000 busy services takes about\n"
-        "0.14 s an interval (README: Cost). Needs the per-service breakdown\n"
+        "turns the attribution off. 3 is a good start; what it costs is recorded by\n"
+        "make bench (docs/benchmarks.md). Needs the per-service breakdown\n"
         "(max_services above 0). A change between 0 and more needs a restart.",
         flag=Flag("--max-culprits", "culprits sent per service, the rest as 'other'; 0 turns "
                                     "the attribution off ({default})", "N"),
         needs_restart=_culprits_on_off)
     tracepoints: str = setting(
-        "default", _choice(TRACEPOINT_MODES, str.lower), "auto",
+        "default", choice(TRACEPOINT_MODES, str.lower), "auto",
         "Which tracepoints to attach to: auto (raw ones where the kernel's BTF\n"
         "describes task_struct, else classic), raw, or classic. Both time the same\n"
         "wait; raw ones cost less. A change needs a restart.",
@@ -277,35 +169,34 @@ class Config:
                                    "the best available ({default})", "|".join(TRACEPOINT_MODES)),
         needs_restart=operator.ne)
     server_address: str = setting(
-        "graphite", _host, "localhost",
+        "graphite", host, "localhost",
         "The Graphite (carbon) server receiving the plaintext protocol.",
         flag=Flag("--graphite-host", "Graphite server ({default})", "HOST"))
     port: int = setting(
-        "graphite", _whole(1, 65535, "(port)"), 2003, "",
+        "graphite", whole(1, 65535, "(port)"), 2003, "",
         flag=Flag("--graphite-port", "Graphite plaintext port ({default})", "PORT"))
     fallback_servers: Tuple[Server, ...] = setting(
-        "graphite", _server_list, (),
+        "graphite", server_list, (),
         "Servers to use, in order, while the one above does not answer: host:port,\n"
         "comma-separated. Delivery returns to the first one as soon as it answers.",
         example="graphite-b.example.net:2003, graphite-c.example.net:2003")
     protocol: str = setting(
-        "graphite", _choice(("tcp", "udp"), str.lower), "tcp",
+        "graphite", choice(("tcp", "udp"), str.lower), "tcp",
         "tcp, or udp (fire and forget: no retry is possible).",
         flag=Flag("--protocol", "({default})", "tcp|udp"))
     timeout: float = setting(
-        "graphite", _decimal(0.1, 60, "seconds"), 5.0,
+        "graphite", decimal(0.1, 60, "seconds"), 5.0,
         "Seconds to wait for a server to connect or take data, 0.1 to 60.")
     buffer_hours: float = setting(
-        "graphite", _decimal(0.01, 720, "hours"), 24.0,
+        "graphite", decimal(0.01, 720, "hours"), 24.0,
         "How long undelivered intervals are kept on disk while Graphite is away, in\n"
         "hours (0.01 to 720), and how much disk they may take, in MiB (1 to 1048576).\n"
         "Past either, the oldest are dropped and counted in\n"
-        "<prefix>.agent.dropped_intervals. 128 MiB holds a day at the defaults\n"
-        "(frequency 15, 20 services of 15-character names: about 74 MB a day), and\n"
-        "about 2.9 hours at frequency 1; about 23 hours with max_culprits = 3.")
-    buffer_megabytes: int = setting("graphite", _whole(1, 1 << 20, "MiB"), 128, "")
+        "<prefix>.agent.dropped_intervals. What one interval takes on disk:\n"
+        "docs/design.md.")
+    buffer_megabytes: int = setting("graphite", whole(1, 1 << 20, "MiB"), 128, "")
     tags: bool = setting(
-        "graphite", _boolean, False,
+        "graphite", boolean, False,
         "Send Graphite 1.1 tagged series (cpu-lat.p99;host=web-01) instead of paths\n"
         "(web-01.cpu-lat.p99): yes or no. With tags the prefix defaults to cpu-lat.",
         flag=Flag("--tags", "send Graphite 1.1 tagged series instead of hierarchical paths"))

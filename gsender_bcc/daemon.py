@@ -34,9 +34,10 @@ from typing import Callable, Dict, Optional
 
 from . import carryover, interfaces
 from .config import Config, ConfigError, needing_restart
-from .histogram import Measured, add_counts
+from .histogram import add_counts
 from .metrics import Interval, agent_points, summary, to_datapoints
 from .notify import NullNotifier
+from .readings import Measured
 from .sampler import Sampler
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import math
 import operator
 import sys
 from array import array
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence, Tuple
 
 PERCENTILES = (50, 90, 99)
 BACKWARDS = "counters went backwards: the snapshots are not from one program, in order"
@@ -255,104 +255,6 @@ def sum_counts(layout: Layout, many: Iterable[Counts]) -> Counts:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """Cumulative kernel counters at one moment.
-
-    ``host`` is what the per-CPU counters hold (everything, when there is no per-cgroup
-    breakdown), ``cgroups`` what each cgroup's counters hold, by cgroup id.
-    """
-
-    host: Counts
-    lost: int
-    cgroups: Mapping[int, Counts] = field(default_factory=dict)
-    # With attribution on (None: off), (victim cgroup, culprit) -> ns waited since the
-    # previous reading: the pairs are not cumulative (the reading empties the kernel's map).
-    # The culprit is a cgroup id or one of the header's reserved CULPRIT_* ids.
-    culprits: Optional[Mapping[Tuple[int, int], int]] = None
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What one interval counted: the host's histogram and, by cgroup id, each cgroup's.
-
-    With a breakdown, ``host`` is the sum of the cgroups, so they add up exactly.
-    """
-
-    seconds: float
-    host: Counts
-    lost: int
-    cgroups: Mapping[int, Counts] = field(default_factory=dict)
-    # What each (victim cgroup, culprit) pair waited in the interval, in ns; None where the
-    # interval was measured without attribution.
-    culprits: Optional[Mapping[Tuple[int, int], int]] = None
-
-
-def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float) -> Measured:
-    """Return what was counted between two snapshots of the same program.
-
-    A cgroup unknown to ``previous`` counts from zero; one missing from ``current``
-    (its entry was removed after its last reading) counts nothing. The culprit pairs are
-    ``current``'s: they hold only what was charged since ``previous``.
-    """
-    cgroups: Dict[int, Counts] = {}
-    for cgroup, counts in current.cgroups.items():
-        before = previous.cgroups.get(cgroup)
-        if before is None:
-            if counts.has_samples:
-                cgroups[cgroup] = counts
-        elif counts is not before and counts != before:
-            cgroups[cgroup] = subtract_counts(counts, before)
-    host = subtract_counts(current.host, previous.host)
-    if cgroups:
-        host = add_counts(host, sum_counts(layout, cgroups.values()))
-    lost = current.lost - previous.lost
-    if lost < 0:
-        raise ValueError(BACKWARDS)
-    return Measured(seconds, host, lost, cgroups, current.culprits)
-
-
-def by_service(layout: Layout, cgroups: Mapping[int, Counts],
-               service_of: Callable[[int], str]) -> Dict[str, Counts]:
-    """Merge the cgroups' counts by the service each belongs to."""
-    merged: Dict[str, List[Counts]] = {}
-    for cgroup, counts in cgroups.items():
-        merged.setdefault(service_of(cgroup), []).append(counts)
-    return {name: parts[0] if len(parts) == 1 else sum_counts(layout, parts)
-            for name, parts in merged.items()}
-
-
-def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
-                 other: str = "other", caused: Optional[Mapping[str, int]] = None
-                 ) -> List[Tuple[str, Counts]]:
-    """Return the ``limit`` services with the most total wait, then the rest summed as ``other``.
-
-    With attribution, ``caused`` holds every service the culprit pairs name and the wait it
-    caused other services: the ranking is by wait plus caused, and a service in it without
-    samples of its own is ranked too (with empty counts). A service named ``other`` joins the
-    rest; ``other`` is left out when nothing falls in it. Ties go by name, so the order is
-    stable.
-    """
-    caused = caused or {}
-    candidates = dict(services)
-    for name in caused.keys() - services.keys():
-        candidates[name] = empty_counts(layout)
-
-    def counted(name: str) -> bool:
-        return name in caused or candidates[name].has_samples
-
-    ranked = sorted(((name, counts) for name, counts in candidates.items()
-                     if name != other and counted(name)),
-                    key=lambda item: (-item[1].sum_ns - caused.get(item[0], 0), item[0]))
-    rest = [counts for _, counts in ranked[limit:]]
-    if other in candidates and counted(other):
-        rest.append(candidates[other])
-    chosen = ranked[:limit]
-    if rest:
-        chosen.append((other, sum_counts(layout, rest)))
-    return chosen
-
-
-@dataclass(frozen=True)
 class IntervalStats:
     """What one interval measured. Latencies are in microseconds."""
 
@@ -412,3 +314,4 @@ def interval_stats(layout: Layout, counted: Counts, seconds: float, lost: int = 
         log2_rates=tuple((b, n / seconds) for b, n in log2_counts(layout, counted.slots)),
         wait_ns=counted.sum_ns,
     )
+

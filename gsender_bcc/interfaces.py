@@ -12,8 +12,10 @@ from typing import Dict, Iterable, List, Optional, Protocol, runtime_checkable
 
 from .cgroups import Resolved
 from .config import Config
-from .histogram import Layout, Snapshot
+from .histogram import Layout
 from .metrics import Interval
+from .program import ProgramSettings
+from .readings import Snapshot
 
 
 @runtime_checkable
@@ -21,6 +23,9 @@ class Probe(Protocol):
     """The loaded program's counters: cumulative, read whole, an entry deleted on request."""
 
     layout: Layout
+    # What the program was compiled with: its tracepoints, and whether it keeps per-cgroup
+    # counts and culprits (the sampler, --check and --top read it).
+    settings: ProgramSettings
 
     def read_snapshot(self) -> Snapshot:
         """Return the cumulative counters: the host's and each cgroup's, by cgroup id, and

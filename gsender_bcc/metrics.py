@@ -21,7 +21,7 @@ _UNSAFE_TAG_VALUE = re.compile(r"[;\s]")
 DECIMALS = 3
 TAGGED_PREFIX = "cpu-lat"
 # The longest series key (path, with its tags) a line may carry: what the outbox checks
-# every line it reads back against (outbox._LINE); a longer line would never be sent.
+# every line it reads back against (outbox.lines); a longer line would never be sent.
 MAX_PATH_CHARS = 1000
 MAX_HOST_CHARS = 64  # Linux's HOST_NAME_MAX: the short host name in a tag is cut to it
 MAX_SERVICE_CHARS = 255  # a service's series name, cut to this (one cgroup directory's name)

@@ -17,7 +17,8 @@ from typing import Dict, Iterable, Iterator, Optional
 from . import btf, cgroups, program, tracefs
 from .config import Config
 from .errors import EX_NOPERM, EX_UNAVAILABLE, AgentError
-from .histogram import Counts, Layout, Snapshot, empty_counts, sum_counts
+from .histogram import Counts, Layout, empty_counts, sum_counts
+from .readings import Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,11 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from . import interfaces
 from .blame import Charges, blame, charges, merged, pair_cgroups, reserved_totals
 from .cgroups import OTHER, CgroupTree, PressureReader, v2_mount
-from .histogram import Counts, IntervalStats, Measured, Snapshot, by_service, delta, interval_stats, \
-    top_services
+from .histogram import Counts, IntervalStats, interval_stats
 from .metrics import ServiceStats
 from .probe import overflow_cgroup, reserved_culprits
+from .readings import Measured, Snapshot, delta
+from .services import by_service, top_services
 
 
 def cgroup_tree(attached) -> Optional[CgroupTree]:

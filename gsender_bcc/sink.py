@@ -1,6 +1,6 @@
 """Deliver datapoints: Graphite plaintext built by graphyte, to servers or to stdout.
 
-Every interval is appended to an outbox on disk (outbox.py) and made durable
+Every interval is appended to an outbox on disk (outboxes.py chooses it) and made durable
 before ``submit`` returns; a delivery thread sends what the outbox holds, oldest
 first, and lets the outbox forget what a server took. So a slow, refusing or
 black-holed server never delays the measurement loop, memory stays flat however
@@ -27,8 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO
+from typing import Callable, Dict, Iterator, Optional, Sequence, TextIO
 
 try:  # the .deb ships a private copy; elsewhere graphyte comes from PyPI
     from ._vendor import graphyte
@@ -37,14 +36,14 @@ except ImportError:
 
 from .config import Config, Server
 from .metrics import Interval
-from .outbox import Chunk, DiskOutbox, MemoryOutbox, one_interval, pieces
+from .outbox import Chunk, one_interval, pieces
+from .outboxes import Outboxes
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 << 10
 DATAGRAM_BYTES = 1452  # 1500-byte MTU - 40 (IPv6 header) - 8 (UDP header)
 BACKOFF_FIRST = 1.0
-MEMORY_FALLBACK_BYTES = 4 << 20
 CLOSE_SECONDS = 2.0
 JOIN_SECONDS = 2.0  # what a stop waits for a send in progress, whatever the timeout
 
@@ -160,17 +159,14 @@ class GraphiteSink:
         self._wall_clock = wall_clock
         self._custom_send = send
         self._closing = False
-        self._counters = {"send_failures": 0, "spool_errors": 0}
+        self._send_failures = 0
         self._reported: Dict[str, int] = {}
         self._exceptions_seen: set = set()
         self._last_sent: Optional[Chunk] = None
         self._busy_since: Optional[float] = None  # when the send in progress began
         self._failing_since: Optional[float] = None  # when every delivery began to raise
         self._dropped_in_outage = 0
-        self._disk_failing = False
-        self._memory = MemoryOutbox(MEMORY_FALLBACK_BYTES)
-        self._disk: Optional[DiskOutbox] = None
-        self._retired: List[DiskOutbox] = []  # outboxes a reload left, delivered first
+        self._outboxes = Outboxes(config, wall_clock)
         self.reconfigure(config)
         self._thread = threading.Thread(target=self._deliver_forever, name="graphite-delivery",
                                         daemon=True)
@@ -185,67 +181,8 @@ class GraphiteSink:
             self._config = config
             self._send = self._custom_send or network_sender(config)
             self._routes = [_Route(server) for server in config.servers]
-            if self._disk is None or self._disk.directory != self._wanted_directory():
-                self._disk_failing = False
-                self._use_wanted_directory(tell=True)
-            if self._disk is not None:
-                self._disk.set_limits(config.buffer_bytes, config.buffer_seconds)
-            self._memory.max_bytes = min(MEMORY_FALLBACK_BYTES, config.buffer_bytes)
+            self._outboxes.reconfigure(config)
             self._lock.notify_all()
-
-    def _wanted_directory(self) -> Path:
-        return self._config.state_directory / "outbox"
-
-    def _use_wanted_directory(self, tell: bool) -> None:
-        """Open the outbox of the configured state directory and move what waits into it.
-
-        Until the new one is usable (it opened, and takes every chunk), the old one stays
-        the outbox: nothing is moved into memory, and nothing is dropped. ``tell``: log that."""
-        old = self._disk
-        self._open_disk(self._wanted_directory(), quiet=old is not None and not tell)
-        if old is None:
-            return
-        if self._disk is None:
-            self._disk, self._disk_failing = old, False  # the old one still takes data
-            if tell:
-                log.error("keeping the outbox in %s, with its %d intervals, until the new state "
-                          "directory can be used", old.directory, old.intervals)
-            return
-        self._move_waiting(old)
-
-    def _move_waiting(self, old: DiskOutbox) -> None:
-        """Move what waits in an outbox given up by a reload into the current one."""
-        new = self._disk
-        while True:
-            chunk = old.peek(CHUNK_BYTES)
-            if chunk is None:
-                break
-            try:
-                new.append_chunk(chunk)
-            except OSError as error:
-                self._retired.append(old)
-                log.error("cannot move undelivered data to %s (%s): the %d intervals left in %s "
-                          "are delivered from there, and wait there if the agent stops first",
-                          new.directory, error.strerror or error, old.intervals, old.directory)
-                return
-            old.consume(chunk)
-        old.close()
-
-    def _open_disk(self, directory, quiet: bool = False) -> None:
-        config = self._config
-        try:
-            self._disk = DiskOutbox(directory, config.buffer_bytes, config.buffer_seconds,
-                                    clock=self._wall_clock)
-        except OSError as error:
-            self._disk = None
-            self._counters["spool_errors"] += 1
-            if self._disk_failing or quiet:
-                return
-            self._disk_failing = True
-            log.error("cannot use %s for undelivered data (%s): measuring and delivering "
-                      "continue, but data cannot survive a Graphite outage longer than a few "
-                      "hundred intervals, or a restart, until this is fixed",
-                      directory, error.strerror or error)
 
     def submit(self, interval: Interval) -> None:
         """Append one interval's lines to the outbox, with its stamp; never blocks on the network."""
@@ -257,36 +194,17 @@ class GraphiteSink:
             self._echo.submit(interval)
 
     def _store(self, chunk: Chunk) -> None:
-        """Append lines to the outbox on disk or, while that fails, to the one in memory."""
-        if self._disk is None or self._disk.directory != self._wanted_directory():
-            self._use_wanted_directory(tell=False)  # try again what a reload could not use
-        if self._disk is not None:
-            try:
-                self._note_dropped(self._disk.append_chunk(chunk))
-            except OSError as error:
-                self._counters["spool_errors"] += 1
-                if not self._disk_failing:
-                    log.error("cannot write undelivered data to %s (%s): it is kept in "
-                              "memory meanwhile, so it cannot survive a restart or a long "
-                              "Graphite outage until this is fixed",
-                              self._disk.directory, error.strerror or error)
-                self._disk_failing = True
-            else:
-                if self._disk_failing:
-                    log.warning("the outbox in %s takes data again", self._disk.directory)
-                self._disk_failing = False
-                return
-        self._note_dropped(self._memory.append_chunk(chunk))
+        self._note_dropped(self._outboxes.store(chunk))
 
     def health(self) -> Dict[str, int]:
         """Return what waits, and since the last call: drops, failed sends, outbox errors."""
         with self._lock:
-            dropped = sum(box.dropped for box in self._outboxes())
-            now = dict(self._counters, dropped_intervals=dropped)
+            now = {"send_failures": self._send_failures, "spool_errors": self._outboxes.errors,
+                   "dropped_intervals": self._outboxes.dropped}
             since = {name: value - self._reported.get(name, 0) for name, value in now.items()}
             self._reported = now
-            queued = sum(box.intervals for box in self._outboxes())
-            return {"queued_intervals": queued, "dropped_intervals": since["dropped_intervals"],
+            return {"queued_intervals": self._outboxes.intervals,
+                    "dropped_intervals": since["dropped_intervals"],
                     "send_failures": since["send_failures"],
                     "spool_errors": since["spool_errors"]}
 
@@ -314,33 +232,20 @@ class GraphiteSink:
         if self._thread.is_alive():
             self._thread.join(timeout=JOIN_SECONDS)
         with self._lock:
-            self._save_memory_to_disk()
-            waiting = self._disk.intervals if self._disk else 0
+            waiting = self._outboxes.close()
         if waiting:
             log.info("%d undelivered intervals wait in %s for the next start", waiting,
-                     self._disk.directory)
+                     self._outboxes.directory)
 
-    def _save_memory_to_disk(self) -> None:
-        lost = 0
-        for chunk in self._memory.drain():
-            try:
-                if self._disk is None:
-                    raise OSError("no usable state directory")
-                self._disk.append_chunk(chunk)
-            except OSError:
-                lost += chunk.intervals
-        if lost:
-            log.warning("%d undelivered intervals are lost: the state directory cannot take them",
-                        lost)
+    def outbox_bytes(self) -> int:
+        """The bytes waiting on disk, as the byte limit counts them."""
+        with self._lock:
+            return self._outboxes.disk_bytes
 
     # -- the delivery thread --
 
-    def _outboxes(self) -> list:
-        """Where intervals wait, in the order they are delivered."""
-        return self._retired + ([self._disk] if self._disk is not None else []) + [self._memory]
-
     def _pending(self) -> bool:
-        return any(box.intervals for box in self._outboxes())
+        return self._outboxes.intervals > 0
 
     def _any_route_up(self) -> bool:
         now = self._clock()
@@ -384,7 +289,7 @@ class GraphiteSink:
 
     def _count_failure(self, error: BaseException) -> None:
         with self._lock:
-            self._counters["send_failures"] += 1
+            self._send_failures += 1
             kind = type(error).__name__
             if kind not in self._exceptions_seen:
                 self._exceptions_seen.add(kind)
@@ -393,15 +298,10 @@ class GraphiteSink:
     def deliver_once(self) -> bool:
         """Send the oldest waiting chunk to the first server that takes it; return whether one did."""
         with self._lock:
-            for source in self._outboxes():
-                chunk = source.peek(CHUNK_BYTES)
-                if chunk is not None:
-                    break
-                if source in self._retired:  # emptied: forget it
-                    source.close()
-                    self._retired.remove(source)
-            else:
+            waiting = self._outboxes.next_chunk(CHUNK_BYTES)
+            if waiting is None:
                 return False
+            source, chunk = waiting
             routes = list(self._routes)
         delivered = self._send_first(routes, chunk.data) if chunk.data else True
         with self._lock:
@@ -428,7 +328,7 @@ class GraphiteSink:
                 self._send(route.server, data)
             except Exception as error:  # noqa: BLE001 (a bad host name raises UnicodeError)
                 with self._lock:
-                    self._counters["send_failures"] += 1
+                    self._send_failures += 1
                     route.down_until = self._clock() + route.backoff
                     log.warning("sending %d bytes to Graphite at %s failed: %s; next try in "
                                 "%.0fs", len(data), route.server, error, route.backoff)

@@ -536,7 +536,7 @@ def wait_child(child: subprocess.Popen) -> int:
 def storage_rules(printed: Path) -> Dict[str, str]:
     """carbon-cache's storage files from what `gsender-bcc --carbon-config` printed into
     ``printed``, each followed by this script's catch-all stanza for every other series."""
-    from gsender_bcc.carbon import split_rendered
+    from gsender_bcc.carbon_storage import split_rendered
     schemas, aggregation = split_rendered(printed.read_text())
     return {"schemas": f"{schemas}\n{SCHEMAS}", "aggregation": f"{aggregation}\n{AGGREGATION}"}
 

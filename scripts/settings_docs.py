@@ -1,20 +1,22 @@
 """The texts derived from the settings' declarations (gsender_bcc/config.py's Config):
 
 - packaging/gsender.conf, the commented sample file the packages install as /etc/gsender.conf;
-- the list of settings in the man page packaging/gsender-bcc.1, between MAN_BEGIN and MAN_END.
+- the list of settings in the man page packaging/gsender-bcc.1, between MAN_BEGIN and MAN_END;
+- the table of settings in README.md, between README_BEGIN and README_END.
 
-Both are kept in git (the .deb treats the sample as a conffile: its bytes are a promise), and
+All are kept in git (the .deb treats the sample as a conffile: its bytes are a promise), and
 tests/test_settings.py fails when either differs from what the declarations give.
 
-    settings_docs.py write    rewrite both from the declarations (`make settings-docs`)
-    settings_docs.py check    exit 1, naming the stale file, when either differs
+    settings_docs.py write    rewrite them from the declarations (`make settings-docs`)
+    settings_docs.py check    exit 1, naming the stale file, when one differs
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Iterable, List
+from typing import Dict, Iterable, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -25,6 +27,10 @@ SAMPLE = ROOT / "packaging" / "gsender.conf"
 MAN = ROOT / "packaging" / "gsender-bcc.1"
 MAN_BEGIN = '.\\" The settings, written by scripts/settings_docs.py from gsender_bcc/config.py:'
 MAN_END = '.\\" End of the settings.'
+README = ROOT / "README.md"
+README_BEGIN = ("<!-- settings (written by scripts/settings_docs.py from gsender_bcc/config.py: "
+                "do not edit) -->")
+README_END = "<!-- end of settings -->"
 
 HEADER = """\
 /etc/gsender.conf: configuration of gsender-bcc, the run-queue latency agent.
@@ -103,33 +109,91 @@ def man_list(cls: type = configuration.Config) -> str:
     return "\n".join(lines + [MAN_END]) + "\n"
 
 
+def replaced_between(text: str, begin: str, end: str, new: str, where: Path) -> str:
+    """Return ``text`` with what lies between the lines ``begin`` and ``end`` replaced by
+    ``new`` (which carries both lines)."""
+    before, found_begin, rest = text.partition(begin + "\n")
+    _, found_end, after = rest.partition(end + "\n")
+    if not (found_begin and found_end):
+        raise ValueError(f"{where}: the lines {begin!r} and {end!r} are missing")
+    return before + new + after
+
+
 def man_page_with(page: str, listed: str) -> str:
     """Return the man page ``page`` with its list of settings replaced by ``listed``."""
-    before, begin, rest = page.partition(MAN_BEGIN + "\n")
-    _, end, after = rest.partition(MAN_END + "\n")
-    if not (begin and end):
-        raise ValueError(f"{MAN}: the lines {MAN_BEGIN!r} and {MAN_END!r} are missing")
-    return before + listed + after
+    return replaced_between(page, MAN_BEGIN, MAN_END, listed, MAN)
+
+
+def _summary(text: str) -> str:
+    """A declaration's comment up to its first colon or full stop outside brackets, as a
+    table cell (<...> in code)."""
+    folded, depth = " ".join(text.split()) + " ", 0
+    for at, char in enumerate(folded[:-1]):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        after = folded[at + 1:at + 3]
+        if depth == 0 and (char == ":" and after[:1] == " " or
+                           char == "." and after[:1] == " " and after[1:].isalnum()):
+            folded = folded[:at]
+            break
+    first = folded.strip().rstrip(".")
+    return re.sub(r"(\S*<[^>]*>[^\s,]*)", r"`\1`", first).replace("|", "\\|")
+
+
+def _readme_default(key: configuration.Key) -> str:
+    if isinstance(key, configuration.Retired):
+        return "ignored"
+    if key.example is not None:
+        named = re.search(r"Default: (.+)", key.help)  # a default computed at start
+        return f"`{named.group(1)}`" if named else "(none)"
+    return f"`{sample_value(key.default)}`"
+
+
+def readme_table(cls: type = configuration.Config) -> str:
+    """The README's table of settings: one row per group of keys described together."""
+    lines = [README_BEGIN, "| section | key | default | flag | meaning |", "|---|---|---|---|---|"]
+    for section, groups in zip(configuration.schema(cls), _in_order(cls)):
+        for group in groups:
+            keys = ", ".join(f"`{key.key}`" for key in group)
+            defaults = ", ".join(_readme_default(key) for key in group)
+            flags = ", ".join(f"`{key.flag.name}`" for key in group
+                              if isinstance(key, configuration.Setting) and key.flag)
+            meaning = _summary(group[0].help)
+            if any(isinstance(key, configuration.Setting) and key.needs_restart for key in group):
+                meaning += " (restart)"
+            lines.append(f"| {section} | {keys} | {defaults} | {flags} | {meaning} |")
+    return "\n".join(lines + [README_END]) + "\n"
+
+
+def readme_with(text: str, table: str) -> str:
+    """Return the README ``text`` with its table of settings replaced by ``table``."""
+    return replaced_between(text, README_BEGIN, README_END, table, README)
 
 
 def expected() -> dict:
     """{file: the text the declarations give it}."""
-    return {SAMPLE: sample_text(), MAN: man_page_with(MAN.read_text(), man_list())}
+    return {SAMPLE: sample_text(), MAN: man_page_with(MAN.read_text(), man_list()),
+            README: readme_with(README.read_text(), readme_table())}
+
+
+def write_or_check(argv: List[str], program: str, expected: Dict[Path, str], source: str) -> int:
+    """``write``: rewrite each file of ``expected`` that differs; ``check``: name each such file
+    with the fix and return 1. ``source`` says what the texts come from."""
+    if argv not in (["write"], ["check"]):
+        print(f"usage: {program} write|check", file=sys.stderr)
+        return 64
+    stale = {path: text for path, text in expected.items() if path.read_text() != text}
+    for path, text in stale.items():
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        if argv == ["write"]:
+            path.write_text(text)
+            print(f"{shown}: rewritten from {source}")
+        else:
+            print(f"{shown} differs from {source}: run `make settings-docs`", file=sys.stderr)
+    return 1 if stale and argv == ["check"] else 0
 
 
 def main(argv: List[str]) -> int:
-    if argv not in (["write"], ["check"]):
-        print("usage: settings_docs.py write|check", file=sys.stderr)
-        return 64
-    stale = [path for path, text in expected().items() if path.read_text() != text]
-    for path in stale:
-        if argv == ["write"]:
-            path.write_text(expected()[path])
-            print(f"{path.name}: rewritten from the settings' declarations")
-        else:
-            print(f"{path.name} differs from the settings' declarations: "
-                  f"run `make settings-docs`", file=sys.stderr)
-    return 1 if stale and argv == ["check"] else 0
+    return write_or_check(argv, "settings_docs.py", expected(), "the settings' declarations")
 
 
 if __name__ == "__main__":

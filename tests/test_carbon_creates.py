@@ -1,4 +1,4 @@
-"""What carbon-cache's MAX_CREATES_PER_MINUTE does to a fleet's first datapoints (README "Fleet").
+"""What carbon-cache's MAX_CREATES_PER_MINUTE does to a fleet's first datapoints (docs/operations.md).
 
 Debian ships MAX_CREATES_PER_MINUTE = 50. A datapoint of a series that has no whisper file yet,
 arriving when the create budget is spent, is dropped: not kept until the file exists.

@@ -1,296 +1,245 @@
-"""What an operator reads back from Graphite (README "Graphite storage" and "Fleet queries").
+"""carbon's storage rules for our series (gsender_bcc/carbon_storage.py): pure table tests.
 
-A real carbon-cache (and graphite-web) on loopback is fed the exact plaintext lines the agent's
-own metrics and sink code build for crafted intervals, so the numbers are known and no BPF is
-needed:
-- Debian's stock schema at frequency 15 loses intervals: a documented demonstration, which
-  asserts the loss, so that a change in carbon shows up here;
-- the stanzas `--carbon-config` prints roll series up exactly;
-- every fleet recipe in the README, rendered by graphite-web, gives the numbers worked out by hand.
+The proofs with a real carbon-cache and graphite-web are in test_carbon_storage.py.
 """
 
-import json
 import re
 import subprocess
-import time
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 
-import local_carbon
 from conftest import AGENT
-from gsender_bcc.carbon import split_rendered
+from gsender_bcc import carbon_storage
+from gsender_bcc.blame import Blame
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats
-from gsender_bcc.metrics import Interval, ServiceStats, to_datapoints
-from gsender_bcc.sink import encode, message_builder
-from local_carbon import CarbonCache, LocalGraphite
+from gsender_bcc.metrics import Interval, ServiceStats, agent_points, to_datapoints
+from gsender_bcc.sink import GraphiteSink, encode, message_builder
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-DEBIAN_SCHEMAS = Path("/etc/carbon/storage-schemas.conf")
+STATS = IntervalStats(5.0, 120, 0, 12.5, ((50, 8.5), (90, 21.0), (99, 34.0)), 68.0,
+                      ((0, 0.0), (1, 0.2), (2, 1.0), (4, 3.0)), 1_500_000)
+SERVICE = ServiceStats("nginx", STATS, {"pressure": 1.25, "throttled_ms": 40.0},
+                       Blame(1, 2, 3, (("batch", 4),), 5))
+BEHIND = {"idle": 1, "migrated": 0, "untracked": 0}  # the host's wait behind reserved culprits
 
+# Debian's graphite-carbon /etc/carbon/storage-schemas.conf, without its comments.
+DEBIAN_SCHEMAS = """[carbon]
+pattern = ^carbon\\.
+retentions = 60:90d
 
-def interval(count, wait_ms, p99=None, top=None, rates=(), seconds=1.0):
-    """An interval's statistics as the agent computes them, with these figures."""
-    if not count:
-        return IntervalStats(seconds, 0, 0, None, (), None, (), 0)
-    return IntervalStats(seconds, count, 0, wait_ms * 1000 / count,
-                         ((50, p99 / 2), (90, p99 / 2), (99, p99)), top if top else p99,
-                         tuple(rates), round(wait_ms * 1e6))
-
-
-def lines(config, stamp, stats, services=()):
-    """The plaintext lines the agent sends for one interval."""
-    return encode(message_builder(), Interval(stamp, tuple(to_datapoints(stats, config, services))))
+[default]
+pattern = .*
+retentions = 60s:1d,5m:30d,1h:3y
+"""
 
 
-def fetch(carbon, name, precision, start, end):
-    """{stamp: value} of one archive of a series, non-null, start <= stamp < end."""
-    import whisper
-    path = carbon.whisper_dir / (name.replace(".", "/") + ".wsp")
-    (first, _, step), values = whisper.fetch(str(path), start - 1, end, archiveToSelect=precision)
-    return {first + i * step: v for i, v in enumerate(values)
-            if v is not None and start <= first + i * step < end}
+def sent_names(config, tmp_path):
+    """Every series name carbon receives from the agent for one full interval, as graphyte
+    writes it: host, buckets, a service with its figures, and every agent series."""
+    health = GraphiteSink(Config(state_directory=tmp_path), start=False).health()
+    points = to_datapoints(STATS, config, [SERVICE], BEHIND)
+    points += agent_points(config, {"services_overflow": 0, **health})
+    interval = Interval(100, tuple(points))
+    return [line.split(" ")[0] for line in encode(message_builder(), interval).decode().splitlines()]
 
 
-@pytest.fixture
-def carbon_with(tmp_path):
-    started = []
-
-    def start(schemas, aggregation):
-        started.append(CarbonCache(tmp_path / f"carbon{len(started)}", schemas=schemas,
-                                   aggregation=aggregation).start())
-        return started[-1]
-    yield start
-    for carbon in started:
-        carbon.stop()
+def roll_up(config, name):
+    """The aggregationMethod carbon picks for ``name``: the first stanza whose pattern matches."""
+    for stanza in carbon_storage.aggregation_stanzas(config).split("\n\n"):
+        fields = dict(line.split(" = ", 1) for line in stanza.splitlines() if " = " in line)
+        if re.search(fields["pattern"], name):
+            assert fields["xFilesFactor"] == "0"
+            return fields["aggregationMethod"]
+    return None
 
 
-def test_debian_stock_schema_keeps_one_interval_a_minute_at_frequency_15(carbon_with):
-    """Documented demonstration of the loss (README "Graphite storage"): Debian's
-    storage-schemas.conf (60s:1d,5m:30d,1h:3y) and no storage-aggregation.conf (carbon's
-    average, xFilesFactor 0.5). Two minutes of intervals 15 s apart, a spike of 1000 us in
-    the first of each minute."""
-    carbon = carbon_with(DEBIAN_SCHEMAS.read_text(), "")
-    config = Config(prefix="web-01.cpu-lat", frequency=15)
-    minute = (int(time.time()) // 300 - 3) * 300  # a 5-minute boundary 15 to 20 minutes ago
-    sent = {}
-    for i in range(8):
-        stamp = minute + 15 * i
-        sent[stamp] = interval(100 + i, 2.0 * (i + 1), p99=9.0 if i % 4 else 900.0,
-                               top=10.0 if i % 4 else 1000.0, seconds=15)
-    carbon.send_and_settle(b"".join(lines(config, stamp, stats) for stamp, stats in sent.items()))
-
-    counts = fetch(carbon, "web-01.cpu-lat.count", 60, minute, minute + 120)
-    maxima = fetch(carbon, "web-01.cpu-lat.max", 60, minute, minute + 120)
-    waits = fetch(carbon, "web-01.cpu-lat.wait_ms", 60, minute, minute + 120)
-    totals = {m: sum(s.count for t, s in sent.items() if m <= t < m + 60)
-              for m in (minute, minute + 60)}
-    assert totals == {minute: 406, minute + 60: 422}
-    # Each minute keeps the last of its four intervals, about frequency/60 of the samples sent.
-    assert counts == {minute: 103.0, minute + 60: 107.0}
-    assert all(counts[m] / totals[m] == pytest.approx(15 / 60, abs=0.01) for m in totals)
-    assert waits == {minute: 8.0, minute + 60: 16.0}  # of 20.0 and 52.0 ms sent
-    assert maxima == {minute: 10.0, minute + 60: 10.0}  # both 1000 us spikes are gone
-    # 2 of the 5 minutes of a 5-minute point are known, under xFilesFactor 0.5: nothing.
-    assert fetch(carbon, "web-01.cpu-lat.count", 300, minute, minute + 300) == {}
+def kind(name):
+    """What we promise for each series, by its stat (plain or tagged)."""
+    stat = name.split(";")[0].rsplit(".", 1)[1]
+    if stat == "bucket" or stat.isdigit():
+        return "average"  # samples per second in a log2 bucket
+    if stat.endswith("_ms"):
+        return "sum"  # a total in ms: wait, throttling, the wait behind a culprit, caused
+    return {"count": "sum", "wait_ms": "sum", "throttled_ms": "sum", "samples_lost": "sum",
+            "dropped_intervals": "sum", "send_failures": "sum", "spool_errors": "sum",
+            "services_overflow": "sum", "p50": "max", "p90": "max", "p99": "max", "max": "max",
+            "queued_intervals": "max", "mean": "average", "pressure": "average"}[stat]
 
 
-def printed_storage(*flags):
-    """(storage-schemas.conf, storage-aggregation.conf) as `gsender-bcc --carbon-config` prints
-    them for these flags."""
-    printed = subprocess.run(AGENT + ["--config", "/dev/null", "--carbon-config", *flags],
+@pytest.mark.parametrize("config", [Config(), Config(prefix="dc1.web-01.cpu-lat"),
+                                    Config(tags=True), Config(tags=True, prefix="lat")],
+                         ids=["default", "prefix", "tagged", "tagged-prefix"])
+def test_every_series_sent_gets_its_roll_up(config, tmp_path):
+    names = sent_names(config, tmp_path)
+    # host stats, buckets, the host's behind reserved culprits, agent, service, its culprits
+    assert len(names) == 7 + 4 + 3 + 6 + 9 + 3 + 2
+    assert {name: roll_up(config, name) for name in names} == {name: kind(name) for name in names}
+    schema_pattern = carbon_storage.schema_stanzas(config).split("pattern = ")[1].split("\n")[0]
+    assert all(re.search(schema_pattern, name) for name in names)
+
+
+@pytest.mark.parametrize("config, name", [
+    (Config(), "carbon.agents.h-a.creates"),
+    (Config(), "web-01.other.count"),
+    (Config(), "dc1.web-01.cpu-lat.count"),  # a prefix of three parts is not the default's
+    (Config(prefix="a.b"), "a.bc.count"),
+    (Config(prefix="a.b"), "x.a.b.count"),
+    (Config(tags=True), "cpu-latency.count;host=h"),
+    (Config(tags=True), "web-01.cpu-lat.count"),
+])
+def test_patterns_leave_other_series_alone(config, name):
+    assert roll_up(config, name) is None
+    schema_pattern = carbon_storage.schema_stanzas(config).split("pattern = ")[1].split("\n")[0]
+    assert not re.search(schema_pattern, name)
+
+
+def test_a_service_named_like_a_stat_rolls_up_by_its_own_stat():
+    assert roll_up(Config(), "h.cpu-lat.service.count.max") == "max"
+    assert roll_up(Config(), "h.cpu-lat.service.behind.max") == "max"
+    assert roll_up(Config(), "h.cpu-lat.service.behind.mean") == "average"
+    assert roll_up(Config(), "h.cpu-lat.service.max.behind.max_ms") == "sum"
+    assert roll_up(Config(), "h.cpu-lat.service.max.count") == "sum"
+    assert roll_up(Config(), "h.cpu-lat.service.max.mean") == "average"
+
+
+@pytest.mark.parametrize("frequency, retentions", [
+    (1, "1s:7d,1m:30d,10m:1y"),
+    (5, "5s:7d,1m:30d,10m:1y"),
+    (15, "15s:7d,1m:30d,10m:1y"),
+    (7, "7s:7d,63s:30d,630s:1y"),
+    (45, "45s:7d,90s:30d,630s:1y"),
+    (60, "1m:30d,10m:1y"),
+    (90, "90s:30d,630s:1y"),
+    (600, "10m:1y"),
+    (900, "15m:1y"),
+    (3600, "1h:1y"),
+])
+def test_retentions(frequency, retentions):
+    assert carbon_storage.retentions(frequency) == retentions
+
+
+def test_every_frequency_gives_archives_whisper_accepts_with_the_finest_at_the_frequency():
+    whisper = pytest.importorskip("whisper")
+    for frequency in range(1, 3601):
+        parsed = [whisper.parseRetentionDef(part)
+                  for part in carbon_storage.retentions(frequency).split(",")]
+        whisper.validateArchiveList(parsed)
+        assert parsed[0][0] == frequency
+        assert parsed[-1][0] * parsed[-1][1] >= 365 * 86400 - parsed[-1][0]
+
+
+@pytest.mark.parametrize("seconds, text", [(1, "1s"), (59, "59s"), (60, "1m"), (630, "630s"),
+                                           (3600, "1h"), (86400, "1d"), (7 * 86400, "7d"),
+                                           (365 * 86400, "1y")])
+def test_durations_read_back(seconds, text):
+    assert carbon_storage.duration(seconds) == text
+    assert carbon_storage.seconds_of(text) == seconds
+
+
+@pytest.mark.parametrize("text, seconds", [("60", 60), ("60s", 60), ("1min", 60), ("5m", 300),
+                                           ("2minutes", 120), ("1h", 3600), ("3hours", 10800),
+                                           ("7d", 604800), ("1w", 604800), ("3y", 94608000),
+                                           (" 10S ", 10)])
+def test_carbon_durations(text, seconds):
+    assert carbon_storage.seconds_of(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "5mo", "1x", "-5s", "1.5m"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        carbon_storage.seconds_of(text)
+
+
+def test_printed_text_splits_into_the_two_files():
+    text = carbon_storage.render(Config(frequency=5))
+    schemas, aggregation = carbon_storage.split_rendered(text)
+    assert schemas + aggregation == text
+    assert schemas.startswith("# storage-schemas.conf:") and "[gsender-bcc]" in schemas
+    assert aggregation.startswith("# storage-aggregation.conf:")
+    assert "retentions" not in aggregation and "aggregationMethod" not in schemas
+    with pytest.raises(ValueError, match="not the output of gsender-bcc --carbon-config"):
+        carbon_storage.split_rendered(schemas)
+
+
+class TestSchemaWarning:
+    @pytest.mark.parametrize("config, schemas, precision, stanza", [
+        (Config(), DEBIAN_SCHEMAS, 60, "default"),
+        (Config(prefix="carbon.x"), DEBIAN_SCHEMAS, 60, "carbon"),
+        (Config(frequency=5), carbon_storage.schema_stanzas(Config(frequency=5)) + DEBIAN_SCHEMAS, 5,
+         "gsender-bcc"),
+        (Config(tags=True), carbon_storage.schema_stanzas(Config(tags=True)) + DEBIAN_SCHEMAS, 15,
+         "gsender-bcc"),
+        (Config(), "[x]\npattern = ^nothing\nretentions = 1s:1d\n", 60, ""),
+        (Config(), "", 60, ""),
+        (Config(), "[x]\nretentions = 1s:1d\n[y]\npattern = .*\nretentions = 1h:1y\n", 3600, "y"),
+    ])
+    def test_finest_precision(self, config, schemas, precision, stanza):
+        sent = carbon_storage.sent_name(config)
+        assert carbon_storage.finest_precision(schemas, sent) == (precision, stanza)
+
+    def test_debian_stock_schema_at_the_default_frequency(self):
+        warning = carbon_storage.schema_warning(Config(prefix="web-01.cpu-lat"), DEBIAN_SCHEMAS, "S")
+        assert warning == (
+            "carbon here stores web-01.cpu-lat.count at one point per 60 s ([default] in S), but "
+            "the agent sends every 15 s: intervals in the same 60 s overwrite each other and only "
+            "the last is kept; gsender-bcc --carbon-config prints stanzas that fit")
+
+    def test_a_finer_schema_leaves_empty_points(self):
+        schemas = "[all]\npattern = .*\nretentions = 10s:1d\n"
+        warning = carbon_storage.schema_warning(Config(frequency=30), schemas, "S")
+        assert "at one point per 10 s ([all] in S)" in warning
+        assert "2 of every 3 points stay empty and a roll-up with xFilesFactor above 0.33" \
+            in warning
+
+    def test_no_stanza_means_carbons_default(self):
+        warning = carbon_storage.schema_warning(Config(frequency=1), "", "S")
+        assert "one point per 60 s (carbon's default (nothing in S matches))" in warning
+
+    @pytest.mark.parametrize("frequency", [1, 5, 15, 60, 3600])
+    def test_the_printed_stanzas_agree(self, frequency):
+        config = Config(frequency=frequency)
+        schemas = carbon_storage.render(config) + DEBIAN_SCHEMAS
+        assert carbon_storage.schema_warning(config, schemas, "S") is None
+
+    def test_a_matching_stock_schema_agrees(self):
+        assert carbon_storage.schema_warning(Config(frequency=60), DEBIAN_SCHEMAS, "S") is None
+
+    @pytest.mark.parametrize("schemas", ["not ini", "[x]\npattern = (\nretentions = 1s:1d\n",
+                                         "[x]\npattern = .*\nretentions = 1q:1d\n"])
+    def test_an_unreadable_schema_is_said_once(self, schemas):
+        warning = carbon_storage.schema_warning(Config(), schemas, "S")
+        assert warning.startswith("S could not be read as carbon's schema (")
+        assert warning.endswith("); not checked") and "\n" not in warning
+
+
+class TestLocalSchema:
+    @pytest.mark.parametrize("host, local", [
+        ("localhost", True), ("127.0.0.1", True), ("127.0.1.1", True), ("::1", True),
+        ("ip6-localhost", True), ("graphite.example.com", False), ("10.0.0.1", False),
+        ("::ffff:10.0.0.1", False), ("localhost.example.com", False)])
+    def test_only_a_server_on_this_host_is_checked(self, host, local):
+        read = []
+
+        def reader(path):
+            read.append(path)
+            return DEBIAN_SCHEMAS
+        warning = carbon_storage.local_schema_warning(Config(server_address=host), reader)
+        assert (warning is not None, read) == (local, ["/etc/carbon/storage-schemas.conf"] * local)
+
+    def test_no_schema_file_means_nothing_to_tell(self):
+        def missing(path):
+            raise FileNotFoundError(path)
+        assert carbon_storage.local_schema_warning(Config(), missing) is None
+
+
+def test_the_deb_and_the_command_show_the_same_default_stanzas():
+    """The .deb ships `--carbon-config`'s text for the default configuration as
+    /usr/share/doc/gsender-bcc/carbon-storage.conf.example."""
+    root = Path(__file__).resolve().parent.parent
+    printed = subprocess.run(AGENT + ["--config", "/dev/null", "--carbon-config"],
                              capture_output=True, text=True, check=True).stdout
-    return split_rendered(printed)
-
-
-def test_printed_stanzas_roll_up_exactly(carbon_with):
-    """Frequency 1, the printed stanzas with two archives, 1s:10m and 5s:1h: each 5 s point
-    of the coarse archive from the five 1 s points under it."""
-    schemas, aggregation = printed_storage("--frequency", "1", "--prefix", "t.cpu-lat")
-    schemas = re.sub(r"(?m)^retentions = .*$", "retentions = 1s:10m,5s:1h", schemas)
-    carbon = carbon_with(schemas + "\n" + local_carbon.SCHEMAS,
-                         aggregation + "\n" + local_carbon.AGGREGATION)
-    config = Config(prefix="t.cpu-lat", frequency=1)
-    start = (int(time.time()) // 5 - 12) * 5  # a minute ago: inside the 1 s archive
-    sent = {}
-    for i in range(10):
-        steady = ServiceStats("steady", interval(5 + i, 0.25 * (i + 1), p99=20.0 + (i * 7) % 5))
-        services = [steady]
-        if i == 2:  # in 1 of the 5 points of the first coarse one: in and out of the top list
-            services.append(ServiceStats("brief", interval(3, 1.5, p99=70.0, top=90.0)))
-        sent[start + i] = (interval(10 + 3 * i, 0.5 * (i + 1) + 0.25, p99=100.0 + (i * 37) % 11,
-                                    top=500.0 if i == 3 else 200.0 + i,
-                                    rates=((0, 1.5 * i), (1, 0.25), (2, 4.0 - i / 4))), services)
-    carbon.send_and_settle(b"".join(lines(config, stamp, stats, services)
-                                    for stamp, (stats, services) in sent.items()))
-
-    def coarse_and_fine(name):
-        return (fetch(carbon, f"t.cpu-lat.{name}", 5, start, start + 10),
-                fetch(carbon, f"t.cpu-lat.{name}", 1, start, start + 10))
-
-    def under(fine, window):
-        return [fine[t] for t in range(window, window + 5) if t in fine]
-
-    windows = (start, start + 5)
-    for name, rolled in (("count", sum), ("wait_ms", sum), ("service.steady.count", sum),
-                         ("service.steady.wait_ms", sum), ("max", max), ("p99", max),
-                         ("service.steady.p99", max),
-                         ("mean", lambda v: sum(v) / len(v)), ("0", lambda v: sum(v) / len(v))):
-        coarse, fine = coarse_and_fine(name)
-        assert len(fine) == 10, name
-        assert coarse == {w: rolled(under(fine, w)) for w in windows}, name
-    # The sums are the hand-made ones, exactly (values with binary fractions only).
-    assert coarse_and_fine("count")[0] == {start: 80.0, start + 5: 155.0}
-    assert coarse_and_fine("wait_ms")[0] == {start: 8.75, start + 5: 21.25}
-    assert coarse_and_fine("max")[0] == {start: 500.0, start + 5: 209.0}
-    # The brief service's one point of five still has its coarse point, as it was.
-    for name, value in (("count", 3.0), ("wait_ms", 1.5), ("max", 90.0), ("p99", 70.0),
-                        ("mean", 500.0)):
-        assert coarse_and_fine(f"service.brief.{name}") == ({start: value}, {start + 2: value})
-
-
-def test_carbon_matches_the_printed_tagged_stanzas(tmp_path):
-    """With tags, carbon sees `cpu-lat.<stat>;host=...;service=...`: each file gets the printed
-    archives and its kind's roll-up."""
-    import whisper
-    from carbon.util import TaggedSeries
-    schemas, aggregation = printed_storage("--frequency", "5", "--tags")
-    config = Config(tags=True, frequency=5)
-    stats = interval(10, 2.0, p99=30.0, rates=((0, 1.0), (1, 1.0)))
-    sent = lines(config, int(time.time()) // 5 * 5 - 30, stats,
-                 [ServiceStats("nginx", stats, {"pressure": 2.5})])
-    carbon = CarbonCache(tmp_path / "carbon", schemas=schemas, aggregation=aggregation,
-                         extra_config="ENABLE_TAGS = False\n").start()  # no tag database here
-    try:
-        carbon.send_and_settle(sent)
-    finally:
-        carbon.stop()
-    methods = {}
-    for line in sent.decode().splitlines():
-        name = line.split(" ")[0]
-        info = whisper.info(str(carbon.whisper_dir / (TaggedSeries.encode(
-            TaggedSeries.parse(name).path, "/", hash_only=True) + ".wsp")))
-        assert [(a["secondsPerPoint"], a["retention"]) for a in info["archives"]] == [
-            (5, 7 * 86400), (60, 30 * 86400), (600, 365 * 86400)], name
-        assert info["xFilesFactor"] == 0, name
-        methods[re.sub(r";host=[^;]*", "", name)] = info["aggregationMethod"]
-    assert methods == {
-        "cpu-lat.count": "sum", "cpu-lat.wait_ms": "sum", "cpu-lat.mean": "average",
-        "cpu-lat.p50": "max", "cpu-lat.p90": "max", "cpu-lat.p99": "max", "cpu-lat.max": "max",
-        "cpu-lat.bucket;lower_us=0": "average", "cpu-lat.bucket;lower_us=1": "average",
-        "cpu-lat.agent.samples_lost": "sum", "cpu-lat.service.count;service=nginx": "sum",
-        "cpu-lat.service.wait_ms;service=nginx": "sum",
-        "cpu-lat.service.mean;service=nginx": "average",
-        "cpu-lat.service.p50;service=nginx": "max", "cpu-lat.service.p90;service=nginx": "max",
-        "cpu-lat.service.p99;service=nginx": "max", "cpu-lat.service.max;service=nginx": "max",
-        "cpu-lat.service.pressure;service=nginx": "average"}
-
-
-# ---- the README's fleet recipes, rendered by graphite-web -------------------------------------
-
-def readme_recipes():
-    """{target: what it is for} from the fenced block under README's "Fleet queries"."""
-    text = README.read_text()
-    block = text.split("### Fleet queries", 1)[1].split("```\n", 2)[1]
-    recipes, about = {}, None
-    for line in block.splitlines():
-        if line.startswith("# "):
-            about = line[2:]
-        elif line.strip():
-            recipes[line.strip()] = about
-    return recipes
-
-
-# Six hosts, two intervals (s0, s1): (count, wait_ms, p99, bucket rates), and nginx on two.
-HOSTS = {
-    "h1": [(100, 5.0, 20.0, {0: 1.0, 1: 2.0, 2: 0.5}), (200, 30.0, 25.0, {0: 2.0, 1: 1.0})],
-    "h2": [(350, 45.0, 900.0, {0: 3.0, 1: 0.0, 2: 1.5, 4: 0.25}), (50, 10.0, 30.0, {0: 1.0})],
-    "h3": [(0, 0.0, None, {}), (0, 0.0, None, {})],  # nothing waited: count and wait_ms only
-    "h4": [(50, 2.5, 40.0, {0: 1.0}), (50, 2.5, 45.0, {0: 1.0})],
-    "h5": [(50, 2.5, 60.0, {0: 1.0}), (50, 2.5, 50.0, {0: 1.0})],
-    "h6": [(50, 5.0, 10.0, {0: 1.0}), (50, 5.0, 5000.0, {0: 1.0})],
-}
-NGINX = {"h1": [(40, 2.0, 30.0), (60, 6.0, 80.0)], "h2": [(160, 14.0, 700.0), (40, 4.0, 20.0)]}
-
-# By hand, for each README target: {series name as graphite-web names it: (s0, s1)}.
-EXPECTED = {
-    # (5 + 45 + 2.5 + 2.5 + 5) ms / 600 samples; (30 + 10 + 2.5 + 2.5 + 5) ms / 400 samples
-    "alias(scale(divideSeries(sumSeries(*.cpu-lat.wait_ms),sumSeries(*.cpu-lat.count)),1000),"
-    "'fleet mean us')": {"fleet mean us": (100.0, 125.0)},
-    # each bucket's rate summed over the hosts that sent it
-    "groupByNode(*.cpu-lat.[0-9]*,2,'sumSeries')": {
-        "0": (7.0, 6.0), "1": (2.0, 1.0), "2": (2.0, None), "4": (0.25, None)},
-    # the largest p99 in the window: h6 5000, h2 900, h5 60 (h4 45 and h1 25 are left out)
-    "aliasByNode(highestMax(consolidateBy(*.cpu-lat.p99,'max'),3),0)": {
-        "h6": (10.0, 5000.0), "h2": (900.0, 30.0), "h5": (60.0, 50.0)},
-    # (2 + 14) ms / 200 samples; (6 + 4) ms / 100 samples
-    "alias(scale(divideSeries(sumSeries(*.cpu-lat.service.nginx.wait_ms),"
-    "sumSeries(*.cpu-lat.service.nginx.count)),1000),'nginx mean us')": {
-        "nginx mean us": (80.0, 100.0)},
-    "aliasByNode(consolidateBy(*.cpu-lat.service.nginx.p99,'max'),0)": {
-        "h1": (30.0, 80.0), "h2": (700.0, 20.0)},
-}
-
-
-def fleet_lines(stamps):
-    sent = b""
-    for host, intervals in HOSTS.items():
-        config = Config(prefix=f"{host}.cpu-lat", frequency=1)
-        for k, (count, wait_ms, p99, rates) in enumerate(intervals):
-            services = [ServiceStats("nginx", interval(*NGINX[host][k][:2], p99=NGINX[host][k][2]))
-                        ] if host in NGINX else []
-            stats = interval(count, wait_ms, p99=p99, rates=sorted(rates.items()))
-            sent += lines(config, stamps[k], stats, services)
-    return sent
-
-
-def test_every_readme_fleet_recipe_gives_the_numbers_worked_out_by_hand(tmp_path):
-    recipes = readme_recipes()
-    assert sorted(recipes) == sorted(EXPECTED)  # a recipe without its check fails here
-    stamps = (int(time.time()) - 20, int(time.time()) - 19)
-    with LocalGraphite(tmp_path / "graphite") as graphite:
-        graphite.carbon.send_and_settle(fleet_lines(stamps))
-        for target, expected in EXPECTED.items():
-            status, kind, body = graphite.web.get("/render?" + urlencode(
-                {"target": target, "from": stamps[0] - 1, "until": stamps[1], "format": "json"}))
-            assert (status, kind) == (200, "application/json"), (target, body[:500])
-            drawn = {}
-            for series in json.loads(body):
-                values = dict((t, v) for v, t in series["datapoints"])
-                drawn[series["target"]] = tuple(None if values.get(t) is None
-                                                else round(values[t], 9) for t in stamps)
-            assert drawn == expected, recipes[target]
-
-
-@pytest.mark.bpf
-def test_the_agent_into_the_printed_stanzas_rolls_up_exactly(carbon_with, agent_factory, tmp_path):
-    """The real agent at frequency 1 into carbon-cache with the printed stanzas and the archives
-    1s:10m,5s:1h: every 5 s point is the sum (count, wait_ms) or the maximum (max, p99) of the
-    1 s points under it, for the host and each service, also where a service sent only some."""
-    schemas, aggregation = printed_storage("--frequency", "1", "--prefix", "agent.cpu-lat")
-    schemas = re.sub(r"(?m)^retentions = .*$", "retentions = 1s:10m,5s:1h", schemas)
-    carbon = carbon_with(schemas + "\n" + local_carbon.SCHEMAS,
-                         aggregation + "\n" + local_carbon.AGGREGATION)
-    agent = agent_factory(["--echo", "--config", "/dev/null", "--frequency", "1", "--prefix",
-                           "agent.cpu-lat", "--graphite-host", "127.0.0.1", "--graphite-port",
-                           str(carbon.port), "--state-directory", str(tmp_path / "state")])
-    stamps = agent.stamps(13, timeout=60)
-    code, _ = agent.stop()
-    assert code == 0
-    carbon.send_and_settle(b"")  # everything the agent sent is written
-    windows = [w for w in range(stamps[0] // 5 * 5 + 5, stamps[-1] - 4, 5)]
-    assert len(windows) >= 1
-    names = [name for name in carbon.series() if name.endswith((".count", ".wait_ms", ".max",
-                                                                ".p99"))]
-    checked = 0
-    for name in names:
-        rolled = max if name.endswith((".max", ".p99")) else sum
-        coarse = fetch(carbon, name, 5, windows[0], windows[-1] + 5)
-        fine = fetch(carbon, name, 1, windows[0], windows[-1] + 5)
-        for window in windows:
-            under = [fine[t] for t in range(window, window + 5) if t in fine]
-            assert coarse.get(window) == (rolled(under) if under else None), (name, window)
-            checked += bool(under)
-    assert checked >= 4 * len(windows)  # the host's four series at least
+    assert printed == carbon_storage.render(Config())
+    assert (root / "packaging" / "carbon-storage.conf.example").read_text() == printed
+    assert "packaging/carbon-storage.conf.example" in \
+        (root / "packaging" / "debian" / "gsender-bcc.docs").read_text().split()

@@ -1,308 +1,133 @@
-"""README figures that no other test computes, computed here from the agent's own code.
+"""The figures and examples the documents show, checked against the agent's own code.
 
-Each test reads the README's sentence (whitespace folded, so a re-wrapped line still
-matches) and compares the figure it states with what the code gives for the inputs the
-sentence names. A changed figure or a changed code path fails here, naming the sentence.
+The figures come from one place: scripts/docs_figures.py computes them from the code and
+writes them into the tables of docs/ (`make settings-docs`). These tests fail while a table is
+stale, and check the computations behind the tables. The examples (the README's `--stdout`
+lines, the `--top` screen, the classic drop-in) are read from the block under their
+`<!-- example: NAME -->` line, never from the sentences around them.
 """
 
 import math
 import os
-import random
 import re
 import subprocess
 import sys
 import time
 from array import array
-from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
-from gsender_bcc import carbon, metrics, program
-from gsender_bcc.blame import Blame, culprit_name
-from gsender_bcc.cgroups import MAX_NAMES_PER_USER, v2_mount
+import docs_figures
+from gsender_bcc import metrics, program, sink
+from gsender_bcc.cgroups import v2_mount
 from gsender_bcc.config import Config
-from gsender_bcc.histogram import (Counts, IntervalStats, add_counts, empty_counts,
-                                   interval_stats, log2_counts, slot_of, slot_value)
+from gsender_bcc.histogram import Counts, IntervalStats, interval_stats, slot_of, slot_value
 from gsender_bcc.metrics import Interval, ServiceStats, agent_points, summary, to_datapoints
 from gsender_bcc.probe import reserved_culprits
 from gsender_bcc.sink import GraphiteSink
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-TEXT = " ".join(README.read_text().split())
+ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = program.installed_layout()
 DAY = 86400
 
 
-def stated(pattern: str) -> re.Match:
-    """Return the README's match for ``pattern`` (on the whitespace-folded text), or fail."""
-    found = re.search(pattern, TEXT)
-    assert found, f"README no longer states what this test checks: /{pattern}/"
-    return found
+def example(page: str, name: str) -> list:
+    """The lines of the fenced block under ``<!-- example: name -->`` in ``page``."""
+    text = (ROOT / page).read_text()
+    marker = f"<!-- example: {name} -->\n"
+    assert marker in text, f"{page} has no example named {name}"
+    block = text.split(marker, 1)[1]
+    assert block.startswith("```"), f"{page}: the example {name} is not a fenced block"
+    return block.split("\n", 1)[1].split("```", 1)[0].splitlines()
 
 
-# -- one interval as the agent writes it --
+# -- the tables of figures --
 
-def _histogram(rng: random.Random, samples: int, top_us: int) -> Counts:
-    """``samples`` waits spread evenly over the log2 buckets up to the one holding ``top_us``
-    (which gets one), each with a sub-microsecond part, as real sums have."""
-    slots, total = array("q", bytes(8 * LAYOUT.slots)), 0
-    for _ in range(samples - 1):
-        us = min(int(2 ** rng.uniform(0, top_us.bit_length())), top_us)
-        slots[slot_of(LAYOUT, us)] += 1
-        total += us * 1000 + rng.randrange(1000)
-    slots[slot_of(LAYOUT, top_us)] += 1
-    return Counts(slots, total + top_us * 1000)
+def test_every_table_of_figures_is_what_the_code_gives(capsys):
+    assert docs_figures.main(["check"]) == 0, capsys.readouterr().err
 
 
-def _blame(config: Config, ns, culprits) -> Optional[Blame]:
-    """A service's figures with attribution at ``config`` (None: off): ``max_culprits`` of
-    ``culprits`` named, each charge ``ns(10**9)`` nanoseconds."""
-    if not config.max_culprits:
-        return None
-    named = tuple((culprit_name(name, ()), ns(10**9)) for name in culprits[:config.max_culprits])
-    return Blame(ns(10**9), ns(10**9), ns(10**9), named, ns(10**9))
+def test_a_stale_table_is_named_with_the_fix(tmp_path, monkeypatch, capsys):
+    page = tmp_path / "design.md"
+    page.write_text(docs_figures.PAGES[0].read_text().replace("| 256 KiB |", "| 255 KiB |"))
+    assert page.read_text() != docs_figures.PAGES[0].read_text()
+    monkeypatch.setattr(docs_figures, "PAGES", [page])
+    assert docs_figures.main(["check"]) == 1
+    assert "differs from the code's figures: run `make settings-docs`" in capsys.readouterr().err
 
 
-def _host_behind(config: Config, ns) -> Optional[dict]:
-    """The host's wait behind each reserved culprit, with attribution at ``config``."""
-    return {name: ns(10**9) for name in reserved_culprits().values()} if config.max_culprits \
-        else None
+def test_every_table_a_page_names_is_filled():
+    for page in docs_figures.PAGES:
+        names = re.findall(r"<!-- figures: ([\w-]+) ", page.read_text())
+        assert names and set(names) <= set(docs_figures.blocks()), page
 
 
-def interval_bytes(tmp_path: Path, monkeypatch, host: str, services: int, name_chars: int,
-                   buckets: int, frequency: int = 15,
-                   max_culprits: Optional[int] = None) -> bytes:
-    """Return what the outbox holds after one interval: host ``host`` (the default prefix),
-    ``services`` services named with ``name_chars`` characters, each with its cpu.pressure and
-    throttling figures (and with ``max_culprits``, None for the default, whom it waited
-    behind: that many of the other services), the rest as ``other``, and the host's log2
-    buckets up to the ``buckets``-th. Its datapoints are built by the calls the daemon makes (to_datapoints,
-    then agent_points with the sink's health) and stored by the real sink."""
-    monkeypatch.setattr(metrics.socket, "gethostname", lambda: host)
-    rng = random.Random(26)
-    top_us = 1 << (buckets - 2)  # buckets 0, 1, 2, 4, ..., 2^(buckets - 2)
-    config = Config(frequency=frequency, state_directory=tmp_path / "state")
-    if max_culprits is not None:  # None: the default
-        config = replace(config, max_culprits=max_culprits)
-    names = [f"s{i:02d}".ljust(name_chars, "x") for i in range(services)]
-    counted = [_histogram(rng, rng.randrange(100, 5000), top_us // 2) for _ in names]
-    other = _histogram(rng, rng.randrange(100, 5000), top_us)
-    host_counts = empty_counts(LAYOUT)
-    for counts in counted + [other]:
-        host_counts = add_counts(host_counts, counts)
-    stats = interval_stats(LAYOUT, host_counts, frequency)
-    assert len(stats.log2_rates) == buckets
-    listed = [ServiceStats(name, interval_stats(LAYOUT, counts, frequency),
-                           {"pressure": rng.uniform(0, 100), "throttled_ms": rng.uniform(0, 50)},
-                           _blame(config, rng.randrange, names[i + 1:] + names[:i + 1]))
-              for i, (name, counts) in enumerate(zip(names, counted))]
-    listed.append(ServiceStats("other", interval_stats(LAYOUT, other, frequency), {},
-                               _blame(config, rng.randrange, names)))
-    sink = GraphiteSink(config, start=False)
-    stamp = int(time.time()) // frequency * frequency
-    points = to_datapoints(stats, config, listed, _host_behind(config, rng.randrange))
-    points += agent_points(config, {"services_overflow": 0, **sink.health()})
-    sink.submit(Interval(stamp, tuple(points)))
-    sink.submit(Interval(stamp, tuple(points)))
-    outbox = sink._disk
-    stored = b"".join(path.read_bytes() for path in sorted(outbox.directory.glob("*.txt")))
-    assert outbox.size == len(stored), "the byte limit counts other bytes than those on disk"
-    sink.close(0)
-    assert stored[:len(stored) // 2] == stored[len(stored) // 2:]
-    return stored[:len(stored) // 2]
+# -- what one interval takes in the outbox --
+
+@pytest.mark.parametrize("culprits", [0, docs_figures.USUAL_CULPRITS])
+def test_an_interval_is_stored_as_its_datapoints_and_counted_as_stored(tmp_path, culprits):
+    stored = docs_figures.stored_interval(tmp_path, docs_figures.USUAL_HOST, 20,
+                                          docs_figures.USUAL_NAME_CHARS,
+                                          docs_figures.USUAL_BUCKETS, max_culprits=culprits)
+    assert stored.counted == len(stored.data), "the byte limit counts other bytes than on disk"
+    lines = stored.data.decode().splitlines()
+    assert all(line.startswith(f"{docs_figures.USUAL_HOST}.cpu-lat.") for line in lines)
+    assert len({line.split(" ")[2] for line in lines}) == 1  # one stamp for the interval
+    paths = docs_figures.series_paths(Config(prefix="p", max_culprits=culprits),
+                                      docs_figures.USUAL_BUCKETS, 20, breakdown=True)
+    assert len(lines) == len(paths)
 
 
-def test_an_interval_at_the_defaults_is_as_large_as_the_readme_says(tmp_path, monkeypatch):
-    claim = stated(r"(\d+) MiB holds a day at the defaults with names of usual length: with the "
-                   r"host `([^`]+)`, (\d+) services of (\d+)-character names and (\d+) log2 "
-                   r"buckets, an interval is (\d+) lines, ([\d.]+) kB as the agent's code writes "
-                   r"them, about (\d+) MB a day at frequency (\d+)")
-    mib, host, services, chars, buckets, lines, kb, mb, frequency = claim.groups()
+def test_a_day_at_the_defaults_fits_the_default_buffer(tmp_path):
     config = Config()
-    assert int(mib) == config.buffer_megabytes and int(frequency) == config.frequency
-    assert int(services) == config.max_services
-    data = interval_bytes(tmp_path, monkeypatch, host, int(services), int(chars), int(buckets))
-    assert data.count(b"\n") == int(lines)
-    assert len(data) / 1000 == pytest.approx(float(kb), rel=0.03)
-    per_day = len(data) * DAY // config.frequency
-    assert per_day / 1e6 == pytest.approx(int(mb), rel=0.03)
-    # A day fits both limits: its bytes, and the age of its oldest interval.
-    assert per_day <= config.buffer_bytes and DAY - config.frequency < config.buffer_seconds
+    data = docs_figures.stored_interval(tmp_path, docs_figures.USUAL_HOST, config.max_services,
+                                        docs_figures.USUAL_NAME_CHARS,
+                                        docs_figures.USUAL_BUCKETS).data
+    assert len(data) * DAY // config.frequency <= config.buffer_bytes
+    assert DAY - config.frequency < config.buffer_seconds
 
 
-def test_an_interval_with_the_attribution_is_as_large_as_the_readme_says(tmp_path, monkeypatch):
-    host, services, chars, buckets = stated(
-        r"with the host `([^`]+)`, (\d+) services of (\d+)-character names and (\d+) log2 buckets, "
-        r"an interval is").groups()
-    claim = stated(r"With the attribution on \(`max_culprits = (\d+)`, each service naming \1 "
-                   r"culprits\) it is (\d+) lines, ([\d.]+) kB, about (\d+) MB a day, and (\d+) MiB "
-                   r"holds about (\d+) hours")
-    culprits, lines, kb, mb, mib, hours = claim.groups()
-    config = Config()
-    assert int(mib) == config.buffer_megabytes
-    data = interval_bytes(tmp_path, monkeypatch, host, int(services), int(chars), int(buckets),
-                          max_culprits=int(culprits))
-    assert data.count(b"\n") == int(lines)
-    assert len(data) / 1000 == pytest.approx(float(kb), rel=0.03)
-    assert len(data) * DAY // config.frequency / 1e6 == pytest.approx(int(mb), rel=0.03)
-    held = config.buffer_bytes // len(data) * config.frequency / 3600
-    assert held == pytest.approx(int(hours), rel=0.05)
-
-
-def test_the_longest_names_and_how_long_the_outbox_then_holds(tmp_path, monkeypatch):
-    claim = stated(r"With the longest names \(a (\d+)-character host, (\d+)-character services\) "
-                   r"an interval is about (\d+) kB and (\d+) MiB holds about (\d+) hours, with the "
-                   r"attribution about (\d+) kB and (\d+) hours")
-    host_chars, name_chars, kb, mib, hours, kb_blamed, hours_blamed = map(int, claim.groups())
-    assert host_chars == metrics.MAX_HOST_CHARS and name_chars == metrics.MAX_SERVICE_CHARS
-    config = Config()
-    assert mib == config.buffer_megabytes
-    culprits = int(stated(r"With the attribution on \(`max_culprits = (\d+)`").group(1))
-    for max_culprits, size, held_hours in ((config.max_culprits, kb, hours),
-                                           (culprits, kb_blamed, hours_blamed)):
-        data = interval_bytes(tmp_path / str(max_culprits), monkeypatch, "h" * host_chars,
-                              config.max_services, name_chars, 16, max_culprits=max_culprits)
-        assert len(data) / 1000 == pytest.approx(size, rel=0.05)
-        held = config.buffer_bytes // len(data) * config.frequency / 3600
-        assert held == pytest.approx(held_hours, rel=0.1)
+def test_the_longest_names_make_the_largest_interval(tmp_path):
+    usual, longest = (docs_figures.stored_interval(tmp_path / name, host, 20, chars, 16).data
+                      for name, host, chars in (
+                          ("usual", docs_figures.USUAL_HOST, docs_figures.USUAL_NAME_CHARS),
+                          ("longest", "h" * metrics.MAX_HOST_CHARS, metrics.MAX_SERVICE_CHARS)))
+    assert usual.count(b"\n") == longest.count(b"\n") and len(longest) > 4 * len(usual)
+    assert max(len(line.split(b" ")[0]) for line in longest.splitlines()) <= \
+        metrics.MAX_PATH_CHARS
 
 
 # -- series per host --
 
-def _series(tmp_path: Path, config: Config, buckets: int, services: int, breakdown: bool):
-    """Return the series of one full interval: every stat, the buckets up to the
-    ``buckets``-th, ``services`` services with their figures and ``other``."""
-    slots = array("q", bytes(8 * LAYOUT.slots))
-    slots[slot_of(LAYOUT, (1 << (buckets - 2)))] = 1
-    stats = interval_stats(LAYOUT, Counts(slots, 1), 1.0)
-    names = [f"s{i}" for i in range(services)]
-    listed = [ServiceStats(name, stats, {name: 1.0 for name in metrics.SERVICE_FIGURES},
-                           _blame(config, lambda top: 1, names[i + 1:] + names[:i + 1]))
-              for i, name in enumerate(names)]
-    if breakdown:
-        listed.append(ServiceStats("other", stats, {}, _blame(config, lambda top: 1, names)))
-    health = GraphiteSink(Config(state_directory=tmp_path / "state"), start=False).health()
-    extra = {"services_overflow": 0} if breakdown else {}
-    behind = _host_behind(config, lambda top: 1) if breakdown else None
-    return [p.path for p in to_datapoints(stats, config, listed, behind)
-            + agent_points(config, {**extra, **health})]
+@pytest.mark.parametrize("culprits", [0, docs_figures.USUAL_CULPRITS])
+def test_the_series_add_up(culprits):
+    counts = docs_figures.series_counts(culprits)
+    assert counts["total"] == counts["host"] + counts["behind"] + counts["buckets"] + \
+        counts["agent"] + counts["per service"] * counts["services"] + counts["other"]
+    assert counts["buckets"] == docs_figures.USUAL_BUCKETS
+    assert counts["behind"] == (len(reserved_culprits()) if culprits else 0)
+    per_culprit = counts["per service"] - docs_figures.series_counts(0)["per service"]
+    blame = len(metrics.BLAME_FIGURES) + culprits + 1  # behind.<each>_ms, behind.other_ms
+    assert per_culprit == (blame if culprits else 0)
+    # other has every figure of a service but cpu.pressure and throttling
+    assert counts["other"] == counts["per service"] - len(metrics.SERVICE_FIGURES)
 
 
-def test_series_per_host_at_the_defaults(tmp_path):
-    claim = stated(r"Series per host at the defaults:\*\* (\d+) host series .*? the log2 buckets "
-                   r"`0 1 2 4 … 2\^k` up to the highest non-empty one, (\d+)–(\d+) in an interval "
-                   r"\(whisper keeps one file for every bucket ever reached: (\d+) once a wait of "
-                   r"a second is seen\); (\d+) agent series .*? for up to `max_services` = (\d+) "
-                   r"services, plus the (\d+) stats of `other`: (\d+) × (\d+) \+ (\d+) = (\d+)\. "
-                   r"About \*\*(\d+) series\*\* per interval; the whisper files grow by (\d+) for "
-                   r"every service name .*? With `max_services = 0`, under (\d+)\.")
-    (host, fewest, most, second, agent, services, other, per_service, services_again,
-     other_again, service_total, about, grow, without) = map(int, claim.groups())
-    config = Config(prefix="p")
-    assert services == services_again == config.max_services
-    paths = _series(tmp_path, config, most, services, breakdown=True)
-    host_paths = [p for p in paths if re.fullmatch(r"p\.[a-z][a-z0-9_]*", p)]
-    bucket_paths = [p for p in paths if re.fullmatch(r"p\.\d+", p)]
-    agent_paths = [p for p in paths if p.startswith("p.agent.")]
-    service_paths = [p for p in paths if p.startswith("p.service.")]
-    assert (len(host_paths), len(bucket_paths), len(agent_paths)) == (host, most, agent)
-    assert len([p for p in service_paths if p.startswith("p.service.s0.")]) == per_service == grow
-    assert len([p for p in service_paths if p.startswith("p.service.other.")]) == other
-    assert len(service_paths) == per_service * services + other == service_total
-    assert other == other_again
-    # "About" the total: between the fewest and the most buckets the sentence gives.
-    assert len(paths) - most + fewest <= about <= len(paths)
-    # A wait of one second reaches this many buckets.
-    one_second = array("q", bytes(8 * LAYOUT.slots))
-    one_second[slot_of(LAYOUT, 1_000_000)] = 1
-    assert len(log2_counts(LAYOUT, one_second)) == second
-    assert len(_series(tmp_path, config, most, 0, breakdown=False)) < without
+def test_a_wait_of_a_second_reaches_the_bucket_of_2_to_the_19_us():
+    assert docs_figures.bucket_count(1_000_000) == 2 + (1_000_000).bit_length() - 1
 
 
-def test_series_per_host_with_the_attribution(tmp_path):
-    claim = stated(r"\*\*With the attribution on\*\* \(`max_culprits` = (\d+)\): (\d+) more host "
-                   r"series, .*? up to \1 `behind\.<culprit>_ms` and `behind\.other_ms` \((\d+) in "
-                   r"all; (\d+) for `other`, .*?\): \3 × (\d+) \+ \4 = (\d+), about (\d+) series per "
-                   r"interval; the whisper files then grow by (\d+) for every service name .*?, and "
-                   r"by (\d+) for every culprit that ever reaches one of its top \1\.")
-    (culprits, reserved, per_service, other, services, service_total, about, grow,
-     by_culprit) = map(int, claim.groups())
-    config = Config(prefix="p", max_culprits=culprits)
-    assert services == config.max_services and reserved == len(reserved_culprits())
-    fewest, most = map(int, stated(r"up to the highest non-empty one, (\d+)–(\d+) in an "
-                                   r"interval").groups())
-    paths = _series(tmp_path, config, most, services, breakdown=True)
-    assert len([p for p in paths if re.fullmatch(r"p\.behind\.[a-z]+_ms", p)]) == reserved
-    service_paths = [p for p in paths if p.startswith("p.service.")]
-    s0 = [p for p in service_paths if p.startswith("p.service.s0.")]
-    named = [p for p in s0 if p.startswith("p.service.s0.behind.") and not p.endswith(".other_ms")]
-    assert (len(s0), len(named), by_culprit) == (per_service, culprits, 1)
-    assert grow == per_service - culprits
-    assert len([p for p in service_paths if p.startswith("p.service.other.")]) == other
-    assert len(service_paths) == per_service * services + other == service_total
-    assert len(paths) - most + fewest <= about <= len(paths)
-
-
-def test_series_a_user_can_take(tmp_path):
-    claim = stated(r"A user gets at most (\d+) names from one start of the agent to the next "
-                   r"\((\d+) series, with the catch-all (\d+)\)")
-    names, series, with_catch_all = map(int, claim.groups())
-    assert names == MAX_NAMES_PER_USER
-    paths = _series(tmp_path, Config(prefix="p"), 16, names + 1, breakdown=False)
-    per_service = len([p for p in paths if p.startswith("p.service.s0.")])
-    assert (names * per_service, (names + 1) * per_service) == (series, with_catch_all)
-
-
-# -- a fleet's first send --
-
-def test_the_create_budget_arithmetic_for_a_fleet(tmp_path):
-    whisper = pytest.importorskip("whisper")
-    claim = stated(r"For \*\*(\d+) hosts\*\*: \1 × (\d+) = (\d+) new series at first send\. One "
-                   r"cache at (\d+) a minute needs \3 / \4 = (\d+) minutes, (\d+) hours, .*? four "
-                   r"caches behind the relay \((\d+) each\) still need (\d+) hours\. The files "
-                   r"also take disk at once: ([\d.]+) MiB each with `retentions = ([^`]+)` \(what "
-                   r"`--carbon-config` prints at frequency (\d+)\), (\d+) GiB for \3\. .*? "
-                   r"`MAX_CREATES_PER_MINUTE = (\d+)` .*? which brings four caches to \3 / (\d+) ≈ "
-                   r"(\d+) minutes, .*? four caches create (\d+) series a minute, about one host a "
-                   r"minute")
-    (hosts, per_host, total, rate, minutes, hours, each, four_hours, mib, retentions, frequency,
-     gib, faster, four_faster, faster_minutes, slow_four) = claim.groups()
-    hosts, per_host, total, rate = int(hosts), int(per_host), int(total), int(rate)
-    about = int(stated(r"About \*\*(\d+) series\*\* per interval").group(1))
-    assert per_host == about and total == hosts * per_host
-    assert int(minutes) == total // rate and int(hours) == round(total / rate / 60)
-    assert int(each) == total // 4 and int(four_hours) == round(total / 4 / rate / 60)
-    assert int(four_faster) == 4 * int(faster)
-    assert int(faster_minutes) == round(total / int(four_faster))
-    assert int(slow_four) == 4 * rate and round(4 * rate / per_host) == 1
-    assert retentions == carbon.retentions(int(frequency))
-    whisper.create(str(tmp_path / "one.wsp"), [(precision, kept // precision)
-                                               for precision, kept in
-                                               carbon.archives(int(frequency))])
-    size = os.path.getsize(tmp_path / "one.wsp")
-    assert float(mib) == round(size / 2 ** 20, 2)
-    assert int(gib) == round(size * total / 2 ** 30)
-
-
-# -- the README's examples are the code's --
-
-def _example_block(after: str) -> list:
-    text = README.read_text()
-    start = text.index(after)
-    block = text[text.index("```\n", start) + 4:]
-    return block[:block.index("```")].splitlines()
-
+# -- the examples are the code's --
 
 def test_the_stdout_example_is_what_the_code_prints():
-    lines = [line for line in _example_block("`--stdout` prints exactly") if line != "..."]
+    lines = [line for line in example("README.md", "stdout") if line != "..."]
     values = {}
     for line in lines:
         path, value, stamp = line.split(" ")
         values[path] = float(value)
         assert int(stamp) % 5 == 0, "make run's frequency is 5"
-    seconds = float(stated(r"samples in ([\d.]+)s, mean=").group(1))
+    seconds = 5.0  # make run's frequency
     prefix = "web-01.cpu-lat"
     for who in (prefix, f"{prefix}.service.nginx"):
         count, wait_ms = values[f"{who}.count"], values[f"{who}.wait_ms"]
@@ -325,16 +150,16 @@ def test_the_stdout_example_is_what_the_code_prints():
             + agent_points(config, {"services_overflow": 0})]
     shown = [line.split(" ")[0] for line in lines]
     assert [p for p in sent if p in shown] == shown
-    # The summary make run prints for the same interval.
+    # The summary make run prints for the same interval names the same figures.
     host = IntervalStats(seconds, int(values[f"{prefix}.count"]), 0, values[f"{prefix}.mean"],
                          tuple((p, values[f"{prefix}.p{p}"]) for p in (50, 90, 99)),
                          values[f"{prefix}.max"], (), 0)
-    shown_summary = stated(r"Each interval's summary is printed \(`interval ending …: ([^…]+) …`")
-    assert summary(host).startswith(shown_summary.group(1))
+    assert summary(host).startswith(f"{int(values[prefix + '.count'])} samples in {seconds}s, "
+                                    f"mean={values[prefix + '.mean']:.1f}us")
 
 
 def test_the_top_example_adds_up():
-    lines = _example_block("2-core VM, with two busy loops pinned to one CPU in `demo.service`")
+    lines = example("docs/operations.md", "top")
     head = re.match(r"samples (\d+)/s +mean ([\d.]+)ms", lines[1])
     samples, mean_ms = int(head.group(1)), float(head.group(2))
     rows = [re.match(r" *\d+ -> \d+ +([\d.]+) \|", line) for line in lines]
@@ -368,7 +193,6 @@ NOTICE = "cgroup v2 is not mounted (cgroup v1 only): the per-service breakdown i
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
 def test_without_cgroup_v2_the_breakdown_is_off_with_one_notice():
-    stated(r"On a host with cgroup v1 only the breakdown is off, with one notice")
     if v2_mount() is None:
         pytest.skip("cgroup v2 is not mounted here: nothing to compare with")
     command = [sys.executable, "-m", "gsender_bcc", "--config", "/dev/null", "--dump-bpf"]
@@ -381,7 +205,6 @@ def test_without_cgroup_v2_the_breakdown_is_off_with_one_notice():
 
 
 def test_log_lines_carry_no_timestamp_under_systemd(tmp_path):
-    stated(r"Under systemd, log lines carry no timestamp of their own")
     conf = tmp_path / "gsender.conf"
     conf.write_text("[default]\nscript_path = /opt/gsender/runqlat.bt\n")
     command = [sys.executable, "-m", "gsender_bcc", "--config", str(conf), "--check-config"]
@@ -393,83 +216,31 @@ def test_log_lines_carry_no_timestamp_under_systemd(tmp_path):
         assert len(notice) == 1 and re.match(first + r"\S", notice[0]), done.stderr
 
 
-def test_the_map_of_cgroups_is_about_8_mib_whatever_the_cpus():
-    claim = stated(r"updated atomically: (\d+) entries, about (\d+) MiB of kernel memory whatever "
-                   r"the number of CPUs")
-    entries, mib = map(int, claim.groups())
-    assert entries == program.DEFAULT_MAX_CGROUPS
+def test_a_cgroups_entry_is_its_slots_and_its_sum():
+    """The limits table computes the cgroup map's memory as entries × (slots + 1) × 8 bytes:
+    one entry is the histogram's slots and the exact sum, and nothing per CPU."""
     text = (program.source_dir() / program.HEADER_NAME).read_text()
     fields = re.search(r"struct cgroup_stats \{(.*?)\};", text, re.S).group(1)
-    assert re.findall(r"u64 (\w+)", fields) == ["slots", "sum_ns"]  # one entry: slots + sum
-    value_bytes = (LAYOUT.slots + 1) * 8
-    assert round(entries * value_bytes / 2 ** 20) == mib
-    assert math.isclose(entries * value_bytes / 2 ** 20, mib, rel_tol=0.1)
+    assert re.findall(r"u64 (\w+)", fields) == ["slots", "sum_ns"]
+    assert re.search(r"u64 slots\[HIST_SLOTS\]", fields)
+    mib = program.DEFAULT_MAX_CGROUPS * (LAYOUT.slots + 1) * 8 / 2 ** 20
+    assert math.isclose(mib, 8, rel_tol=0.1)
 
 
-def _constant(module: str, name: str):
-    import importlib
-    return getattr(importlib.import_module(f"gsender_bcc.{module}"), name)
+def test_a_udp_datagram_crosses_an_ipv6_path_with_a_1500_byte_mtu_unfragmented():
+    assert sink.DATAGRAM_BYTES == 1500 - 40 - 8  # the MTU less the IPv6 and UDP headers
 
 
-@pytest.mark.parametrize("pattern, value", [
-    # each README figure (the first group) and where the code declares it
-    (r"Segments are Graphite plaintext lines \(`<sequence>\.txt`, (\d+) digits",
-     lambda: _constant("outbox", "NAME_DIGITS")),
-    (r"`<sequence>\.txt`, \d+ digits, up to (\d+) KiB each",
-     lambda: _constant("outbox", "SEGMENT_BYTES") >> 10),
-    (r"delivering from a small in-memory queue \((\d+) MiB\)",
-     lambda: _constant("sink", "MEMORY_FALLBACK_BYTES") >> 20),
-    (r"\*\*UDP\*\* datagrams carry whole lines, at most (\d+) bytes each, so they cross an IPv6 "
-     r"path with a 1500-byte MTU", lambda: 1500 - 40 - 8),
-    (r"\*\*UDP\*\* datagrams carry whole lines, at most (\d+) bytes each",
-     lambda: _constant("sink", "DATAGRAM_BYTES")),
-    (r"waiting intervals get up to (\d+) s to be delivered",
-     lambda: _constant("sink", "CLOSE_SECONDS")),
-    (r"a send still in progress (\d+) s more", lambda: _constant("sink", "JOIN_SECONDS")),
-    (r"at most 2\^(\d+) samples a second of its length",
-     lambda: _constant("carryover", "MAX_SAMPLES_PER_SECOND").bit_length() - 1),
-    (r"sums under 2\^(\d+) ns", lambda: _constant("carryover", "MAX_SUM_NS").bit_length() - 1),
-    (r"which must agree within (\d+) s, with the host up longer",
-     lambda: _constant("carryover", "BOOT_TOLERANCE")),
-    (r"repeats a timestamp \(its samples wait for the first boundary after the last stamp\) as "
-     r"long as that takes at most an (hour)",
-     lambda: {3600: "hour"}[_constant("daemon", "MAX_HOLD_SECONDS")]),
-    (r"A user gets at most (\d+) names", lambda: MAX_NAMES_PER_USER),
-    (r"is cut to (\d+) characters; names that collide are merged",
-     lambda: metrics.MAX_SERVICE_CHARS),
-    (r"samples of cgroups beyond the kernel map's (\d+) \(counted in `other`\)",
-     lambda: program.DEFAULT_MAX_CGROUPS),
-    (r"Latencies below (\d+) µs are counted per whole microsecond", lambda: LAYOUT.sub_count),
-    (r"each power of two is split into (\d+) equal slots", lambda: LAYOUT.sub_count),
-    (r"within 0\.5 µs below 8 µs and within ([\d.]+) % above it",
-     lambda: 100 / (2 * LAYOUT.sub_count)),
-    (r"Beyond 2\^(\d+) µs \(\d+ minutes\) all share one slot", lambda: LAYOUT.log2_max),
-    (r"Beyond 2\^\d+ µs \((\d+) minutes\)", lambda: (1 << LAYOUT.log2_max) // 60_000_000),
-])
-def test_a_readme_figure_is_the_codes(pattern, value):
-    shown = stated(pattern).group(1)
-    expected = value()
-    assert (float(shown) if isinstance(expected, (int, float)) else shown) == expected, pattern
-
-
-def test_the_include_tree_is_eight_stub_headers_with_one_file_per_architecture():
-    claim = stated(r"\(`bpf/kernel-stubs/`, (\w+) stub headers written for gsender-bcc: .*? The "
-                   r"tree's only per-architecture file is `([^`]+)`, for (\w+) and (\w+);")
-    count, per_arch, *arches = claim.groups()
+def test_the_include_trees_only_per_architecture_file_is_the_page_size():
     tree = program.include_tree()
     files = [path.relative_to(tree).as_posix() for path in program.include_tree_files(tree)]
     by_arch = [f for f in files if f.startswith("arch/")]
-    assert sorted(by_arch) == sorted(f"arch/{a}/include/{per_arch}"
-                                     for a in arches)
-    words = {"six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
-    assert len(files) - len(by_arch) + 1 == words[count], files  # what one compile sees
+    assert sorted(by_arch) == [f"arch/{a}/include/asm/page.h" for a in ("arm64", "x86")]
 
 
 @pytest.mark.parametrize("required, outcome", [(False, pytest.skip.Exception),
                                                (True, pytest.fail.Exception)])
 def test_bpf_tests_skip_without_root_unless_required(monkeypatch, required, outcome):
-    stated(r"Outside CI, BPF tests skip with the reason when not root; with "
-           r"`GSENDER_REQUIRE_BPF=1` \(as `\.ci/run` sets\) they fail instead")
     import conftest
 
     class Marked:
@@ -487,6 +258,10 @@ def test_bpf_tests_skip_without_root_unless_required(monkeypatch, required, outc
     assert "GSENDER_REQUIRE_BPF=1" in (Path(__file__).resolve().parent.parent / ".ci/run").read_text()
 
 
+EXPOSURE = 2.1  # the bound tests/vm holds the running unit to, as shipped
+EXPOSURE_CLASSIC = 2.3  # and with the classic drop-in
+
+
 def _exposure(root: Path) -> float:
     done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}",
                            "gsender-bcc.service"], capture_output=True, text=True, timeout=60)
@@ -495,31 +270,27 @@ def _exposure(root: Path) -> float:
     return float(score.group(1))
 
 
-def test_the_shipped_units_exposure_is_the_stated_score(tmp_path):
+def test_the_shipped_units_exposure_is_within_its_bound(tmp_path):
     """systemd-analyze offline, on this host's systemd, scores the unit as shipped and with the
-    README's drop-in (make test-vm checks the running service on each release)."""
+    drop-in of docs/operations.md (make test-vm checks the running service on each release)."""
     if subprocess.run(["systemd-analyze", "security", "--help"], capture_output=True,
                       text=True).stdout.find("--offline") < 0:
         pytest.skip("this systemd-analyze has no --offline")
-    plain = float(stated(r"is hardened to an exposure of ([\d.]+) by `systemd-analyze security`")
-                  .group(1))
-    before, after = map(float, stated(r"\(the exposure score rises from ([\d.]+) to ([\d.]+)\)")
-                        .groups())
-    drop_in = stated(r"printf '(\[Service\][^']*)' (?:\\ )?> /etc/systemd/system/"
-                     r"gsender-bcc\.service\.d/classic\.conf").group(1)
+    drop_in = re.search(r"printf '(\[Service\][^']*)'",
+                        "\n".join(example("docs/operations.md", "classic-drop-in"))).group(1)
     units = tmp_path / "etc/systemd/system"
     (units / "gsender-bcc.service.d").mkdir(parents=True)
     unit = Path(__file__).resolve().parent.parent / "packaging/gsender-bcc.service"
     (units / "gsender-bcc.service").write_text(unit.read_text())
-    assert _exposure(tmp_path) == plain == before
+    plain = _exposure(tmp_path)
+    assert plain <= EXPOSURE
     (units / "gsender-bcc.service.d/classic.conf").write_text(drop_in.replace("\\n", "\n"))
-    assert _exposure(tmp_path) == after
+    assert plain < _exposure(tmp_path) <= EXPOSURE_CLASSIC
 
 
 def test_the_outbox_files_replay_by_hand_into_carbon(tmp_path, carbon_factory):
     """`cat <outbox>/*.txt | nc graphite 2003`: the files, in the shell's glob order, are a
     plaintext stream carbon stores as sent (this host has no nc: a socket stands in)."""
-    stated(r"`cat /var/lib/gsender-bcc/outbox/\*\.txt \| nc graphite 2003` replays them by hand")
     carbon = carbon_factory().start()
     config = Config(frequency=1, prefix="replay.cpu-lat", state_directory=tmp_path / "state",
                     server_address="127.0.0.1", port=carbon.port)

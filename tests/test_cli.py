@@ -51,17 +51,17 @@ class TestUsage:
 
 class TestCarbonSchemaWarning:
     """--check warns in one line, before it loads anything, when this host's carbon would store
-    the series at another resolution than the frequency (gsender_bcc/carbon.py decides)."""
+    the series at another resolution than the frequency (gsender_bcc/carbon_storage.py decides)."""
 
     STOCK = "[default]\npattern = .*\nretentions = 60s:1d,5m:30d,1h:3y\n"
 
     def test_check_warns_first_then_loads_the_program(self, tmp_path, monkeypatch, capsys,
                                                        caplog):
-        from gsender_bcc import carbon, cli, probe
+        from gsender_bcc import carbon_storage, cli, probe
         from gsender_bcc.errors import AgentError
         schemas = tmp_path / "storage-schemas.conf"
         schemas.write_text(self.STOCK)
-        monkeypatch.setattr(carbon, "LOCAL_SCHEMAS", str(schemas))
+        monkeypatch.setattr(carbon_storage, "LOCAL_SCHEMAS", str(schemas))
         warned_before_loading = []
 
         class Refused:
@@ -177,7 +177,7 @@ class TestWithBpf:
             proc.send_signal(stop)
             sent = time.monotonic()
             assert proc.wait(timeout=10) == 0
-            # The README promises a stop within a couple of seconds.
+            # A stop takes a couple of seconds at most (sink.CLOSE_SECONDS + JOIN_SECONDS).
             assert time.monotonic() - sent < 3.0
         finally:
             proc.kill()

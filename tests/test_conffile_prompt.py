@@ -1,4 +1,4 @@
-"""What dpkg does with /etc/gsender.conf, as the README says (Deploy: replacing the original,
+"""What dpkg does with /etc/gsender.conf, as docs/operations.md says (replacing the original,
 upgrades), shown with a throwaway package in a throwaway dpkg root (no privileges, no
 maintainer scripts; our own preinst and postinst run in the VM test's operator guest).
 

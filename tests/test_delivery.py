@@ -217,7 +217,7 @@ class TestAgentToCarbon:
 
     def test_sigkill_during_an_outage_keeps_every_finished_interval(self, carbon_factory,
                                                                     agents, tmp_path):
-        """Only the interval being measured at the kill may be lost (README: Delivery
+        """Only the interval being measured at the kill may be lost (docs/design.md: the outbox's
         guarantees); whether the restarted agent measures the next boundary depends on how
         fast it starts, and is not asserted."""
         carbon = carbon_factory().start()
@@ -261,7 +261,7 @@ class TestAgentToCarbon:
                 time.sleep(POLL)
             took = time.monotonic() - started
             assert agent.proc.returncode == 0
-            # README: waiting intervals get CLOSE_SECONDS, the send in progress its timeout
+            # waiting intervals get CLOSE_SECONDS, the send in progress its timeout
             # (1 s here, under JOIN_SECONDS); beyond that only what the agent and we did
             # (detaching included) and waited for a CPU, and the last poll.
             promised = CLOSE_SECONDS + 1

@@ -182,9 +182,9 @@ def test_graph_of_known_datapoints(tmp_path):
 
 
 def test_a_file_carbon_is_still_creating_gets_a_500_and_is_not_a_series_yet(tmp_path):
-    """Why test_graph_of_known_datapoints once saw a 500 (issue 26): carbon-cache writes a new
-    whisper file in place, header first, and graphite-web fails a render whose target matches a
-    file not yet whole. So the tests render once carbon has finished (complete())."""
+    """carbon-cache writes a new whisper file in place, header first, and graphite-web fails a
+    render whose target matches a file not yet whole with a 500. So the tests render once
+    carbon has finished (complete())."""
     import whisper
     with LocalGraphite(tmp_path / "graphite") as graphite:
         folder = graphite.carbon.whisper_dir / "t" / "cpu-lat"

@@ -3,10 +3,8 @@ from array import array
 
 import pytest
 
-from gsender_bcc.histogram import (Counts, Layout, Measured, Snapshot, add_counts, by_service,
-                                   delta, interval_stats, log2_bucket, log2_counts,
-                                   percentile_slot, slot_bounds, slot_of, slot_value,
-                                   sum_counts, top_services)
+from gsender_bcc.histogram import (Counts, Layout, interval_stats, log2_bucket, log2_counts,
+                                   percentile_slot, slot_bounds, slot_of, slot_value, sum_counts)
 
 LAYOUT = Layout(sub_bits=3, log2_max=32)
 SMALL = Layout(sub_bits=2, log2_max=5)  # slots: 0 1 2 3 | 4 5 6 7 | 8 10 12 14 | 16 20 24 28 | >=32
@@ -113,95 +111,6 @@ def packed(layout, pairs, sum_ns):
     return Counts.from_packed(int.from_bytes(slots.tobytes(), sys.byteorder), layout.slots, sum_ns)
 
 
-def snap(host, lost=0, cgroups=None):
-    return Snapshot(host, lost, cgroups or {})
-
-
-class TestDelta:
-    def test_subtracts_each_counter(self):
-        before = snap(c(SMALL, [(1, 2), (5, 1)], 9000), lost=1)
-        after = snap(c(SMALL, [(1, 5), (5, 1), (16, 2)], 99000), lost=4)
-        measured = delta(SMALL, before, after, 2.0)
-        assert measured == Measured(2.0, c(SMALL, [(1, 3), (16, 2)], 90000), 3, {})
-        assert measured.host.count == 5
-
-    @pytest.mark.parametrize("after", [
-        snap(c(SMALL, [(1, 1)], 9000), 1),
-        snap(c(SMALL, [(1, 2)], 8999), 1),
-        snap(c(SMALL, [(1, 2)], 9000), 0),
-    ])
-    def test_counters_going_backwards_are_refused(self, after):
-        with pytest.raises(ValueError, match="went backwards"):
-            delta(SMALL, snap(c(SMALL, [(1, 2)], 9000), 1), after, 1.0)
-
-    @pytest.mark.parametrize("make", [c, packed])
-    @pytest.mark.parametrize("pairs, sum_ns", [([(1, 1)], 9000), ([(1, 2)], 8999),
-                                               ([(1, 3), (2, -1)], 9000)])
-    def test_a_cgroup_going_backwards_is_refused(self, make, pairs, sum_ns):
-        zero = c(SMALL, [], 0)
-        with pytest.raises(ValueError, match="went backwards"):
-            delta(SMALL, snap(zero, cgroups={7: make(SMALL, [(1, 2)], 9000)}),
-                  snap(zero, cgroups={7: make(SMALL, pairs, sum_ns)}), 1.0)
-
-    def test_packed_counts_unpack_to_the_same_slots(self):
-        assert packed(SMALL, [(1, 2), (16, 7)], 5) == c(SMALL, [(1, 2), (16, 7)], 5)
-        assert tuple(packed(SMALL, [(1, 2), (16, 7)], 5).slots) == counts(SMALL, [(1, 2), (16, 7)])
-
-    def test_different_layouts_are_refused(self):
-        with pytest.raises(ValueError, match="different slot counts"):
-            delta(LAYOUT, snap(c(SMALL, [], 0)), snap(c(LAYOUT, [], 0)), 1.0)
-
-    @pytest.mark.parametrize("make", [c, packed])
-    def test_the_host_is_the_sum_of_the_cgroups(self, make):
-        zero = c(SMALL, [], 0)
-        before = snap(zero, cgroups={7: make(SMALL, [(1, 2)], 3000), 8: make(SMALL, [(2, 1)], 2000),
-                                     9: make(SMALL, [(4, 4)], 20000)})
-        after = snap(zero, cgroups={7: make(SMALL, [(1, 5)], 9000), 8: make(SMALL, [(2, 1)], 2000),
-                                    10: make(SMALL, [(3, 1), (4, 1)], 8000)})
-        measured = delta(SMALL, before, after, 1.0)
-        # 8 did not change; 9 was removed after its last reading; 10 is new.
-        assert measured.cgroups == {7: c(SMALL, [(1, 3)], 6000),
-                                    10: c(SMALL, [(3, 1), (4, 1)], 8000)}
-        assert measured.host == c(SMALL, [(1, 3), (3, 1), (4, 1)], 14000)
-
-    def test_counts_over_two_intervals_add_up(self):
-        zero = c(SMALL, [], 0)
-        readings = [snap(zero, cgroups={1: c(SMALL, [(1, n)], 1000 * n)}) for n in (2, 5, 11)]
-        first = delta(SMALL, readings[0], readings[1], 1.0)
-        second = delta(SMALL, readings[1], readings[2], 1.0)
-        both = delta(SMALL, readings[0], readings[2], 2.0)
-        assert add_counts(first.host, second.host) == both.host
-
-
-class TestServices:
-    def test_cgroups_merge_by_service_name(self):
-        merged = by_service(SMALL, {1: c(SMALL, [(1, 1)], 100), 2: c(SMALL, [(2, 2)], 200),
-                                    3: c(SMALL, [(3, 3)], 300)},
-                            {1: "nginx", 2: "nginx", 3: "batch"}.get)
-        assert merged == {"nginx": c(SMALL, [(1, 1), (2, 2)], 300), "batch": c(SMALL, [(3, 3)], 300)}
-
-    def test_top_services_by_total_wait_then_other(self):
-        services = {"a": c(SMALL, [(1, 10)], 100), "b": c(SMALL, [(2, 1)], 900),
-                    "c": c(SMALL, [(3, 2)], 500), "d": c(SMALL, [(4, 3)], 50),
-                    "idle": c(SMALL, [], 0)}
-        top = top_services(SMALL, services, 2)
-        assert top == [("b", c(SMALL, [(2, 1)], 900)), ("c", c(SMALL, [(3, 2)], 500)),
-                       ("other", c(SMALL, [(1, 10), (4, 3)], 150))]
-        assert sum(counts.count for _, counts in top) == \
-            sum(counts.count for counts in services.values())
-
-    def test_no_other_when_everything_fits(self):
-        assert [name for name, _ in top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5)}, 20)] == ["a"]
-
-    def test_unattributed_samples_join_other(self):
-        top = top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5), "other": c(SMALL, [(2, 1)], 900)}, 5)
-        assert top == [("a", c(SMALL, [(1, 1)], 5)), ("other", c(SMALL, [(2, 1)], 900))]
-
-    def test_zero_services_is_all_other(self):
-        top = top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5), "b": c(SMALL, [(1, 2)], 6)}, 0)
-        assert top == [("other", c(SMALL, [(1, 3)], 11))]
-
-
 class TestPercentileSlot:
     @pytest.mark.parametrize("slots, percent, expected", [
         ((10, 0, 0), 50, 0),
@@ -291,13 +200,5 @@ class TestSumCounts:
             sum_counts(LAYOUT, [big, big])
 
 
-@pytest.mark.parametrize("previous, current", [
-    (None, None), ({(1, 2): 5}, None), (None, {(1, 2): 5}),
-    # a reading's pairs are what was charged since the one before: never subtracted
-    ({(1, 2): 5, (1, 3): 7}, {(1, 2): 5, (5, 1): 2}),
-])
-def test_an_interval_s_culprit_pairs_are_the_later_reading_s(previous, current):
-    from gsender_bcc.histogram import delta
-    zero = Counts.from_packed(0, LAYOUT.slots, 0)
-    measured = delta(LAYOUT, Snapshot(zero, 0, {}, previous), Snapshot(zero, 0, {}, current), 1.0)
-    assert measured.culprits == current
+def test_slot_of_the_last_slot_is_the_overflow():
+    assert slot_of(LAYOUT, 1 << LAYOUT.log2_max) == LAYOUT.overflow_slot == LAYOUT.slots - 1

@@ -7,6 +7,7 @@ nothing more that a caller would have to give.
 
 import inspect
 import io
+import re
 from typing import List, Protocol, runtime_checkable
 
 import pytest
@@ -42,11 +43,21 @@ def parameters(owner, name) -> List[inspect.Parameter]:
 
 
 def has_attribute(subject, name) -> bool:
-    """An instance has it; a class has it, or declares it (set by __init__)."""
+    """An instance has it; a class has it, declares it, or its __init__ sets it."""
     if hasattr(subject, name):
         return True
-    return isinstance(subject, type) and any(
-        name in vars(cls).get("__annotations__", {}) for cls in subject.__mro__)
+    if not isinstance(subject, type):
+        return False
+    for cls in subject.__mro__:
+        if name in vars(cls).get("__annotations__", {}):
+            return True
+        try:
+            source = inspect.getsource(vars(cls)["__init__"])
+        except (KeyError, TypeError, OSError):  # none of its own, a builtin, or no file
+            continue
+        if re.search(rf"\bself\.{name}\s*(:[^=]*)?=", source):
+            return True
+    return False
 
 
 def mismatches(protocol, subject) -> List[str]:
@@ -132,3 +143,20 @@ def test_a_class_alike_has_no_difference():
         def put(self, item, timeout=None, block=True):
             pass
     assert mismatches(Shaped, Alike) == mismatches(Shaped, Alike()) == []
+
+
+def test_an_attribute_its_init_sets_counts_and_a_longer_name_does_not():
+    class SetsIt:
+        def __init__(self):
+            self.size = 1
+
+        def put(self, item, timeout=None):
+            pass
+
+    class SetsAnother:
+        def __init__(self):
+            self.sizes = 1
+
+        def put(self, item, timeout=None):
+            pass
+    assert mismatches(Shaped, SetsIt) == [] and mismatches(Shaped, SetsAnother) == ["no size"]

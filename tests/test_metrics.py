@@ -4,6 +4,7 @@ from gsender_bcc.blame import MAX_CULPRIT_CHARS, Blame
 from gsender_bcc.config import Config
 from gsender_bcc.histogram import IntervalStats
 from gsender_bcc import metrics
+from gsender_bcc.sink import encode, message_builder
 from gsender_bcc.metrics import (Datapoint, Interval, ServiceStats, agent_points, check_prefix,
                                  default_prefix, short_hostname, summary, tag_value,
                                  to_datapoints)
@@ -195,3 +196,16 @@ class TestCulpritSeries:
     def test_none_without_attribution(self):
         points = to_datapoints(STATS, Config(prefix="p"), [SERVICE])
         assert not [p for p in points if "behind" in p.path or "caused" in p.path]
+
+
+WIRE_STATS = IntervalStats(5.0, 7, 0, 3.0, ((50, 2.5), (90, 3.5), (99, 5.0)), 5.0, ((0, 1.4),), 21000)
+
+
+@pytest.mark.parametrize("name, value", [("web 01", "web_01"), ("a;b", "a_b"), ("~x", "_x")])
+def test_a_tagged_service_name_is_made_a_valid_tag_value_on_the_wire(name, value):
+    points = to_datapoints(WIRE_STATS, Config(tags=True, bucket_series=False),
+                           [ServiceStats(name, WIRE_STATS, {"pressure": 1.5})])
+    wire = encode(message_builder(),
+                  Interval(10, tuple(p for p in points if p.path.startswith("cpu-lat.service."))))
+    lines = wire.decode().splitlines()
+    assert len(lines) == 8 and all(f";service={value} " in line for line in lines)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from gsender_bcc import outbox
-from gsender_bcc.outbox import DiskOutbox, MemoryOutbox, parse_line
+from gsender_bcc.outbox import DiskOutbox, MemoryOutbox, Run, parse_line
 
 NOW = 1_800_000_000
 DAY = 86400
@@ -38,8 +38,8 @@ def segment_name(sequence):
 
 
 def files(*sequences):
-    """What the outbox directory holds for these segments: each with its stamps, sorted."""
-    return sorted(name for n in sequences for name in (segment_name(n), f"{n:016d}.stamps"))
+    """What the outbox directory holds for these segments, sorted."""
+    return sorted(segment_name(n) for n in sequences)
 
 
 def drain(box, max_bytes=1 << 16):
@@ -67,7 +67,7 @@ def folder(tmp_path):
 @pytest.fixture
 def one_interval_per_segment(monkeypatch):
     """Every interval (of the default size) fills a segment, so limits act on single intervals."""
-    monkeypatch.setattr(outbox, "SEGMENT_BYTES", len(interval(NOW)))
+    monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", len(interval(NOW)))
 
 
 def open_box(folder, clock, max_bytes=1 << 20, max_age=3600.0):
@@ -161,7 +161,7 @@ class TestAppendAndDeliver:
         assert drain(box, max_bytes=100) == [long_line, interval(NOW + 1)]
 
     def test_segments_roll_over_and_go_once_delivered(self, folder, clock, monkeypatch):
-        monkeypatch.setattr(outbox, "SEGMENT_BYTES", 2 * len(interval(NOW)))
+        monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", 2 * len(interval(NOW)))
         box = open_box(folder, clock)
         for stamp in range(NOW, NOW + 5):
             box.append(interval(stamp), stamp)
@@ -286,7 +286,7 @@ class TestFoundAtStart:
 
     def test_a_segment_too_large_for_this_agent_is_set_aside(self, folder, clock, caplog,
                                                              monkeypatch):
-        monkeypatch.setattr(outbox, "SEGMENT_BYTES", 20)
+        monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", 20)
         folder.mkdir(parents=True)
         (folder / segment_name(1)).write_bytes(interval(NOW, lines=10))
         with caplog.at_level(logging.WARNING):
@@ -465,11 +465,11 @@ class TestMemoryOutbox:
         assert box.intervals == 0 and box.peek(1 << 16) is None
 
 
-class TestFaultsOfIssue22:
+class TestFaultsFoundOnDisk:
     def test_an_interval_larger_than_a_segment_is_read_back_whole_at_the_next_start(
             self, folder, clock, caplog):
         big = interval(NOW, lines=40000)  # about 1 MB, as with tags and 1000 services
-        assert len(big) > outbox.CHECK_SEGMENTS * outbox.SEGMENT_BYTES
+        assert len(big) > outbox.recovery.CHECK_SEGMENTS * outbox.SEGMENT_BYTES
         box = open_box(folder, clock, max_bytes=8 << 20)
         box.append(interval(NOW - 1), NOW - 1)
         box.append(big, NOW)
@@ -496,18 +496,13 @@ class TestFaultsOfIssue22:
         assert records(caplog)[-1] == (f"{folder}: removed the 3 oldest *.damaged files, to stay "
                                        f"within 0 MiB with the outbox")
 
-    def test_names_past_16_digits_are_read_back_in_order(self, folder, clock, caplog):
+    def test_a_name_of_more_than_16_digits_is_no_segment_and_is_left_alone(self, folder, clock):
         folder.mkdir(parents=True)
-        (folder / "9999999999999999.txt").write_bytes(interval(NOW))  # a stray name
-        (folder / "10000000000000000.txt").write_bytes(interval(NOW + 1))  # and the next one
-        with caplog.at_level(logging.WARNING):
-            box = open_box(folder, clock)
-        assert records(caplog) == [f"{folder}: segment names reached 16 digits: named them 1 "
-                                   f"to 2 again, in order"]
-        box.append(interval(NOW + 2), NOW + 2)
-        assert sorted(p.name for p in folder.iterdir()) == files(1, 2, 3)
-        assert b"".join(drain(box)) == b"".join(interval(NOW + k) for k in range(3))
-        assert list(folder.iterdir()) == []
+        (folder / "10000000000000000.txt").write_bytes(interval(NOW))  # not a name it writes
+        box = open_box(folder, clock)
+        assert box.intervals == 0 and box.peek(1 << 16) is None
+        box.append(interval(NOW + 1), NOW + 1)
+        assert sorted(p.name for p in folder.iterdir()) == files(1) + ["10000000000000000.txt"]
 
     def test_a_segment_removed_by_hand_is_skipped_and_counted(self, folder, clock, caplog,
                                                               one_interval_per_segment):
@@ -561,27 +556,14 @@ class TestPieces:
         assert list(outbox.pieces(data, limit)) == expected
 
 
-class TestStampsBesideTheLines:
-    """Each interval's stamp is kept beside its lines (issue 27), never read back from them."""
+class TestIntervalsAreReadFromTheirLines:
+    """Where an interval ends is read from the stamps its lines carry; nothing is kept beside."""
 
-    def test_each_interval_is_one_record_of_where_its_lines_end_and_its_stamp(self, folder,
-                                                                             clock):
-        box = open_box(folder, clock)
-        box.append(interval(NOW), NOW)
-        box.append(interval(NOW + 1, lines=2), NOW + 1)
-        first, second = len(interval(NOW)), len(interval(NOW)) + len(interval(NOW + 1, lines=2))
-        assert (folder / "0000000000000001.stamps").read_bytes() == (
-            b"%07d %012d\n%07d %012d\n" % (first, NOW, second, NOW + 1))
-
-    def test_chunks_are_cut_and_counted_from_the_records_alone(self, folder, clock,
-                                                              monkeypatch):
+    def test_chunks_are_cut_and_counted_on_interval_boundaries(self, folder, clock):
         box = open_box(folder, clock)
         for stamp in (NOW, NOW + 1, NOW + 2):
             box.append(interval(stamp), stamp)
-
-        def no_stamps_from_text(lines):
-            raise AssertionError("a stamp was read back from the lines")
-        monkeypatch.setattr(outbox, "_runs_in", no_stamps_from_text)
+        assert sorted(p.name for p in folder.iterdir()) == files(1)
         size = len(interval(NOW))
         chunk = box.peek(2 * size + size // 2)
         assert (chunk.data, chunk.intervals, chunk.runs) == (
@@ -589,14 +571,19 @@ class TestStampsBesideTheLines:
         box.consume(chunk)
         assert [(c.intervals, c.last_stamp) for c in [box.peek(1 << 16)]] == [(1, NOW + 2)]
 
-    def test_a_line_that_does_not_carry_its_records_stamp_is_not_sent(self, folder, clock,
-                                                                      caplog):
+    def test_an_interval_larger_than_the_chunk_goes_in_pieces_counted_once(self, folder, clock):
         box = open_box(folder, clock)
-        box.append(interval(NOW) + b"box.other 1 %d\n" % (NOW + 5), NOW)
-        with caplog.at_level(logging.WARNING):
-            assert drain(box) == [interval(NOW)]
-        assert records(caplog) == [f"{folder / segment_name(1)}: skipped 1 lines that are "
-                                   f"malformed or older than the age limit"]
+        box.append(interval(NOW, lines=6), NOW)
+        box.append(interval(NOW + 1), NOW + 1)
+        size = len(interval(NOW, lines=6))
+        first = box.peek(size // 2)
+        assert first.intervals == 0 and first.data == interval(NOW, lines=6)[:first.length]
+        assert first.data.endswith(b"\n") and 0 < first.length <= size // 2
+        box.consume(first)
+        rest = box.peek(size - first.length)
+        assert (rest.data, rest.intervals) == (interval(NOW, lines=6)[first.length:], 1)
+        box.consume(rest)
+        assert box.intervals == 1 and drain(box) == [interval(NOW + 1)]
 
     def test_a_moved_chunk_keeps_its_intervals_stamps(self, folder, clock, tmp_path):
         box = open_box(folder, clock)
@@ -610,10 +597,7 @@ class TestStampsBesideTheLines:
         assert [(c.data, c.intervals, c.last_stamp) for c in [again.peek(2 * len(interval(NOW)))]
                 ] == [(interval(NOW) + interval(NOW + 1), 2, NOW + 1)]
 
-    def test_segments_of_the_previous_version_are_read_and_given_their_stamps(self, folder,
-                                                                              clock, caplog):
-        """The previous version wrote segments of lines only, an interval split over two
-        where it did not fit; they are sent as before and their records written once."""
+    def test_an_interval_split_over_two_segments_is_counted_once(self, folder, clock, caplog):
         folder.mkdir(parents=True)
         big = interval(NOW + 2, lines=6)
         (folder / segment_name(1)).write_bytes(interval(NOW) + interval(NOW + 1) + big[:60])
@@ -622,10 +606,6 @@ class TestStampsBesideTheLines:
         with caplog.at_level(logging.WARNING):
             box = open_box(folder, clock)
         assert records(caplog) == [] and box.intervals == 4
-        assert sorted(p.name for p in folder.iterdir()) == files(1, 2)
-        assert (folder / "0000000000000002.stamps").read_bytes() == (
-            b"%07d %012d\n%07d %012d\n" % (len(big) - 60, NOW + 2,
-                                           len(big) - 60 + len(interval(NOW)), NOW + 3))
         chunks = []
         while (chunk := box.peek(1 << 16)) is not None:
             box.consume(chunk)
@@ -634,56 +614,15 @@ class TestStampsBesideTheLines:
                           (big[60:] + interval(NOW + 3), 0)]
         assert list(folder.iterdir()) == []
 
-    @pytest.mark.parametrize("damage", [b"", b"garbage\n", b"%07d %012d\n" % (5, NOW)])
-    def test_stamps_that_do_not_match_the_lines_are_rebuilt_from_them(self, folder, clock,
-                                                                      damage):
+    def test_the_index_an_earlier_version_kept_is_removed_at_start(self, folder, clock):
         box = open_box(folder, clock)
         box.append(interval(NOW), NOW)
-        box.append(interval(NOW + 1), NOW + 1)
         box.close()
-        stamps = folder / "0000000000000001.stamps"
-        good = stamps.read_bytes()
-        stamps.write_bytes(damage)  # torn by a crash (it is not synced), or damaged
-        again = open_box(folder, clock)
-        assert stamps.read_bytes() == good and again.intervals == 2
-        assert drain(again) == [interval(NOW) + interval(NOW + 1)]
-
-    def test_stamps_damaged_while_running_are_rebuilt_with_one_line(self, folder, clock, caplog):
-        box = open_box(folder, clock)
-        box.append(interval(NOW), NOW)
-        stamps = folder / "0000000000000001.stamps"
-        stamps.write_bytes(b"%07d %012d\n" % (7, NOW))  # not at a line's end
-        with caplog.at_level(logging.WARNING):
-            assert drain(box) == [interval(NOW)]
-        assert records(caplog) == [f"{stamps} does not match its segment's lines: rebuilt it "
-                                   f"from them"]
-
-    def test_a_full_disk_that_takes_the_lines_but_not_their_stamps_loses_nothing(
-            self, folder, clock, caplog, monkeypatch):
-        """A tmpfs with one page left: the lines fit, the stamps file's first byte does not."""
-        box = open_box(folder, clock)
-        real = outbox._write_all
-
-        def no_room_for_stamps(fd, data):
-            if fd == box._stamps_fd:
-                raise OSError(28, "No space left on device")
-            real(fd, data)
-        monkeypatch.setattr(outbox, "_write_all", no_room_for_stamps)
-        with caplog.at_level(logging.WARNING):
-            for stamp in (NOW, NOW + 1, NOW + 2):
-                box.append(interval(stamp), stamp)
-            size = len(interval(NOW))
-            chunk = box.peek(2 * size + size // 2)
-            assert (chunk.data, chunk.intervals) == (interval(NOW) + interval(NOW + 1), 2)
-            box.consume(chunk)
-            assert drain(box) == [interval(NOW + 2)]
-        assert records(caplog) == [] and box.intervals == 0
-
-    def test_stamps_left_without_their_segment_are_removed(self, folder, clock):
-        folder.mkdir(parents=True)
+        (folder / "0000000000000001.stamps").write_bytes(b"%07d %012d\n" % (5, NOW))
         (folder / "0000000000000007.stamps").write_bytes(b"%07d %012d\n" % (10, NOW))
-        open_box(folder, clock)
-        assert list(folder.iterdir()) == []
+        again = open_box(folder, clock)
+        assert sorted(p.name for p in folder.iterdir()) == files(1) and again.intervals == 1
+        assert drain(again) == [interval(NOW)]
 
 
 class TestChunkRuns:
@@ -698,25 +637,25 @@ class TestChunkRuns:
         ([(40, A), (50, B)], 25, []),  # the oldest run alone passes: lines of it
     ])
     def test_whole_intervals_within_the_limit(self, runs, limit, taken):
-        assert outbox.chunk_runs(runs, limit) == taken
+        assert outbox.lines.chunk_runs([Run(*run) for run in runs], limit) == taken
 
     @pytest.mark.parametrize("runs, before, count", [
         ([], None, 0), ([(10, NOW)], None, 1), ([(10, NOW)], NOW, 0),
         ([(10, NOW), (20, NOW), (30, NOW + 1)], None, 2), ([(10, NOW), (20, NOW + 1)], NOW, 1),
     ])
     def test_intervals_begun(self, runs, before, count):
-        assert outbox.count_intervals(runs, before) == count
+        assert outbox.lines.count_intervals([Run(*run) for run in runs], before) == count
 
 
 class TestRetries:
     """A server refusing every try in an outage: the same chunk is handed out again without
-    reading and checking its lines again (issue 28), as long as reading would give the same."""
+    reading and checking its lines again, as long as reading would give the same."""
 
     @pytest.fixture
     def reads(self, monkeypatch):
         opened = []
-        real = outbox._open_segment
-        monkeypatch.setattr(outbox, "_open_segment",
+        real = outbox.reading.open_segment
+        monkeypatch.setattr(outbox.reading, "open_segment",
                             lambda segment: opened.append(segment.sequence) or real(segment))
         return opened
 
@@ -747,3 +686,49 @@ class TestRetries:
         assert box.peek(1 << 16).intervals == 2
         clock.now += 3601
         assert box.peek(1 << 16).data == interval(NOW + 1000)
+
+
+# -- limits over segments partly delivered, and a state directory others may write --
+
+def lines_of(stamp, count=3):
+    return b"".join(b"box.s%d %d %d\n" % (i, i, stamp) for i in range(count))
+
+
+class TestDroppingPartlyDeliveredSegments:
+    def test_dropping_a_segment_counts_only_the_intervals_not_yet_delivered(self, tmp_path):
+        now = [float(NOW)]
+        box = DiskOutbox(tmp_path / "state" / "outbox", 1 << 20, 3600.0, clock=lambda: now[0])
+        for stamp in (NOW - 30, NOW - 20, NOW - 10):  # three intervals in one segment
+            box.append(lines_of(stamp), stamp)
+        # A chunk of the first interval (and one line of the next, so it is known to end).
+        chunk = box.peek(len(lines_of(NOW)) + 20)
+        assert (chunk.intervals, chunk.data) == (1, lines_of(NOW - 30))
+        box.consume(chunk)
+        assert (box.intervals, box.dropped) == (2, 0)
+        now[0] += 7200  # the segment's newest line is now older than the age limit
+        box.set_limits(1 << 20, 3600.0)
+        assert (box.intervals, box.dropped) == (0, 2)
+
+    def test_bytes_past_the_limit_count_only_what_was_not_delivered(self, tmp_path,
+                                                                     monkeypatch):
+        monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", 2 * len(lines_of(NOW)))
+        box = DiskOutbox(tmp_path / "state" / "outbox", 1 << 20, 3600.0, clock=lambda: NOW)
+        for stamp in (NOW - 30, NOW - 20, NOW - 10):  # two in the first segment, one after
+            box.append(lines_of(stamp), stamp)
+        chunk = box.peek(len(lines_of(NOW)) + 20)
+        assert chunk.intervals == 1
+        box.consume(chunk)
+        assert box.append(lines_of(NOW), NOW) == 0
+        box.set_limits(len(lines_of(NOW)) * 2, 3600.0)  # room for the newest segment only
+        assert (box.intervals, box.dropped) == (2, 1)
+
+
+@pytest.mark.parametrize("mode", [0o720, 0o702, 0o770])
+def test_a_state_directory_writable_by_group_or_others_is_refused(tmp_path, mode):
+    folder = tmp_path / "state" / "outbox"
+    folder.mkdir(parents=True)
+    os.chmod(folder.parent, mode)
+    with pytest.raises(OSError) as refused:
+        DiskOutbox(folder, 1 << 20, 3600.0, clock=lambda: NOW)
+    assert f"is writable by group or others (mode 0{mode:o}): chmod go-w it" in \
+        refused.value.strerror

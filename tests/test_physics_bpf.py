@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gsender_bcc.config import Config
-from gsender_bcc.histogram import delta
+from gsender_bcc.readings import delta
 from gsender_bcc.probe import Probe
 from test_probe_bpf import settings_for
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import assert_unloaded, dispatches_of, loaded_program_ids, run_delay_of
 from gsender_bcc import btf, tracefs
 from gsender_bcc.config import Config
-from gsender_bcc.histogram import (add_counts, delta, interval_stats, percentile_slot, slot_bounds)
+from gsender_bcc.histogram import add_counts, interval_stats, percentile_slot, slot_bounds
+from gsender_bcc.readings import delta
 from gsender_bcc.probe import Probe
 from gsender_bcc.program import ProgramSettings
 

@@ -229,7 +229,7 @@ def test_three_agents_through_a_restarted_relay_land_once_without_gaps(
     carbon-c-relay 3.7 acts on SIGTERM at its main loop's next one-second tick, then closes
     its listener, resetting connections still in the accept queue. An agent that only wrote
     to such a connection would take the send as delivered and lose that interval; ours
-    half-closes and counts the send once the relay has closed its side (README: Delivery
+    half-closes and counts the send once the relay has closed its side (docs/design.md: the outbox's
     guarantees), so the reset is a failed send, retried. The quick restarts here are timed so
     that the relay's exit falls on the agents' sends; no interval may be lost.
     """

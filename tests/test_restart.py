@@ -9,7 +9,8 @@ from array import array
 import pytest
 
 from gsender_bcc import carryover
-from gsender_bcc.histogram import Counts, Layout, Measured
+from gsender_bcc.histogram import Counts, Layout
+from gsender_bcc.readings import Measured
 from test_delivery import agent_args, agents, assert_carbon_holds_exactly  # noqa: F401 (fixture)
 from test_delivery import wall_sleep_until_fraction
 
@@ -197,7 +198,7 @@ def test_restarts_early_late_and_very_late_leave_no_missing_boundary(carbon_fact
                                                                      tmp_path, steady_load):
     """However long each restart takes: every boundary is sent once, what the stopping agent
     kept is in the interval of its boundary, and each interval's count matches the seconds it
-    measured (the time the agent was down is not measured, README: Delivery guarantees)."""
+    measured (the time the agent was down is not measured, docs/design.md)."""
     carbon = carbon_factory().start()
     args = agent_args(carbon.port, tmp_path / "state", frequency=FREQUENCY, prefix=PREFIX)
     agent = agents(args, "first")

@@ -5,7 +5,7 @@ from Debian's rpm and rpmlint packages (BuildRequires not checked: --nodeps), th
 file list and files compared with the .deb's, and the package installed with
 `rpm --root --nodeps` (Debian's python3-bpfcc stands in for Fedora's python3-bcc) into a
 throwaway Debian root file system unpacked from the VM test's bookworm base, where
-`gsender-bcc --check` runs under chroot (README: "The .rpm").
+`gsender-bcc --check` runs under chroot (docs/testing.md).
 """
 
 import glob

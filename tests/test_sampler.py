@@ -7,11 +7,13 @@ longer do (once they stopped counting, as CgroupTree does).
 """
 
 from array import array
+from types import SimpleNamespace
 
 import pytest
 
 from gsender_bcc.cgroups import OTHER, Resolved
-from gsender_bcc.histogram import Counts, Layout, Measured, Snapshot, empty_counts, slot_of
+from gsender_bcc.histogram import Counts, Layout, empty_counts, slot_of
+from gsender_bcc.readings import Measured, Snapshot
 from gsender_bcc.blame import Blame
 from gsender_bcc.config import Config
 from gsender_bcc.metrics import to_datapoints
@@ -31,6 +33,7 @@ class FakeMap:
         self.entries = {}
         self.forgotten = []
         self.pairs = {} if attribution else None  # (victim, culprit) -> ns since the last read
+        self.settings = SimpleNamespace(per_cgroup=True, culprits=attribution)
 
     def blamed(self, victim, behind):
         """Count one sample of ``victim`` that waited behind each culprit ``behind[c]`` ns."""

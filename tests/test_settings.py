@@ -1,6 +1,6 @@
 """Each setting is declared once, as a field of Config (gsender_bcc/config.py); the file's parser,
 the flags, the --check-config printout, the reload rule, the sample file and the man page's
-list follow from the declaration, and the README and the man page name every setting."""
+list and the README's table follow from the declaration, and they name every setting."""
 
 import operator
 import re
@@ -70,12 +70,15 @@ class TestOneDeclarationMakesEveryPlace:
             "# restart.\ncolour = red\n")
         assert '.BR "colour" " = red"\nThe colour of the made-up series' in \
             settings_docs.man_list(WithColour)
+        assert "| graphite | `colour` | `red` | `--colour` | The colour of the made-up series " \
+            "(restart) |" in settings_docs.readme_table(WithColour)
         assert needing_restart(WithColour(), WithColour(colour="blue")) == ["colour"]
 
     def test_without_it_none_of_them_has_it(self):
         """The places above come from the declaration: the real Config has no colour."""
         assert "colour" not in render(Config()) + settings_docs.sample_text() + \
-            settings_docs.man_list() + cli.build_parser().format_help()
+            settings_docs.man_list() + settings_docs.readme_table() + \
+            cli.build_parser().format_help()
 
 
 class TestDerivedFilesAreCurrent:
@@ -87,6 +90,10 @@ class TestDerivedFilesAreCurrent:
     def test_the_man_page_list_is_what_the_declarations_give(self):
         assert MAN == settings_docs.man_page_with(MAN, settings_docs.man_list()), \
             "the man page's list of settings is stale: run `make settings-docs`"
+
+    def test_the_readme_table_is_what_the_declarations_give(self):
+        assert README == settings_docs.readme_with(README, settings_docs.readme_table()), \
+            "the README's table of settings is stale: run `make settings-docs`"
 
     def test_the_check_command_names_a_stale_file(self, tmp_path, monkeypatch, capsys):
         stale = tmp_path / "gsender.conf"
@@ -101,34 +108,35 @@ class TestDerivedFilesAreCurrent:
 
 
 def _readme_table():
-    """{(section, key)} of the table under the README's "Configuration"."""
-    section = README.split("### Configuration", 1)[1].split("\n### ", 1)[0]
-    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ")]
-    return {(where.strip(), key) for where, keys in rows for key in re.findall(r"`(\w+)`", keys)}
+    """{(section, key): the row} of the README's table of settings."""
+    table = README.split(settings_docs.README_BEGIN, 1)[1].split(settings_docs.README_END, 1)[0]
+    rows = [line.split("|")[1:] for line in table.splitlines()[3:]]
+    return {(where.strip(), key): row for where, keys, *row in rows
+            for key in re.findall(r"`(\w+)`", keys)}
 
 
 class TestEverySettingIsDocumented:
     def test_the_readme_table_has_every_setting_and_no_other(self):
-        assert _readme_table() == {(s.section, s.key) for s in settings_of()}
+        retired = {(k.section, k.key) for k in keys_of() if isinstance(k, Retired)}
+        assert set(_readme_table()) == {(s.section, s.key) for s in settings_of()} | retired
 
-    def test_the_readme_and_the_man_page_name_every_retired_key(self):
+    def test_the_man_page_names_every_retired_key(self):
         for key in keys_of():
             if isinstance(key, Retired):
-                assert f"`{key.key}`" in README and f'"{key.key}"' in MAN
+                assert f'"{key.key}"' in MAN
 
-    def test_the_readme_and_the_man_page_name_every_flag(self):
+    def test_the_readme_table_and_the_man_page_name_every_flag(self):
         man_lines = MAN.split(".SH CONFIGURATION")[0].splitlines()
         options = "\n".join(after for tp, after in zip(man_lines, man_lines[1:]) if tp == ".TP")
-        flags = README.split("Flags override the file:", 1)[1].split(". Exit codes", 1)[0]
+        table = _readme_table()
         for declared in settings_of():
             if declared.flag:
                 assert declared.flag.name.replace("-", "\\-") in options, declared.flag.name
-                assert f"`{declared.flag.name}" in flags, declared.flag.name
+                assert f"`{declared.flag.name}`" in table[declared.section, declared.key][1]
 
-    def test_the_readme_names_the_keys_a_reload_cannot_change(self):
-        sentence = next(s for s in re.split(r"\.\s", README) if "effect at the next start" in s)
-        named = set(re.findall(r"`(\w+)`", sentence))
-        assert named == {s.key for s in settings_of() if s.needs_restart}
+    def test_the_readme_table_marks_the_keys_a_reload_cannot_change(self):
+        marked = {key for (_, key), row in _readme_table().items() if "(restart)" in row[2]}
+        assert marked == {s.key for s in settings_of() if s.needs_restart}
 
 
 class TestDeclarations:

@@ -20,11 +20,11 @@ import graphyte
 import pytest
 
 from conftest import TIMER_SLACK, Lateness
-from gsender_bcc import outbox, sink as sink_module
+from gsender_bcc import outbox, outboxes as outboxes_module, sink as sink_module
 from gsender_bcc.config import Config, Server
 from gsender_bcc.metrics import Datapoint, Interval
 from gsender_bcc.outbox import DiskOutbox
-from gsender_bcc.sink import DATAGRAM_BYTES, GraphiteSink, StdoutSink, datagrams, encode
+from gsender_bcc.sink import DATAGRAM_BYTES, GraphiteSink, StdoutSink, datagrams, encode, network_sender
 
 NOW = 1_800_000_000
 SEGMENT_ENTRY_BYTES = 2048  # what the outbox may hold per segment (its path, its figures)
@@ -362,7 +362,7 @@ class TestServers:
 class TestLimits:
     def test_drops_are_logged_once_per_outage_and_summed_when_graphite_is_back(
             self, make_sink, network, clock, caplog, monkeypatch):
-        monkeypatch.setattr(outbox, "SEGMENT_BYTES", 1)  # one interval per segment
+        monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", 1)  # one interval per segment
         sink = make_sink(buffer_hours=0.01)  # 36 s
         network.down = {PRIMARY}
         with caplog.at_level(logging.WARNING):
@@ -386,7 +386,7 @@ class TestLimits:
         assert sink.health()["dropped_intervals"] == 4
 
     def test_memory_fallback_is_bounded_too(self, tmp_path, make_sink, network, monkeypatch):
-        monkeypatch.setattr(sink_module, "MEMORY_FALLBACK_BYTES", 3 * len(lines(NOW)))
+        monkeypatch.setattr(outboxes_module, "MEMORY_FALLBACK_BYTES", 3 * len(lines(NOW)))
         (tmp_path / "file").write_text("in the way")
         sink = make_sink(state_directory=tmp_path / "file" / "state")
         network.down = {PRIMARY}
@@ -422,7 +422,7 @@ def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, mo
 
     def held():
         gc.collect()
-        return tracemalloc.get_traced_memory()[0], len(sink._disk._segments)
+        return tracemalloc.get_traced_memory()[0], len(sink._outboxes._disk._segments)
     intervals(0, 100)
     tracemalloc.start()
     try:
@@ -445,9 +445,9 @@ def test_memory_held_does_not_grow_with_what_waits(make_sink, network, clock, mo
 
 
 def test_a_refused_retry_reads_and_builds_nothing_again(make_sink, network, clock, monkeypatch):
-    """In an outage every try of a full chunk was a 64 KiB read, split and check: garbage
-    that glibc kept as the agent's RssAnon, 0.5 KiB more per interval (issue 28). A retry now
-    hands out the chunk it holds: what it allocates, at its peak, is far below a chunk."""
+    """In an outage a retry hands out the chunk it holds, without reading, splitting and
+    checking it again (garbage glibc would keep as the agent's RssAnon): what it allocates, at
+    its peak, is far below a chunk."""
     monkeypatch.setattr(os, "fdatasync", lambda fd: None)
     monkeypatch.setattr(logging.getLogger("gsender_bcc.sink"), "disabled", True)
     sink = make_sink(frequency=1)
@@ -461,7 +461,7 @@ def test_a_refused_retry_reads_and_builds_nothing_again(make_sink, network, cloc
             sink.deliver_once()
             network.attempts.clear()
     outage(0, 60)  # the chunk is full: 64 KiB of intervals wait before the newest
-    assert len(sink._disk.peek(sink_module.CHUNK_BYTES).data) > sink_module.CHUNK_BYTES - 2048
+    assert len(sink._outboxes._disk.peek(sink_module.CHUNK_BYTES).data) > sink_module.CHUNK_BYTES - 2048
     tracemalloc.start()
     try:
         outage(60, 100)
@@ -505,7 +505,7 @@ class TestStateDirectoryTrouble:
 
         def full(chunk):
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(sink._disk, "append_chunk", full)
+        monkeypatch.setattr(sink._outboxes._disk, "append_chunk", full)
         with caplog.at_level(logging.WARNING):
             for k in range(1, 4):
                 sink.submit(points(NOW + k))
@@ -584,7 +584,7 @@ class TestClose:
                                                          monkeypatch):
         sink = make_sink()
         network.down = {PRIMARY}
-        monkeypatch.setattr(sink._disk, "append",
+        monkeypatch.setattr(sink._outboxes._disk, "append",
                             lambda data, stamp, intervals=1: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
         sink.submit(points(NOW))
         monkeypatch.undo()
@@ -631,13 +631,13 @@ class TestDeliveryThread:
         stamp = int(time.time()) - 10
         with caplog.at_level(logging.INFO):
             sink = GraphiteSink(config_for(state), send=network)
-            peek = sink._disk.peek
+            peek = sink._outboxes._disk.peek
 
             def surprising_peek(max_bytes):
                 if surprises:
                     raise surprises.pop(0)
                 return peek(max_bytes)
-            monkeypatch.setattr(sink._disk, "peek", surprising_peek)
+            monkeypatch.setattr(sink._outboxes._disk, "peek", surprising_peek)
             try:
                 sink.submit(points(stamp))
                 wait_until(lambda: network.delivered, "the first delivery")
@@ -749,7 +749,7 @@ class TestFaultsOfIssue22:
 
     def test_segments_removed_by_hand_are_skipped_with_one_line(self, make_sink, network, state,
                                                                 clock, caplog, monkeypatch):
-        monkeypatch.setattr(outbox, "SEGMENT_BYTES", len(lines(NOW)) * 2)
+        monkeypatch.setattr(outbox.lines, "SEGMENT_BYTES", len(lines(NOW)) * 2)
         sink = make_sink()
         network.down = {PRIMARY}
         for k in range(6):
@@ -775,7 +775,7 @@ class TestFaultsOfIssue22:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory")
         sink = GraphiteSink(config_for(state), send=Network(), clock=clock.monotonic)
         try:
-            monkeypatch.setattr(sink._disk, "peek", broken)
+            monkeypatch.setattr(sink._outboxes._disk, "peek", broken)
             sink.submit(points(int(time.time())))
             wait_until(lambda: len(tries) >= 2, "two tries")
             assert sink.alive()
@@ -847,3 +847,134 @@ class TestFaultsOfIssue22:
         assert took <= promised + late + TIMER_SLACK, f"{took:.3f}s, {late:.3f}s of CPU and waits"
         assert b"".join(p.read_bytes() for p in (state / "outbox").glob("*.txt")).count(
             b"\n") == 2
+
+
+# -- a TCP send counts once the server has read it --
+
+class ReadingServer:
+    """A TCP server on loopback that reads one connection until the sender's EOF, then closes
+    its side, or with ``close=False`` keeps it open until the test ends."""
+
+    def __init__(self, close=True):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.close = close
+        self.received = bytearray()
+        self.saw_eof = threading.Event()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def server(self):
+        return Server("127.0.0.1", self.listener.getsockname()[1])
+
+    def _serve(self):
+        self.listener.settimeout(10)
+        connection, _ = self.listener.accept()
+        with connection:
+            connection.settimeout(10)
+            while True:
+                data = connection.recv(1 << 16)
+                if not data:
+                    break
+                self.received += data
+            self.saw_eof.set()
+            if not self.close:
+                self.release.wait(10)
+
+    def stop(self):
+        self.release.set()
+        self.thread.join(10)
+        self.listener.close()
+
+
+@pytest.fixture
+def reading_server():
+    made = []
+
+    def make(**kwargs):
+        made.append(ReadingServer(**kwargs))
+        return made[-1]
+    yield make
+    for server in made:
+        server.stop()
+
+
+class TestTcpSendCountsOnceTheServerHasReadIt:
+    """After sending, the agent half-closes the connection and
+    waits for the server to close its side."""
+
+    DATA = b"".join(b"tcp.series%05d %d %d\n" % (i, i, NOW) for i in range(40000))  # ~1 MiB
+
+    def test_a_send_returns_once_the_server_read_everything_and_closed(self, reading_server):
+        server = reading_server()
+        network_sender(Config(timeout=10.0))(server.server, self.DATA)
+        # The server saw the sender's EOF (its half-close) before it closed, and the send
+        # returned only after that close: so EOF was seen by the time it returned.
+        assert server.saw_eof.is_set() and bytes(server.received) == self.DATA
+
+    def test_a_server_that_read_everything_but_never_closes_fails_the_send(self,
+                                                                        reading_server):
+        """What a relay shutting down with the data unsent looks like from the sender: the
+        send is not counted as delivered, so the interval stays in the outbox."""
+        server = reading_server(close=False)
+        with pytest.raises(OSError):
+            network_sender(Config(timeout=0.3))(server.server, b"tcp.a 1 1800000000\n")
+        assert server.saw_eof.wait(10) and bytes(server.received) == b"tcp.a 1 1800000000\n"
+
+
+# -- the back-off after a success, and the memory fallback within buffer_megabytes --
+
+def test_the_back_off_starts_again_from_one_second_after_a_success(make_sink, network, clock,
+                                                                   caplog):
+    sink = make_sink(frequency=60)
+    network.down = {PRIMARY}
+    sink.submit(points(NOW))
+    for _ in range(30):  # 15 s of failures: the back-off grew to 16 s
+        sink.deliver_once()
+        clock.advance(0.5)
+    network.down = set()
+    for _ in range(100):
+        if sink.deliver_once():
+            break
+        clock.advance(0.5)
+    network.down = {PRIMARY}
+    sink.submit(points(NOW + 1))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert not sink.deliver_once()
+    assert messages(caplog)[-1].endswith("failed: [Errno 111] Connection refused; next try in 1s")
+
+
+def big_interval(stamp, megabytes):
+    """One interval of ``megabytes`` MiB of lines (33 bytes each, as "mem.series0000000 1.5
+    1800000000\\n")."""
+    count = int(megabytes * (1 << 20)) // 33
+    return Interval(stamp, tuple(Datapoint(f"mem.series{i:07d}", 1.5) for i in range(count)))
+
+
+class TestMemoryFallbackWithinBufferMegabytes:
+    """While the state directory cannot be used, what waits in memory is bounded by
+    buffer_megabytes too (when that is below the fallback's own bound); the newest interval
+    is kept however large."""
+
+    @pytest.fixture
+    def memory_sink(self, tmp_path, make_sink, network):
+        (tmp_path / "file").write_text("in the way")
+        network.down = {PRIMARY}
+        return make_sink(state_directory=tmp_path / "file" / "state", buffer_megabytes=1)
+
+    def test_older_intervals_are_dropped_past_buffer_megabytes(self, memory_sink):
+        for k in range(6):
+            memory_sink.submit(big_interval(NOW + k, 0.3))
+        health = memory_sink.health()
+        assert health["dropped_intervals"] == 3 and health["queued_intervals"] == 3
+
+    def test_the_newest_interval_is_kept_even_if_larger(self, memory_sink, network):
+        memory_sink.submit(big_interval(NOW, 1.5))
+        assert memory_sink.health()["queued_intervals"] == 1
+        assert memory_sink.health()["dropped_intervals"] == 0
+        network.down = set()
+        deliver_all(memory_sink)
+        assert sum(data.count(b"\n") for _, data in network.delivered) == len(
+            big_interval(NOW, 1.5).points)

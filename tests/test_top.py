@@ -20,7 +20,8 @@ import pytest
 from conftest import agent_program_count, assert_unloaded, wait_for_programs_of
 from gsender_bcc import cli, top
 from gsender_bcc.blame import Blame
-from gsender_bcc.histogram import Counts, IntervalStats, Layout, Snapshot
+from gsender_bcc.histogram import Counts, IntervalStats, Layout
+from gsender_bcc.readings import Snapshot
 from gsender_bcc.metrics import ServiceStats, short_hostname
 from gsender_bcc.top import format_duration, line_text, render
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from gsender_bcc.config import Config
-from gsender_bcc.histogram import delta, log2_counts
+from gsender_bcc.histogram import log2_counts
+from gsender_bcc.readings import delta
 from gsender_bcc.probe import Probe
 from peers import RUNQLAT, Runqlat, percentile_row, rows_apart, rows_of_log2, share_apart
 from test_probe_bpf import settings_for

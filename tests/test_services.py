@@ -1,0 +1,33 @@
+"""The services sent one by one: cgroups merged by service, the top ones by wait, the rest other."""
+
+from gsender_bcc.services import by_service, top_services
+from test_histogram import SMALL, c
+
+
+class TestServices:
+    def test_cgroups_merge_by_service_name(self):
+        merged = by_service(SMALL, {1: c(SMALL, [(1, 1)], 100), 2: c(SMALL, [(2, 2)], 200),
+                                    3: c(SMALL, [(3, 3)], 300)},
+                            {1: "nginx", 2: "nginx", 3: "batch"}.get)
+        assert merged == {"nginx": c(SMALL, [(1, 1), (2, 2)], 300), "batch": c(SMALL, [(3, 3)], 300)}
+
+    def test_top_services_by_total_wait_then_other(self):
+        services = {"a": c(SMALL, [(1, 10)], 100), "b": c(SMALL, [(2, 1)], 900),
+                    "c": c(SMALL, [(3, 2)], 500), "d": c(SMALL, [(4, 3)], 50),
+                    "idle": c(SMALL, [], 0)}
+        top = top_services(SMALL, services, 2)
+        assert top == [("b", c(SMALL, [(2, 1)], 900)), ("c", c(SMALL, [(3, 2)], 500)),
+                       ("other", c(SMALL, [(1, 10), (4, 3)], 150))]
+        assert sum(counts.count for _, counts in top) == \
+            sum(counts.count for counts in services.values())
+
+    def test_no_other_when_everything_fits(self):
+        assert [name for name, _ in top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5)}, 20)] == ["a"]
+
+    def test_unattributed_samples_join_other(self):
+        top = top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5), "other": c(SMALL, [(2, 1)], 900)}, 5)
+        assert top == [("a", c(SMALL, [(1, 1)], 5)), ("other", c(SMALL, [(2, 1)], 900))]
+
+    def test_zero_services_is_all_other(self):
+        top = top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5), "b": c(SMALL, [(1, 2)], 6)}, 0)
+        assert top == [("other", c(SMALL, [(1, 3)], 11))]
