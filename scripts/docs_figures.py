@@ -235,6 +235,8 @@ def limits() -> List[List[str]]:
          "`metrics.MAX_HOST_CHARS`"],
         ["names one user's services get", str(MAX_NAMES_PER_USER),
          "`cgroups.MAX_NAMES_PER_USER`"],
+        ["tasks the start-time map holds", f"pid_max, at most {program.MAX_START_ENTRIES}",
+         "`program.MAX_START_ENTRIES`"],
         ["cgroups the kernel map holds", str(program.DEFAULT_MAX_CGROUPS),
          "`program.DEFAULT_MAX_CGROUPS`"],
         ["kernel memory of that map", f"{program.DEFAULT_MAX_CGROUPS * entry / 2 ** 20:.1f} MiB",

@@ -1,5 +1,6 @@
-"""libbpf-tools' runqlat, the peer the agent's numbers are checked against, and the log2 rows
-both are compared in."""
+"""libbpf-tools' runqlat, the peer the agent's numbers are checked against (or, where a release
+has no libbpf-tools, bpftrace timing the same waits), and the log2 rows both are compared in.
+Also installed into the VM guests beside guest_checks.py."""
 
 from __future__ import annotations
 
@@ -7,15 +8,40 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 RUNQLAT = Path("/usr/sbin/runqlat")  # Debian's libbpf-tools
 _ROW = re.compile(r"^\s*(\d+)\s*->\s*(\d+)\s*:\s*(\d+)\s*\|", re.MULTILINE)
+_BPFTRACE_ROW = re.compile(r"^\[(\d+)([KMG]?)(?:, \d+[KMG]?\))?\]?[ \t]+(\d+)", re.MULTILINE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+# The seed's runqlat.bt without its #include (the guests have no kernel headers): TASK_RUNNING
+# is 0. It says "Tracing" once every probe is attached, and prints @usecs when it exits.
+RUNQLAT_BT = """
+BEGIN { printf("Tracing\\n"); }
+tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new { @q[args->pid] = nsecs; }
+tracepoint:sched:sched_switch {
+  if (args->prev_state == 0 && args->prev_pid != 0) { @q[args->prev_pid] = nsecs; }
+  $ns = @q[args->next_pid];
+  if ($ns) { @usecs = hist((nsecs - $ns) / 1000); }
+  delete(@q[args->next_pid]);
+}
+interval:s:SECONDS { exit(); }
+END { clear(@q); }
+"""
 
 
 def runqlat_rows(text: str) -> Dict[int, int]:
     """Parse runqlat's histogram: each row's lower bound in µs (0, 2, 4, 8, ...) -> count."""
     return {int(low): int(count) for low, _, count in _ROW.findall(text)}
+
+
+def bpftrace_rows(text: str) -> Dict[int, int]:
+    """Parse bpftrace's hist(): [0], [1], [2, 4), ... [1K, 2K) -> runqlat's rows, by lower bound."""
+    rows: Dict[int, int] = {}
+    for low, unit, count in _BPFTRACE_ROW.findall(text):
+        row = row_of(int(low) * _UNITS[unit])
+        rows[row] = rows.get(row, 0) + int(count)
+    return rows
 
 
 def row_of(us: int) -> int:
@@ -60,18 +86,46 @@ def rows_apart(a: Optional[int], b: Optional[int]) -> int:
     return abs(max(a, 1).bit_length() - max(b, 1).bit_length())
 
 
+# Host-wide, over the same seconds: how far the agent's count may be from the peer's, and the
+# share of the samples the two may place in different rows (those on an edge, and the few
+# the machine adds at either end while one side reads and the other does not yet).
+COUNT_APART = 0.05
+ROWS_APART = 0.15
+
+
+def agreement(mine: Mapping[int, int], theirs: Mapping[int, int]) -> Tuple[bool, str]:
+    """Whether two histograms of the same seconds agree: as many samples (within COUNT_APART),
+    the median and the 99th percentile in the same or a neighbouring row, and all but
+    ROWS_APART of the samples in the same rows. Returns the verdict and what was compared."""
+    count, their_count = sum(mine.values()), sum(theirs.values())
+    medians = [(percentile_row(mine, p), percentile_row(theirs, p)) for p in (50, 99)]
+    apart = share_apart(mine, theirs)
+    ok = (their_count > 0 and abs(count - their_count) <= COUNT_APART * their_count
+          and all(rows_apart(a, b) <= 1 for a, b in medians) and apart <= ROWS_APART)
+    detail = (f"agent {count} waits, p50 row {medians[0][0]}, p99 row {medians[1][0]}; peer "
+              f"{their_count} waits, p50 row {medians[0][1]}, p99 row {medians[1][1]}; "
+              f"{apart:.1%} of the samples in other rows; agent rows {sorted(mine.items())}, "
+              f"peer rows {sorted(theirs.items())}")
+    return ok, detail
+
+
 class Runqlat:
-    """runqlat attached for one interval of ``seconds``, only to ``pid``'s tasks if given.
+    """runqlat attached for one interval of ``seconds``, only to ``pid``'s tasks if given; with
+    ``bpftrace``, RUNQLAT_BT under bpftrace instead (host-wide only).
 
     ``attached()`` returns once it traces (it says so before its interval starts);
     ``rows()`` waits for the interval's histogram. Always used as a context manager: the
     process is stopped however the test ends.
     """
 
-    def __init__(self, seconds: int, pid: Optional[int] = None):
-        # Line-buffered: on a pipe it would hold even its "Tracing" line until it exits.
-        args = ["stdbuf", "-oL", str(RUNQLAT)] + (["-p", str(pid)] if pid else []) + \
-            [str(seconds), "1"]
+    def __init__(self, seconds: int, pid: Optional[int] = None, bpftrace: bool = False):
+        if bpftrace:
+            args = ["bpftrace", "-B", "line", "-e", RUNQLAT_BT.replace("SECONDS", str(seconds))]
+        else:
+            # Line-buffered: on a pipe it would hold even its "Tracing" line until it exits.
+            args = ["stdbuf", "-oL", str(RUNQLAT)] + (["-p", str(pid)] if pid else []) + \
+                [str(seconds), "1"]
+        self.parse = bpftrace_rows if bpftrace else runqlat_rows
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.seconds = seconds
@@ -92,7 +146,7 @@ class Runqlat:
         if self.proc.wait(timeout=30) != 0:
             raise AssertionError(f"runqlat failed ({self.proc.returncode}): "
                                  f"{self.proc.stderr.read()}")
-        return runqlat_rows(out)
+        return self.parse(out)
 
     def __enter__(self) -> Runqlat:
         return self

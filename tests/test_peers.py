@@ -2,7 +2,8 @@
 
 import pytest
 
-from peers import percentile_row, rows_apart, rows_of_log2, runqlat_rows, share_apart, row_of
+from peers import (agreement, bpftrace_rows, percentile_row, row_of, rows_apart, rows_of_log2, runqlat_rows,
+                   share_apart)
 
 RUNQLAT_OUTPUT = """Tracing run queue latency... Hit Ctrl-C to end.
 
@@ -47,3 +48,34 @@ def test_rows_apart(a, b, apart):
     ({0: 1, 2: 3}, {0: 3, 2: 1}, 0.5)])
 def test_share_apart(a, b, share):
     assert share_apart(a, b) == pytest.approx(share)
+
+
+BPFTRACE_OUTPUT = """Attaching 5 probes...
+Tracing
+
+
+@usecs:
+[0]                    3 |@@@                                                 |
+[1]                    4 |@@@@                                                |
+[2, 4)                 5 |@@@@@                                               |
+[4, 8)                 0 |                                                    |
+[1K, 2K)               2 |@@                                                  |
+[2M, 4M)               1 |@                                                   |
+"""
+
+
+def test_bpftrace_rows_fold_into_runqlats():
+    assert bpftrace_rows(BPFTRACE_OUTPUT) == {0: 7, 2: 5, 4: 0, 1024: 2, 2 << 20: 1}
+
+
+@pytest.mark.parametrize("mine, theirs, ok", [
+    ({4: 500, 8: 500}, {4: 500, 8: 500}, True),
+    ({4: 520, 8: 500}, {4: 500, 8: 500}, True),
+    ({4: 600, 8: 500}, {4: 500, 8: 500}, False),            # 10 % more samples
+    ({0: 450, 4: 50, 8: 500}, {4: 500, 8: 500}, False),     # 45 % of them under 2 µs instead
+    ({4: 900, 8: 100}, {8: 900, 16: 100}, False),           # one row down throughout
+    ({4: 940, 2048: 60}, {4: 940, 8: 60}, False),            # the p99 far apart
+    ({}, {}, False),
+])
+def test_agreement(mine, theirs, ok):
+    assert agreement(mine, theirs)[0] is ok

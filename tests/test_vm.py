@@ -45,7 +45,8 @@ OPERATOR_CHECKS = ["old-running"] + [
     "purge-removed"]
 CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69", "no-headers",
           "series-arrived",
-          "service-series", "accuracy", "physics", "culprit", "series-stamps", "series-order", "series-rates",
+          "service-series", "accuracy", "physics", "culprit", "peer", "series-stamps",
+          "series-order", "series-rates",
           "series-slots", "reload",
           "reload-frequency", "security-score", "no-restarts", "watchdog", "bpf-programs",
           "clean-stop", "config-error", "config-error-message", "missing-header-69",

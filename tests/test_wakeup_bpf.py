@@ -25,7 +25,8 @@ from gsender_bcc.config import Config
 from gsender_bcc.histogram import log2_counts
 from gsender_bcc.readings import delta
 from gsender_bcc.probe import Probe
-from peers import RUNQLAT, Runqlat, percentile_row, rows_apart, rows_of_log2, share_apart
+from peers import (RUNQLAT, ROWS_APART, Runqlat, agreement, percentile_row, rows_apart,
+                   rows_of_log2, share_apart)
 from test_probe_bpf import settings_for
 
 pytestmark = pytest.mark.bpf
@@ -35,9 +36,6 @@ GAP_US = 1000  # between writes: the wakee is back in read() long before the nex
 WAKEE_CPU, WAKER_CPU = 1, 0
 # A wait both tracers time lands on either side of a row's edge at most this often.
 EDGE_SHARE = 0.05
-# The share of the samples the agent and runqlat may place in different log2 rows: those on
-# an edge, and those a few hundred of the machine's waits add or take at each end.
-ROWS_APART = 0.15
 
 
 @pytest.fixture(scope="session")
@@ -131,10 +129,10 @@ PEER_SECONDS = 5
 
 @pytest.mark.parametrize("load", ["idle", "mixed"])
 def test_the_host_series_agree_with_runqlat_over_the_same_seconds(load, wakeup, cgroup_factory):
-    """The agent at its defaults and runqlat, attached at once: as many waits (within 5 %), the
-    median and the 99th percentile in the same or a neighbouring log2 row, and the samples in
-    the same rows but for ROWS_APART of them. Mixed: a busy loop and two sleepers on each CPU,
-    and the pipe's round trips beside them."""
+    """The agent at its defaults and runqlat, attached at once, agree (peers.agreement: as many
+    waits, the median and the 99th percentile in the same or a neighbouring log2 row, the
+    samples in the same rows). Mixed: a busy loop and two sleepers on each CPU, and the pipe's
+    round trips beside them."""
     needs_peer_and_cpus()
     pipe = None
     if load == "mixed":
@@ -160,13 +158,6 @@ def test_the_host_series_agree_with_runqlat_over_the_same_seconds(load, wakeup, 
             pipe.kill()
             pipe.wait()
     host = delta(probe.layout, first, last, PEER_SECONDS).host
-    mine = rows_of_log2(log2_counts(probe.layout, host.slots))
-    their_count = sum(theirs.values())
-    report = (f"{load}: agent {host.count} waits, rows {sorted(mine.items())}; runqlat "
-              f"{their_count} waits, rows {sorted(theirs.items())}")
-    print(report)
-    assert their_count > 0 and abs(host.count - their_count) <= 0.05 * their_count, report
-    for percent in (50, 99):
-        assert rows_apart(percentile_row(mine, percent), percentile_row(theirs, percent)) <= 1, \
-            f"p{percent}: {report}"
-    assert share_apart(mine, theirs) <= ROWS_APART, report
+    ok, detail = agreement(rows_of_log2(log2_counts(probe.layout, host.slots)), theirs)
+    print(f"{load}: {detail}")
+    assert ok, f"{load}: {detail}"

@@ -183,6 +183,14 @@ said=$(helper culprit "$whisper_dir" --from "$start_boundary" --until "$last" \
 	--service "${busy%.service}" --culprit "${burn%.service}")
 check culprit $? "service.${busy%.service}: ${said#VMCHECK culprit [A-Z]* }"
 
+# The same waits as a peer's over the same seconds, with the busy unit running: libbpf-tools'
+# runqlat, or bpftrace's where the release has no libbpf-tools (bullseye).
+systemctl start "$busy"
+said=$(helper peer --seconds 20)
+code=$?
+systemctl stop "$busy"
+check peer $code "${said#VMCHECK peer [A-Z]* }"
+
 # Plausible series: every interval since the start, before the reload.
 helper series "$whisper_dir" --frequency $f --from 0 --until "$(date +%s)" > "$out"
 

@@ -458,6 +458,29 @@ def agent_programs(listing: list, pid: int, fdinfo: Sequence[int]) -> Tuple[List
 
 # ---- command line -------------------------------------------------------------------------
 
+def check_peer(seconds: int) -> Tuple[bool, str]:
+    """The agent's program, loaded here from the installed package at its defaults, and the
+    peer (libbpf-tools' runqlat, or where the release has none, the seed's runqlat.bt under
+    bpftrace) over the same seconds agree as on the build host (peers.agreement)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import peers
+    from gsender_bcc.config import Config
+    from gsender_bcc.histogram import log2_counts
+    from gsender_bcc.probe import Probe
+    from gsender_bcc.readings import delta
+    bpftrace = not peers.RUNQLAT.exists()
+    with Probe(Config()) as probe, peers.Runqlat(seconds, bpftrace=bpftrace) as peer:
+        peer.attached(timeout=240)
+        first = probe.read_snapshot()
+        theirs = peer.rows()
+        last = probe.read_snapshot()
+    host = delta(probe.layout, first, last, seconds).host
+    ok, detail = peers.agreement(peers.rows_of_log2(log2_counts(probe.layout, host.slots)),
+                                 theirs)
+    return ok, f"{'bpftrace runqlat.bt' if bpftrace else 'libbpf-tools runqlat'}, {seconds}s: " \
+               f"{detail}"
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
@@ -479,6 +502,7 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--measured", default="")
         p.add_argument("--culprit", default="")
     sub.add_parser("progs").add_argument("--pid", type=int, required=True)
+    sub.add_parser("peer").add_argument("--seconds", type=int, default=20)
     sub.add_parser("loaded").add_argument("ids", type=int, nargs="*")
     args = parser.parse_args(argv)
 
@@ -493,6 +517,10 @@ def main(argv: Sequence[str]) -> int:
         present = {p["id"] for p in bpftool_programs()}
         print(" ".join(str(i) for i in args.ids if i in present))
         return 0
+    if args.what == "peer":
+        ok, detail = check_peer(args.seconds)
+        print(verdict("peer", ok, detail))
+        return 0 if ok else 1
     if args.what == "stamps":
         print(" ".join(str(i.stamp) for i in read_intervals(args.directory, args.since)))
         return 0

@@ -33,6 +33,12 @@ cache=${GSENDER_VM_CACHE:-/var/cache/gsender-bcc-vm}
 boot_timeout=${GSENDER_VM_TIMEOUT:-1200}
 base_packages=(systemd systemd-sysv udev dbus linux-image-cloud-amd64
 	initramfs-tools kmod procps graphite-carbon python3-whisper bpftool)
+# The peer the agreement check runs beside the agent (guest-check.sh: peer): libbpf-tools'
+# runqlat where the release packages it, bpftrace where it does not (bullseye).
+case $suite in
+	bullseye) base_packages+=(bpftrace) ;;
+	*) base_packages+=(libbpf-tools) ;;
+esac
 # What the .deb depends on: downloaded into the base, installed only with the .deb.
 agent_dependencies=(python3-bpfcc python3-systemd)
 # What a stock host lacks and the .deb must not bring.
@@ -192,6 +198,7 @@ grep -qx 'MAX_CREATES_PER_MINUTE = inf' "$root/etc/carbon/carbon.conf" \
 install -m 0755 "$here/guest-check.sh" "$root/usr/local/sbin/gsender-vm-check"
 install -m 0755 "$here/guest-busy.sh" "$root/usr/local/sbin/gsender-vm-busy"
 install -D -m 0644 "$here/guest_checks.py" "$root/usr/local/lib/gsender-vm/guest_checks.py"
+install -m 0644 "$here/../peers.py" "$root/usr/local/lib/gsender-vm/peers.py"
 install -m 0644 "$here/gsender-vm-check.service" "$here/gsender-vm-busy.service" \
 	"$here/gsender-vm-burn.service" "$root/etc/systemd/system/"
 echo gsender-vm > "$root/etc/hostname"
