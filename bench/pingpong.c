@@ -6,6 +6,7 @@
  * usage: pingpong ROUNDS [CPU]
  */
 #define _GNU_SOURCE
+#include "pin.h"
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
@@ -14,18 +15,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-static void pin(int cpu)
-{
-	cpu_set_t set;
-
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	if (sched_setaffinity(0, sizeof(set), &set) != 0) {
-		perror("sched_setaffinity");
-		exit(1);
-	}
-}
 
 static void move_byte(int from, int to)
 {

@@ -134,12 +134,12 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         warn_about_local_schema(config)
 
-    from . import probe
+    from . import probe, program
     from .daemon import HANDLED_SIGNALS, Daemon
     from .notify import notifier_from_environment
 
     if args.dump_bpf:
-        sys.stdout.write(probe.render_source(probe.compile_settings(config)))
+        sys.stdout.write(program.render_source(program.compile_settings(config)))
         return 0
     if args.top:
         from . import top

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, Optional
 
-from . import btf, cgroups, program, tracefs
+from . import program
 from .config import Config
 from .errors import EX_NOPERM, EX_UNAVAILABLE, AgentError
 from .histogram import Counts, Layout, empty_counts, sum_counts
@@ -159,58 +159,6 @@ def release_compiler_memory() -> None:
         pass
 
 
-def _classic_settings(**common) -> program.ProgramSettings:
-    root = tracefs.tracefs_root()
-    tracefs.check_tracepoints(root)
-    return program.ProgramSettings(preempted_state=tracefs.read_preempted_state_bit(root), **common)
-
-
-def breakdown_possible(config: Config) -> bool:
-    """Tell whether the per-cgroup breakdown can run: asked for, and cgroup v2 mounted."""
-    if config.max_services == 0:
-        return False
-    if cgroups.v2_mount() is None:
-        log.info("cgroup v2 is not mounted (cgroup v1 only): the per-service breakdown is off; "
-                 "the host series are unchanged")
-        return False
-    return True
-
-
-def compile_settings(config: Config) -> program.ProgramSettings:
-    """Use raw tracepoints where the kernel's BTF describes task_struct, else classic ones.
-
-    Both time the same wait with the same handlers; raw ones cost less. ``config.tracepoints``
-    may force either kind; a forced kind that cannot work here is an AgentError naming why.
-    """
-    per_cgroup = breakdown_possible(config)
-    common = {"per_cgroup": per_cgroup, "culprits": per_cgroup and config.max_culprits > 0}
-    if config.tracepoints == "classic":
-        return _classic_settings(**common)
-    try:
-        return program.ProgramSettings(raw=btf.read_raw_layout(), **common)
-    except (OSError, ValueError, LookupError) as error:
-        why = f"{btf.VMLINUX}: {error}"
-    if config.tracepoints == "raw":
-        raise AgentError(f"raw tracepoints need the kernel's BTF ({why}): use --tracepoints "
-                         f"auto or classic", EX_UNAVAILABLE)
-    log.info("using classic tracepoints: cannot use raw ones (%s)", why)
-    return _classic_settings(**common)
-
-
-def render_source(settings: program.ProgramSettings) -> str:
-    """Return the C text that would be compiled, with its flags, for --dump-bpf."""
-    folder, tree = program.source_dir(), settings.include_tree
-    flags = " ".join(settings.cflags(folder))
-    parts = [f"/* compile flags: {flags} */",
-             f"/* include tree (BCC_KERNEL_SOURCE): {tree}; no kernel headers are read */"]
-    files = [*program.include_tree_files(tree), folder / program.HEADER_NAME,
-             folder / program.SOURCE_NAME]
-    for path in files:
-        parts.append(f"/* ---- {path} ---- */")
-        parts.append(path.read_text())
-    return "\n".join(parts)
-
-
 BATCH_ENTRIES = 256
 
 
@@ -286,7 +234,7 @@ class Probe:
     def __init__(self, config: Config, settings: Optional[program.ProgramSettings] = None):
         check_privileges()
         bcc = import_bcc()
-        self.settings = settings or compile_settings(config)
+        self.settings = settings or program.compile_settings(config)
         self.layout = program.installed_layout()
         folder = program.source_dir()
         with captured_stderr() as messages, compiling_against(self.settings.include_tree):

@@ -1,17 +1,23 @@
-"""The BPF program as installed with the package: its files, its constants, its compile flags."""
+"""The BPF program as installed with the package: its files, its constants, its compile flags,
+and which of them this host gets."""
 
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from . import tracefs
+from . import btf, cgroups, tracefs
 from .btf import RawLayout
+from .config import Config
+from .errors import EX_UNAVAILABLE, AgentError
 from .histogram import Layout
+
+log = logging.getLogger(__name__)
 
 SOURCE_NAME = "runqlat.c"
 HEADER_NAME = "runqlat.h"
@@ -170,3 +176,55 @@ class ProgramSettings:
         else:
             flags.append(f"-DPREEMPTED_STATE={self.preempted_state:#x}")
         return tuple(flags)
+
+
+def _classic_settings(**common) -> ProgramSettings:
+    root = tracefs.tracefs_root()
+    tracefs.check_tracepoints(root)
+    return ProgramSettings(preempted_state=tracefs.read_preempted_state_bit(root), **common)
+
+
+def breakdown_possible(config: Config) -> bool:
+    """Tell whether the per-cgroup breakdown can run: asked for, and cgroup v2 mounted."""
+    if config.max_services == 0:
+        return False
+    if cgroups.v2_mount() is None:
+        log.info("cgroup v2 is not mounted (cgroup v1 only): the per-service breakdown is off; "
+                 "the host series are unchanged")
+        return False
+    return True
+
+
+def compile_settings(config: Config) -> ProgramSettings:
+    """Use raw tracepoints where the kernel's BTF describes task_struct, else classic ones.
+
+    Both time the same wait with the same handlers; raw ones cost less. ``config.tracepoints``
+    may force either kind; a forced kind that cannot work here is an AgentError naming why.
+    """
+    per_cgroup = breakdown_possible(config)
+    common = {"per_cgroup": per_cgroup, "culprits": per_cgroup and config.max_culprits > 0}
+    if config.tracepoints == "classic":
+        return _classic_settings(**common)
+    try:
+        return ProgramSettings(raw=btf.read_raw_layout(), **common)
+    except (OSError, ValueError, LookupError) as error:
+        why = f"{btf.VMLINUX}: {error}"
+    if config.tracepoints == "raw":
+        raise AgentError(f"raw tracepoints need the kernel's BTF ({why}): use --tracepoints "
+                         f"auto or classic", EX_UNAVAILABLE)
+    log.info("using classic tracepoints: cannot use raw ones (%s)", why)
+    return _classic_settings(**common)
+
+
+def render_source(settings: ProgramSettings) -> str:
+    """Return the C text that would be compiled, with its flags, for --dump-bpf."""
+    folder, tree = source_dir(), settings.include_tree
+    flags = " ".join(settings.cflags(folder))
+    parts = [f"/* compile flags: {flags} */",
+             f"/* include tree (BCC_KERNEL_SOURCE): {tree}; no kernel headers are read */"]
+    files = [*include_tree_files(tree), folder / HEADER_NAME,
+             folder / SOURCE_NAME]
+    for path in files:
+        parts.append(f"/* ---- {path} ---- */")
+        parts.append(path.read_text())
+    return "\n".join(parts)

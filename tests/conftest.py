@@ -92,9 +92,9 @@ def program_ids_of(pid):
 
 def agent_program_count():
     """Return how many BPF programs the agent attaches here by default (one per tracepoint)."""
-    from gsender_bcc import probe
+    from gsender_bcc import program
     from gsender_bcc.config import Config
-    return len(probe.compile_settings(Config()).tracepoints)
+    return len(program.compile_settings(Config()).tracepoints)
 
 
 def wait_for_programs_of(pid, count, timeout=30.0):

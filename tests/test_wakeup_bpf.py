@@ -2,7 +2,7 @@
 
 A waker writes its CLOCK_MONOTONIC time into a pipe; the wakee, pinned to a CPU of its own
 (idle) or shared with a busy loop of the same nice (hog), takes the time it resumes
-(tests/load/wakeup.c). Each wait of the wakee's starts at the wakeup the write makes and ends
+(bench/wakeup.c). Each wait of the wakee's starts at the wakeup the write makes and ends
 before its read returns, so the wakee's total measured wait is at most Σ(resume − write), and
 it has one wait per write.
 
@@ -40,10 +40,11 @@ EDGE_SHARE = 0.05
 
 @pytest.fixture(scope="session")
 def wakeup(tmp_path_factory):
-    """tests/load/wakeup.c, compiled for this run."""
+    """bench/wakeup.c, compiled for this run."""
     binary = tmp_path_factory.mktemp("load") / "wakeup"
-    subprocess.run(["gcc", "-O2", "-o", str(binary),
-                    str(Path(__file__).parent / "load" / "wakeup.c")], check=True)
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(binary), str(bench / "wakeup.c")],
+                   check=True)
     return binary
 
 

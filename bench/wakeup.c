@@ -4,41 +4,25 @@
  * the time the wakee waited for its CPU: every such wait starts at the wakeup the write
  * makes and ends before the read returns.
  *
- * usage: wakeup ROUNDS WAKEE_CPU WAKER_CPU GAP_US [poll]
+ * usage: wakeup ROUNDS WAKEE_CPU WAKER_CPU GAP_US
  *
  * It forks the wakee, prints "wakee PID", and starts once a line arrives on stdin (so the
  * caller can move the wakee into a cgroup first). The waker writes every GAP_US µs, long
- * enough for the wakee to block again. With "poll" the wakee never blocks: it spins on a
- * non-blocking read, so resume - write is the cost of the two syscalls and the clock reads
- * alone, with no wakeup and no switch. At the end it prints "rounds N sum_ns S min_ns A":
+ * enough for the wakee to block again. At the end it prints "rounds N sum_ns S min_ns A":
  * the wakee keeps only running figures, so that after its last read it has next to nothing
  * left to do (and nothing to wait for) before it exits.
  */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
+#include "pin.h"
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-static void pin(int cpu)
-{
-	cpu_set_t set;
-
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	if (sched_setaffinity(0, sizeof(set), &set) != 0) {
-		perror("sched_setaffinity");
-		exit(1);
-	}
-}
 
 static uint64_t now_ns(void)
 {
@@ -48,34 +32,28 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-/* Read one stamp (8 bytes) as they come; return resume - stamp. */
-static uint64_t take(int fd, int poll)
+/* Read one stamp (8 bytes), blocking until it comes; return resume - stamp. */
+static uint64_t take(int fd)
 {
 	uint64_t stamp;
-	ssize_t got;
 
-	for (;;) {
-		got = read(fd, &stamp, sizeof(stamp));
-		if (got == sizeof(stamp))
-			return now_ns() - stamp;
-		if (!(poll && got < 0 && errno == EAGAIN)) {
-			perror("read");
-			exit(1);
-		}
+	if (read(fd, &stamp, sizeof(stamp)) != sizeof(stamp)) {
+		perror("read");
+		exit(1);
 	}
+	return now_ns() - stamp;
 }
 
 int main(int argc, char **argv)
 {
 	long rounds = argc > 4 ? atol(argv[1]) : 0;
-	int poll = argc > 5 && strcmp(argv[5], "poll") == 0;
 	int wakee_cpu, waker_cpu, stamps[2], results[2];
 	long gap_us;
 	char line[64];
 	pid_t child;
 
 	if (rounds <= 0 || pipe(stamps) || pipe(results)) {
-		fprintf(stderr, "usage: wakeup ROUNDS WAKEE_CPU WAKER_CPU GAP_US [poll]\n");
+		fprintf(stderr, "usage: wakeup ROUNDS WAKEE_CPU WAKER_CPU GAP_US\n");
 		return 2;
 	}
 	wakee_cpu = atoi(argv[2]);
@@ -93,10 +71,8 @@ int main(int argc, char **argv)
 		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1)
 			exit(1);
 		pin(wakee_cpu);
-		if (poll && fcntl(stamps[0], F_SETFL, O_NONBLOCK) != 0)
-			exit(1);
 		for (long i = 0; i < rounds; i++) {
-			uint64_t took = take(stamps[0], poll);
+			uint64_t took = take(stamps[0]);
 
 			sum += took;
 			if (took < least)
