@@ -86,6 +86,9 @@ class FakeTree:
     def directories(self, service):
         return []
 
+    def tags(self, service):
+        return (("runtime", "docker"),) if service.startswith("docker_") else ()
+
 
 class FakeClock:
     def __init__(self):
