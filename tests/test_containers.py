@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gsender_bcc import metrics
-from gsender_bcc.cgroups import CgroupTree
+from gsender_bcc.cgroups import CgroupTree, PressureReader
 from gsender_bcc.containers import ContainerNames, Found, Roots, k8s_field, recognise, workload
 from gsender_bcc.metrics import ServiceStats, to_datapoints
 from gsender_bcc.histogram import IntervalStats
@@ -321,15 +321,24 @@ class TestAdversarial:
         assert set(names_of(tree, mount).values()) == names
 
 
-def test_a_thousand_containers_are_named_in_one_walk_quickly(tmp_path):
+def test_a_thousand_containers_are_named_and_read_quickly(tmp_path):
+    """The walk naming 1000 containers, and each interval's read of their 1000 services'
+    cpu.pressure and cpu.stat, stay well within an interval."""
     mount, files = tmp_path / "cgroup", tmp_path / "files"
     for k in range(1000):
         ident = f"{k:064x}"
-        (mount / f"system.slice/docker-{ident}.scope").mkdir(parents=True)
+        scope = mount / f"system.slice/docker-{ident}.scope"
+        scope.mkdir(parents=True)
+        (scope / "cpu.pressure").write_text(f"some avg10=0.00 avg60=0.00 avg300=0.00 total={k}\n")
+        (scope / "cpu.stat").write_text(f"usage_usec 9\nthrottled_usec {k}\n")
         docker_config(files, ident, f"app{k}")
     tree = CgroupTree(mount, owner=lambda path: 0,
                       containers=ContainerNames(Roots(docker=str(files / "docker"))))
     started = time.monotonic()
-    names = set(names_of(tree, mount).values())
-    assert time.monotonic() - started < 5
-    assert len({n for n in names if n.startswith("docker_app")}) == 1000
+    names = {n for n in names_of(tree, mount).values() if n.startswith("docker_app")}
+    assert time.monotonic() - started < 5 and len(names) == 1000
+    reader = PressureReader(tree)
+    reader.read(names, 5.0)
+    started = time.monotonic()
+    figures = reader.read(names, 5.0)
+    assert time.monotonic() - started < 1 and len(figures) == 1000
