@@ -342,3 +342,14 @@ def test_a_thousand_containers_are_named_and_read_quickly(tmp_path):
     started = time.monotonic()
     figures = reader.read(names, 5.0)
     assert time.monotonic() - started < 1 and len(figures) == 1000
+
+
+def test_top_shows_the_container_names():
+    from gsender_bcc.top import render
+    stats = IntervalStats(1.0, 50, 0, 30.0, ((50, 30.0), (90, 40.0), (99, 50.0)), 60.0, (),
+                          1_500_000)
+    rows = [ServiceStats(name, stats) for name in ("k8s_shop_web_nginx", "podman_burn1",
+                                                   "user-1000_podman_rburn")]
+    screen = "\n".join("".join(text for text, _ in line)
+                       for line in render(stats, rows, 100, 24, "name"))
+    assert all(row.name in screen for row in rows)
