@@ -163,9 +163,9 @@ def name_tags(name: str) -> Tags:
     if runtime not in RUNTIMES or not rest:
         return ()
     fields = rest.split("_")
-    if runtime == "k8s" and len(fields) == 3:
+    if runtime == "k8s":
         return (("runtime", runtime), ("namespace", fields[0]), ("workload", fields[1]),
-                ("container", fields[2]))
+                ("container", fields[2])) if len(fields) == 3 else (("runtime", runtime),)
     return (("runtime", runtime), ("container", rest[:MAX_FIELD_CHARS]))
 
 

@@ -179,6 +179,8 @@ def test_every_runtime_named_from_its_files(host):
     assert tree.tags("user-1000_podman_toolbox") == (
         ("runtime", "podman"), ("container", "toolbox"), ("user", "1000"))
     assert tree.tags("nginx") == () and tree.tags("_docker_web") == ()
+    assert tree.tags("k8s_pod-0f1e2d3c4b5a") == (("runtime", "k8s"),)
+    assert tree.tags("docker_my_app") == (("runtime", "docker"), ("container", "my_app"))
 
 
 def test_names_survive_restart_and_recreation_and_files_are_read_for_new_ids(host):
