@@ -51,9 +51,10 @@ CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69",
           "clean-stop", "config-error", "config-error-message", "missing-header-69",
           "service-classic-refused", "security-score-classic", "service-classic", "purge"]
 # The container checks (tests/vm/guest-containers.sh) run in the bookworm guest alone, which
-# gets podman (GSENDER_VM_CONTAINERS=1): one more boot would cost the suite more than they do.
+# gets podman and docker.io (GSENDER_VM_CONTAINERS=1): one more boot would cost the suite more than they do.
 CONTAINERS = "bookworm"
-CONTAINER_CHECKS = ["containers-podman", "containers-restart", "containers-recreate",
+CONTAINER_CHECKS = ["containers-podman", "containers-podman-restart", "containers-podman-recreate",
+                    "containers-docker", "containers-docker-restart", "containers-docker-recreate",
                     "containers-rootless", "containers-k8s"]
 SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or RELEASES
 BOOTED = [r for r in RELEASES if r in SELECTED]

@@ -1,8 +1,11 @@
-# Sourced by gsender-vm-check in the guest that has podman (run-vm.sh GSENDER_VM_CONTAINERS=1):
-# containers and Kubernetes pods named by the running agent. Uses guest-check.sh's helpers.
+# Sourced by gsender-vm-check in the guest that has podman and docker (run-vm.sh
+# GSENDER_VM_CONTAINERS=1): containers and Kubernetes pods named by the running agent. Uses
+# guest-check.sh's helpers.
 #   containers-podman     two named rootful containers burning CPU: their series carry their names
-#   containers-restart    `podman restart`: the same series go on
-#   containers-recreate   `podman rm` + `run` with the same name (a new id): the same series
+#   containers-podman-restart   `podman restart`: the same series go on
+#   containers-podman-recreate  `podman rm` + `run` with the same name (a new id): the same series
+#   containers-docker, containers-docker-restart, containers-docker-recreate: the same with
+#                         docker.io (dockerd started here, without networking)
 #   containers-rootless   a rootless container of a user with a delegated slice:
 #                         user-<uid>_podman_<name>
 #   containers-k8s        the kubelet's layout built by hand (cgroups under kubepods.slice,
@@ -18,14 +21,15 @@ named_since() { # named_since NAME T SERVICE...: one check, waiting up to 60 s f
 	helper named "$whisper_dir" --since "$since" --service "$*" --name "$name" > "$out"
 }
 podman_as() { # podman_as USER ARGS...: podman as USER (root: as is), its errors on the console
+	# (ctl=docker: docker, as root)
 	local user=$1; shift
 	if [ "$user" = root ]; then
-		timeout 300 podman "$@" 2> /root/vm-podman.err
+		timeout 300 "${ctl:-podman}" "$@" 2> /root/vm-podman.err
 	else
 		timeout 300 runuser -u "$user" -- env XDG_RUNTIME_DIR="/run/user/$(id -u "$user")" \
 			DBUS_SESSION_BUS_ADDRESS="unix:path=/run/user/$(id -u "$user")/bus" \
 			sh -c 'cd && exec podman "$@"' podman "$@" 2> /root/vm-podman.err
-	fi || { log_text "podman $*" "$(cat /root/vm-podman.err)"; return 1; }
+	fi || { log_text "${ctl:-podman} $*" "$(cat /root/vm-podman.err)"; return 1; }
 }
 import_busybox() { # import_busybox USER: the image, from a tarball of busybox-static made here
 	local tree
@@ -35,8 +39,11 @@ import_busybox() { # import_busybox USER: the image, from a tarball of busybox-s
 	rm -rf "$tree"
 	podman_as "$1" import /tmp/gsender-vm-busybox.tar "$image" > /dev/null
 }
-burn() { # burn USER NAME: a container named NAME burning CPU
-	podman_as "$1" run -d --name "$2" --network none "$image" /bin/busybox sh -c "$loop" > /dev/null
+burn() { # burn USER NAME: a container named NAME burning CPU (docker: no AppArmor profile, as
+	# the guest has no apparmor_parser to load docker's with)
+	podman_as "$1" run -d --name "$2" --network none \
+		$([ "${ctl:-podman}" = docker ] && echo --security-opt apparmor=unconfined) \
+		"$image" /bin/busybox sh -c "$loop" > /dev/null
 }
 
 # The agent names rootless containers from the user's storage under its home: the drop-in that
@@ -49,17 +56,30 @@ systemctl reset-failed "$unit" 2>/dev/null
 timeout 300 systemctl start "$unit"
 wait_for 150 systemctl is-active --quiet "$unit" || log_tail
 
-step=$(date +%s)
-import_busybox root && burn root burn1 && burn root burn2
-named_since containers-podman "$step" podman_burn1 podman_burn2
-step=$(date +%s)
-podman_as root restart -t 1 burn1 > /dev/null
-named_since containers-restart "$step" podman_burn1
-podman_as root rm -f -t 1 burn1 > /dev/null
-step=$(date +%s)
-burn root burn1
-named_since containers-recreate "$step" podman_burn1 podman_burn2
-podman_as root rm -f -t 1 burn1 burn2 > /dev/null
+rootful() { # rootful RUNTIME CHECK-PREFIX: two named containers, a restart, a re-creation
+	local ctl=$1 step rm_time=
+	[ "$ctl" = podman ] && rm_time="-t 1"  # docker rm -f kills at once; podman waits 10 s
+	step=$(date +%s)
+	import_busybox root && burn root burn1 && burn root burn2
+	named_since "$2" "$step" "${1}_burn1" "${1}_burn2"
+	step=$(date +%s)
+	podman_as root restart -t 1 burn1 > /dev/null
+	named_since "$2-restart" "$step" "${1}_burn1"
+	podman_as root rm -f $rm_time burn1 > /dev/null
+	# Only intervals that began after the removal (at most 3 s long) count: the new burn1's.
+	step=$(( $(date +%s) + 4 ))
+	burn root burn1
+	named_since "$2-recreate" "$step" "${1}_burn1" "${1}_burn2"
+	podman_as root rm -f $rm_time burn1 burn2 > /dev/null
+}
+rootful podman containers-podman
+# docker.io: its daemons are kept from starting at boot (run-vm.sh); no bridge, no iptables.
+mkdir -p /etc/docker
+printf '{"bridge": "none", "iptables": false, "ip6tables": false}\n' > /etc/docker/daemon.json
+timeout 300 systemctl start containerd.service docker.service \
+	|| log_text "dockerd" "$(journalctl -u docker.service -n 20 --no-pager -o cat)"
+rootful docker containers-docker
+timeout 120 systemctl stop docker.socket docker.service containerd.service
 
 # Rootless: a user whose user@.service systemd starts at boot (lingering), so its slice is
 # delegated to it; podman puts the container in a scope below it.
