@@ -55,7 +55,7 @@ CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69",
 CONTAINERS = "bookworm"
 CONTAINER_CHECKS = ["containers-podman", "containers-podman-restart", "containers-podman-recreate",
                     "containers-docker", "containers-docker-restart", "containers-docker-recreate",
-                    "containers-rootless", "containers-k8s"]
+                    "containers-rootless", "containers-adversarial", "containers-k8s"]
 SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or RELEASES
 BOOTED = [r for r in RELEASES if r in SELECTED]
 

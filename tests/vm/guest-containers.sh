@@ -8,9 +8,11 @@
 #                         docker.io (dockerd started here, without networking)
 #   containers-rootless   a rootless container of a user with a delegated slice:
 #                         user-<uid>_podman_<name>
+#   containers-adversarial  docker containers named nginx and root: in docker's names, no nginx
+#                         series, at most one warning from the agent
 #   containers-k8s        the kubelet's layout built by hand (cgroups under kubepods.slice,
-#                         /var/log/pods, /var/log/containers), processes in it:
-#                         k8s_<namespace>_<workload>_<container> and ..._POD
+#                         /var/log/pods, /var/log/containers with a symlink loop), processes
+#                         in it: k8s_<namespace>_<workload>_<container> and ..._POD
 # Each waits for the samples of the services it expects since its step began, and fails on any
 # series named after a container's id.
 loop='while :; do :; done'
@@ -53,6 +55,7 @@ printf '[Service]\nProtectHome=read-only\nCapabilityBoundingSet=CAP_DAC_READ_SEA
 	> "/etc/systemd/system/$unit.d/rootless.conf"
 systemctl daemon-reload
 systemctl reset-failed "$unit" 2>/dev/null
+agent_started=$(date +%s)
 timeout 300 systemctl start "$unit"
 wait_for 150 systemctl is-active --quiet "$unit" || log_tail
 
@@ -79,7 +82,6 @@ printf '{"bridge": "none", "iptables": false, "ip6tables": false}\n' > /etc/dock
 timeout 300 systemctl start containerd.service docker.service \
 	|| log_text "dockerd" "$(journalctl -u docker.service -n 20 --no-pager -o cat)"
 rootful docker containers-docker
-timeout 120 systemctl stop docker.socket docker.service containerd.service
 
 # Rootless: a user whose user@.service systemd starts at boot (lingering), so its slice is
 # delegated to it; podman puts the container in a scope below it.
@@ -90,6 +92,27 @@ step=$(date +%s)
 import_busybox tester && burn tester rburn
 named_since containers-rootless "$step" user-1000_podman_rburn
 podman_as tester rm -f -t 1 rburn > /dev/null
+
+# Adversarial names: docker containers named nginx and root stay in docker's names; the guest
+# has no nginx unit, so any nginx series would be a crossing. The agent starts afresh, so that
+# its warnings since then are these containers'.
+agent_started=$(date +%s)
+timeout 300 systemctl restart "$unit"
+wait_for 150 systemctl is-active --quiet "$unit" || log_tail
+step=$(date +%s)
+ctl=docker burn root nginx && ctl=docker burn root root
+wait_for 60 helper named "$whisper_dir" --since "$step" --service "docker_nginx docker_root" > /dev/null
+said=$(helper named "$whisper_dir" --since "$step" --name containers-adversarial \
+	--service "docker_nginx docker_root")
+ok=$?
+crossed=$( (ls -d "$whisper_dir/service/nginx" 2>/dev/null; ls "$whisper_dir/service" \
+	| grep -v '^[A-Za-z0-9_-]*$') | tr '\n' ' ')
+# The containers module's warnings say "named by their short id".
+warnings=$(journalctl -u "$unit" --since "@$agent_started" -o cat | grep -c 'short id\|Traceback')
+[ $ok -eq 0 ] && [ -z "$crossed" ] && [ "$warnings" -le 1 ] && systemctl is-active --quiet "$unit"
+check containers-adversarial $? "${said#VMCHECK containers-adversarial [A-Z]* }; crossed: ${crossed:-none}; agent warnings: $warnings; agent $(prop ActiveState)"
+ctl=docker podman_as root rm -f nginx root > /dev/null
+timeout 120 systemctl stop docker.socket docker.service containerd.service
 
 # Kubernetes, by hand: a pod of the Deployment web in namespace shop, its pause container and
 # its nginx container (both busy loops), under the systemd driver's slices.
@@ -102,6 +125,10 @@ mkdir -p "$slice/cri-containerd-$pause_id.scope" "$slice/cri-containerd-$nginx_i
 echo "2026-12-07T01:00:00Z stdout F started" > "/var/log/pods/shop_${pod}_$uid/nginx/0.log"
 ln -sf "/var/log/pods/shop_${pod}_$uid/nginx/0.log" \
 	"/var/log/containers/${pod}_shop_nginx-$nginx_id.log"
+# A symlink loop among the kubelet's links, named like one of them, and a directory loop.
+ln -sf "loop_shop_b-$pause_id.log" "/var/log/containers/loop_shop_a-$pause_id.log"
+ln -sf "loop_shop_a-$pause_id.log" "/var/log/containers/loop_shop_b-$pause_id.log"
+ln -sfn /var/log/containers /var/log/containers/self
 k8s_pids=
 for scope in "cri-containerd-$pause_id.scope" "cri-containerd-$nginx_id.scope"; do
 	sh -c 'echo $$ > "$1/cgroup.procs" && exec sh -c "$2"' sh "$slice/$scope" "$loop" &
