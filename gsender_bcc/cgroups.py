@@ -20,6 +20,12 @@ given a leading ``_``. So a user can neither write into a system service's serie
 nor take ``root`` or ``other``. A user gets at most MAX_NAMES_PER_USER names
 from one start of the agent to the next; the services it starts beyond them
 count as ``user-<uid>``. Names are cut to MAX_SERVICE_CHARS.
+
+A container's or Kubernetes pod's cgroup, and everything below it, is named by the
+containers module (``docker_<name>``, ``podman_<name>``, ``k8s_<namespace>_<workload>_<container>``,
+...; in a delegated subtree ``user-<uid>_`` before it). Only those names begin with a runtime
+(``docker``, ``podman``, ``containerd``, ``crio``, ``k8s``) followed by ``_``: a system or user
+service whose name would is given a leading ``_``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from .containers import RUNTIMES, ContainerNames, Tags
 from .metrics import MAX_SERVICE_CHARS
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,8 @@ MAX_CGROUPS_WALKED = 65536
 MAX_NAMES_PER_USER = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _USER_NAME = re.compile(r"user-[0-9]+(_|$)")
+_CONTAINER_NAME = re.compile(r"(%s)_" % "|".join(RUNTIMES))
+_USER_PREFIX = re.compile(r"user-([0-9]+)_")
 
 
 def unescape_mount_field(text: str) -> str:
@@ -79,7 +88,10 @@ def service_component(relative: str) -> Tuple[str, int]:
 def _series_name(component: str) -> str:
     if component.endswith(".service") and component != ".service":
         component = component[: -len(".service")]
-    return _UNSAFE.sub("_", component)
+    name = _UNSAFE.sub("_", component)
+    if _CONTAINER_NAME.match(name):  # that form is the containers' alone
+        name = "_" + name
+    return name
 
 
 def service_name(relative: str) -> str:
@@ -124,8 +136,10 @@ class CgroupTree:
     """Map cgroup ids to service names and directories by walking the v2 hierarchy."""
 
     def __init__(self, mount: Path, limit: int = MAX_CGROUPS_WALKED,
-                 owner: Callable[[str], int] = owner_uid):
+                 owner: Callable[[str], int] = owner_uid,
+                 containers: Optional[ContainerNames] = None):
         self.mount = mount
+        self.containers = containers or ContainerNames()
         self.limit = limit
         self._owner = owner
         self._names: Dict[int, Tuple[str, str]] = {}  # id -> (service, directory)
@@ -136,9 +150,9 @@ class CgroupTree:
     def __len__(self) -> int:
         return len(self._names)
 
-    def _user_name(self, uid: int, below: str) -> str:
-        """Name a cgroup of a delegated subtree, within the user's allowance of names."""
-        name, catch_all = user_service_name(uid, below), f"user-{uid}"
+    def _user_name(self, uid: int, name: str) -> str:
+        """Give a cgroup of a delegated subtree its name, within the user's allowance."""
+        catch_all = f"user-{uid}"
         known = self._user_names.setdefault(uid, set())
         if name == catch_all or name in known:
             return name
@@ -161,10 +175,13 @@ class CgroupTree:
             system_uid = self._owner(str(self.mount))
         except OSError:
             system_uid = 0
-        # (directory, its path from the mount, (uid, path of the top) if delegated)
-        pending: List[Tuple[Path, str, Optional[Tuple[int, str]]]] = [(self.mount, "", None)]
+        # (directory, its path from the mount, (uid, path of the top) if delegated, the
+        # container's name if the directory is in a container's cgroup)
+        pending: List[Tuple[Path, str, Optional[Tuple[int, str]], Optional[str]]] = [
+            (self.mount, "", None, None)]
+        self.containers.begin()
         while pending:
-            folder, relative, delegated = pending.pop()
+            folder, relative, delegated, container = pending.pop()
             try:
                 entries = list(os.scandir(folder))
             except OSError:
@@ -175,7 +192,8 @@ class CgroupTree:
                     if not entry.is_dir(follow_symlinks=False):
                         continue
                     inode = entry.inode()
-                    uid = self._owner(entry.path) if delegated is None else delegated[0]
+                    uid = self._owner(entry.path) \
+                        if delegated is None and container is None else None
                 except OSError:
                     continue
                 if len(names) >= self.limit:
@@ -185,16 +203,32 @@ class CgroupTree:
                         self._warned_limit = True
                     pending = []
                     break
-                within = delegated or ((uid, path) if uid != system_uid else None)
-                if within is None:
-                    name, naming = service_name(path), _names_service(path)
+                within = delegated or ((uid, path) if uid not in (system_uid, None) else None)
+                inside = container
+                if container is not None:  # below a system container: its name, whoever owns it
+                    name, naming = container, False
+                elif within is None:
+                    named = self.containers.name(path)
+                    if named is None:
+                        name, naming = service_name(path), _names_service(path)
+                    else:
+                        name, naming = named[0], named[1] == path.count("/")
+                        inside = name if naming and named[2] else None
                 else:
                     below = path[len(within[1]):]
-                    name, naming = self._user_name(uid, below), _names_service(below)
+                    named = self.containers.name(below, within[0])
+                    if named is None:
+                        name = self._user_name(within[0], user_service_name(within[0], below))
+                        naming = _names_service(below)
+                    else:
+                        name = self._user_name(within[0],
+                                               f"user-{within[0]}_{named[0]}"[:MAX_SERVICE_CHARS])
+                        naming = named[1] == below.count("/")
                 names[inode] = (name, entry.path)
                 if naming:  # this directory is the one naming the service
                     directories.setdefault(name, []).append(Path(entry.path))
-                pending.append((Path(entry.path), path, within))
+                pending.append((Path(entry.path), path, within, inside))
+        self.containers.end()
         self._names, self._directories = names, directories
 
     def _exists(self, cgroup: int) -> bool:
@@ -227,6 +261,14 @@ class CgroupTree:
 
     def directories(self, service: str) -> List[Path]:
         return self._directories.get(service, [])
+
+    def tags(self, service: str) -> Tags:
+        """A service's tags beside ``service`` under ``--tags``: a container's runtime, name
+        (Kubernetes: namespace, workload, container, pod), and ``user`` in a user's subtree."""
+        user = _USER_PREFIX.match(service)
+        inner = service[user.end():] if user else service
+        tags = self.containers.tags(inner) if _CONTAINER_NAME.match(inner) else ()
+        return tags + (("user", user.group(1)),) if user and tags else tags
 
 
 def _read_small(path: str) -> Optional[bytes]:

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Protocol, runtime_checkable
 from .cgroups import Resolved
 from .config import Config
 from .histogram import Layout
-from .metrics import Interval
+from .metrics import Interval, Tags
 from .program import ProgramSettings
 from .readings import Snapshot
 
@@ -48,6 +48,9 @@ class CgroupNames(Protocol):
 
     def directories(self, service: str) -> List[Path]:
         """Return the directories of the cgroups that name ``service``."""
+
+    def tags(self, service: str) -> Tags:
+        """Return the tags ``service``'s series carry beside ``service`` under ``--tags``."""
 
 
 @runtime_checkable

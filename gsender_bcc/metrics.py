@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .blame import MAX_CULPRIT_CHARS, Blame
@@ -25,6 +25,10 @@ TAGGED_PREFIX = "cpu-lat"
 MAX_PATH_CHARS = 1000
 MAX_HOST_CHARS = 64  # Linux's HOST_NAME_MAX: the short host name in a tag is cut to it
 MAX_SERVICE_CHARS = 255  # a service's series name, cut to this (one cgroup directory's name)
+# A container's tags beside service= (runtime, namespace, workload, container, pod, user),
+# each value cut to this; those a series has no room for (MAX_PATH_CHARS) are left off it.
+MAX_EXTRA_TAGS = 6
+MAX_TAG_VALUE_CHARS = 63
 SERVICE_FIGURES = ("pressure", "throttled_ms")  # per-service figures beside the statistics
 BLAME_FIGURES = ("behind_self_ms", "behind_others_ms", "caused_ms")  # with attribution
 OTHER_CULPRIT = "other"  # behind.other: the culprits not named, summed
@@ -58,6 +62,7 @@ class ServiceStats:
     stats: IntervalStats
     figures: Mapping[str, float] = field(default_factory=dict)
     blame: Optional[Blame] = None
+    tags: Tags = ()  # a container's, beside ``service`` under ``--tags`` (cgroups.CgroupTree.tags)
 
 
 def short_hostname(hostname: Optional[str] = None) -> str:
@@ -115,22 +120,39 @@ class _Namer:
             return self.point("bucket", rate, (("lower_us", str(lower_us)),))
         return self.point(str(lower_us), rate)
 
-    def service_stat(self, service: str, stat: str, value) -> Datapoint:
+    def service_stat(self, service: str, stat: str, value, extra: Tags = ()) -> Datapoint:
         if self.tagged:
-            return self.point(f"service.{stat}", value, (("service", tag_value(service)),))
+            return _with_extra(self.point(f"service.{stat}", value,
+                                          (("service", tag_value(service)),)), extra)
         return self.point(f"service.{service}.{stat}", value)
 
-    def behind(self, culprit: str, value, service: Optional[str] = None) -> Datapoint:
+    def behind(self, culprit: str, value, service: Optional[str] = None,
+               extra: Tags = ()) -> Datapoint:
         """A service's wait behind one culprit, or with ``service`` None the host's."""
         if self.tagged:
             tags = (("culprit", tag_value(culprit)),)
             if service is None:
                 return self.point("behind_ms", value, tags)
-            return self.point("service.behind_ms", value,
-                              tags + (("service", tag_value(service)),))
+            return _with_extra(self.point("service.behind_ms", value,
+                                          tags + (("service", tag_value(service)),)), extra)
         stat = f"behind.{culprit}_ms"
         return self.point(stat, value) if service is None else \
             self.service_stat(service, stat, value)
+
+
+def _with_extra(point: Datapoint, extra: Tags) -> Datapoint:
+    """A point with a service's own tags added (at most MAX_EXTRA_TAGS, each value cut to
+    MAX_TAG_VALUE_CHARS), in their order, as long as the series key stays within
+    MAX_PATH_CHARS: so the prefix's limit does not depend on them."""
+    room = MAX_PATH_CHARS - len(series_key(point))
+    tags = point.tags
+    for key, value in extra[:MAX_EXTRA_TAGS]:
+        value = tag_value(value)[:MAX_TAG_VALUE_CHARS]
+        if len(key) + len(value) + 2 > room:
+            break
+        room -= len(key) + len(value) + 2
+        tags += ((key, value),)
+    return replace(point, tags=tags)
 
 
 def _stat_values(stats: IntervalStats) -> List[Tuple[str, Union[int, float]]]:
@@ -143,13 +165,15 @@ def _stat_values(stats: IntervalStats) -> List[Tuple[str, Union[int, float]]]:
     return values
 
 
-def _blame_points(namer: _Namer, service: str, blame: Blame) -> List[Datapoint]:
+def _blame_points(namer: _Namer, service: str, blame: Blame,
+                  extra: Tags = ()) -> List[Datapoint]:
     """A service's wait split by whom it waited behind, and the wait it caused others (ms)."""
-    points = [namer.service_stat(service, stat, ns / 1e6) for stat, ns in (
+    points = [namer.service_stat(service, stat, ns / 1e6, extra) for stat, ns in (
         ("behind_self_ms", blame.behind_self_ns), ("behind_others_ms", blame.behind_others_ns),
         ("caused_ms", blame.caused_ns))]
-    points.extend(namer.behind(culprit, ns / 1e6, service) for culprit, ns in blame.culprits)
-    points.append(namer.behind(OTHER_CULPRIT, blame.rest_ns / 1e6, service))
+    points.extend(namer.behind(culprit, ns / 1e6, service, extra)
+                  for culprit, ns in blame.culprits)
+    points.append(namer.behind(OTHER_CULPRIT, blame.rest_ns / 1e6, service, extra))
     return points
 
 
@@ -192,12 +216,12 @@ def to_datapoints(stats: IntervalStats, config, services: Sequence[ServiceStats]
     points.extend(namer.behind(culprit, ns / 1e6) for culprit, ns in (behind or {}).items())
     points.append(namer.point("agent.samples_lost", stats.lost))
     for service in services:
-        points.extend(namer.service_stat(service.name, stat, value)
+        points.extend(namer.service_stat(service.name, stat, value, service.tags)
                       for stat, value in _stat_values(service.stats))
-        points.extend(namer.service_stat(service.name, name, value)
+        points.extend(namer.service_stat(service.name, name, value, service.tags)
                       for name, value in sorted(service.figures.items()))
         if service.blame is not None:
-            points.extend(_blame_points(namer, service.name, service.blame))
+            points.extend(_blame_points(namer, service.name, service.blame, service.tags))
     return points
 
 

@@ -107,7 +107,8 @@ class Sampler:
         return [ServiceStats(name, interval_stats(layout, counts, measured.seconds),
                              figures.get(name, {}),
                              None if charged is None else
-                             blame(self._row_charges(charged, name, chosen), culprits))
+                             blame(self._row_charges(charged, name, chosen), culprits),
+                             self.tree.tags(name) if name != OTHER else ())
                 for name, counts in chosen]
 
     @staticmethod

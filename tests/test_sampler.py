@@ -89,6 +89,9 @@ class FakeTree:
     def directories(self, service):
         return []
 
+    def tags(self, service):
+        return (("runtime", "docker"),) if service.startswith("docker_") else ()
+
 
 class FakeClock:
     def __init__(self):
@@ -343,3 +346,15 @@ def test_an_interval_carried_over_has_no_culprit_figures():
     paths = [p.path for p in to_datapoints(sampler.host(carried), Config(prefix="p"), shown,
                                            sampler.host_behind(carried))]
     assert not [path for path in paths if "behind" in path or "caused" in path]
+
+
+def test_a_services_row_carries_its_tags_from_the_tree():
+    kernel, tree = FakeMap(), FakeTree()
+    tree.make(1, "docker_web")
+    tree.make(2, "nginx")
+    sampler = Sampler(kernel, tree, FakeClock())
+    sampler.start()
+    for cgroup in (1, 2, 9):
+        kernel.count(cgroup, 1)
+    rows = {row.name: row.tags for row in sampler.sample()[1]}
+    assert rows == {"docker_web": (("runtime", "docker"),), "nginx": (), OTHER: ()}

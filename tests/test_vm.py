@@ -51,6 +51,12 @@ CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69",
           "reload-frequency", "security-score", "no-restarts", "watchdog", "bpf-programs",
           "clean-stop", "config-error", "config-error-message", "missing-header-69",
           "service-classic-refused", "security-score-classic", "service-classic", "purge"]
+# The container checks (tests/vm/guest-containers.sh) run in the bookworm guest alone, which
+# gets podman and docker.io (GSENDER_VM_CONTAINERS=1): one more boot would cost the suite more than they do.
+CONTAINERS = "bookworm"
+CONTAINER_CHECKS = ["containers-podman", "containers-podman-restart", "containers-podman-recreate",
+                    "containers-docker", "containers-docker-restart", "containers-docker-recreate",
+                    "containers-rootless", "containers-adversarial", "containers-k8s"]
 SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or RELEASES
 BOOTED = [r for r in RELEASES if r in SELECTED]
 
@@ -79,7 +85,8 @@ def boot():
         # and several apt runs under TCG): its own time limit.
         env = dict(os.environ, GSENDER_VM_OPERATOR=operator_files(deb),
                    GSENDER_VM_TIMEOUT=os.environ.get("GSENDER_VM_TIMEOUT", "2700")) \
-            if release == OPERATOR else None
+            if release == OPERATOR else \
+            dict(os.environ, GSENDER_VM_CONTAINERS="1") if release == CONTAINERS else None
         run = subprocess.run([str(ROOT / "tests" / "vm" / "run-vm.sh"), deb, str(work), distro]
                              + ([kernel_from] if kernel_from else []),
                              capture_output=True, text=True, timeout=3000 if env is None else 3600,
@@ -155,6 +162,8 @@ def guest_says(console_text, name):
 
 @pytest.mark.parametrize("release,name", [pytest.param(r, n, id=f"{r}-{n}", marks=vm)
                                           for r in RELEASES if r != OPERATOR for n in CHECKS]
+                         + [pytest.param(CONTAINERS, n, id=f"{CONTAINERS}-{n}", marks=vm)
+                            for n in CONTAINER_CHECKS]
                          + [pytest.param(OPERATOR, n, id=f"{OPERATOR}-{n}", marks=vm)
                             for n in OPERATOR_CHECKS if OPERATOR in BOOTED])
 def test_guest_check(boot, release, name):
@@ -401,3 +410,14 @@ def test_culprit_check_wants_the_burner_on_top_and_can_fail():
     assert not gc.check_culprit({**totals, "gsender-vm-busy": 5300.0}, "gsender-vm-burn")[0]
     assert not gc.check_culprit({"other": 10.0}, "gsender-vm-burn")[0]
     assert not gc.check_culprit({"gsender-vm-burn": 0.0}, "gsender-vm-burn")[0]
+
+
+def test_named_check_wants_every_name_counted_and_none_by_id():
+    counts = {"podman_burn1": 120.0, "podman_burn2": 80.0, "nginx": 3.0, "init_scope": 1.0}
+    assert gc.check_named(counts, ["podman_burn1", "podman_burn2"])[0]
+    assert not gc.check_named(counts, ["podman_burn1", "podman_burn3"])[0]
+    assert not gc.check_named(dict(counts, podman_burn2=0.0), ["podman_burn2"])[0]
+    assert not gc.check_named(counts, [])[0]
+    for by_id in ("podman_3f2a1b4c5d6e", "libpod-" + "a" * 64 + "_scope", "user-1000_podman_"
+                  + "0123456789ab", "crio-conmon-" + "b" * 64 + "_scope"):
+        assert not gc.check_named(dict(counts, **{by_id: 5.0}), ["podman_burn1"])[0], by_id

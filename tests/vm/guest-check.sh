@@ -300,6 +300,9 @@ rm -r "/etc/systemd/system/$unit.d"
 systemctl daemon-reload
 sed -i '/^tracepoints = classic$/d' /etc/gsender.conf
 
+# ---- containers and pods named (the guest with podman) -----------------------------------
+[ -f /usr/local/lib/gsender-vm/guest-containers.sh ] && . /usr/local/lib/gsender-vm/guest-containers.sh
+
 # ---- purged while it runs ----------------------------------------------------------------
 systemctl reset-failed "$unit" 2>/dev/null
 systemctl start "$unit"

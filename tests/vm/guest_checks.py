@@ -15,6 +15,9 @@ on the guest's own python3 (3.9 on bullseye) with nothing but python3-whisper.
     guest_checks.py stamps   DIR --since T                  (prints the stamps delivered since T)
     guest_checks.py continuity DIR --frequency F --from T0 --until T1 --name NAME
     guest_checks.py arrived  DIR --frequency F --from T0 --until T1 --measured "S..." --name NAME
+    guest_checks.py named    DIR --since T --service "NAME..." --name NAME
+                             (each NAME's series counted samples since T; no series is
+                             named after a container's id)
     guest_checks.py progs    --pid PID                      (prints the ids of PID's BPF programs,
                                                              their types on stderr)
     guest_checks.py loaded   ID...                          (prints those ids still loaded)
@@ -29,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -321,6 +325,27 @@ def check_culprit(totals: Dict[str, float], expected: str) -> Tuple[bool, str]:
     return ok, f"top culprit {ranked[0]} (expected {expected}): {listed}"
 
 
+# A series named after a container's id rather than its name: the scope's, or the short id.
+ID_NAMED = re.compile(r"(libpod|crio|cri-containerd|docker)-(conmon-)?[0-9a-f]{64}|_[0-9a-f]{12}$")
+
+
+def service_counts(directory: str, since: int) -> Dict[str, float]:
+    """Σ count since ``since`` of every service's series (0 for a service with none)."""
+    folder = os.path.join(directory, "service")
+    return {service: sum(i.count for i in read_intervals(os.path.join(folder, service), since))
+            for service in sorted(os.listdir(folder))}
+
+
+def check_named(counts: Dict[str, float], expected: Sequence[str]) -> Tuple[bool, str]:
+    """Every ``expected`` service counted samples, and no service is named after an id."""
+    missing = [name for name in expected if counts.get(name, 0) <= 0]
+    by_id = [name for name in counts if ID_NAMED.search(name)]
+    listed = ", ".join(f"{name} {counts.get(name, 0):.0f}" for name in expected)
+    ok = bool(expected) and not missing and not by_id
+    return ok, (f"samples: {listed}; without samples: {', '.join(missing) or 'none'}; "
+                f"series named by id: {', '.join(by_id) or 'none'}")
+
+
 def sched_clock_s(pid: int, proc: str = "/proc") -> Optional[float]:
     """When the process last started to run, on its CPU's scheduler clock (se.exec_start), in s.
 
@@ -485,7 +510,7 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
     for name in ("series", "accuracy", "physics", "reload", "stamps", "continuity", "arrived",
-                 "culprit"):
+                 "culprit", "named"):
         p = sub.add_parser(name)
         p.add_argument("directory")
         p.add_argument("--frequency", type=int, default=0)
@@ -536,6 +561,11 @@ def main(argv: Sequence[str]) -> int:
     if args.what == "culprit":
         ok, detail = check_culprit(culprit_totals(args.directory, args.service, args.first - 1,
                                                   args.until), args.culprit)
+        print(verdict(args.name, ok, detail))
+        return 0 if ok else 1
+    if args.what == "named":
+        ok, detail = check_named(service_counts(args.directory, args.since),
+                                 args.service.split())
         print(verdict(args.name, ok, detail))
         return 0 if ok else 1
     if args.what == "reload":

@@ -15,7 +15,8 @@
 #    operator would), service starts blocked by policy-rc.d; the install fails the run if it
 #    brought kernel headers, a compiler or make. The guest gets a short-frequency
 #    /etc/gsender.conf, carbon-cache, the check unit (gsender-vm-check.service) and the busy unit
-#    it starts for the accuracy check.
+#    it starts for the accuracy check. With GSENDER_VM_CONTAINERS=1 podman, docker.io and
+#    busybox-static are installed too, and the check unit runs the container checks (guest-containers.sh).
 # 3. mkfs.ext4 -d writes the disk image (no loop mounts); qemu boots it with TCG on 2 vCPUs, the
 #    kernel and initrd passed directly, no network device, console on the serial port, into
 #    WORKDIR/console.log. The guest powers off when its checks are done.
@@ -41,6 +42,9 @@ case $suite in
 esac
 # What the .deb depends on: downloaded into the base, installed only with the .deb.
 agent_dependencies=(python3-bpfcc python3-systemd)
+# The container host's runtime (GSENDER_VM_CONTAINERS=1), installed with the .deb.
+container_packages=(podman crun conmon uidmap slirp4netns catatonit dbus-user-session
+	containernetworking-plugins busybox-static docker.io)
 # What a stock host lacks and the .deb must not bring.
 forbidden='^(linux-headers-.*|linux-kbuild-.*|linux-compiler-.*|gcc|gcc-[0-9.]+|cpp|cpp-[0-9.]+|make|clang(-[0-9.]+)?)$'
 for release in "$suite" $kernel_suite; do
@@ -155,6 +159,18 @@ chroot "$root" dpkg-query -W -f='${Package}\n' | sort | comm -13 "$work/packages
 	> "$work/packages-added"
 say "the .deb's install added $(wc -l < "$work/packages-added") packages (listed in $work/packages-added)"
 installed_forbidden "$root" && { say "installing the .deb brought what a stock host lacks"; exit 1; }
+fi
+# The container host (GSENDER_VM_CONTAINERS=1): podman, rootful and rootless, docker.io, and
+# busybox-static to make their images from (tests/vm/guest-containers.sh).
+if [ -n "${GSENDER_VM_CONTAINERS:-}" ]; then
+	say "installing ${container_packages[*]} ..."
+	in_chroot "$root" sh -c "apt-get update -qq && apt-get install -y -q --no-install-recommends \
+		${container_packages[*]}" > "$work/containers-install.log" 2>&1 \
+		|| { tail -n 20 "$work/containers-install.log" >&2; exit 1; }
+	installed_forbidden "$root" && { say "installing podman brought what a stock host lacks"; exit 1; }
+	# dockerd and containerd start when the container checks begin, not at boot.
+	in_chroot "$root" systemctl disable --quiet docker.service docker.socket containerd.service
+	install -D -m 0644 "$here/guest-containers.sh" "$root/usr/local/lib/gsender-vm/guest-containers.sh"
 fi
 if [ -n "$kernel_suite" ]; then
 	# The cloud kernel of another release, for which this release has no headers package.
