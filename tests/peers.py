@@ -4,13 +4,20 @@ Also installed into the VM guests beside guest_checks.py."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
-RUNQLAT = Path("/usr/sbin/runqlat")  # Debian's libbpf-tools
+# Debian's libbpf-tools: bookworm names it runqlat, trixie runqlat-libbpf.
+RUNQLAT_NAMES = (Path("/usr/sbin/runqlat"), Path("/usr/sbin/runqlat-libbpf"))
+
+
+def runqlat_path() -> Optional[Path]:
+    """Where libbpf-tools' runqlat is installed, or None."""
+    return next((path for path in RUNQLAT_NAMES if path.exists()), None)
 _ROW = re.compile(r"^\s*(\d+)\s*->\s*(\d+)\s*:\s*(\d+)\s*\|", re.MULTILINE)
 _BPFTRACE_ROW = re.compile(r"^\[(\d+)([KMG]?)(?:, \d+[KMG]?\))?\]?[ \t]+(\d+)", re.MULTILINE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -118,16 +125,22 @@ class Runqlat:
     process is stopped however the test ends.
     """
 
-    def __init__(self, seconds: int, pid: Optional[int] = None, bpftrace: bool = False):
+    def __init__(self, seconds: int, pid: Optional[int] = None, bpftrace: bool = False,
+                 kernel_source: Optional[Path] = None):
+        env = None
         if bpftrace:
             args = ["bpftrace", "-B", "line", "-e", RUNQLAT_BT.replace("SECONDS", str(seconds))]
+            if kernel_source is not None:
+                # bpftrace before 0.12 parses its own header, which includes linux/types.h,
+                # even for a script that includes nothing.
+                env = {**os.environ, "BPFTRACE_KERNEL_SOURCE": str(kernel_source)}
         else:
             # Line-buffered: on a pipe it would hold even its "Tracing" line until it exits.
-            args = ["stdbuf", "-oL", str(RUNQLAT)] + (["-p", str(pid)] if pid else []) + \
+            args = ["stdbuf", "-oL", str(runqlat_path())] + (["-p", str(pid)] if pid else []) + \
                 [str(seconds), "1"]
         self.parse = bpftrace_rows if bpftrace else runqlat_rows
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, env=env)
         self.seconds = seconds
 
     def attached(self, timeout: float = 30.0) -> None:

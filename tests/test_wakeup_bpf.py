@@ -25,8 +25,8 @@ from gsender_bcc.config import Config
 from gsender_bcc.histogram import log2_counts
 from gsender_bcc.readings import delta
 from gsender_bcc.probe import Probe
-from peers import (RUNQLAT, ROWS_APART, Runqlat, agreement, percentile_row, rows_apart,
-                   rows_of_log2, share_apart)
+from peers import (ROWS_APART, Runqlat, agreement, percentile_row, rows_apart,
+                   rows_of_log2, runqlat_path, share_apart)
 from test_probe_bpf import settings_for
 
 pytestmark = pytest.mark.bpf
@@ -51,8 +51,8 @@ def wakeup(tmp_path_factory):
 def needs_peer_and_cpus():
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs a second CPU")
-    if not RUNQLAT.exists():
-        pytest.fail(f"{RUNQLAT} is missing: 'make setup' installs libbpf-tools")
+    if runqlat_path() is None:
+        pytest.fail("libbpf-tools' runqlat is missing: 'make setup' installs libbpf-tools")
 
 
 def round_trips(wakeup, cgroup, rounds, on_start):

@@ -19,6 +19,8 @@ ops=/root/operator
 whisper_dir=/var/lib/graphite/whisper/vm/cpu-lat
 f=2  # the frequency of the original's configuration (old-gsender/gsender.conf)
 export DEBIAN_FRONTEND=noninteractive
+# These few helpers stand in guest-check.sh too, on purpose: each script is the whole of its
+# guest's boot, copied in alone, and reads top to bottom on the serial console's report.
 helper() { timeout 300 /usr/bin/python3 /usr/local/lib/gsender-vm/guest_checks.py "$@"; }
 say() { echo "$*" > "$out"; }
 check() { # check NAME OK(0|1) DETAIL

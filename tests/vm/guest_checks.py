@@ -486,15 +486,19 @@ def agent_programs(listing: list, pid: int, fdinfo: Sequence[int]) -> Tuple[List
 def check_peer(seconds: int) -> Tuple[bool, str]:
     """The agent's program, loaded here from the installed package at its defaults, and the
     peer (libbpf-tools' runqlat, or where the release has none, the seed's runqlat.bt under
-    bpftrace) over the same seconds agree as on the build host (peers.agreement)."""
+    bpftrace) over the same seconds agree as on the build host (peers.agreement). The guest
+    has no kernel headers: bullseye's bpftrace takes the few basic types its own header wants
+    from the package's include tree."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import peers
+    from gsender_bcc import program
     from gsender_bcc.config import Config
     from gsender_bcc.histogram import log2_counts
     from gsender_bcc.probe import Probe
     from gsender_bcc.readings import delta
-    bpftrace = not peers.RUNQLAT.exists()
-    with Probe(Config()) as probe, peers.Runqlat(seconds, bpftrace=bpftrace) as peer:
+    bpftrace = peers.runqlat_path() is None
+    with Probe(Config()) as probe, peers.Runqlat(seconds, bpftrace=bpftrace,
+                                                 kernel_source=program.include_tree()) as peer:
         peer.attached(timeout=240)
         first = probe.read_snapshot()
         theirs = peer.rows()
