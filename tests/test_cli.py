@@ -136,14 +136,16 @@ class TestWithBpf:
             proc.kill()
             proc.wait()
         assert proc.returncode == 0, err
-        assert re.fullmatch(r"OK: BPF program attached to the raw tracepoints sched_switch and "
-                            r"sched_process_free; "
+        assert re.fullmatch(r"OK: BPF program attached to the raw tracepoints sched_wakeup, "
+                            r"sched_wakeup_new, sched_switch and sched_process_free; "
                             r"\d+ samples in 1s; \d+ services seen; detached\n", out)
         assert_unloaded(ours)
 
     @pytest.mark.parametrize("mode, attached", [
-        ("classic", "tracepoints sched_wakeup, sched_wakeup_new and sched_switch"),
-        ("raw", "raw tracepoints sched_switch and sched_process_free")])
+        ("classic", "tracepoints sched_wakeup, sched_wakeup_new, sched_switch and "
+                    "sched_process_free"),
+        ("raw", "raw tracepoints sched_wakeup, sched_wakeup_new, sched_switch and "
+                "sched_process_free")])
     def test_check_in_a_forced_mode(self, mode, attached):
         result = agent("--check", "--tracepoints", mode, "--max-services", "0")
         assert result.returncode == 0, result.stderr
