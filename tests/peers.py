@@ -22,7 +22,8 @@ _ROW = re.compile(r"^\s*(\d+)\s*->\s*(\d+)\s*:\s*(\d+)\s*\|", re.MULTILINE)
 _BPFTRACE_ROW = re.compile(r"^\[(\d+)([KMG]?)(?:, \d+[KMG]?\))?\]?[ \t]+(\d+)", re.MULTILINE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 # The seed's runqlat.bt without its #include (the guests have no kernel headers): TASK_RUNNING
-# is 0. It says "Tracing" once every probe is attached, and prints @usecs when it exits.
+# is 0. It says "Tracing" once every probe is attached, and "End" right after @usecs at the
+# interval's end, before its slow exit (seconds in a guest under TCG).
 RUNQLAT_BT = """
 BEGIN { printf("Tracing\\n"); }
 tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new { @q[args->pid] = nsecs; }
@@ -32,7 +33,7 @@ tracepoint:sched:sched_switch {
   if ($ns) { @usecs = hist((nsecs - $ns) / 1000); }
   delete(@q[args->next_pid]);
 }
-interval:s:SECONDS { exit(); }
+interval:s:SECONDS { print(@usecs); clear(@usecs); printf("End\\n"); exit(); }
 END { clear(@q); }
 """
 
@@ -139,6 +140,7 @@ class Runqlat:
             args = ["stdbuf", "-oL", str(runqlat_path())] + (["-p", str(pid)] if pid else []) + \
                 [str(seconds), "1"]
         self.parse = bpftrace_rows if bpftrace else runqlat_rows
+        self.end = "End" if bpftrace else None  # runqlat: its output ends as it exits
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
         self.seconds = seconds
@@ -155,11 +157,15 @@ class Runqlat:
                 raise AssertionError("runqlat did not start tracing in time")
 
     def rows(self) -> Dict[int, int]:
-        out = self.proc.stdout.read()  # to its end: runqlat exits after its one interval
-        if self.proc.wait(timeout=30) != 0:
-            raise AssertionError(f"runqlat failed ({self.proc.returncode}): "
+        lines = []
+        for line in self.proc.stdout:
+            if line.strip() == self.end:
+                return self.parse("".join(lines))
+            lines.append(line)
+        if self.proc.wait(timeout=30) != 0 or self.end is not None:
+            raise AssertionError(f"the peer failed ({self.proc.returncode}): "
                                  f"{self.proc.stderr.read()}")
-        return self.parse(out)
+        return self.parse("".join(lines))
 
     def __enter__(self) -> Runqlat:
         return self
