@@ -14,6 +14,7 @@ runqlat following the wakee's pid: the agent's exact sum lies within the bounds 
 rows put on the same samples, and the medians share a row.
 """
 
+import contextlib
 import os
 import subprocess
 import time
@@ -87,21 +88,16 @@ def test_a_woken_tasks_wait_is_bounded_by_the_write_and_agrees_with_runqlat(
         cgroup_factory("hog").spin(WAKEE_CPU)
         time.sleep(0.3)
     readings = {}
-    with Probe(Config(), settings_for(kind)) as probe:
-        peer = None
+    with Probe(Config(), settings_for(kind)) as probe, contextlib.ExitStack() as peers:
 
         def start(wakee):
-            nonlocal peer
-            peer = Runqlat(seconds=int(ROUNDS * GAP_US / 1e6) + 6, pid=wakee)
-            peer.attached()
+            readings["peer"] = peers.enter_context(
+                Runqlat(seconds=int(ROUNDS * GAP_US / 1e6) + 6, pid=wakee))
+            readings["peer"].attached()
             readings["first"] = probe.read_snapshot()
-        try:
-            trips = round_trips(wakeup, wakee_group, ROUNDS, start)
-            readings["last"] = probe.read_snapshot()
-            theirs = peer.rows()
-        finally:
-            if peer is not None:
-                peer.__exit__()
+        trips = round_trips(wakeup, wakee_group, ROUNDS, start)
+        readings["last"] = probe.read_snapshot()
+        theirs = readings["peer"].rows()
     ours = delta(probe.layout, readings["first"], readings["last"], 1.0).cgroups[wakee_group.id]
     bound = trips["sum_ns"]
     their_count = sum(theirs.values())
