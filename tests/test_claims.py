@@ -258,34 +258,59 @@ def test_bpf_tests_skip_without_root_unless_required(monkeypatch, required, outc
     assert "GSENDER_REQUIRE_BPF=1" in (Path(__file__).resolve().parent.parent / ".ci/run").read_text()
 
 
-EXPOSURE = 2.1  # the bound tests/vm holds the running unit to, as shipped
-EXPOSURE_CLASSIC = 2.3  # and with the classic drop-in
+EXPOSURE = 2.3  # the bound tests/vm holds the running unit to, as shipped
+EXPOSURE_CLASSIC = 2.6  # and with the classic drop-in
+
+
+def _security(root: Path) -> str:
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}",
+                           "gsender-bcc.service"], capture_output=True, text=True, timeout=60)
+    return done.stdout + done.stderr
 
 
 def _exposure(root: Path) -> float:
-    done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}",
-                           "gsender-bcc.service"], capture_output=True, text=True, timeout=60)
-    score = re.search(r"Overall exposure level for gsender-bcc\.service: ([\d.]+)", done.stdout)
-    assert score, done.stdout + done.stderr
+    text = _security(root)
+    score = re.search(r"Overall exposure level for gsender-bcc\.service: ([\d.]+)", text)
+    assert score, text
     return float(score.group(1))
 
 
-def test_the_shipped_units_exposure_is_within_its_bound(tmp_path):
-    """systemd-analyze offline, on this host's systemd, scores the unit as shipped and with the
-    drop-in of docs/operations.md (make test-vm checks the running service on each release)."""
+@pytest.fixture
+def unit_root(tmp_path):
+    """A root holding the shipped unit, scored offline by this host's systemd-analyze."""
     if subprocess.run(["systemd-analyze", "security", "--help"], capture_output=True,
                       text=True).stdout.find("--offline") < 0:
         pytest.skip("this systemd-analyze has no --offline")
-    drop_in = re.search(r"printf '(\[Service\][^']*)'",
-                        "\n".join(example("docs/operations.md", "classic-drop-in"))).group(1)
     units = tmp_path / "etc/systemd/system"
     (units / "gsender-bcc.service.d").mkdir(parents=True)
-    unit = Path(__file__).resolve().parent.parent / "packaging/gsender-bcc.service"
-    (units / "gsender-bcc.service").write_text(unit.read_text())
-    plain = _exposure(tmp_path)
+    (units / "gsender-bcc.service").write_text((ROOT / "packaging/gsender-bcc.service").read_text())
+    return tmp_path
+
+
+def test_the_shipped_units_exposure_is_within_its_bound(unit_root):
+    """systemd-analyze offline, on this host's systemd, scores the unit as shipped and with the
+    drop-in of docs/operations.md (make test-vm checks the running service on each release)."""
+    drop_in = re.search(r"printf '(\[Service\][^']*)'",
+                        "\n".join(example("docs/operations.md", "classic-drop-in"))).group(1)
+    plain = _exposure(unit_root)
     assert plain <= EXPOSURE
-    (units / "gsender-bcc.service.d/classic.conf").write_text(drop_in.replace("\\n", "\n"))
-    assert plain < _exposure(tmp_path) <= EXPOSURE_CLASSIC
+    drop_ins = unit_root / "etc/systemd/system/gsender-bcc.service.d"
+    (drop_ins / "classic.conf").write_text(drop_in.replace("\\n", "\n"))
+    assert plain < _exposure(unit_root) <= EXPOSURE_CLASSIC
+
+
+def test_the_man_pages_no_home_drop_in_takes_the_homes_away(unit_root):
+    """The shipped unit reads the homes (rootless podman's stores); the man page's drop-in
+    hides them and drops the capability, and the score falls back by what they cost."""
+    shipped = _security(unit_root)
+    page = (ROOT / "packaging/gsender-bcc.1").read_text()
+    drop_in = re.search(r"no-home\.conf.*?\n\.nf\n(.*?)\.fi\n", page, re.S).group(1)
+    assert drop_in == "[Service]\nProtectHome=yes\nCapabilityBoundingSet=~CAP_DAC_READ_SEARCH\n"
+    (unit_root / "etc/systemd/system/gsender-bcc.service.d/no-home.conf").write_text(drop_in)
+    hidden = _security(unit_root)
+    for check in ("ProtectHome=", "CapabilityBoundingSet=~CAP_(DAC_*|FOWNER|IPC_OWNER)"):
+        assert f"✗ {check} " in shipped and f"✓ {check} " in hidden, check
+    assert _exposure(unit_root) < EXPOSURE
 
 
 def test_the_outbox_files_replay_by_hand_into_carbon(tmp_path, carbon_factory):
