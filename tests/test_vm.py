@@ -56,7 +56,8 @@ CHECKS = ["active", "ready", "check-default", "check-classic", "unavailable-69",
 CONTAINERS = "bookworm"
 CONTAINER_CHECKS = ["containers-podman", "containers-podman-restart", "containers-podman-recreate",
                     "containers-docker", "containers-docker-restart", "containers-docker-recreate",
-                    "containers-rootless", "containers-adversarial", "containers-k8s"]
+                    "containers-rootless", "containers-adversarial", "containers-k8s",
+                    "containers-files"]
 SELECTED = os.environ.get("GSENDER_VM_RELEASES", "").split() or RELEASES
 BOOTED = [r for r in RELEASES if r in SELECTED]
 
@@ -421,3 +422,18 @@ def test_named_check_wants_every_name_counted_and_none_by_id():
     for by_id in ("podman_3f2a1b4c5d6e", "libpod-" + "a" * 64 + "_scope", "user-1000_podman_"
                   + "0123456789ab", "crio-conmon-" + "b" * 64 + "_scope"):
         assert not gc.check_named(dict(counts, **{by_id: 5.0}), ["podman_burn1"])[0], by_id
+        # Named by id with no samples since the step began: an earlier step's series.
+        assert gc.check_named(dict(counts, **{by_id: 0.0}), ["podman_burn1"])[0], by_id
+
+
+def test_named_check_takes_expected_short_ids_and_wants_the_absent_empty():
+    counts = {"docker_cccccccccccc": 40.0, "docker_dddddddddddd": 30.0, "docker_burn1": 0.0,
+              "docker_burn2": 0.0, "nginx": 3.0}
+    ids = ["docker_cccccccccccc", "docker_dddddddddddd"]
+    assert gc.check_named(counts, ids, ["docker_burn1", "docker_burn2", "docker_gone"]) == (
+        True, "samples: docker_cccccccccccc 40, docker_dddddddddddd 30; without samples: none; "
+              "samples where none belong: none; series named by id: none")
+    assert gc.check_named(dict(counts, docker_burn2=2.0), ids, ["docker_burn1", "docker_burn2"]) == (
+        False, "samples: docker_cccccccccccc 40, docker_dddddddddddd 30; without samples: none; "
+               "samples where none belong: docker_burn2; series named by id: none")
+    assert not gc.check_named(counts, ids[:1], ["docker_burn1"])[0]  # another id named series

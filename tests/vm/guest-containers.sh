@@ -13,8 +13,11 @@
 #   containers-k8s        the kubelet's layout built by hand (cgroups under kubepods.slice,
 #                         /var/log/pods, /var/log/containers with a symlink loop), processes
 #                         in it: k8s_<namespace>_<workload>_<container> and ..._POD
+#   containers-files      docker containers built by hand with a 50 MB and a malformed
+#                         config.v2.json: named by their short ids, at most one warning, the
+#                         names in the files unused, the agent not restarted
 # Each waits for the samples of the services it expects since its step began, and fails on any
-# series named after a container's id.
+# other series named after a container's id that counted samples since then.
 loop='while :; do :; done'
 image=localhost/gsender-vm-busybox
 named_since() { # named_since NAME T SERVICE...: one check, waiting up to 60 s for it to pass
@@ -139,5 +142,36 @@ step=$(date +%s)
 named_since containers-k8s "$step" k8s_shop_web_nginx k8s_shop_web_POD
 kill $k8s_pids; wait $k8s_pids 2>/dev/null
 rmdir "$slice"/*.scope "$slice" "${slice%/*}" "${slice%/*/*}" 2>/dev/null
+
+# Adversarial files: two busy containers of docker's cgroupfs layout (/docker/<id>), built by
+# hand while dockerd is stopped, whose config.v2.json is 50 MB (valid JSON naming burn1) or
+# malformed (naming burn2 before it breaks off). Each is named by its short id, at most one
+# warning, and burn1's and burn2's series stay empty.
+big_id=$(printf 'c%.0s' $(seq 64)); bad_id=$(printf 'd%.0s' $(seq 64))
+configs=/var/lib/docker/containers
+mkdir -p "$configs/$big_id" "$configs/$bad_id"
+{ printf '{"Name": "/burn1"'; head -c 52428800 /dev/zero | tr '\0' ' '; printf '}'; } \
+	> "$configs/$big_id/config.v2.json"
+printf '{"Name": "/burn2", "State": {"Running": tr' > "$configs/$bad_id/config.v2.json"
+restarts=$(prop NRestarts)
+step=$(date +%s)
+files_pids=
+for id in "$big_id" "$bad_id"; do
+	mkdir -p "/sys/fs/cgroup/docker/$id"
+	sh -c 'echo $$ > "$1/cgroup.procs" && exec sh -c "$2"' sh "/sys/fs/cgroup/docker/$id" "$loop" &
+	files_pids="$files_pids $!"
+done
+files_named() { helper named "$whisper_dir" --since "$step" --absent "docker_burn1 docker_burn2" \
+	--service "docker_${big_id:0:12} docker_${bad_id:0:12}" "$@"; }
+wait_for 60 files_named > /dev/null
+said=$(files_named --name containers-files)
+ok=$?
+warnings=$(journalctl -u "$unit" --since "@$step" -o cat | grep -c 'short id\|Traceback')
+[ $ok -eq 0 ] && [ "$warnings" -le 1 ] && [ "$(prop NRestarts)" = "$restarts" ] \
+	&& systemctl is-active --quiet "$unit"
+check containers-files $? "${said#VMCHECK containers-files [A-Z]* }; agent warnings: $warnings; restarts $restarts -> $(prop NRestarts); agent $(prop ActiveState)"
+kill $files_pids; wait $files_pids 2>/dev/null
+rmdir "/sys/fs/cgroup/docker/$big_id" "/sys/fs/cgroup/docker/$bad_id" /sys/fs/cgroup/docker 2>/dev/null
+rm -r "${configs:?}/$big_id" "${configs:?}/$bad_id"
 
 timeout 30 systemctl stop "$unit"

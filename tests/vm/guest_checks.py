@@ -15,9 +15,9 @@ on the guest's own python3 (3.9 on bullseye) with nothing but python3-whisper.
     guest_checks.py stamps   DIR --since T                  (prints the stamps delivered since T)
     guest_checks.py continuity DIR --frequency F --from T0 --until T1 --name NAME
     guest_checks.py arrived  DIR --frequency F --from T0 --until T1 --measured "S..." --name NAME
-    guest_checks.py named    DIR --since T --service "NAME..." --name NAME
-                             (each NAME's series counted samples since T; no series is
-                             named after a container's id)
+    guest_checks.py named    DIR --since T --service "NAME..." [--absent "NAME..."] --name NAME
+                             (each --service series counted samples since T, no --absent one
+                             did, and no other that did is named after a container's id)
     guest_checks.py progs    --pid PID                      (prints the ids of PID's BPF programs,
                                                              their types on stderr)
     guest_checks.py loaded   ID...                          (prints those ids still loaded)
@@ -336,14 +336,19 @@ def service_counts(directory: str, since: int) -> Dict[str, float]:
             for service in sorted(os.listdir(folder))}
 
 
-def check_named(counts: Dict[str, float], expected: Sequence[str]) -> Tuple[bool, str]:
-    """Every ``expected`` service counted samples, and no service is named after an id."""
+def check_named(counts: Dict[str, float], expected: Sequence[str],
+                absent: Sequence[str] = ()) -> Tuple[bool, str]:
+    """Every ``expected`` service counted samples, none of ``absent`` did, and no other
+    service that did is named after an id."""
     missing = [name for name in expected if counts.get(name, 0) <= 0]
-    by_id = [name for name in counts if ID_NAMED.search(name)]
+    crossed = [name for name in absent if counts.get(name, 0) > 0]
+    by_id = [name for name, count in counts.items()
+             if count > 0 and name not in expected and ID_NAMED.search(name)]
     listed = ", ".join(f"{name} {counts.get(name, 0):.0f}" for name in expected)
-    ok = bool(expected) and not missing and not by_id
+    ok = bool(expected) and not missing and not crossed and not by_id
     return ok, (f"samples: {listed}; without samples: {', '.join(missing) or 'none'}; "
-                f"series named by id: {', '.join(by_id) or 'none'}")
+                + (f"samples where none belong: {', '.join(crossed) or 'none'}; " if absent else "")
+                + f"series named by id: {', '.join(by_id) or 'none'}")
 
 
 def sched_clock_s(pid: int, proc: str = "/proc") -> Optional[float]:
@@ -530,6 +535,7 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--cpu", type=int, default=1)
         p.add_argument("--measured", default="")
         p.add_argument("--culprit", default="")
+        p.add_argument("--absent", default="")
     sub.add_parser("progs").add_argument("--pid", type=int, required=True)
     sub.add_parser("peer").add_argument("--seconds", type=int, default=20)
     sub.add_parser("loaded").add_argument("ids", type=int, nargs="*")
@@ -569,7 +575,7 @@ def main(argv: Sequence[str]) -> int:
         return 0 if ok else 1
     if args.what == "named":
         ok, detail = check_named(service_counts(args.directory, args.since),
-                                 args.service.split())
+                                 args.service.split(), args.absent.split())
         print(verdict(args.name, ok, detail))
         return 0 if ok else 1
     if args.what == "reload":
