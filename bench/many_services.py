@@ -70,11 +70,13 @@ def build_ticker() -> None:
 
 
 class Cgroups:
-    """COUNT empty cgroups under a parent of their own; remove() takes them all away."""
+    """COUNT empty cgroups under a parent of their own, ``<prefix>NNNN<suffix>`` (as ticker
+    names them); remove() takes them all away."""
 
-    def __init__(self, mount: Path, count: int):
+    def __init__(self, mount: Path, count: int, prefix: str = "svc", suffix: str = ".service"):
         self.parent = mount / f"gsender-bench-{os.getpid()}.slice"
-        self.children = [self.parent / f"svc{i:04d}.service" for i in range(count)]
+        self.prefix, self.suffix = prefix, suffix
+        self.children = [self.parent / f"{prefix}{i:04d}{suffix}" for i in range(count)]
         self.parent.mkdir()
         try:
             for child in self.children:
@@ -109,10 +111,10 @@ class Cgroups:
 class Tickers:
     """One bench/ticker process group: a waking process in each cgroup."""
 
-    def __init__(self, parent: Path, count: int):
-        self.proc = subprocess.Popen([str(TICKER), str(parent), str(count), str(TICK_MS),
-                                      str(LIFETIME_S)], stdout=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+    def __init__(self, made: Cgroups):
+        self.proc = subprocess.Popen([str(TICKER), str(made.parent), str(len(made.children)),
+                                      str(TICK_MS), str(LIFETIME_S), made.prefix, made.suffix],
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
             self.close()
@@ -280,8 +282,9 @@ def measure(count: int = 1000, repeats: int = 9, progress=print) -> dict:
 
 
 def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, pages: bool,
-                  progress) -> dict:
-    """Time intervals of one build of the probe (Config(**keywords)) over the cgroups made."""
+                  progress, containers=None) -> dict:
+    """Time intervals of one build of the probe (Config(**keywords)) over the cgroups made,
+    containers named by ``containers`` (a ContainerNames; the runtimes' own files if None)."""
     from gsender_bcc import cgroups
     from gsender_bcc.config import Config
     from gsender_bcc.daemon import SystemClock
@@ -294,9 +297,9 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
     result: dict = {}
     try:
         with Probe(config) as probe:
-            tickers = Tickers(made.parent, count)
+            tickers = Tickers(made)
             ours = made.ids()
-            tree = cgroups.CgroupTree(mount)
+            tree = cgroups.CgroupTree(mount, containers=containers)
             sampler = Sampler(probe, tree, SystemClock())
             sampler.start()
 
@@ -324,6 +327,8 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
             first, changed, _, _ = interval(True)
             result["first_ms"] = first
             result["first_changed"] = changed
+            names = set(tree.resolve(ours).names.values())  # known now: no walk
+            result["names"] = [len(names), min(names), max(names)]
             result["map_entries"] = len(sampler.baseline.cgroups)
             result["pair_entries"] = (None if sampler.baseline.culprits is None
                                       else len(sampler.baseline.culprits))

@@ -24,7 +24,9 @@ job (tests, VMs) shares the machine while it times. Phases, with progress on std
    interval (issues 11 and 28). UNDELIVERED_RUNS agents run side by side, each its own run
    (memory, not time, is measured), so the phase takes about 17 minutes however many.
 4. One interval with 1000 live services, timed in-process (bench/many_services.py), with
-   attribution off (the default) and on.
+   attribution off (the default) and on; and the same cgroups as 1000 docker containers, each
+   named from its config.v2.json (bench/many_containers.py, in a process of its own),
+   attribution off.
 5. BPF map memory of the agent computed from the map definitions at 256 CPUs, for the
    default and with attribution, beside bytes_memlock read on this machine while the agent
    ran in phase 2 (or else 1).
@@ -36,14 +38,16 @@ Every figure is given as the median over the runs and the range (min-max). Write
 docs/benchmarks.md with --record; exits 1 if a target is missed.
 
 Each phase is measured in its own module beside this one (cost.py, idle.py, undelivered.py,
-many_services.py, map_memory.py, compile_cost.py), which also writes its part of the report
-where it has one; common.py holds what they share: starting a tracer and reading its process,
-waiting for a quiet machine, and summarising figures as medians with ranges.
+many_services.py, many_containers.py, map_memory.py, compile_cost.py), which also writes its
+part of the report where it has one; common.py holds what they share: starting a tracer and
+reading its process, waiting for a quiet machine, and summarising figures as medians with
+ranges.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -56,6 +60,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import common  # (bench/, beside this file; it puts the agent and scripts/ on the path)
 import compile_cost
+import many_containers
 import many_services
 from common import (BUILD, DEFAULT_FREQUENCY, NOT_COMPARABLE, PINGPONG, PYTHON, ROOT, Check,
                     Tracer, progress, ratio, spread, summary, wait_for_quiet, waited_for_quiet)
@@ -81,12 +86,22 @@ def build_helpers() -> None:
 # ---- phase 4: many services ---------------------------------------------------------------------
 
 def services_run(count: int, repeats: int) -> dict:
+    """The services' figures, and under "containers" the same cgroups as docker containers'."""
     try:
-        return many_services.measure(count, repeats,
-                                     progress=lambda text: progress(f"services: {text}"))
+        result = many_services.measure(count, repeats,
+                                       progress=lambda text: progress(f"services: {text}"))
     except Exception as error:  # a failed phase is reported; the others still count
         progress(f"services: FAILED: {error}")
         return {"failure": str(error)}
+    # In a process of its own, fresh as the services' default build is: after the attribution
+    # build, every stage of a reading in the same process is slower.
+    progress(f"{count} docker containers, in a process of their own")
+    done = subprocess.run([PYTHON, str(ROOT / "bench" / "many_containers.py"), "--count",
+                           str(count), "--repeats", str(repeats)], stdout=subprocess.PIPE,
+                          text=True, timeout=600)
+    result["containers"] = json.loads(done.stdout) if done.returncode == 0 else {
+        "failure": f"bench/many_containers.py exited {done.returncode}"}
+    return result
 
 
 # ---- summarising and reporting ------------------------------------------------------------------
@@ -292,6 +307,9 @@ def report(bench: Bench, all_tracers: List[Tracer]) -> Tuple[str, bool]:
     memory_lines += map_memory_lines(bench.measured_maps(), checks)
 
     services_lines = many_services.report_lines(bench.services, checks)
+    if "containers" in bench.services:
+        services_lines += many_containers.report_lines(
+            bench.services["containers"], checks, bench.services["all_changed"]["ms"])
 
     lines += ["", "## Targets (gsender-bcc default: per-service breakdown on; rows \"with "
                   "attribution\" add --max-culprits 3, off by default)", "",

@@ -1,15 +1,17 @@
 /*
  * ticker: COUNT processes, one per cgroup, each waking every PERIOD_MS.
  *
- * Child i moves itself into DIR/svcNNNN.service (i from 0, four digits) and
- * then sleeps PERIOD_MS at a time, so every cgroup keeps getting run-queue
- * samples while the children run. Stop them all with SIGSTOP to the process
+ * Child i moves itself into DIR/<PREFIX>NNNN<SUFFIX> (i from 0, four digits;
+ * PREFIX svc and SUFFIX .service unless given; docker- and <60 hex digits>.scope
+ * make docker containers' cgroups) and then sleeps PERIOD_MS at a time, so
+ * every cgroup keeps getting run-queue samples while the children run. Stop
+ * them all with SIGSTOP to the process
  * group and resume them with SIGCONT. Prints "ready" once every child is in its
  * cgroup. SIGTERM to the parent kills and reaps the children, then the parent
  * ends; every process ends after LIFETIME_S seconds anyway, or when the parent
  * does.
  *
- * usage: ticker DIR COUNT PERIOD_MS LIFETIME_S
+ * usage: ticker DIR COUNT PERIOD_MS LIFETIME_S [PREFIX SUFFIX]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,13 +32,13 @@ static void on_term(int signo)
 	stopping = 1;
 }
 
-static int join_cgroup(const char *dir, int index)
+static int join_cgroup(const char *dir, const char *prefix, const char *suffix, int index)
 {
 	char path[4096];
 	FILE *procs;
 	int ok;
 
-	snprintf(path, sizeof(path), "%s/svc%04d.service/cgroup.procs", dir, index);
+	snprintf(path, sizeof(path), "%s/%s%04d%s/cgroup.procs", dir, prefix, index, suffix);
 	procs = fopen(path, "w");
 	if (!procs) {
 		perror(path);
@@ -77,9 +79,9 @@ int main(int argc, char **argv)
 	long count, period_ms, lifetime_s, joined = 0;
 	char byte;
 
-	if (argc != 5 || (count = atol(argv[2])) <= 0 || count > 9999 ||
+	if ((argc != 5 && argc != 7) || (count = atol(argv[2])) <= 0 || count > 9999 ||
 	    (period_ms = atol(argv[3])) <= 0 || (lifetime_s = atol(argv[4])) <= 0) {
-		fprintf(stderr, "usage: ticker DIR COUNT PERIOD_MS LIFETIME_S\n");
+		fprintf(stderr, "usage: ticker DIR COUNT PERIOD_MS LIFETIME_S [PREFIX SUFFIX]\n");
 		return 2;
 	}
 	children = calloc(count, sizeof(*children));
@@ -100,7 +102,8 @@ int main(int argc, char **argv)
 			if (getppid() == 1)
 				_exit(1);
 			close(ready[0]);
-			byte = join_cgroup(argv[1], (int)i) == 0 ? 'y' : 'n';
+			byte = join_cgroup(argv[1], argc == 7 ? argv[5] : "svc",
+					   argc == 7 ? argv[6] : ".service", (int)i) == 0 ? 'y' : 'n';
 			if (write(ready[1], &byte, 1) != 1)
 				_exit(1);
 			close(ready[1]);
