@@ -76,13 +76,13 @@ def preprocessed(settings: program.ProgramSettings) -> str:
 
 
 _STRUCT = re.compile(r"\bstruct\s+(\w+)\s*\{([^{}]*)\}\s*;")
-_FIELD = re.compile(r"^(struct\s+\w+|\w+)\s+\w+\s*(?:\[\s*([\d\s+*/-]+?)\s*\])?$")
+_FIELD = re.compile(r"^(struct\s+\w+|\w+)\s+\w+\s*(?:\[\s*([\d\s+*/()-]+?)\s*\])?$")
 
 
 def array_length(expression: str) -> int:
     """The length of an array field: a number, or integer arithmetic the preprocessor left
     (``16 / 8 + 1``), evaluated as C does (integer division)."""
-    if not re.fullmatch(r"[\d\s+*/-]+", expression):
+    if not re.fullmatch(r"[\d\s+*/()-]+", expression):
         raise ValueError(f"map memory: cannot evaluate the array length {expression!r}")
     return int(eval(expression.replace("/", "//"), {"__builtins__": {}}))  # digits and + - * /
 

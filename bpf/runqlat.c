@@ -25,22 +25,18 @@
  * entry user space creates before attaching.
  *
  * CULPRITS=1 (needs PER_CGROUP) also splits each sample by who made it wait: the cgroups of
- * the tasks that ran on the CPU during the wait, each charged the time it ran, in
- * culprit_counts[(waiting cgroup, culprit)]. Each CPU keeps a timeline of its last
- * TIMELINE_SLOTS occupants (the cgroup of each task that left it, or CULPRIT_IDLE, and when
- * it came on, by the same clock). A pending sample is split at the switch-out of the task
- * that waited: the timeline, walked back from its switch-in, holds exactly the occupants
- * during the wait. What the walk cannot reach is charged to CULPRIT_UNTRACKED; the part of a
- * wait queued on another CPU before sched_migrate_task moved the task, to CULPRIT_MIGRATED.
- * The parts add up to the sample, in nanoseconds. MAX_PAIRS bounds the pairs; beyond it a
- * pair is counted under (OVERFLOW_CGROUP, OVERFLOW_CGROUP), an entry user space creates
- * before attaching. The pairs are not cumulative: a host with many services makes more pairs
- * than any map holds for long. They go to one of two maps, culprit_counts_0 or _1, the one
- * culprit_side names; at each reading user space flips the side and then empties the map it
- * left, so each map holds one interval's pairs.
+ * the tasks that ran on the CPU during the wait, each charged the time it ran, in the waiting
+ * cgroup's own entry (runqlat.h: itself, the reserved culprits, CULPRIT_SLOTS other cgroups
+ * and the rest), so reading the culprits costs no more entries than reading the cgroups. Each
+ * CPU keeps a timeline of its last TIMELINE_SLOTS occupants (the cgroup of each task that
+ * left it, or CULPRIT_IDLE, and when it came on, by the same clock). A pending sample is split
+ * at the switch-out of the task that waited: the timeline, walked back from its switch-in,
+ * holds exactly the occupants during the wait. What the walk cannot reach is charged to
+ * CULPRIT_UNTRACKED; the part of a wait queued on another CPU before sched_migrate_task moved
+ * the task, to CULPRIT_MIGRATED. The parts add up to the sample, in nanoseconds.
  *
- * The other counters are per CPU or per cgroup, cumulative and never cleared: user space
- * sums the CPUs and takes differences between reads.
+ * Every counter is per CPU or per cgroup, cumulative and never cleared: user space sums the
+ * CPUs and takes differences between reads.
  */
 #include "runqlat.h"
 
@@ -48,6 +44,7 @@ _Static_assert(HIST_SLOTS == (HIST_LOG2_MAX - HIST_SUB_BITS + 1) * HIST_SUB_COUN
 	       "HIST_SLOTS does not match the layout constants");
 _Static_assert(HIST_SUB_COUNT == 1 << HIST_SUB_BITS, "HIST_SUB_COUNT must be 2^HIST_SUB_BITS");
 _Static_assert((TIMELINE_SLOTS & (TIMELINE_SLOTS - 1)) == 0, "TIMELINE_SLOTS must be a power of 2");
+_Static_assert((CULPRIT_SLOTS & (CULPRIT_SLOTS - 1)) == 0, "CULPRIT_SLOTS must be a power of 2");
 
 BPF_PERCPU_ARRAY(stats, struct latency_stats, 1);
 
@@ -69,8 +66,8 @@ static __always_inline u64 clamped_slot(u64 delta_ns)
 }
 
 #if PER_CGROUP
-/* Count one sample of cgroup; return the key it was counted under. */
-static __always_inline u64 charge_cgroup(u64 cgroup, u64 delta_ns)
+/* Count one sample of cgroup; return its entry (the overflow entry's beyond the map's room). */
+static __always_inline struct cgroup_stats *charge_cgroup(u64 cgroup, u64 delta_ns)
 {
 	struct cgroup_stats *c = cgroup_counts.lookup(&cgroup);
 	u64 slot = clamped_slot(delta_ns);
@@ -87,12 +84,12 @@ static __always_inline u64 charge_cgroup(u64 cgroup, u64 delta_ns)
 			cgroup = OVERFLOW_CGROUP;
 			c = cgroup_counts.lookup(&cgroup);
 			if (!c)
-				return cgroup;
+				return 0;
 		}
 	}
 	__sync_fetch_and_add(&c->slots[slot], 1);
 	__sync_fetch_and_add(&c->sum_ns, delta_ns);
-	return cgroup;
+	return c;
 }
 #endif
 
@@ -100,20 +97,22 @@ static __always_inline u64 charge_cgroup(u64 cgroup, u64 delta_ns)
 #if !PER_CGROUP
 #error "CULPRITS needs PER_CGROUP"
 #endif
-struct culprit_pair {
-	u64 victim;	/* the cgroup whose task waited */
-	u64 culprit;	/* a cgroup that ran meanwhile, or a reserved CULPRIT_* */
-};
-
-BPF_HASH(culprit_counts_0, struct culprit_pair, u64, MAX_PAIRS);
-BPF_HASH(culprit_counts_1, struct culprit_pair, u64, MAX_PAIRS);
-/* Which of the two maps is charged now (0 or 1): user space flips it at each reading. */
-BPF_ARRAY(culprit_side, u64, 1);
+/* The epoch: user space moves it on at each reading; a slot not charged in it may change hands. */
+BPF_ARRAY(culprit_epoch, u64, 1);
 
 struct occupant {
 	u64 start;	/* when it came on (bpf_ktime_get_ns); 0: empty */
 	u64 culprit;
 };
+
+/* A part of a wait: the culprit it is charged to, and how long. */
+struct piece {
+	u64 culprit;
+	u64 ns;
+};
+
+/* A wait has at most a migrated part, one per occupant walked, and an untracked part. */
+#define PIECES (TIMELINE_SLOTS + 2)
 
 /* One per CPU: who ran on it lately, oldest overwritten first. */
 struct timeline {
@@ -121,78 +120,110 @@ struct timeline {
 	u64 current_start;	/* when the task on the CPU now came on; 0: not seen yet */
 	u64 pending_moved;	/* when the pending sample's task moved CPU, or 0 */
 	struct occupant slots[TIMELINE_SLOTS];
+	u64 pieces;		/* the parts of the wait being split, in piece[] */
+	struct piece piece[PIECES];
 };
 
 BPF_PERCPU_ARRAY(timelines, struct timeline, 1);
 
+/* Charge ns to a slot, in epoch. */
+static __always_inline void charge_slot(struct culprit_slot *slot, u64 ns, u64 epoch)
+{
+	slot->epoch = epoch;
+	__sync_fetch_and_add(&slot->ns, ns);
+}
+
 /*
- * The pair's total in culprit_counts_0 or _1, created at 0 if it is new (NOEXIST: another
- * CPU may have made it meanwhile); NULL where the map is full. (BCC's map calls cannot be
- * written once in a macro for both maps.)
+ * Add ns of the waiting cgroup's wait (its entry c, its id victim) behind culprit: to self_ns,
+ * a reserved counter, the culprit's slot, the first slot not charged this epoch (which the
+ * culprit takes), or other_ns where every slot was charged this epoch. Two CPUs taking one
+ * slot at once may leave one's first charge with the other's culprit.
+ *
+ * Every path through the slots ends in its own charge and returns: the verifier walks each
+ * once, and they leave nothing behind that would keep it from merging them after.
  */
-static __always_inline u64 *pair_total_0(struct culprit_pair *key)
+static __always_inline void charge_culprit(struct cgroup_stats *c, u64 victim, u64 culprit,
+					   u64 ns, u64 epoch)
 {
-	u64 zero = 0, *total = culprit_counts_0.lookup(key);
+	u32 i;
 
-	if (!total) {
-		culprit_counts_0.insert(key, &zero);
-		total = culprit_counts_0.lookup(key);
+	if (culprit == victim) {
+		__sync_fetch_and_add(&c->self_ns, ns);
+		return;
 	}
-	return total;
-}
+	if (culprit >= CULPRIT_UNTRACKED) {
+		u64 reserved = CULPRIT_IDLE - culprit;
 
-static __always_inline u64 *pair_total_1(struct culprit_pair *key)
-{
-	u64 zero = 0, *total = culprit_counts_1.lookup(key);
-
-	if (!total) {
-		culprit_counts_1.insert(key, &zero);
-		total = culprit_counts_1.lookup(key);
+		/* Hide the known range from the compiler so the check the verifier needs stays. */
+		asm volatile("" : "+r"(reserved));
+		if (reserved < RESERVED_CULPRITS)
+			__sync_fetch_and_add(&c->reserved_ns[reserved], ns);
+		return;
 	}
-	return total;
-}
-
-/* Add ns to the pair in the map side names, or to the overflow pair if that map is full. */
-static __always_inline void charge_pair(u32 side, u64 victim, u64 culprit, u64 ns)
-{
-	struct culprit_pair key = {.victim = victim, .culprit = culprit};
-	u64 *total = side ? pair_total_1(&key) : pair_total_0(&key);
-
-	if (!total) {
-		key.victim = OVERFLOW_CGROUP;
-		key.culprit = OVERFLOW_CGROUP;
-		total = side ? culprit_counts_1.lookup(&key) : culprit_counts_0.lookup(&key);
-		if (!total)
+#pragma unroll
+	for (i = 0; i < CULPRIT_SLOTS; i++) {
+		if (c->culprits[i].culprit == culprit) {
+			charge_slot(&c->culprits[i], ns, epoch);
 			return;
+		}
 	}
-	__sync_fetch_and_add(total, ns);
+#pragma unroll
+	for (i = 0; i < CULPRIT_SLOTS; i++) {
+		struct culprit_slot *slot = &c->culprits[i];
+
+		if (slot->epoch != epoch) {
+			slot->claimed_at = slot->ns;
+			slot->culprit = culprit;
+			charge_slot(slot, ns, epoch);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&c->other_ns, ns);
 }
 
-/* The map charged now: 0 or 1. */
-static __always_inline u32 current_side(void)
+/* The current epoch (1 on: an unclaimed slot's 0 is older than any). */
+static __always_inline u64 current_epoch(void)
 {
 	u32 zero = 0;
-	u64 *side = culprit_side.lookup(&zero);
+	u64 *epoch = culprit_epoch.lookup(&zero);
 
-	return side && *side ? 1 : 0;
+	return epoch ? *epoch + 1 : 1;
 }
 
 /*
- * Split a wait of victim's that ended at end: migrated ns of it (spent queued on another
- * CPU) to CULPRIT_MIGRATED, and the on_cpu ns before end back over this CPU's earlier
- * occupants, each the part of it that it ran in. An idle occupant takes all that is left:
- * a CPU goes idle only while nothing waits on it, so a wait overlaps idle time only at its
- * start (a task woken onto an idle CPU). What the walk does not reach goes to
- * CULPRIT_UNTRACKED. Runs of one culprit are charged together.
+ * Note a part of the wait being split. The count goes through memory (volatile), so that
+ * the verifier knows it as any value below PIECES, not as each constant it can be: one
+ * path through what follows, not one per count.
  */
-static __always_inline void split_wait(struct timeline *t, u64 victim, u64 end, u64 on_cpu,
-				       u64 migrated)
+static __always_inline void add_piece(struct timeline *t, u64 culprit, u64 ns)
 {
-	u64 left = on_cpu, culprit = 0, run = 0;
-	u32 i, side = current_side();
+	u64 n = *(volatile u64 *)&t->pieces;
 
+	if (n < PIECES) {
+		t->piece[n].culprit = culprit;
+		t->piece[n].ns = ns;
+		*(volatile u64 *)&t->pieces = n + 1;
+	}
+}
+
+/*
+ * Split a wait of the cgroup victim (its entry c) that ended at end: migrated ns of it (spent
+ * queued on another CPU) to CULPRIT_MIGRATED, and the on_cpu ns before end back over this
+ * CPU's earlier occupants, each the part of it that it ran in. An idle occupant takes all that
+ * is left: a CPU goes idle only while nothing waits on it, so a wait overlaps idle time only
+ * at its start (a task woken onto an idle CPU). What the walk does not reach goes to
+ * CULPRIT_UNTRACKED. Runs of one culprit make one part. The walk notes the parts; a second
+ * loop charges them, so the charge is written (and inlined) once.
+ */
+static __always_inline void split_wait(struct timeline *t, struct cgroup_stats *c, u64 victim,
+				       u64 end, u64 on_cpu, u64 migrated)
+{
+	u64 left = on_cpu, culprit = 0, run = 0, epoch = current_epoch();
+	u32 i;
+
+	*(volatile u64 *)&t->pieces = 0;
 	if (migrated)
-		charge_pair(side, victim, CULPRIT_MIGRATED, migrated);
+		add_piece(t, CULPRIT_MIGRATED, migrated);
 #pragma clang loop unroll(disable)
 	for (i = 1; i <= TIMELINE_SLOTS; i++) {
 		struct occupant *o = &t->slots[(t->written - i) & (TIMELINE_SLOTS - 1)];
@@ -203,7 +234,7 @@ static __always_inline void split_wait(struct timeline *t, u64 victim, u64 end, 
 		take = o->culprit == CULPRIT_IDLE || end - o->start > left ? left : end - o->start;
 		if (take) {
 			if (run && o->culprit != culprit) {
-				charge_pair(side, victim, culprit, run);
+				add_piece(t, culprit, run);
 				run = 0;
 			}
 			culprit = o->culprit;
@@ -213,9 +244,15 @@ static __always_inline void split_wait(struct timeline *t, u64 victim, u64 end, 
 		end = o->start;
 	}
 	if (run)
-		charge_pair(side, victim, culprit, run);
+		add_piece(t, culprit, run);
 	if (left)
-		charge_pair(side, victim, CULPRIT_UNTRACKED, left);
+		add_piece(t, CULPRIT_UNTRACKED, left);
+#pragma clang loop unroll(disable)
+	for (i = 0; i < PIECES; i++) {
+		if (i >= *(volatile u64 *)&t->pieces)
+			break;
+		charge_culprit(c, victim, t->piece[i].culprit, t->piece[i].ns, epoch);
+	}
 }
 
 /* Add the occupant leaving the CPU now, on since start, to the CPU's timeline. */
@@ -285,20 +322,19 @@ static __always_inline void mark_runnable(u64 task, u64 now)
 
 #if CULPRITS
 /*
- * The pending sample, waited ns, ended when the task leaving now came on (current_start);
- * the part before its move from another CPU, if it moved during the wait, is migrated.
+ * The pending sample, waited ns of the cgroup whose task leaves now (its id victim, its entry
+ * c), ended when that task came on (current_start); the part before its move from another CPU,
+ * if it moved during the wait, is migrated.
  */
-static __always_inline void split_pending(struct timeline *t, u64 victim, u64 waited)
+static __always_inline void split_pending(struct timeline *t, struct cgroup_stats *c, u64 victim,
+					  u64 waited)
 {
 	u64 end = t->current_start, moved = t->pending_moved, migrated = 0;
 
-	if (end < waited) {
-		charge_pair(current_side(), victim, CULPRIT_UNTRACKED, waited);
-		return;
-	}
-	if (moved > end - waited && moved < end)
+	/* end < waited: the CPU's first switch seen; the walk finds nothing, all is untracked. */
+	if (end >= waited && moved > end - waited && moved < end)
 		migrated = moved - (end - waited);
-	split_wait(t, victim, end, waited - migrated, migrated);
+	split_wait(t, c, victim, end, waited - migrated, migrated);
 }
 #endif
 
@@ -326,7 +362,10 @@ static __always_inline void on_switch(u64 prev, int runnable, int idle, u64 next
 		return;
 #if CULPRITS
 	if (s->pending) {
-		split_pending(t, charge_cgroup(cgroup, s->pending_ns), s->pending_ns);
+		struct cgroup_stats *c = charge_cgroup(cgroup, s->pending_ns);
+
+		if (c)
+			split_pending(t, c, cgroup, s->pending_ns);
 		s->pending = 0;
 	}
 	record_occupant(t, idle ? CULPRIT_IDLE : cgroup, now);

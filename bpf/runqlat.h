@@ -43,7 +43,7 @@
 #define CULPRIT_IDLE 9223372036854775807
 #define CULPRIT_MIGRATED 9223372036854775806
 #define CULPRIT_UNTRACKED 9223372036854775805
-#define TIMELINE_SLOTS 64
+#define TIMELINE_SLOTS 32
 
 /*
  * One per CPU. The number of samples is the sum of the slots, which stays exact
@@ -59,10 +59,35 @@ struct latency_stats {
 	u64 pending;
 };
 
+/*
+ * With culprit attribution, each waiting cgroup's entry keeps its wait split by culprit: what
+ * it waited behind itself, behind each reserved culprit, behind up to CULPRIT_SLOTS other
+ * cgroups (one slot each), and behind the rest (other_ns). Every counter is cumulative and
+ * a sample's parts add up to it. A slot's holder changes only where the slot was not charged
+ * in the current epoch (user space moves the epoch on at each reading); its ns then run on,
+ * and claimed_at keeps the value they had when the holder took the slot, so user space splits
+ * the slot's growth between the holder it last saw and the new one.
+ */
+#define CULPRIT_SLOTS 8
+#define RESERVED_CULPRITS 3
+
+struct culprit_slot {
+	u64 culprit;	/* the cgroup holding the slot; 0: never held */
+	u64 ns;		/* charged to the slot's holders, cumulative */
+	u64 claimed_at;	/* ns when the holder took the slot */
+	u64 epoch;	/* the epoch of the slot's last charge */
+};
+
 /* One per cgroup, shared by all CPUs and updated atomically. */
 struct cgroup_stats {
 	u64 slots[HIST_SLOTS];
 	u64 sum_ns;
+#if CULPRITS
+	u64 self_ns;				/* behind its own tasks */
+	u64 reserved_ns[RESERVED_CULPRITS];	/* behind CULPRIT_IDLE - i */
+	u64 other_ns;				/* behind cgroups no slot was free for */
+	struct culprit_slot culprits[CULPRIT_SLOTS];
+#endif
 };
 
 /* floor(log2(v)) for v >= 1, in five branch-free halving steps. */

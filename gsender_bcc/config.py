@@ -149,13 +149,14 @@ class Config:
                                     "the host only ({default})", "N"),
         needs_restart=_services_on_off)
     max_culprits: int = setting(
-        "default", whole(0, 100, "culprits"), 0,
+        "default", whole(0, 100, "culprits"), 3,
         "Who each service waited behind: <prefix>.service.<name>.behind.<culprit>_ms\n"
         "for the culprits (services, or idle, migrated, untracked) its tasks waited\n"
         "behind the longest, the rest summed as .behind.other_ms, beside\n"
-        ".behind_self_ms, .behind_others_ms and .caused_ms. 0 to 100; 0 (the default)\n"
-        "turns the attribution off. 3 is a good start; what it costs is recorded by\n"
-        "make bench (docs/benchmarks.md). Needs the per-service breakdown\n"
+        ".behind_self_ms, .behind_others_ms and .caused_ms. 0 to 100; 0 turns the\n"
+        "attribution off. The kernel keeps 8 culprit cgroups per cgroup an interval,\n"
+        "the first to make it wait; the rest count as other. What it costs is recorded\n"
+        "by make bench (docs/benchmarks.md). Needs the per-service breakdown\n"
         "(max_services above 0). A change between 0 and more needs a restart.",
         flag=Flag("--max-culprits", "culprits sent per service, the rest as 'other'; 0 turns "
                                     "the attribution off ({default})", "N"),

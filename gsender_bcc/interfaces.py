@@ -29,8 +29,7 @@ class Probe(Protocol):
 
     def read_snapshot(self) -> Snapshot:
         """Return the cumulative counters: the host's and each cgroup's, by cgroup id, and
-        with the attribution each (victim cgroup, culprit) pair's charge since the previous
-        reading (a reading empties the pairs)."""
+        with the attribution each cgroup's culprit counters."""
 
     def forget(self, cgroups: Iterable[int]) -> None:
         """Delete the entries of these cgroups (removed ones, after their last counts were

@@ -12,13 +12,13 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, Optional
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 from . import program
 from .config import Config
 from .errors import EX_NOPERM, EX_UNAVAILABLE, AgentError
 from .histogram import Counts, Layout, empty_counts, sum_counts
-from .readings import Snapshot
+from .readings import Culprits, CulpritWords, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,17 @@ def reserved_culprits() -> Dict[int, str]:
     return {constants[define]: name for define, name in RESERVED_CULPRITS}
 
 
+def culprit_words(constants: Dict[str, int]) -> CulpritWords:
+    """Where the culprit counters sit in a cgroup's entry: the header's reserved counter i
+    is culprit CULPRIT_IDLE - i."""
+    reserved = tuple(constants["CULPRIT_IDLE"] - i for i in range(constants["RESERVED_CULPRITS"]))
+    named = {constants[define] for define, _ in RESERVED_CULPRITS}
+    if set(reserved) != named:
+        raise ValueError(f"{program.HEADER_NAME}: the reserved culprits are not CULPRIT_IDLE "
+                         f"and the {len(reserved) - 1} ids below it")
+    return CulpritWords(reserved, constants["CULPRIT_SLOTS"], constants["OVERFLOW_CGROUP"])
+
+
 def _batches(map_fd: int, keys, values) -> Iterator[tuple]:
     """Yield a hash map's (key, the value's bytes), in batches of len(keys) (kernel 5.6 and
     later); the bytes are the batch buffer's, valid until the next entry is asked for."""
@@ -191,26 +202,11 @@ def _batches(map_fd: int, keys, values) -> Iterator[tuple]:
             yield keys[i], raw[i * size:(i + 1) * size]
 
 
-# Pairs are small (24 bytes with the value) and many: fewer, larger batches.
-PAIR_BATCH_ENTRIES = 4096
-
-
-def _pair_batches(map_fd: int, keys, values) -> Iterator[tuple]:
-    """Yield a pair map's batches, deleting what each batch read: the keys as a
-    sequence of u64 (victim, culprit, ...) and the values as one of u64, each valid until the
-    next batch is asked for."""
-    words_per_key = ctypes.sizeof(keys) // len(keys) // 8
-    key_words = memoryview(keys).cast("B").cast("Q")
-    value_words = memoryview(values).cast("B").cast("Q")
-    for count in _batch_counts(map_fd, keys, values, drain=True):
-        yield key_words[:count * words_per_key], value_words[:count]
-
-
-def _batch_counts(map_fd: int, keys, values, drain: bool = False) -> Iterator[int]:
+def _batch_counts(map_fd: int, keys, values) -> Iterator[int]:
     """Fill ``keys`` and ``values`` with a hash map's entries, batch after batch (kernel 5.6
-    and later), and yield how many each batch holds; ``drain``: delete them as they are read."""
+    and later), and yield how many each batch holds."""
     from bcc.libbcc import lib
-    call = lib.bpf_lookup_and_delete_batch if drain else lib.bpf_lookup_batch
+    call = lib.bpf_lookup_batch
     token, count = ctypes.c_uint32(0), ctypes.c_uint32(0)
     first, done = True, False
     while not done:
@@ -266,25 +262,19 @@ class Probe:
             # libbcc before 0.20 (bullseye's 0.18) has no bpf_lookup_batch: read entry by entry.
             self._batch_works = hasattr(bcc.libbcc.lib, "bpf_lookup_batch")
             self._counts_cache: Dict[int, Counts] = {}
-        self._pair_maps: Optional[tuple] = None
+        self._culprits: Optional[CulpritWords] = None
         if self.settings.culprits:
-            # Charged one at a time, the one culprit_side names; each reading flips the side
-            # and empties the map left (see _drain_pairs).
-            self._pair_maps = (self._bpf[b"culprit_counts_0"], self._bpf[b"culprit_counts_1"])
-            self._side_map = self._bpf[b"culprit_side"]
-            self._side = 0
-            for pairs in self._pair_maps:
-                self._create_overflow_pair(pairs)
-            pairs = self._pair_maps[0]
-            self._pair_keys = (pairs.Key * PAIR_BATCH_ENTRIES)()
-            self._pair_values = (pairs.Leaf * PAIR_BATCH_ENTRIES)()
-            self._drain_works = hasattr(bcc.libbcc.lib, "bpf_lookup_and_delete_batch")
+            # Moved on at each reading: a slot the program did not charge since may change hands.
+            self._epoch_map, self._epoch = self._bpf[b"culprit_epoch"], 0
+            self._culprits = culprit_words(program.installed_constants())
 
     def read_snapshot(self) -> Snapshot:
-        """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup;
-        with attribution, the pairs charged since the previous reading."""
+        """Return the cumulative counters: the per-CPU ones summed over CPUs, and per cgroup
+        (with attribution, each cgroup's culprit counters too)."""
         from bcc.libbcc import lib
-        left = self._flip_side() if self._pair_maps is not None else None
+        if self._culprits is not None:
+            self._epoch += 1
+            self._epoch_map[self._epoch_map.Key(0)] = self._epoch_map.Leaf(self._epoch)
         if lib.bpf_lookup_elem(self._stats.map_fd, ctypes.byref(self._stats_key),
                                ctypes.byref(self._stats_value)) != 0:
             code = ctypes.get_errno()
@@ -301,51 +291,13 @@ class Probe:
                     int.from_bytes(raw[base + slots_at:base + slots_at + 8 * width], order),
                     width, int.from_bytes(raw[base + sum_at:base + sum_at + 8], order)))
         host = sum_counts(self.layout, per_cpu) if per_cpu else empty_counts(self.layout)
-        cgroups = self._read_cgroups() if self._cgroups is not None else {}
-        # The pairs last: a program that read the old side just before the flip has long
-        # finished its update (a tracepoint's program runs without sleeping, in microseconds).
-        pairs = self._drain_pairs(left) if left is not None else None
-        return Snapshot(host, lost, cgroups, pairs)
+        cgroups, culprits = self._read_cgroups() if self._cgroups is not None else ({}, None)
+        return Snapshot(host, lost, cgroups, culprits)
 
-    @staticmethod
-    def _create_overflow_pair(pairs) -> None:
-        """Create the pair the program counts under once the map is full."""
-        overflow = overflow_cgroup()
-        pairs[pairs.Key(overflow, overflow)] = pairs.Leaf(0)
 
-    def _flip_side(self):
-        """Charge the other pair map from now on; return the one left."""
-        left = self._pair_maps[self._side]
-        self._side ^= 1
-        self._side_map[self._side_map.Key(0)] = self._side_map.Leaf(self._side)
-        return left
-
-    def _drain_pairs(self, pairs) -> Dict[tuple, int]:
-        """Read and empty a pair map that is no longer charged: what each (waiting cgroup,
-        culprit) pair was charged since it was last emptied, in ns.
-
-        It may hold tens of thousands of pairs: each batch's keys and values are taken as
-        arrays of u64, not entry by entry. The overflow pair is created again."""
-        found: Dict[tuple, int] = {}
-        if self._drain_works:
-            try:
-                for keys, values in _pair_batches(pairs.map_fd, self._pair_keys,
-                                                  self._pair_values):
-                    found.update(zip(zip(keys[0::2], keys[1::2]), values))
-            except (OSError, AttributeError) as error:
-                log.info("emptying the culprit map in batches failed (%s): entry by entry",
-                         getattr(error, "strerror", None) or error)
-                self._drain_works = False
-        if not self._drain_works:  # libbcc before 0.20 (bullseye's 0.18), or the kernel said no
-            for key, value in pairs.items():
-                found[key.victim, key.culprit] = found.get((key.victim, key.culprit), 0) \
-                    + value.value
-            pairs.clear()
-        self._create_overflow_pair(pairs)
-        return {pair: ns for pair, ns in found.items() if ns}  # the overflow pair may be 0
-
-    def _read_cgroups(self) -> Dict[int, Counts]:
-        """Read every cgroup's counters; an entry unchanged since the last read is reused.
+    def _read_cgroups(self) -> Tuple[Dict[int, Counts], Optional[Culprits]]:
+        """Read every cgroup's counters, and with attribution its culprit counters; an entry
+        unchanged since the last read is reused.
 
         Each entry's slots are kept packed into one integer (histogram.Counts.from_packed):
         they are unpacked only for the few services whose histograms are sent.
@@ -353,7 +305,11 @@ class Probe:
         size = ctypes.sizeof(self._cgroups.Leaf)
         width, order = self.layout.slots, sys.byteorder
         slots_bytes = 8 * width
+        words = self._culprits
+        culprits_at = slots_bytes + 8
+        culprits_end = culprits_at + 8 * words.size if words else culprits_at
         cache, fresh = self._counts_cache, {}
+        blames: Dict[int, tuple] = {}
         for cgroup, raw in self._cgroup_entries(size):
             sum_ns = int.from_bytes(raw[slots_bytes:slots_bytes + 8], order)
             packed = int.from_bytes(raw[:slots_bytes], order)
@@ -362,8 +318,10 @@ class Probe:
                 fresh[cgroup] = known
             else:
                 fresh[cgroup] = Counts.from_packed(packed, width, sum_ns)
+            if words:
+                blames[cgroup] = tuple(raw[culprits_at:culprits_end].cast("Q"))
         self._counts_cache = fresh
-        return dict(fresh)
+        return dict(fresh), (Culprits(words, blames) if words else None)
 
     def _cgroup_entries(self, size: int) -> Iterator[tuple]:
         """Yield (cgroup id, the value's bytes as a memoryview, valid until the next entry is
@@ -380,8 +338,7 @@ class Probe:
             yield key.value, memoryview(ctypes.string_at(ctypes.addressof(value), size))
 
     def forget(self, cgroups: Iterable[int]) -> None:
-        """Delete the entries of removed cgroups, after their last counts were read. (The
-        pairs need no forgetting: each reading empties the map it reads.)"""
+        """Delete the entries of removed cgroups, after their last counts were read."""
         if self._cgroups is None:
             return
         for cgroup in set(cgroups):

@@ -47,14 +47,9 @@ def start_entries(pid_max_file: Path = PID_MAX) -> int:
 # The per-cgroup map holds one entry per cgroup that had a sample since it was created
 # (user space deletes the entries of removed cgroups). Each entry is a histogram of
 # HIST_SLOTS u64 plus the sum, about 1.9 KiB, shared by all CPUs: 4096 entries are
-# about 8 MiB of kernel memory whatever the number of CPUs.
+# about 8 MiB of kernel memory whatever the number of CPUs. Culprit attribution adds its
+# counters to each entry (37 u64 with 8 culprit slots, about 0.3 KiB).
 DEFAULT_MAX_CGROUPS = 4096
-
-# With culprit attribution, each of the two maps of (waiting cgroup, culprit) pairs (one is
-# charged while the other is read and emptied, so each holds one interval's pairs): a key of
-# two u64 and a u64 value each, about 100 bytes with the hash table's own, shared by all CPUs:
-# 32768 pairs an interval are about 3 MiB a map whatever the number of CPUs.
-DEFAULT_MAX_PAIRS = 32768
 
 _DEFINE = re.compile(r"^#define\s+([A-Z_][A-Z0-9_]*)\s+(\d+)\s*$", re.MULTILINE)
 
@@ -142,7 +137,6 @@ class ProgramSettings:
     per_cgroup: bool = False
     max_cgroups: int = DEFAULT_MAX_CGROUPS
     culprits: bool = False  # split each wait by who ran meanwhile (needs per_cgroup)
-    max_pairs: int = DEFAULT_MAX_PAIRS
     # What kernel headers would have told BCC's helpers.h, taken from the running kernel.
     version_code: int = field(default_factory=running_version_code)
     page_size: int = field(default_factory=running_page_size)
@@ -168,7 +162,7 @@ class ProgramSettings:
     def cflags(self, include_dir: Path) -> Tuple[str, ...]:
         flags = [f"-I{include_dir}", f"-DSTART_ENTRIES={self.start_entries}",
                  f"-DPER_CGROUP={int(self.per_cgroup)}", f"-DMAX_CGROUPS={self.max_cgroups}",
-                 f"-DCULPRITS={int(self.culprits)}", f"-DMAX_PAIRS={self.max_pairs}",
+                 f"-DCULPRITS={int(self.culprits)}",
                  *include_tree_flags(self.version_code, self.page_size)]
         if self.raw is not None:
             flags += ["-DRAW_TRACEPOINTS", f"-DSTATE_OFFSET={self.raw.state_offset}",

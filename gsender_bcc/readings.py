@@ -4,9 +4,35 @@ between two of them (Measured)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from .histogram import BACKWARDS, Counts, Layout, add_counts, subtract_counts, sum_counts
+
+
+@dataclass(frozen=True)
+class CulpritWords:
+    """Where each counter sits among a cgroup's culprit words (bpf/runqlat.h's cgroup_stats
+    after sum_ns): self, then one per reserved culprit (``reserved``, the ids in the
+    program's order), other, then ``slots`` slots of (culprit, ns, claimed_at, epoch)."""
+
+    reserved: Tuple[int, ...]
+    slots: int
+    other: int  # the culprit id the rest is charged under: the overflow cgroup's
+
+    SLOT_WORDS = 4
+
+    @property
+    def size(self) -> int:
+        return 2 + len(self.reserved) + self.SLOT_WORDS * self.slots
+
+
+@dataclass(frozen=True)
+class Culprits:
+    """Each cgroup's culprit counters as the program keeps them, cumulative: by cgroup id, its
+    words (``layout``)."""
+
+    layout: CulpritWords
+    words: Mapping[int, Tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -20,10 +46,8 @@ class Snapshot:
     host: Counts
     lost: int
     cgroups: Mapping[int, Counts] = field(default_factory=dict)
-    # With attribution on (None: off), (victim cgroup, culprit) -> ns waited since the
-    # previous reading: the pairs are not cumulative (the reading empties the kernel's map).
-    # The culprit is a cgroup id or one of the header's reserved CULPRIT_* ids.
-    culprits: Optional[Mapping[Tuple[int, int], int]] = None
+    # With attribution on (None: off), each cgroup's culprit counters.
+    culprits: Optional[Culprits] = None
 
 
 @dataclass(frozen=True)
@@ -46,8 +70,8 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
     """Return what was counted between two snapshots of the same program.
 
     A cgroup unknown to ``previous`` counts from zero; one missing from ``current``
-    (its entry was removed after its last reading) counts nothing. The culprit pairs are
-    ``current``'s: they hold only what was charged since ``previous``.
+    (its entry was removed after its last reading) counts nothing. The culprit counters are
+    turned into what each (victim cgroup, culprit) pair was charged between the two.
     """
     cgroups: Dict[int, Counts] = {}
     for cgroup, counts in current.cgroups.items():
@@ -63,4 +87,56 @@ def delta(layout: Layout, previous: Snapshot, current: Snapshot, seconds: float)
     lost = current.lost - previous.lost
     if lost < 0:
         raise ValueError(BACKWARDS)
-    return Measured(seconds, host, lost, cgroups, current.culprits)
+    pairs = None
+    if current.culprits is not None:
+        pairs = culprit_pairs(previous.culprits.words if previous.culprits else {},
+                              current.culprits.words, current.culprits.layout)
+    return Measured(seconds, host, lost, cgroups, pairs)
+
+
+def culprit_pairs(previous: Mapping[int, Sequence[int]], current: Mapping[int, Sequence[int]],
+                  words: CulpritWords) -> Dict[Tuple[int, int], int]:
+    """What each (victim cgroup, culprit) pair was charged between two readings, in ns; only
+    pairs charged something. A cgroup unknown to ``previous`` counts from zero."""
+    pairs: Dict[Tuple[int, int], int] = {}
+    for victim, now in current.items():
+        before = previous.get(victim)
+        if before == now:
+            continue
+        for culprit, ns in _charged(victim, before, now, words):
+            if ns:
+                pairs[victim, culprit] = pairs.get((victim, culprit), 0) + ns
+    return pairs
+
+
+def _charged(victim: int, before: Optional[Sequence[int]], now: Sequence[int],
+             words: CulpritWords) -> Iterator[Tuple[int, int]]:
+    """One cgroup's charges between two readings of its words, as (culprit, ns).
+
+    A slot that changed hands splits its growth at claimed_at: the holder seen before gets
+    what came before, the new one the rest (claimed_at is clamped into the growth, so the
+    parts always add up to it)."""
+    if before is None:
+        before = (0,) * words.size
+    if len(before) != words.size or len(now) != words.size:
+        raise ValueError(f"culprit counters of {len(before)} and {len(now)} words, "
+                         f"not {words.size}")
+    counters = (victim, *words.reserved, words.other)
+    for i, culprit in enumerate(counters):
+        yield culprit, _growth(before[i], now[i])
+    for at in range(len(counters), words.size, words.SLOT_WORDS):
+        held, ns, claimed_at = now[at:at + 3]
+        was, ns_before = before[at], before[at + 1]
+        grown = _growth(ns_before, ns)
+        if held == was:
+            yield held, grown
+        else:
+            split = min(max(claimed_at - ns_before, 0), grown)
+            yield was, split
+            yield held, grown - split
+
+
+def _growth(before: int, now: int) -> int:
+    if now < before:
+        raise ValueError(BACKWARDS)
+    return now - before

@@ -4,8 +4,8 @@ The program's counters are cumulative. Each interval is the difference between t
 (histogram.delta), over the monotonic seconds between them. With the per-service breakdown,
 the cgroups that counted are named by the tree, and merged by service.
 
-The culprit pairs (with attribution) are the exception: each reading empties the kernel's
-pair map, so a reading holds the interval's pairs and needs no subtracting.
+With attribution, each cgroup's culprit counters are cumulative too: the interval holds what
+each (waiting cgroup, culprit) pair was charged between the two readings.
 
 A removed cgroup's entry stays in the kernel's map, its counts unchanged, until it is
 forgotten: its last samples are sent under its name, and once the tree reports it gone
@@ -127,14 +127,17 @@ class Sampler:
         return reserved_totals(measured.culprits, self.reserved)
 
     def _forget(self, gone: Iterable[int]) -> None:
-        """Delete the entries of removed cgroups and drop them from the baseline, together.
-        (The culprit pairs are not cumulative: nothing keeps those naming them.)"""
+        """Delete the entries of removed cgroups and drop them from the baseline, together."""
         gone = set(gone)
         self.probe.forget(gone)
         baseline = self.baseline
+        culprits = baseline.culprits
+        if culprits is not None:
+            culprits = replace(culprits, words={cgroup: words for cgroup, words
+                                                in culprits.words.items() if cgroup not in gone})
         self._baseline = replace(
             baseline, cgroups={cgroup: counts for cgroup, counts in baseline.cgroups.items()
-                               if cgroup not in gone})
+                               if cgroup not in gone}, culprits=culprits)
 
     def overflow_count(self, measured: Measured) -> int:
         """The samples counted beyond the map's capacity (under the overflow key)."""

@@ -41,6 +41,7 @@ from gsender_bcc.metrics import Interval, ServiceStats, agent_points, to_datapoi
 from gsender_bcc.probe import reserved_culprits  # noqa: E402
 
 LAYOUT = program.installed_layout()
+CONSTANTS = program.installed_constants()
 DAY = 86400
 BEGIN = "<!-- figures: {name} (written by scripts/docs_figures.py from the code: do not edit) -->"
 END = "<!-- end of figures: {name} -->"
@@ -212,7 +213,9 @@ def series_table() -> List[List[str]]:
 
 def limits() -> List[List[str]]:
     """[figure, value, where the code declares it]."""
-    entry = (LAYOUT.slots + 1) * 8  # a cgroup's histogram slots and its sum, 8 bytes each
+    # A cgroup's histogram slots, its sum and its culprit counters (on by default), 8 bytes each.
+    entry = (LAYOUT.slots + 1 + 2 + CONSTANTS["RESERVED_CULPRITS"]
+             + 4 * CONSTANTS["CULPRIT_SLOTS"]) * 8
     return [
         ["outbox segment size", f"{outbox_files.SEGMENT_BYTES >> 10} KiB",
          "`outbox.lines.SEGMENT_BYTES`"],
@@ -240,9 +243,11 @@ def limits() -> List[List[str]]:
         ["cgroups the kernel map holds", str(program.DEFAULT_MAX_CGROUPS),
          "`program.DEFAULT_MAX_CGROUPS`"],
         ["kernel memory of that map", f"{program.DEFAULT_MAX_CGROUPS * entry / 2 ** 20:.1f} MiB",
-         "its entries × (histogram slots + 1) × 8 bytes"],
-        ["(service, culprit) pairs an interval holds", str(program.DEFAULT_MAX_PAIRS),
-         "`program.DEFAULT_MAX_PAIRS`"],
+         "its entries × (histogram slots + sum + culprit counters) × 8 bytes"],
+        ["culprit cgroups kept per cgroup an interval (the rest: other)",
+         str(CONSTANTS["CULPRIT_SLOTS"]), "`CULPRIT_SLOTS` in the BPF header"],
+        ["occupants each CPU remembers (older parts of a wait: untracked)",
+         str(CONSTANTS["TIMELINE_SLOTS"]), "`TIMELINE_SLOTS` in the BPF header"],
         ["whole-µs slots of the histogram", f"below {LAYOUT.sub_count} µs", "the BPF header"],
         ["slots per power of two above that", str(LAYOUT.sub_count), "the BPF header"],
         ["percentile error above that", f"{100 / (2 * LAYOUT.sub_count):g} %",

@@ -216,15 +216,20 @@ def test_log_lines_carry_no_timestamp_under_systemd(tmp_path):
         assert len(notice) == 1 and re.match(first + r"\S", notice[0]), done.stderr
 
 
-def test_a_cgroups_entry_is_its_slots_and_its_sum():
-    """The limits table computes the cgroup map's memory as entries × (slots + 1) × 8 bytes:
-    one entry is the histogram's slots and the exact sum, and nothing per CPU."""
+def test_a_cgroups_entry_is_its_slots_its_sum_and_its_culprit_counters():
+    """The limits table computes the cgroup map's memory as entries × (slots + 1 + the culprit
+    counters) × 8 bytes: one entry is the histogram's slots, the exact sum and, with the
+    attribution (the default), its culprit counters; nothing per CPU."""
     text = (program.source_dir() / program.HEADER_NAME).read_text()
     fields = re.search(r"struct cgroup_stats \{(.*?)\};", text, re.S).group(1)
-    assert re.findall(r"u64 (\w+)", fields) == ["slots", "sum_ns"]
-    assert re.search(r"u64 slots\[HIST_SLOTS\]", fields)
-    mib = program.DEFAULT_MAX_CGROUPS * (LAYOUT.slots + 1) * 8 / 2 ** 20
-    assert math.isclose(mib, 8, rel_tol=0.1)
+    assert re.findall(r"(?:u64|struct culprit_slot) (\w+)", fields) == [
+        "slots", "sum_ns", "self_ns", "reserved_ns", "other_ns", "culprits"]
+    slot = re.search(r"struct culprit_slot \{(.*?)\};", text, re.S).group(1)
+    assert re.findall(r"u64 (\w+)", slot) == ["culprit", "ns", "claimed_at", "epoch"]
+    constants = program.installed_constants()
+    words = LAYOUT.slots + 1 + 2 + constants["RESERVED_CULPRITS"] + 4 * constants["CULPRIT_SLOTS"]
+    mib = program.DEFAULT_MAX_CGROUPS * words * 8 / 2 ** 20
+    assert math.isclose(mib, 8.7, rel_tol=0.05)
 
 
 def test_a_udp_datagram_crosses_an_ipv6_path_with_a_1500_byte_mtu_unfragmented():

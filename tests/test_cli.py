@@ -137,7 +137,7 @@ class TestWithBpf:
             proc.wait()
         assert proc.returncode == 0, err
         assert re.fullmatch(r"OK: BPF program attached to the raw tracepoints sched_wakeup, "
-                            r"sched_wakeup_new, sched_switch and sched_process_free; "
+                            r"sched_wakeup_new, sched_switch, sched_process_free and sched_migrate_task; "
                             r"\d+ samples in 1s; \d+ services seen; detached\n", out)
         assert_unloaded(ours)
 
@@ -156,7 +156,7 @@ class TestWithBpf:
         result = agent("--dump-bpf")
         assert result.returncode == 0
         assert re.search(r"compile flags: -I\S+/bpf -DSTART_ENTRIES=\d+ -DPER_CGROUP=1 "
-                         r"-DMAX_CGROUPS=4096 -DCULPRITS=0 -DMAX_PAIRS=32768 "
+                         r"-DMAX_CGROUPS=4096 -DCULPRITS=1 "
                          r"-DLINUX_VERSION_CODE=\d+ -DGSENDER_PAGE_SIZE=\d+ "
                          r"-DRAW_TRACEPOINTS -DSTATE_OFFSET=\d+ -DSTATE_SIZE=[48] "
                          r"\*/", result.stdout)

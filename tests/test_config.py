@@ -270,7 +270,7 @@ class TestCheckConfig:
         assert result.returncode == 0
         assert result.stdout == (
             "[default]\nfrequency = 15\nlogging_level = INFO\nprefix = x.y\nbucket_series = yes\n"
-            "state_directory = /var/lib/gsender-bcc\nmax_services = 20\nmax_culprits = 0\n"
+            "state_directory = /var/lib/gsender-bcc\nmax_services = 20\nmax_culprits = 3\n"
             "tracepoints = auto\n\n"
             "[graphite]\nserver_address = localhost\nport = 2103\nfallback_servers = \n"
             "protocol = tcp\ntimeout = 5.0\nbuffer_hours = 24.0\nbuffer_megabytes = 128\n"

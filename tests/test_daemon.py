@@ -19,6 +19,7 @@ from gsender_bcc.histogram import Counts, Layout, slot_of
 from gsender_bcc.readings import Snapshot
 from gsender_bcc.notify import NullNotifier
 from gsender_bcc.probe import reserved_culprits
+from culprit_words import culprits_of
 
 IDLE = next(i for i, name in reserved_culprits().items() if name == "idle")
 LAYOUT = Layout(sub_bits=3, log2_max=32)
@@ -123,7 +124,7 @@ class FakeProbe:
         self.per_cgroup = per_cgroup
         self.settings = SimpleNamespace(per_cgroup=per_cgroup, culprits=False)
         self.forgotten = set()
-        self.pairs = None  # with attribution: (victim, culprit) -> ns since the last reading
+        self.pairs = None  # with attribution: (victim, culprit) -> ns, cumulative
 
     def blame(self, us, cgroup, culprit):
         """Count one sample of ``us`` in ``cgroup``, all of it behind ``culprit``."""
@@ -141,10 +142,9 @@ class FakeProbe:
         self.cgroups[cgroup] = (slots, total + us * 1000 * n)
 
     def read_snapshot(self):
-        pairs, self.pairs = self.pairs, None if self.pairs is None else {}  # emptied when read
         return Snapshot(Counts(array("q", self.slots), self.sum_ns), 0,
                         {c: Counts(array("q", s), t) for c, (s, t) in self.cgroups.items()},
-                        pairs)
+                        None if self.pairs is None else culprits_of(self.pairs))
 
     def forget(self, cgroups):
         self.forgotten |= set(cgroups)

@@ -115,7 +115,7 @@ class TestSettings:
                                            version_code=0x60100, page_size=4096)
         assert settings.cflags(tmp_path) == (f"-I{tmp_path}", "-DSTART_ENTRIES=4096",
                                              "-DPER_CGROUP=0", "-DMAX_CGROUPS=4096",
-                                             "-DCULPRITS=0", "-DMAX_PAIRS=32768",
+                                             "-DCULPRITS=0",
                                              "-DLINUX_VERSION_CODE=393472",
                                              "-DGSENDER_PAGE_SIZE=4096",
                                              "-DPREEMPTED_STATE=0x100")
@@ -123,11 +123,11 @@ class TestSettings:
 
     def test_raw_flags(self, tmp_path):
         settings = program.ProgramSettings(raw=RawLayout(24), per_cgroup=True,
-                                           max_cgroups=100, culprits=True, max_pairs=200,
+                                           max_cgroups=100, culprits=True,
                                            start_entries=32768, version_code=1, page_size=65536)
         assert settings.cflags(tmp_path) == (
             f"-I{tmp_path}", "-DSTART_ENTRIES=32768", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
-            "-DCULPRITS=1", "-DMAX_PAIRS=200", "-DLINUX_VERSION_CODE=1", "-DGSENDER_PAGE_SIZE=65536",
+            "-DCULPRITS=1", "-DLINUX_VERSION_CODE=1", "-DGSENDER_PAGE_SIZE=65536",
             "-DRAW_TRACEPOINTS", "-DSTATE_OFFSET=24", "-DSTATE_SIZE=4")
         assert settings.kind == "raw tracepoints"
         # With culprits, migrations too.

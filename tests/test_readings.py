@@ -3,7 +3,7 @@
 import pytest
 
 from gsender_bcc.histogram import Counts, add_counts
-from gsender_bcc.readings import Measured, Snapshot, delta
+from gsender_bcc.readings import Culprits, CulpritWords, Measured, Snapshot, culprit_pairs, delta
 from test_histogram import LAYOUT, SMALL, c, counts, packed
 
 
@@ -67,12 +67,58 @@ class TestDelta:
         assert add_counts(first.host, second.host) == both.host
 
 
-@pytest.mark.parametrize("previous, current", [
-    (None, None), ({(1, 2): 5}, None), (None, {(1, 2): 5}),
-    # a reading's pairs are what was charged since the one before: never subtracted
-    ({(1, 2): 5, (1, 3): 7}, {(1, 2): 5, (5, 1): 2}),
+# -- culprit counters: what each (victim, culprit) pair was charged between two readings --
+
+W = CulpritWords(reserved=(900, 899, 898), slots=2, other=0)
+V = 7  # the victim
+
+
+def words(self_ns=0, reserved=(0, 0, 0), other=0, slots=((0, 0, 0), (0, 0, 0))):
+    """A victim's words: its counters, then each slot's (holder, ns, claimed_at) and an epoch."""
+    return (self_ns, *reserved, other, *(word for slot in slots for word in (*slot, 5)))
+
+
+@pytest.mark.parametrize("before, now, pairs", [
+    # A cgroup unknown to the previous reading counts from zero.
+    (None, words(3, (1, 0, 2), 4, ((11, 6, 0), (0, 0, 0))),
+     {(V, V): 3, (V, 900): 1, (V, 898): 2, (V, 0): 4, (V, 11): 6}),
+    # Unchanged: nothing.
+    (words(3), words(3), {}),
+    # Each counter and each slot held by the same culprit grows by the difference.
+    (words(3, (1, 0, 0), 0, ((11, 6, 0), (12, 1, 0))),
+     words(5, (1, 4, 0), 2, ((11, 9, 0), (12, 1, 0))),
+     {(V, V): 2, (V, 899): 4, (V, 0): 2, (V, 11): 3}),
+    # A slot that changed hands splits its growth at claimed_at: 11 had 6, then 2 more,
+    # before 13 took the slot at 8 and was charged 5.
+    (words(slots=((11, 6, 0), (0, 0, 0))), words(slots=((13, 13, 8), (0, 0, 0))),
+     {(V, 11): 2, (V, 13): 5}),
+    # ... into an empty slot: all to the new holder.
+    (words(slots=((11, 6, 0), (0, 0, 0))), words(slots=((11, 6, 0), (12, 4, 0))),
+     {(V, 12): 4}),
+    # A claimed_at the reading caught out of step is clamped into the growth: the parts
+    # still add up to it.
+    (words(slots=((11, 6, 0), (0, 0, 0))), words(slots=((13, 10, 2), (0, 0, 0))),
+     {(V, 13): 4}),
+    (words(slots=((11, 6, 0), (0, 0, 0))), words(slots=((13, 10, 30), (0, 0, 0))),
+     {(V, 11): 4}),
 ])
-def test_an_interval_s_culprit_pairs_are_the_later_reading_s(previous, current):
+def test_culprit_counters_become_the_interval_s_pairs(before, now, pairs):
+    previous = {} if before is None else {V: before}
+    assert culprit_pairs(previous, {V: now}, W) == pairs
+    grown = sum(now[:5]) + sum(now[6::4]) - (sum(before[:5]) + sum(before[6::4]) if before else 0)
+    assert sum(pairs.values()) == grown  # every nanosecond once
+
+
+def test_culprit_counters_going_backwards_are_refused():
+    with pytest.raises(ValueError, match="went backwards"):
+        culprit_pairs({V: words(3)}, {V: words(2)}, W)
+    with pytest.raises(ValueError, match="not 13"):
+        culprit_pairs({}, {V: (0,) * 12}, W)
+
+
+def test_an_interval_s_culprit_pairs_come_from_the_two_readings():
     zero = Counts.from_packed(0, LAYOUT.slots, 0)
-    measured = delta(LAYOUT, Snapshot(zero, 0, {}, previous), Snapshot(zero, 0, {}, current), 1.0)
-    assert measured.culprits == current
+    first = Snapshot(zero, 0, {}, Culprits(W, {V: words(3)}))
+    second = Snapshot(zero, 0, {}, Culprits(W, {V: words(5), 8: words(other=1)}))
+    assert delta(LAYOUT, first, second, 1.0).culprits == {(V, V): 2, (8, 0): 1}
+    assert delta(LAYOUT, snap(zero), snap(zero), 1.0).culprits is None

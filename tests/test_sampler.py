@@ -19,6 +19,7 @@ from gsender_bcc.config import Config
 from gsender_bcc.metrics import to_datapoints
 from gsender_bcc.probe import overflow_cgroup, reserved_culprits
 from gsender_bcc.sampler import Sampler
+from culprit_words import culprits_of
 
 LAYOUT = Layout(sub_bits=3, log2_max=32)
 OVERFLOW = overflow_cgroup()
@@ -32,7 +33,7 @@ class FakeMap:
     def __init__(self, attribution=False):
         self.entries = {}
         self.forgotten = []
-        self.pairs = {} if attribution else None  # (victim, culprit) -> ns since the last read
+        self.pairs = {} if attribution else None  # (victim, culprit) -> ns, cumulative
         self.settings = SimpleNamespace(per_cgroup=True, culprits=attribution)
 
     def blamed(self, victim, behind):
@@ -52,16 +53,17 @@ class FakeMap:
         self.entries[cgroup] = (slots, total + samples * us * 1000)
 
     def read_snapshot(self):
-        """The cumulative histograms, and the pairs charged since the last reading (emptied)."""
-        pairs, self.pairs = self.pairs, None if self.pairs is None else {}
+        """The cumulative histograms and culprit counters."""
         return Snapshot(empty_counts(LAYOUT), 0, {cgroup: Counts(array("q", slots), total)
                                                   for cgroup, (slots, total) in self.entries.items()},
-                        pairs)
+                        None if self.pairs is None else culprits_of(self.pairs))
 
     def forget(self, cgroups):
         for cgroup in cgroups:
             self.forgotten.append(cgroup)
             self.entries.pop(cgroup, None)
+        if self.pairs is not None:
+            self.pairs = {pair: ns for pair, ns in self.pairs.items() if pair[0] not in cgroups}
 
 
 class FakeTree:
@@ -323,7 +325,7 @@ def test_a_culprit_that_never_waited_is_named_each_interval_it_is_charged():
     # Charged nothing since: it is neither asked about nor kept (no entry of it to delete).
     tree.existing.remove(3)
     assert "batch" not in rows(sampler.services(sampler.measure(), 20, 3))
-    assert tree.asked[-1][0] == set() and sampler.baseline.culprits == {}
+    assert tree.asked[-1][0] == set() and sampler.baseline.culprits.words.keys() == {1}
     assert kernel.forgotten == []
     # Its id handed out again is named anew.
     tree.make(3, "job")
