@@ -12,7 +12,8 @@ import time
 import pytest
 
 from gsender_bcc.config import Config
-from gsender_bcc.probe import Probe, reserved_culprits
+from gsender_bcc.probe import Probe, overflow_cgroup, reserved_culprits
+from gsender_bcc.readings import culprit_pairs, delta
 from test_physics_bpf import CPU, exec_runtime_ns
 from test_probe_bpf import settings_for
 
@@ -39,6 +40,11 @@ def charged_to(pairs, victim):
     return {culprit: ns for (waiting, culprit), ns in pairs.items() if waiting == victim}
 
 
+def between(probe, before, after):
+    """The (victim, culprit) pairs charged between two readings."""
+    return delta(probe.layout, before, after, 1.0).culprits
+
+
 def needs_two_cpus():
     if os.cpu_count() < 2:
         pytest.skip("needs a second CPU for the loops")
@@ -49,23 +55,12 @@ def within(measured, truth, what):
         f"{what}: {measured / 1e9:.3f}s by the program, {truth / 1e9:.3f}s by CPU time")
 
 
-def summed(*readings):
-    """The pairs of several readings added up: each holds those charged since the one before,
-    so every reading since the attach adds up to what was charged since it."""
-    total = {}
-    for reading in readings:
-        for pair, ns in reading.culprits.items():
-            total[pair] = total.get(pair, 0) + ns
-    return total
-
-
-def assert_every_wait_is_split_exactly(readings, cgroups):
-    """Every reading since the attach, the last with the loops stopped (no wait in flight):
-    each cgroup's pairs add up to its histogram's total, to the nanosecond."""
-    pairs = summed(*readings)
+def assert_every_wait_is_split_exactly(reading, cgroups):
+    """A reading with the loops stopped (no wait in flight): each cgroup's culprit counters
+    since the attach add up to its histogram's total, to the nanosecond."""
+    pairs = culprit_pairs({}, reading.culprits.words, reading.culprits.layout)
     for cgroup in cgroups:
-        assert sum(charged_to(pairs, cgroup.id).values()) == \
-            readings[-1].cgroups[cgroup.id].sum_ns
+        assert sum(charged_to(pairs, cgroup.id).values()) == reading.cgroups[cgroup.id].sum_ns
 
 
 @pytest.mark.parametrize("kind", ["raw", "classic"])
@@ -93,7 +88,7 @@ def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory)
         for cgroup in loops:
             cgroup.pause()
         stopped = probe.read_snapshot()
-    pairs = after.culprits
+    pairs = between(probe, before, after)
     for victim in loops:
         for culprit in loops:
             if culprit is not victim:
@@ -106,7 +101,7 @@ def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory)
     within(service_pair((b.id,), a), cpu[one.id] + cpu[two.id], f"{kind}: B behind A")
     within(service_pair(a, (b.id,)), 2 * cpu[b.id], f"{kind}: A behind B")
     within(service_pair(a, a), cpu[one.id] + cpu[two.id], f"{kind}: A behind itself")
-    assert_every_wait_is_split_exactly((before, after, stopped), loops)
+    assert_every_wait_is_split_exactly(stopped, loops)
 
 
 @pytest.mark.parametrize("kind", ["raw", "classic"])
@@ -131,10 +126,10 @@ def test_a_sleeper_beside_a_hog_waits_behind_the_hog(kind, cgroup_factory):
         stopped = probe.read_snapshot()
     waited = stopped.cgroups[sleeper.id].sum_ns - before.cgroups[sleeper.id].sum_ns
     assert stopped.cgroups[sleeper.id].count - before.cgroups[sleeper.id].count > 100
-    behind = charged_to(stopped.culprits, sleeper.id)
+    behind = charged_to(between(probe, before, stopped), sleeper.id)
     assert behind.get(hog.id, 0) >= 0.9 * waited, (kind, behind, waited)
     assert behind.get(NAMES["idle"], 0) <= 0.02 * waited, (kind, behind, waited)
-    assert_every_wait_is_split_exactly((before, stopped), (sleeper, hog))
+    assert_every_wait_is_split_exactly(stopped, (sleeper, hog))
 
 
 @pytest.mark.parametrize("kind", ["raw", "classic"])
@@ -157,57 +152,36 @@ def test_a_wait_begun_on_another_cpu_is_charged_to_migrated_for_that_part(kind, 
         still.pause(), moving.pause()
         cpu_still = cpu_ns(still) - cpu_still
         stopped = probe.read_snapshot()
-    behind = charged_to(stopped.culprits, moving.id)
+    behind = charged_to(between(probe, before, stopped), moving.id)
     assert behind.get(NAMES["migrated"], 0) > 0, (kind, behind)
     assert behind.get(still.id, 0) <= (1 + TOLERANCE) * cpu_still, (kind, behind, cpu_still)
-    assert_every_wait_is_split_exactly((before, stopped), (still, moving))
+    assert_every_wait_is_split_exactly(stopped, (still, moving))
 
 
-def test_pairs_beyond_the_map_are_counted_under_the_overflow_pair(cgroup_factory):
-    """With room for a few pairs only, the rest of the machine's pairs go to (overflow,
-    overflow): counted, not lost, so the pairs still add up to the histograms."""
-    from dataclasses import replace
-
-    from gsender_bcc.probe import overflow_cgroup
+def test_culprits_beyond_the_slots_are_charged_to_other(cgroup_factory):
+    """Ten loops in ten cgroups on one CPU: each waits behind nine others, one more than its
+    entry has slots, so in each epoch the wait behind the one that comes last is charged to
+    other (the overflow id). Readings every 0.1 s move the epoch on: the intervals' pairs
+    still add up to every wait, to the nanosecond."""
     needs_two_cpus()
-    loops = [cgroup_factory(f"culprit-many-{n}") for n in range(3)]
-    for cgroup in loops:
-        cgroup.spin(CPU)
-    time.sleep(0.3)
-    with Probe(Config(), replace(culprit_settings("raw"), max_pairs=4)) as probe:
-        time.sleep(1.0)
-        for cgroup in loops:
-            cgroup.pause()
-        stopped = probe.read_snapshot()
-    overflow = (overflow_cgroup(), overflow_cgroup())
-    assert len(stopped.culprits) <= 4
-    assert stopped.culprits.get(overflow, 0) > 0, stopped.culprits
-    waited = sum(counts.sum_ns for counts in stopped.cgroups.values())
-    charged = sum(stopped.culprits.values())
-    # The rest of the machine runs on: a sample on another CPU may be in flight at the read.
-    assert abs(charged - waited) <= 0.01 * waited, (charged, waited)
-
-
-def test_each_reading_holds_the_pairs_charged_since_the_one_before(cgroup_factory):
-    """A reading flips the map the program charges and empties the one it left. So once the
-    loops stop, the reading after next finds none of their pairs (a removed cgroup's pairs
-    vanish the same way), and the readings add up, across both maps, to the histograms."""
-    needs_two_cpus()
-    loops = [cgroup_factory(f"culprit-reading-{n}") for n in range(2)]
+    from gsender_bcc import program
+    slots = program.installed_constants()["CULPRIT_SLOTS"]
+    loops = [cgroup_factory(f"culprit-many-{n}") for n in range(slots + 2)]
     for cgroup in loops:
         cgroup.spin(CPU)
     time.sleep(0.3)
     with Probe(Config(), culprit_settings("raw")) as probe:
         readings = [probe.read_snapshot()]
-        for _ in range(3):  # three flips while they run, so both maps are read twice
-            time.sleep(0.3)
+        for _ in range(20):
+            time.sleep(0.1)
             readings.append(probe.read_snapshot())
         for cgroup in loops:
             cgroup.pause()
-        readings.append(probe.read_snapshot())  # their last waits, charged before the pause
         readings.append(probe.read_snapshot())
-    ids = {cgroup.id for cgroup in loops}
-    for reading in readings[1:4]:
-        assert any(victim in ids for victim, _ in reading.culprits), reading.culprits
-    assert not any(victim in ids or culprit in ids for victim, culprit in readings[-1].culprits)
-    assert_every_wait_is_split_exactly(readings, loops)
+    intervals = [between(probe, a, b) for a, b in zip(readings, readings[1:])]
+    for cgroup in loops:
+        assert any(charged_to(pairs, cgroup.id).get(overflow_cgroup(), 0) for pairs in intervals)
+        total = sum(sum(charged_to(pairs, cgroup.id).values()) for pairs in intervals)
+        first = readings[0].cgroups.get(cgroup.id)
+        assert total == readings[-1].cgroups[cgroup.id].sum_ns - (first.sum_ns if first else 0)
+    assert_every_wait_is_split_exactly(readings[-1], loops)
