@@ -31,7 +31,7 @@ class Idle:
 
 IDLE_MODES = [("host_only", "bench.hostonly", ["--max-services", "0"]),
               ("gsender", "bench.default", []),
-              ("culprits", "bench.culprits", ["--max-culprits", "3"])]
+              ("breakdown", "bench.breakdown", ["--max-culprits", "0"])]
 
 # For comparison in the idle runs: a Python process that only wakes once an interval, on the
 # same boundaries as the agent, and does a trifle (what a machine charges for waking at all).

@@ -189,13 +189,12 @@ if [ -n "$kernel_suite" ]; then
 fi
 [ -n "$operator" ] || in_chroot "$root" sh -c "apt-get clean && rm -rf /var/lib/apt/lists/*"
 
-# The guest: our agent every 2 s to its own carbon-cache on loopback, with culprit attribution
-# (off by default), the check unit, the busy unit.
+# The guest: our agent every 2 s to its own carbon-cache on loopback (culprit attribution at
+# its default), the check unit, the busy unit.
 cat > "$root/etc/gsender.conf" <<'CONF'
 [default]
 frequency = 2
 prefix = vm.cpu-lat
-max_culprits = 3
 
 [graphite]
 server_address = 127.0.0.1
