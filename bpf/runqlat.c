@@ -181,15 +181,6 @@ static __always_inline void charge_culprit(struct cgroup_stats *c, u64 victim, u
 	__sync_fetch_and_add(&c->other_ns, ns);
 }
 
-/* The current epoch (1 on: an unclaimed slot's 0 is older than any). */
-static __always_inline u64 current_epoch(void)
-{
-	u32 zero = 0;
-	u64 *epoch = culprit_epoch.lookup(&zero);
-
-	return epoch ? *epoch + 1 : 1;
-}
-
 /*
  * Note a part of the wait being split. The count goes through memory (volatile), so that
  * the verifier knows it as any value below PIECES, not as each constant it can be: one
@@ -218,9 +209,13 @@ static __always_inline void add_piece(struct timeline *t, u64 culprit, u64 ns)
 static __always_inline void split_wait(struct timeline *t, struct cgroup_stats *c, u64 victim,
 				       u64 end, u64 on_cpu, u64 migrated)
 {
-	u64 left = on_cpu, culprit = 0, run = 0, epoch = current_epoch();
-	u32 i;
+	u64 left = on_cpu, culprit = 0, run = 0, epoch;
+	u32 i, zero = 0;
+	u64 *moved_on = culprit_epoch.lookup(&zero);
 
+	if (!moved_on)
+		return;
+	epoch = *moved_on + 1;	/* from 1: a slot never charged has epoch 0 */
 	*(volatile u64 *)&t->pieces = 0;
 	if (migrated)
 		add_piece(t, CULPRIT_MIGRATED, migrated);
@@ -323,13 +318,13 @@ static __always_inline void mark_runnable(u64 task, u64 now)
 #if CULPRITS
 /*
  * The pending sample, waited ns of the cgroup whose task leaves now (its id victim, its entry
- * c), ended when that task came on (current_start); the part before its move from another CPU,
- * if it moved during the wait, is migrated.
+ * c), ended at end, when that task came on; the part before its move from another CPU, if it
+ * moved during the wait, is migrated.
  */
 static __always_inline void split_pending(struct timeline *t, struct cgroup_stats *c, u64 victim,
-					  u64 waited)
+					  u64 waited, u64 end)
 {
-	u64 end = t->current_start, moved = t->pending_moved, migrated = 0;
+	u64 moved = t->pending_moved, migrated = 0;
 
 	/* end < waited: the CPU's first switch seen; the walk finds nothing, all is untracked. */
 	if (end >= waited && moved > end - waited && moved < end)
@@ -351,7 +346,7 @@ static __always_inline void on_switch(u64 prev, int runnable, int idle, u64 next
 	u32 zero = 0;
 #if CULPRITS
 	struct timeline *t = this_timeline();
-	u64 cgroup = bpf_get_current_cgroup_id();
+	u64 cgroup = bpf_get_current_cgroup_id(), end;
 
 	if (!t)
 		return;
@@ -360,23 +355,29 @@ static __always_inline void on_switch(u64 prev, int runnable, int idle, u64 next
 	s = stats.lookup(&zero);
 	if (!s)
 		return;
+	if (runnable)
+		mark_runnable(prev, now);
 #if CULPRITS
+	/*
+	 * The occupant first: then neither it nor prev's state is still to be used while the
+	 * pending sample is split, which the verifier would walk once per value of each. The
+	 * walk meets the task leaving as the newest occupant, on since the wait ended: none of it.
+	 */
+	end = t->current_start;
+	record_occupant(t, idle ? CULPRIT_IDLE : cgroup, now);
 	if (s->pending) {
 		struct cgroup_stats *c = charge_cgroup(cgroup, s->pending_ns);
 
 		if (c)
-			split_pending(t, c, cgroup, s->pending_ns);
+			split_pending(t, c, cgroup, s->pending_ns, end);
 		s->pending = 0;
 	}
-	record_occupant(t, idle ? CULPRIT_IDLE : cgroup, now);
 #elif PER_CGROUP
 	if (s->pending) {
 		charge_cgroup(bpf_get_current_cgroup_id(), s->pending_ns);
 		s->pending = 0;
 	}
 #endif
-	if (runnable)
-		mark_runnable(prev, now);
 	q = start_times.lookup(&next);
 	if (!q || q->since == 0 || q->since > now)
 		return;

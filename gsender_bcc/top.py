@@ -202,11 +202,19 @@ def _histogram(host: Optional[IntervalStats], width: int, rows: int) -> List[Lin
 SERVICE_COLUMNS = (("COUNT/S", 9, "rate"), ("WAIT ms/s", 10, "wait"), ("MEAN", 8, None),
                    ("P99", 8, "p99"), ("PRESSURE", 9, None))
 CAUSED_COLUMN = ("CAUSED ms/s", 12, "caused")  # after WAIT, with attribution only
+FIRST_CULPRIT_COLUMN = ("  BEHIND MOST", 14, None)  # last, with attribution only
 
 
 def _columns(blamed: bool) -> Tuple[Tuple[str, int, Optional[str]], ...]:
-    return SERVICE_COLUMNS[:2] + (CAUSED_COLUMN,) + SERVICE_COLUMNS[2:] if blamed \
-        else SERVICE_COLUMNS
+    return SERVICE_COLUMNS[:2] + (CAUSED_COLUMN,) + SERVICE_COLUMNS[2:] + \
+        (FIRST_CULPRIT_COLUMN,) if blamed else SERVICE_COLUMNS
+
+
+def first_culprit(service: ServiceStats, width: int) -> str:
+    """The culprit the service waited behind the most, cut to ``width`` (``-``: none)."""
+    culprits = service.blame.culprits if service.blame is not None else ()
+    name = culprits[0][0] if culprits else "-"
+    return name if len(name) <= width else name[:width - 1] + "~"
 
 
 def _service_table(services: Optional[Sequence[ServiceStats]], sort: str, width: int,
@@ -247,6 +255,9 @@ def _service_table(services: Optional[Sequence[ServiceStats]], sort: str, width:
                   (format_duration(p99_of(stats) if stats.count else None).rjust(8), ""),
                   (("-" if pressure is None else f"{pressure:.1f}%").rjust(9),
                    "warn" if pressure is not None and pressure >= 10 else "")]
+        if blamed:
+            size = FIRST_CULPRIT_COLUMN[1]
+            cells.append(("  " + first_culprit(row, size - 2), ""))
         lines.append(tuple(cells))
     hidden = len(ordered) - len(shown)
     if hidden and len(lines) < room:

@@ -280,8 +280,9 @@ def blocks() -> Dict[str, Callable[[], str]]:
         "interval-sizes": lambda: _table(
             ["names", "`max_culprits`", "lines", "kB", "MB a day at frequency 15",
              f"hours {Config().buffer_megabytes} MiB holds"], interval_sizes()),
-        "series": lambda: _table(["series per interval", "default",
-                                  f"`max_culprits = {USUAL_CULPRITS}`"], series_table()),
+        "series": lambda: _table(["series per interval", "`max_culprits = 0`",
+                                  f"default (`max_culprits = {Config().max_culprits}`)"],
+                                 series_table()),
     }
 
 

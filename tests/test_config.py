@@ -70,7 +70,7 @@ class TestValidFiles:
         assert parse("[graphite]\nport = 2103\n", "f").server == Server("localhost", 2103)
 
     def test_buffer_limits_by_default(self):
-        assert (Config().buffer_seconds, Config().buffer_bytes) == (86400, 128 << 20)
+        assert (Config().buffer_seconds, Config().buffer_bytes) == (86400, 160 << 20)
 
     @pytest.mark.parametrize("tags, prefix, expected", [
         (False, None, default_prefix()), (True, None, "cpu-lat"), (True, "ops.lat", "ops.lat")])
@@ -273,7 +273,7 @@ class TestCheckConfig:
             "state_directory = /var/lib/gsender-bcc\nmax_services = 20\nmax_culprits = 3\n"
             "tracepoints = auto\n\n"
             "[graphite]\nserver_address = localhost\nport = 2103\nfallback_servers = \n"
-            "protocol = tcp\ntimeout = 5.0\nbuffer_hours = 24.0\nbuffer_megabytes = 128\n"
+            "protocol = tcp\ntimeout = 5.0\nbuffer_hours = 24.0\nbuffer_megabytes = 160\n"
             "tags = no\n")
         assert "script_path = /opt/gsender/cpu_latency.bt is ignored: the tracer is now built in" \
             in result.stderr

@@ -474,7 +474,7 @@ CORPUS = {
     "segment-older-than-buffer-hours": (
         lambda s, now, c: segment(s, plant_lines(now - 3600)),
         r"WARNING .*/outbox: dropped 1 intervals found there that are older than 0\.5 h or "
-        r"past 128 MiB$"),
+        r"past 160 MiB$"),
     "lines-older-than-buffer-hours": (
         lambda s, now, c: segment(s, plant_lines(now - 3600) + plant_lines(now - 100, value=7))
         or kept(plant_lines(now - 100, value=7)),

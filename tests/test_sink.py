@@ -378,9 +378,9 @@ class TestLimits:
                 sink.submit(points(NOW + k))
         notes = [m for m in messages(caplog) if "sending" not in m]
         assert notes == [
-            "outbox full (128 MiB or 0.01 h): dropping the oldest intervals until Graphite is back",
+            "outbox full (160 MiB or 0.01 h): dropping the oldest intervals until Graphite is back",
             "Graphite is back; 4 intervals were dropped during the outage",
-            "outbox full (128 MiB or 0.01 h): dropping the oldest intervals until Graphite is back"]
+            "outbox full (160 MiB or 0.01 h): dropping the oldest intervals until Graphite is back"]
         delivered = b"".join(data for _, data in network.delivered)
         assert delivered == b"".join(lines(NOW + k) for k in range(4, 41))
         assert sink.health()["dropped_intervals"] == 4

@@ -164,13 +164,13 @@ BLAMED_SERVICES = [blamed(SMALL_SERVICES[0], 10.0, (("db", 6.0), ("idle", 2.0)),
                    blamed(SMALL_SERVICES[2], 4.0, (("cron", 58.0),), 2.0)]
 
 
-def test_with_attribution_a_caused_column_and_the_first_services_culprits():
+def test_with_attribution_a_caused_column_each_first_culprit_and_the_first_s_culprits():
     lines = render(SMALL_HOST, BLAMED_SERVICES, 84, 16, "wait", hostname="web-01")
     assert texts(lines)[9:] == [
-        "SERVICE                       COUNT/S WAIT ms/s CAUSED ms/s    MEAN     P99 PRESSURE",
-        "db                               20.0      30.0         2.0  1.50ms  6.00ms        -",
-        "web                               100       5.0         5.0  50.0us   120us    12.5%",
-        "cron                              1.0       0.0       120.0  10.0us  12.0us     0.0%",
+        "SERVICE         COUNT/S WAIT ms/s CAUSED ms/s    MEAN     P99 PRESSURE   BEHIND MOST",
+        "db                 20.0      30.0         2.0  1.50ms  6.00ms        -  cron",
+        "web                 100       5.0         5.0  50.0us   120us    12.5%  db",
+        "cron                1.0       0.0       120.0  10.0us  12.0us     0.0%  -",
         "db behind: cron 29.0 ms/s, other 1.0 ms/s",
     ]
     assert lines[-1][0] == ("db behind: ", "header")
@@ -190,12 +190,12 @@ def test_the_culprits_line_keeps_its_row_on_a_short_screen():
                          80, 24, "wait"))
     assert len(shown) == 24
     assert shown[-8:-2] == [
-        "SERVICE                   COUNT/S WAIT ms/s CAUSED ms/s    MEAN     P99 PRESSURE",
-        "gsender-top-test             1800     990.0         1.0   550us  3.97ms    99.0%",
-        "unit-09                      19.0       0.6         1.0  29.0us  60.0us        -",
-        "unit-08                      18.0       0.5         1.0  28.0us  60.0us        -",
-        "unit-07                      17.0       0.5         1.0  27.0us  60.0us        -",
-        "unit-06                      16.0       0.4         1.0  26.0us  60.0us        -"]
+        "SERVICE     COUNT/S WAIT ms/s CAUSED ms/s    MEAN     P99 PRESSURE   BEHIND MOST",
+        "gsender-~      1800     990.0         1.0   550us  3.97ms    99.0%  x",
+        "unit-09        19.0       0.6         1.0  29.0us  60.0us        -  x",
+        "unit-08        18.0       0.5         1.0  28.0us  60.0us        -  x",
+        "unit-07        17.0       0.5         1.0  27.0us  60.0us        -  x",
+        "unit-06        16.0       0.4         1.0  26.0us  60.0us        -  x"]
     assert shown[-2:] == ["+7 more", "gsender-top-test behind: x 1.0 ms/s"]
 
 
@@ -331,8 +331,10 @@ def test_refresh_period_is_1s_unless_frequency_is_given(tmp_path, monkeypatch, f
 TITLE = re.compile(r"^gsender-bcc --top  (\S+)  every (\d+)s  sort: (.+?) +s: sort  q: quit$")
 SUMMARY = re.compile(r"^samples [\d.]+/s  mean \S+  p50 \S+  p90 \S+  p99 (\S+)  max \S+$")
 BUCKET = re.compile(r"^ *(\d+) -> (\d+) +([\d.]+) \|(#*)$")
-TABLE = re.compile(r"^SERVICE +COUNT/S WAIT ms/s +MEAN +P99 PRESSURE$")
-ROW = re.compile(r"^(\S+) +([\d.]+) +([\d.]+) +(\S+) +(\S+) +(\S+)$")
+TABLE = re.compile(r"^SERVICE +COUNT/S WAIT ms/s(?: CAUSED ms/s)? +MEAN +P99 PRESSURE(?: +BEHIND MOST)?$")
+# name, count/s, wait, (caused,) mean, p99, pressure(, behind most): the groups skip the two
+# columns of the attribution (on by default).
+ROW = re.compile(r"^(\S+) +([\d.]+) +([\d.]+)(?: +[\d.]+)? +(\S+) +(\S+) +(\S+)(?: +\S+)?$")
 _panes = itertools.count()
 
 # The pane runs this, which starts --top and records how it ended: tmux can take many
@@ -479,14 +481,14 @@ def busy_row(lines, name):
 @pytest.mark.bpf
 def test_top_shows_the_host_and_a_busy_service_then_q_detaches(cgroup_factory, pane_factory,
                                                                quiet_graphite):
-    busy = cgroup_factory("gsender-top-test.service")
+    busy = cgroup_factory("top-test.service")
     busy.spin(0), busy.spin(0)  # two on one CPU: each waits while the other runs
     pane = pane_factory(120, 40, ["--config", str(quiet_graphite.config)])
     programs = wait_for_programs_of(pane.pid, count=agent_program_count(), timeout=90)
 
     # The busy cgroup's pressure needs two readings: wait for the row with its figure.
     lines = pane.wait_for(lambda lines: any(
-        m and m.group(1) == "gsender-top-test" and m.group(6).endswith("%")
+        m and m.group(1) == "top-test" and m.group(6).endswith("%")
         for m in section(lines)[3]), 30, "the busy service with its cpu.pressure")
     title, summary, buckets, rows = section(lines)
     assert title and title.groups() == (short_hostname(), "1", "total wait")
@@ -505,17 +507,17 @@ def test_top_shows_the_host_and_a_busy_service_then_q_detaches(cgroup_factory, p
     # wait per second, whatever else runs on the machine.
     waits = [float(m.group(3)) for m in rows if m]
     assert waits == sorted(waits, reverse=True)
-    row = next(m for m in rows if m and m.group(1) == "gsender-top-test")
+    row = next(m for m in rows if m and m.group(1) == "top-test")
     assert 900 <= float(row.group(3)) <= 2100
     assert 50 <= float(row.group(6).rstrip("%")) <= 100
 
     # s cycles the sort order; by name the rows are in order.
-    for label in ("p99", "count/s", "name"):
+    for label in ("caused", "p99", "count/s", "name"):
         pane.keys("s")
         lines = pane.wait_for(lambda lines, label=label: TITLE.match(lines[0])
                               and TITLE.match(lines[0]).group(3) == label, 3, f"sort {label}")
     names = [m.group(1) for m in section(lines)[3] if m]
-    assert "gsender-top-test" in names and names == sorted(names)
+    assert "top-test" in names and names == sorted(names)
 
     started = time.monotonic()
     pane.keys("q")
@@ -528,7 +530,7 @@ def test_top_shows_the_host_and_a_busy_service_then_q_detaches(cgroup_factory, p
 
 @pytest.mark.bpf
 def test_top_in_80x24_survives_resizes(cgroup_factory, pane_factory, quiet_graphite):
-    busy = cgroup_factory("gsender-top-test.service")
+    busy = cgroup_factory("top-test.service")
     busy.spin(0), busy.spin(0)
     pane = pane_factory(80, 24, ["--config", str(quiet_graphite.config), "--frequency", "2"])
     programs = wait_for_programs_of(pane.pid, count=agent_program_count(), timeout=90)
@@ -537,7 +539,7 @@ def test_top_in_80x24_survives_resizes(cgroup_factory, pane_factory, quiet_graph
         def check(lines):
             title, summary, buckets, rows = section(lines)
             return (title and len(lines[0]) == width and summary and buckets
-                    and busy_row(lines, "gsender-top-test"))
+                    and busy_row(lines, "top-test"))
         return check
 
     lines = pane.wait_for(complete(80), 30, "a full 80x24 screen")
