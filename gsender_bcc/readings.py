@@ -4,7 +4,7 @@ between two of them (Measured)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from .histogram import BACKWARDS, Counts, Layout, add_counts, subtract_counts, sum_counts
 
