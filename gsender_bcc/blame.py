@@ -70,25 +70,40 @@ def pair_cgroups(pairs: Optional[Pairs], reserved: Mapping[int, str]) -> Set[int
 
 def charges(pairs: Pairs, service_of: Callable[[int], str],
             reserved: Mapping[int, str]) -> Dict[str, Charges]:
-    """Merge the pairs by service: every service they name, as victim or culprit."""
+    """Merge the pairs by service: every service they name, as victim or culprit. One pass
+    over the pairs, each cgroup named once (a thousand services meet some ten thousand pairs
+    an interval)."""
     names = set(reserved.values())
-    service = {cgroup: service_of(cgroup) for cgroup in pair_cgroups(pairs, reserved)}
+    service: Dict[int, str] = {}
     # Each culprit id once: its name in the series, and its service (None: a reserved one).
-    culprits = {culprit: (reserved[culprit], None) if culprit in reserved else
-                (culprit_name(service[culprit], names), service[culprit])
-                for culprit in {culprit for _, culprit in pairs}}
-    behind: Dict[str, Dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    culprits: Dict[int, Tuple[str, Optional[str]]] = {}
+    behind: Dict[str, Dict[str, int]] = {}
     own: Dict[str, int] = defaultdict(int)
     caused: Dict[str, int] = defaultdict(int)
     for (victim, culprit), ns in pairs.items():
-        waiter = service[victim]
-        name, holder = culprits[culprit]
-        behind[waiter][name] += ns
+        waiter = service.get(victim)
+        if waiter is None:
+            waiter = service[victim] = service_of(victim)
+        named = culprits.get(culprit)
+        if named is None:
+            if culprit in reserved:
+                named = (reserved[culprit], None)
+            else:
+                holder = service.get(culprit)
+                if holder is None:
+                    holder = service[culprit] = service_of(culprit)
+                named = (culprit_name(holder, names), holder)
+            culprits[culprit] = named
+        name, holder = named
+        row = behind.get(waiter)
+        if row is None:
+            row = behind[waiter] = {}
+        row[name] = row.get(name, 0) + ns
         if holder == waiter:
             own[waiter] += ns
         elif holder is not None:
             caused[holder] += ns
-    return {name: Charges(dict(behind.get(name, {})), own.get(name, 0), caused.get(name, 0))
+    return {name: Charges(behind.get(name, {}), own.get(name, 0), caused.get(name, 0))
             for name in behind.keys() | caused.keys()}
 
 
