@@ -14,7 +14,6 @@ it under the bench lock, as bench/run.py does.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -121,14 +120,8 @@ def report_lines(result: dict, checks: list, services_ms: List[float]) -> List[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=9)
-    args = parser.parse_args()
-    result = measure(args.count, args.repeats,
-                     progress=lambda text: print(f"many_containers: {text}", file=sys.stderr))
-    print(json.dumps(result, indent=1))  # bench/run.py reads it
-    return 0
+    return many_services.command_line("many_containers", __doc__.splitlines()[0], measure,
+                                      False)
 
 
 if __name__ == "__main__":

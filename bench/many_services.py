@@ -453,17 +453,24 @@ def build_lines(result: dict, checks: list) -> List[str]:
     return lines
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(name: str, description: str, measure_phase, profile_to_stderr: bool) -> int:
+    """Run a phase from the command line: --count and --repeats in, its result as JSON on
+    stdout (bench/run.py reads it), progress on stderr as ``name: ...``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
-    result = measure(args.count, args.repeats,
-                     progress=lambda text: print(f"many_services: {text}", file=sys.stderr))
-    for line in result.pop("profile", []):
-        print(f"  {line}", file=sys.stderr)
+    result = measure_phase(args.count, args.repeats,
+                           progress=lambda text: print(f"{name}: {text}", file=sys.stderr))
+    if profile_to_stderr:
+        for line in result.pop("profile", []):
+            print(f"  {line}", file=sys.stderr)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def main() -> int:
+    return command_line("many_services", __doc__.splitlines()[0], measure, True)
 
 
 if __name__ == "__main__":
