@@ -294,7 +294,6 @@ class Probe:
         cgroups, culprits = self._read_cgroups() if self._cgroups is not None else ({}, None)
         return Snapshot(host, lost, cgroups, culprits)
 
-
     def _read_cgroups(self) -> Tuple[Dict[int, Counts], Optional[Culprits]]:
         """Read every cgroup's counters, and with attribution its culprit counters; an entry
         unchanged since the last read is reused.

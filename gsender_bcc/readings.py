@@ -22,8 +22,13 @@ class CulpritWords:
     SLOT_WORDS = 4
 
     @property
+    def counters(self) -> int:
+        """Words before the slots: self, the reserved ones and other."""
+        return 2 + len(self.reserved)
+
+    @property
     def size(self) -> int:
-        return 2 + len(self.reserved) + self.SLOT_WORDS * self.slots
+        return self.counters + self.SLOT_WORDS * self.slots
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,7 @@ def culprit_pairs(previous: Mapping[int, Sequence[int]], current: Mapping[int, S
     parts always add up to it). Written for a thousand cgroups an interval: plain loops over
     the words, no call per counter."""
     pairs: Dict[Tuple[int, int], int] = {}
-    size, step = words.size, words.SLOT_WORDS
-    counters = 2 + len(words.reserved)
+    size, step, counters = words.size, words.SLOT_WORDS, words.counters
     fixed = (*words.reserved, words.other)
     zero = (0,) * size
     for victim, now in current.items():
@@ -117,9 +121,7 @@ def culprit_pairs(previous: Mapping[int, Sequence[int]], current: Mapping[int, S
                              f"not {size}")
         for culprit, was, grown in zip((victim, *fixed), before, now):
             if grown != was:
-                if grown < was:
-                    raise ValueError(BACKWARDS)
-                pairs[victim, culprit] = pairs.get((victim, culprit), 0) + grown - was
+                pairs[victim, culprit] = pairs.get((victim, culprit), 0) + _growth(was, grown)
         for at in range(counters, size, step):
             held, ns, claimed_at = now[at], now[at + 1], now[at + 2]
             was, ns_before = before[at], before[at + 1]

@@ -38,7 +38,7 @@ from gsender_bcc.config import Config  # noqa: E402
 from gsender_bcc.histogram import (Counts, add_counts, empty_counts, interval_stats,  # noqa: E402
                                    log2_counts, slot_of)
 from gsender_bcc.metrics import Interval, ServiceStats, agent_points, to_datapoints  # noqa: E402
-from gsender_bcc.probe import reserved_culprits  # noqa: E402
+from gsender_bcc.probe import culprit_words, reserved_culprits  # noqa: E402
 
 LAYOUT = program.installed_layout()
 CONSTANTS = program.installed_constants()
@@ -214,8 +214,7 @@ def series_table() -> List[List[str]]:
 def limits() -> List[List[str]]:
     """[figure, value, where the code declares it]."""
     # A cgroup's histogram slots, its sum and its culprit counters (on by default), 8 bytes each.
-    entry = (LAYOUT.slots + 1 + 2 + CONSTANTS["RESERVED_CULPRITS"]
-             + 4 * CONSTANTS["CULPRIT_SLOTS"]) * 8
+    entry = (LAYOUT.slots + 1 + culprit_words(CONSTANTS).size) * 8
     return [
         ["outbox segment size", f"{outbox_files.SEGMENT_BYTES >> 10} KiB",
          "`outbox.lines.SEGMENT_BYTES`"],
