@@ -288,7 +288,7 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
     containers named by ``containers`` (a ContainerNames; the runtimes' own files if None)."""
     from gsender_bcc import cgroups
     from gsender_bcc.config import Config
-    from gsender_bcc.daemon import SystemClock
+    from gsender_bcc.daemon import SystemClock, freeze_startup_heap
     from gsender_bcc.probe import Probe, overflow_cgroup
     from gsender_bcc.sampler import Sampler
 
@@ -303,6 +303,7 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
             tree = cgroups.CgroupTree(mount, containers=containers)
             sampler = Sampler(probe, tree, SystemClock())
             sampler.start()
+            freeze_startup_heap()  # as the agent does once it is loaded
 
             # Per interval: the share of the pairs' ns charged to other (no culprit slot free).
             shares: List[float] = []
@@ -318,11 +319,11 @@ def measure_build(made: Cgroups, mount: Path, keywords: dict, repeats: int, page
                 top = sampler.services(measured, config.max_services)
                 spent = (time.perf_counter() - started) * 1000
                 changed = sum(1 for cgroup in measured.cgroups if cgroup in ours)
-                pairs = measured.culprits or {}
-                overflow = sum(ns for (_, culprit), ns in pairs.items()
-                               if culprit == overflow_cgroup())
-                shares.append(overflow / sum(pairs.values()) if pairs else 0.0)
-                return spent, changed, len(top), len(pairs)
+                rows = (measured.culprits or {}).values()
+                overflow = sum(row.get(overflow_cgroup(), 0) for row in rows)
+                total = sum(sum(row.values()) for row in rows)
+                shares.append(overflow / total if total else 0.0)
+                return spent, changed, len(top), sum(len(row) for row in rows)
 
             # The first reading meets COUNT unknown ids: it walks the tree.
             first, changed, _, _ = interval(True)

@@ -9,7 +9,9 @@
  * passes it and the settings as -D flags:
  *  RAW_TRACEPOINTS (the kernel's BTF describes task_struct): the hooks hand over task_struct
  *  pointers, which key the tasks. The task leaving is still runnable if it was preempted or
- *  its own state is TASK_RUNNING (STATE_SIZE bytes at STATE_OFFSET in task_struct).
+ *  the state it leaves with is TASK_RUNNING: sched_switch's prev_state where
+ *  PREV_STATE_ARGUMENT=1 (kernels that set it right), else STATE_SIZE bytes at STATE_OFFSET
+ *  in task_struct.
  *  Otherwise classic tracepoints, whose fields come from tracefs: tasks are keyed by pid, and
  *  the task leaving is still runnable if prev_state is 0 or has the PREEMPTED_STATE bit.
  *
@@ -420,16 +422,24 @@ typedef u64 task_state;
 typedef u32 task_state;
 #endif
 
-/* Whether prev, leaving its CPU, stays runnable: preempted, or its own state is running. */
-static __always_inline int still_runnable(u64 preempt, u64 prev)
+/*
+ * Whether prev, leaving its CPU, stays runnable: preempted, or the state it leaves with is
+ * TASK_RUNNING. PREV_STATE_ARGUMENT: sched_switch hands that state over (args[3]), and this
+ * kernel sets it right; else it is read from task_struct, which costs a helper call.
+ */
+static __always_inline int still_runnable(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (ctx->args[0])
+		return 1;
+#if PREV_STATE_ARGUMENT
+	return (u32)ctx->args[3] == 0;
+#else
 	task_state state;
 
-	if (preempt)
-		return 1;
-	if (bpf_probe_read_kernel(&state, sizeof(state), (void *)(prev + STATE_OFFSET)) != 0)
+	if (bpf_probe_read_kernel(&state, sizeof(state), (void *)(ctx->args[1] + STATE_OFFSET)) != 0)
 		return 0;
 	return state == 0;
+#endif
 }
 
 RAW_TRACEPOINT_PROBE(sched_wakeup)
@@ -451,7 +461,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 	/* The task leaving is still the current one; pid 0 is the idle task. */
 	int idle = (u32)bpf_get_current_pid_tgid() == 0;
 
-	on_switch(prev, !idle && still_runnable(ctx->args[0], prev), idle, ctx->args[2]);
+	on_switch(prev, !idle && still_runnable(ctx), idle, ctx->args[2]);
 	return 0;
 }
 

@@ -1,5 +1,6 @@
-"""Who each service waited behind: the kernel's (victim cgroup, culprit) pairs merged by
-service, and each service's figures. Pure: pairs and names in, figures out.
+"""Who each service waited behind: what each victim cgroup waited behind each culprit (the
+interval's pairs, by victim) merged by service, and each service's figures. Pure: pairs and
+names in, figures out.
 
 A pair's nanoseconds are wait of a task in the victim cgroup while the culprit ran on its CPU:
 a cgroup id, or a reserved culprit (``idle``, ``migrated``, ``untracked``: ids that name no
@@ -23,9 +24,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-Pairs = Mapping[Tuple[int, int], int]
+from .readings import CulpritPairs
+
+# By victim cgroup, by culprit: ns waited.
+Pairs = Mapping[int, Mapping[int, int]]
 # A culprit's name in the series is cut to this: the longest series must fit the path limit
 # with the longest prefix (metrics.MAX_PREFIX_CHARS), and a name that long names no real unit.
 MAX_CULPRIT_CHARS = 128
@@ -61,62 +65,106 @@ def culprit_name(service: str, reserved: Iterable[str]) -> str:
     return ("_" + service if service in reserved else service)[:MAX_CULPRIT_CHARS]
 
 
+def culprit_totals(pairs: Pairs) -> Mapping[int, int]:
+    """The host's wait behind each culprit id, every victim's together: as the interval's
+    pairs keep it (readings.CulpritPairs), else added up, one addition per pair."""
+    if isinstance(pairs, CulpritPairs):
+        return pairs.totals
+    totals: Dict[int, int] = {}
+    for row in pairs.values():
+        for culprit, ns in row.items():
+            totals[culprit] = totals.get(culprit, 0) + ns
+    return totals
+
+
 def pair_cgroups(pairs: Optional[Pairs], reserved: Mapping[int, str]) -> Set[int]:
     """The cgroup ids the pairs name, as victims or culprits (the reserved ids are none)."""
     if not pairs:
         return set()
-    return {victim for victim, _ in pairs} | ({culprit for _, culprit in pairs} - reserved.keys())
+    return set(pairs) | (culprit_totals(pairs).keys() - reserved.keys())
+
+
+class Ledger:
+    """An interval's pairs merged by service as far as the breakdown needs them: the wait each
+    service caused others (every service the pairs name, to rank them), one service's charges
+    on request, and the ``other`` row as what every service has less the ones shown.
+
+    A thousand services meet some ten thousand pairs an interval, and a breakdown shows some
+    twenty. What a service caused is the wait behind its cgroups (culprit_totals) less what
+    its own tasks waited behind them; a victim's row is read only where that needs it (a
+    service of several cgroups) or its service's charges are asked for."""
+
+    def __init__(self, pairs: Pairs, service_of: Callable[[int], str],
+                 reserved: Mapping[int, str]):
+        self._pairs = pairs
+        by_culprit = culprit_totals(pairs)
+        # What a victim waited behind its own cgroup, without reading its row where the pairs
+        # keep it.
+        own_of = pairs.own if isinstance(pairs, CulpritPairs) else \
+            (lambda victim: pairs[victim].get(victim, 0))
+        names = set(reserved.values())
+        # Each culprit id once: its name in the series, and its service (None: a reserved one).
+        self._named: Dict[int, Tuple[str, Optional[str]]] = {}
+        held: Dict[str, List[int]] = defaultdict(list)  # by service, the culprit ids in it
+        self._totals: Dict[str, int] = defaultdict(int)  # the host's wait, by culprit name
+        caused: Dict[str, int] = defaultdict(int)
+        for culprit, ns in by_culprit.items():
+            if culprit in reserved:
+                named = self._named[culprit] = (reserved[culprit], None)
+            else:
+                holder = service_of(culprit)
+                named = self._named[culprit] = (culprit_name(holder, names), holder)
+                held[holder].append(culprit)
+                caused[holder] += ns
+            self._totals[named[0]] += ns
+        self._victims: Dict[str, List[int]] = defaultdict(list)
+        self._self: Dict[str, int] = defaultdict(int)
+        for victim in pairs:
+            service = service_of(victim)
+            self._victims[service].append(victim)
+            own = held.get(service)
+            if own is None:
+                continue
+            if own == [victim]:  # most services: one cgroup
+                self._self[service] += own_of(victim)
+                continue
+            row = pairs[victim]
+            if len(own) <= len(row):
+                self._self[service] += sum(row.get(culprit, 0) for culprit in own)
+            else:  # the service other, say: many cgroups, few of them in this row
+                self._self[service] += sum(ns for culprit, ns in row.items()
+                                           if self._named[culprit][1] == service)
+        for service in self._victims:
+            caused[service] -= self._self.get(service, 0)
+        self.caused: Dict[str, int] = dict(caused)  # every service named, victim or culprit
+
+    def charges(self, service: str) -> Charges:
+        """One service's charges (empty where the pairs do not name it)."""
+        behind: Dict[str, int] = defaultdict(int)
+        for victim in self._victims.get(service, ()):
+            for culprit, ns in self._pairs[victim].items():
+                behind[self._named[culprit][0]] += ns
+        return Charges(dict(behind), self._self.get(service, 0), self.caused.get(service, 0))
+
+    def rest(self, shown: Iterable[str]) -> Charges:
+        """The charges of every service but those ``shown``, summed (the ``other`` row): each
+        keeps its own self."""
+        behind = dict(self._totals)
+        own, caused = sum(self._self.values()), sum(self.caused.values())
+        for service in set(shown):
+            part = self.charges(service)
+            for name, ns in part.behind.items():
+                behind[name] -= ns
+            own -= part.self_ns
+            caused -= part.caused_ns
+        return Charges({name: ns for name, ns in behind.items() if ns}, own, caused)
 
 
 def charges(pairs: Pairs, service_of: Callable[[int], str],
             reserved: Mapping[int, str]) -> Dict[str, Charges]:
-    """Merge the pairs by service: every service they name, as victim or culprit. One pass
-    over the pairs, each cgroup named once (a thousand services meet some ten thousand pairs
-    an interval)."""
-    names = set(reserved.values())
-    service: Dict[int, str] = {}
-    # Each culprit id once: its name in the series, and its service (None: a reserved one).
-    culprits: Dict[int, Tuple[str, Optional[str]]] = {}
-    behind: Dict[str, Dict[str, int]] = {}
-    own: Dict[str, int] = defaultdict(int)
-    caused: Dict[str, int] = defaultdict(int)
-    for (victim, culprit), ns in pairs.items():
-        waiter = service.get(victim)
-        if waiter is None:
-            waiter = service[victim] = service_of(victim)
-        named = culprits.get(culprit)
-        if named is None:
-            if culprit in reserved:
-                named = (reserved[culprit], None)
-            else:
-                holder = service.get(culprit)
-                if holder is None:
-                    holder = service[culprit] = service_of(culprit)
-                named = (culprit_name(holder, names), holder)
-            culprits[culprit] = named
-        name, holder = named
-        row = behind.get(waiter)
-        if row is None:
-            row = behind[waiter] = {}
-        row[name] = row.get(name, 0) + ns
-        if holder == waiter:
-            own[waiter] += ns
-        elif holder is not None:
-            caused[holder] += ns
-    return {name: Charges(behind.get(name, {}), own.get(name, 0), caused.get(name, 0))
-            for name in behind.keys() | caused.keys()}
-
-
-def merged(parts: Iterable[Charges]) -> Charges:
-    """Sum services' charges (the ``other`` row): each keeps its own self."""
-    behind: Dict[str, int] = defaultdict(int)
-    own = caused = 0
-    for part in parts:
-        for name, ns in part.behind.items():
-            behind[name] += ns
-        own += part.self_ns
-        caused += part.caused_ns
-    return Charges(dict(behind), own, caused)
+    """Every service the pairs name, as victim or culprit, with its charges."""
+    ledger = Ledger(pairs, service_of, reserved)
+    return {service: ledger.charges(service) for service in ledger.caused}
 
 
 def blame(charged: Charges, limit: Optional[int], other: str = "other") -> Blame:
@@ -132,8 +180,5 @@ def blame(charged: Charges, limit: Optional[int], other: str = "other") -> Blame
 
 def reserved_totals(pairs: Pairs, reserved: Mapping[int, str]) -> Dict[str, int]:
     """The host's wait behind each reserved culprit, every one named (0 where none)."""
-    totals = {name: 0 for name in reserved.values()}
-    for (_, culprit), ns in pairs.items():
-        if culprit in reserved:
-            totals[reserved[culprit]] += ns
-    return totals
+    totals = culprit_totals(pairs)
+    return {name: totals.get(culprit, 0) for culprit, name in reserved.items()}

@@ -170,10 +170,13 @@ class RawLayout:
     # ``unsigned int __state`` (Linux 5.14 and later), 8 for ``long state`` before.
     state_offset: int
     state_size: int = 4
+    # Whether sched_switch hands over prev's state as its fourth argument (Linux 5.18 and
+    # later; ProgramSettings says where it can be trusted).
+    switch_state_argument: bool = False
 
 
 # Each hook's argument sizes after ``void *__data``: the program reads them as integers.
-# sched_switch gained ``unsigned int prev_state`` in Linux 5.18 (the program does not read it).
+# sched_switch gained ``unsigned int prev_state`` in Linux 5.18.
 RAW_ARGUMENTS = {
     "sched_wakeup": ([8],),
     "sched_wakeup_new": ([8],),
@@ -185,10 +188,11 @@ RAW_ARGUMENTS = {
 
 def raw_layout(btf: Btf) -> RawLayout:
     """Work out the raw-tracepoint layout, or raise LookupError saying what is missing."""
+    found = {}
     for event, accepted in RAW_ARGUMENTS.items():
-        sizes = btf.tracepoint_argument_sizes(event)
-        if sizes not in accepted:
-            raise LookupError(f"{event}'s argument sizes are {sizes}, not "
+        found[event] = btf.tracepoint_argument_sizes(event)
+        if found[event] not in accepted:
+            raise LookupError(f"{event}'s argument sizes are {found[event]}, not "
                               f"{' or '.join(map(str, accepted))}")
     for member in ("__state", "state"):
         try:
@@ -197,7 +201,8 @@ def raw_layout(btf: Btf) -> RawLayout:
             continue
         if size not in (4, 8):
             raise LookupError(f"task_struct.{member} is {size} bytes, not 4 or 8")
-        return RawLayout(offset, size)
+        with_state = RAW_ARGUMENTS["sched_switch"][1]  # the hook's sizes since 5.18
+        return RawLayout(offset, size, found["sched_switch"] == with_state)
     raise LookupError("struct task_struct has no member __state or state")
 
 

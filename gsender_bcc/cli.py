@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         warn_about_local_schema(config)
 
     from . import probe, program
-    from .daemon import HANDLED_SIGNALS, Daemon
+    from .daemon import HANDLED_SIGNALS, Daemon, freeze_startup_heap
     from .notify import notifier_from_environment
 
     if args.dump_bpf:
@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         daemon = Daemon(attached, out, config, reload=lambda: effective_config(args),
                         notifier=notifier, cgroup_tree=cgroup_tree(attached),
                         keep_unfinished=not args.stdout)
+        freeze_startup_heap()
         try:
             return daemon.run(once=args.once)
         finally:

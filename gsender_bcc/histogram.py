@@ -240,6 +240,43 @@ def subtract_counts(current: Counts, previous: Counts) -> Counts:
     return Counts(slots, current.sum_ns - previous.sum_ns)
 
 
+class _Difference(Counts):
+    """current - previous, its slots subtracted only once they are looked at: an interval of a
+    thousand services sends the histograms of some twenty. The sum is subtracted at once."""
+
+    __slots__ = ("_operands",)
+
+    def __init__(self, current: Counts, previous: Counts):
+        if len(previous) != len(current):
+            raise ValueError("snapshots have different slot counts")
+        if current.sum_ns < previous.sum_ns:
+            raise ValueError(BACKWARDS)
+        self._operands: Optional[Tuple[Counts, Counts]] = (current, previous)
+        self._slots, self._packed = None, None
+        self._width, self.sum_ns = len(current), current.sum_ns - previous.sum_ns
+
+    def _subtract(self) -> None:
+        if self._operands is not None:
+            exact = subtract_counts(*self._operands)
+            self._slots, self._packed, self._operands = exact._slots, exact._packed, None
+
+    @property
+    def slots(self) -> Sequence[int]:
+        self._subtract()
+        return super().slots
+
+    @property
+    def packed(self) -> Optional[int]:
+        self._subtract()
+        return super().packed
+
+
+def difference(current: Counts, previous: Counts) -> Counts:
+    """What was counted between two readings, as subtract_counts, with the slots subtracted
+    when first looked at: a slot that went back raises ValueError then."""
+    return _Difference(current, previous)
+
+
 def sum_counts(layout: Layout, many: Iterable[Counts]) -> Counts:
     """Sum histograms."""
     many = list(many)

@@ -93,6 +93,13 @@ def running_page_size() -> int:
     return os.sysconf("SC_PAGE_SIZE")
 
 
+# The first release whose sched_switch hands over the state prev really leaves with: before
+# it (from 5.18), a task that went to sleep with a signal pending stayed runnable while the
+# argument still said it slept ("sched: Fix trace_sched_switch(.prev_state)"). Stable kernels
+# that took the fix are not told apart: they read the state from task_struct, as older ones.
+PREV_STATE_FIXED = "6.16"
+
+
 def include_tree_flags(version_code: int, page_size: int) -> Tuple[str, ...]:
     """The -D flags the include tree needs: what kernel headers would have told helpers.h."""
     return f"-DLINUX_VERSION_CODE={version_code}", f"-DGSENDER_PAGE_SIZE={page_size}"
@@ -153,6 +160,14 @@ class ProgramSettings:
         return "raw tracepoints" if self.raw else "tracepoints"
 
     @property
+    def prev_state_argument(self) -> bool:
+        """Whether the raw sched_switch's prev_state argument tells if prev stays runnable:
+        it is there and this kernel sets it right (PREV_STATE_FIXED); else the program reads
+        the state from task_struct, a helper call at every switch."""
+        return (self.raw is not None and self.raw.switch_state_argument
+                and self.version_code >= linux_version_code(PREV_STATE_FIXED))
+
+    @property
     def tracepoints(self) -> Tuple[str, ...]:
         """Name the tracepoints the program attaches to, one program each, of either kind:
         the three that start and end each wait, the one that forgets a freed task, and with
@@ -166,7 +181,8 @@ class ProgramSettings:
                  *include_tree_flags(self.version_code, self.page_size)]
         if self.raw is not None:
             flags += ["-DRAW_TRACEPOINTS", f"-DSTATE_OFFSET={self.raw.state_offset}",
-                      f"-DSTATE_SIZE={self.raw.state_size}"]
+                      f"-DSTATE_SIZE={self.raw.state_size}",
+                      f"-DPREV_STATE_ARGUMENT={int(self.prev_state_argument)}"]
         else:
             flags.append(f"-DPREEMPTED_STATE={self.preempted_state:#x}")
         return tuple(flags)

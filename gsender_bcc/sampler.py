@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import interfaces
-from .blame import Charges, blame, charges, merged, pair_cgroups, reserved_totals
+from .blame import Charges, Ledger, blame, pair_cgroups, reserved_totals
 from .cgroups import OTHER, CgroupTree, PressureReader, v2_mount
 from .histogram import Counts, IntervalStats, interval_stats
 from .metrics import ServiceStats
@@ -93,32 +93,29 @@ class Sampler:
         resolved = self.tree.resolve(set(measured.cgroups) | pair_cgroups(pairs, self.reserved),
                                      present=self.baseline.cgroups.keys(), keep=(self.overflow,))
         named = by_service(layout, measured.cgroups, resolved.service_of)
-        charged = charges(pairs, resolved.service_of, self.reserved) if pairs is not None \
+        ledger = Ledger(pairs, resolved.service_of, self.reserved) if pairs is not None \
             else None
-        caused = None if charged is None else {name: part.caused_ns
-                                               for name, part in charged.items()}
+        caused = None if ledger is None else ledger.caused
         everyone = len(named) + len(caused or ())
         chosen = top_services(layout, named, everyone if limit is None else limit,
-                              caused=caused)
+                              caused=caused, total=measured.host)
         figures = self._pressure.read([name for name, _ in chosen if name != OTHER],
                                       measured.seconds)
         if resolved.gone:
             self._forget(resolved.gone)
         return [ServiceStats(name, interval_stats(layout, counts, measured.seconds),
                              figures.get(name, {}),
-                             None if charged is None else
-                             blame(self._row_charges(charged, name, chosen), culprits),
+                             None if ledger is None else
+                             blame(self._row_charges(ledger, name, chosen), culprits),
                              self.tree.tags(name) if name != OTHER else ())
                 for name, counts in chosen]
 
     @staticmethod
-    def _row_charges(charged: Dict[str, Charges], name: str,
-                     chosen: List[Tuple[str, Counts]]) -> Charges:
+    def _row_charges(ledger: Ledger, name: str, chosen: List[Tuple[str, Counts]]) -> Charges:
         """A row's charges: the service's own, or for ``other`` its members' summed."""
         if name != OTHER:
-            return charged.get(name, Charges())
-        alone = {shown for shown, _ in chosen if shown != OTHER}
-        return merged(part for member, part in charged.items() if member not in alone)
+            return ledger.charges(name)
+        return ledger.rest(shown for shown, _ in chosen if shown != OTHER)
 
     def host_behind(self, measured: Measured) -> Optional[Dict[str, int]]:
         """The host's wait behind each reserved culprit, in ns; None without attribution."""

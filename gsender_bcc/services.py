@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-from .histogram import Counts, Layout, empty_counts, sum_counts
+from .histogram import Counts, Layout, empty_counts, subtract_counts, sum_counts
 
 
 def by_service(layout: Layout, cgroups: Mapping[int, Counts],
@@ -19,8 +19,8 @@ def by_service(layout: Layout, cgroups: Mapping[int, Counts],
 
 
 def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
-                 other: str = "other", caused: Optional[Mapping[str, int]] = None
-                 ) -> List[Tuple[str, Counts]]:
+                 other: str = "other", caused: Optional[Mapping[str, int]] = None,
+                 total: Optional[Counts] = None) -> List[Tuple[str, Counts]]:
     """Return the ``limit`` services with the most total wait, then the rest summed as ``other``.
 
     With attribution, ``caused`` holds every service the culprit pairs name and the wait it
@@ -28,6 +28,10 @@ def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
     samples of its own is ranked too (with empty counts). A service named ``other`` joins the
     rest; ``other`` is left out when nothing falls in it. Ties go by name, so the order is
     stable.
+
+    ``total``, where given, must be the sum of every service's counts (an interval's host
+    with the breakdown): ``other`` is then that less the services chosen, a few subtractions
+    where summing the rest would take one addition per service.
     """
     caused = caused or {}
     candidates = dict(services)
@@ -45,5 +49,10 @@ def top_services(layout: Layout, services: Mapping[str, Counts], limit: int,
         rest.append(candidates[other])
     chosen = ranked[:limit]
     if rest:
-        chosen.append((other, sum_counts(layout, rest)))
+        if total is None:
+            chosen.append((other, sum_counts(layout, rest)))
+        else:
+            shown = [counts for _, counts in chosen]
+            chosen.append((other, subtract_counts(total, sum_counts(layout, shown))
+                           if shown else total))
     return chosen

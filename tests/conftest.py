@@ -238,6 +238,18 @@ class Cgroup:
                     time.sleep(0.05)
 
 
+@pytest.fixture(scope="session")
+def stolen_ns():
+    """stolen.stolen_ns, with debugfs mounted for it if it was not (and unmounted after)."""
+    import stolen as module
+    mounted = module.mount_debugfs()
+    try:
+        yield module.stolen_ns
+    finally:
+        if mounted:
+            module.unmount_debugfs()
+
+
 @pytest.fixture
 def cgroup_factory():
     """Make cgroups in the v2 hierarchy (found in /proc/self/mounts); all removed afterwards."""

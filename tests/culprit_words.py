@@ -24,10 +24,15 @@ def words_of(victim: int, behind: Mapping[int, int], words: CulpritWords = WORDS
     return tuple(out)
 
 
+def by_victim(pairs: Mapping[Tuple[int, int], int]) -> Dict[int, Dict[int, int]]:
+    """(victim, culprit) -> ns as an interval holds them: by victim, by culprit."""
+    nested: Dict[int, Dict[int, int]] = {}
+    for (victim, culprit), ns in pairs.items():
+        nested.setdefault(victim, {})[culprit] = ns
+    return nested
+
+
 def culprits_of(pairs: Mapping[Tuple[int, int], int], words: CulpritWords = WORDS) -> Culprits:
     """Every victim's words from cumulative (victim, culprit) -> ns pairs."""
-    by_victim: Dict[int, Dict[int, int]] = {}
-    for (victim, culprit), ns in pairs.items():
-        by_victim.setdefault(victim, {})[culprit] = ns
     return Culprits(words, {victim: words_of(victim, behind, words)
-                            for victim, behind in by_victim.items()})
+                            for victim, behind in by_victim(pairs).items()})

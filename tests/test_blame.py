@@ -5,10 +5,13 @@ import random
 
 import pytest
 
-from gsender_bcc.blame import (MAX_CULPRIT_CHARS, Blame, Charges, blame, charges, culprit_name,
-                               merged, pair_cgroups, reserved_totals)
+from gsender_bcc.blame import (MAX_CULPRIT_CHARS, Blame, Charges, Ledger, blame, charges,
+                               culprit_name, pair_cgroups, reserved_totals)
 from gsender_bcc.cgroups import OTHER
 from gsender_bcc.probe import overflow_cgroup, reserved_culprits
+
+from culprit_words import WORDS, by_victim, culprits_of
+from gsender_bcc.readings import CulpritPairs
 
 RESERVED = reserved_culprits()
 IDLE, MIGRATED, UNTRACKED = (next(i for i, n in RESERVED.items() if n == name)
@@ -21,7 +24,7 @@ def service_of(cgroup):
     return NAMES.get(cgroup, OTHER)
 
 
-PAIRS = {
+PAIRS = by_victim({
     (1, 2): 100,        # web behind web
     (1, 3): 50,         # web behind db
     (2, 4): 30,         # web behind batch
@@ -33,7 +36,7 @@ PAIRS = {
     (OVERFLOW, 4): 20,  # other behind batch
     (4, 1): 1,          # batch behind web
     (9, 1): 4,          # other (an unnamed cgroup) behind web
-}
+})
 
 CHARGES = {
     "web": Charges({"web": 100, "db": 50, "batch": 30, "idle": 7, OTHER: 9}, 100, 1 + 4),
@@ -48,7 +51,7 @@ def test_pairs_merged_by_service():
 
 
 def test_a_service_that_only_causes_wait_is_named():
-    assert charges({(3, 4): 8}, service_of, RESERVED) == {
+    assert charges({3: {4: 8}}, service_of, RESERVED) == {
         "db": Charges({"batch": 8}, 0, 0), "batch": Charges({}, 0, 8)}
 
 
@@ -66,9 +69,20 @@ def test_ties_go_by_name():
 
 
 def test_other_sums_its_members_own_figures():
-    assert merged([CHARGES["batch"], CHARGES[OTHER]]) == Charges(
-        {"web": 5, "batch": 20}, 0, 250 + 9)
-    assert merged([]) == Charges()
+    ledger = Ledger(PAIRS, service_of, RESERVED)
+    assert ledger.rest(["web", "db"]) == Charges({"web": 5, "batch": 20}, 0, 250 + 9)
+    assert ledger.rest(CHARGES) == Charges()
+    assert ledger.rest([]) == sum_of(CHARGES.values())
+
+
+def sum_of(parts):
+    """Services' charges summed one by one: what Ledger.rest must equal."""
+    behind, own, caused = {}, 0, 0
+    for part in parts:
+        for name, ns in part.behind.items():
+            behind[name] = behind.get(name, 0) + ns
+        own, caused = own + part.self_ns, caused + part.caused_ns
+    return Charges(behind, own, caused)
 
 
 @pytest.mark.parametrize("service, name", [
@@ -82,7 +96,7 @@ def test_culprit_names(service, name):
 
 def test_a_service_named_like_a_reserved_culprit_is_not_merged_with_it():
     named = {**NAMES, 5: "idle"}
-    got = charges({(1, 5): 3, (1, IDLE): 2, (5, 5): 4}, lambda c: named.get(c, OTHER), RESERVED)
+    got = charges({1: {5: 3, IDLE: 2}, 5: {5: 4}}, lambda c: named.get(c, OTHER), RESERVED)
     assert got == {"web": Charges({"_idle": 3, "idle": 2}, 0, 0),
                    "idle": Charges({"_idle": 4}, 4, 3)}
 
@@ -100,8 +114,8 @@ def random_pairs(seed):
     rng = random.Random(seed)
     victims = [1, 2, 3, 4, 9, OVERFLOW]
     culprits = victims + [IDLE, MIGRATED, UNTRACKED]
-    return {(rng.choice(victims), rng.choice(culprits)): rng.randrange(1, 10**9)
-            for _ in range(rng.randrange(1, 40))}
+    return by_victim({(rng.choice(victims), rng.choice(culprits)): rng.randrange(1, 10**9)
+                      for _ in range(rng.randrange(1, 40))})
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -113,10 +127,36 @@ def test_conservation(seed, limit):
     rows = {name: blame(part, limit) for name, part in charges(pairs, service_of,
                                                                RESERVED).items()}
     for name, row in rows.items():
-        wait = sum(ns for (victim, _), ns in pairs.items() if service_of(victim) == name)
+        wait = sum(sum(row.values()) for victim, row in pairs.items()
+                   if service_of(victim) == name)
         assert row.behind_self_ns + row.behind_others_ns == wait
         assert sum(ns for _, ns in row.culprits) + row.rest_ns == wait
         assert limit is None or len(row.culprits) <= limit
     assert sum(r.caused_ns for r in rows.values()) + sum(
         reserved_totals(pairs, RESERVED).values()) == sum(r.behind_others_ns
                                                           for r in rows.values())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_rest_is_the_sum_of_the_services_not_shown(seed):
+    """Ledger.rest subtracts the shown from the host's totals: it equals adding up the
+    others' charges, whichever are shown (the service other, with two cgroups, among them)."""
+    pairs = random_pairs(seed)
+    every = charges(pairs, service_of, RESERVED)
+    rng = random.Random(seed)
+    shown = rng.sample(sorted(every), rng.randrange(len(every) + 1))
+    assert Ledger(pairs, service_of, RESERVED).rest(shown) == sum_of(
+        part for name, part in every.items() if name not in shown)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_kept_totals_give_what_the_rows_give(seed):
+    """Pairs read from culprit words keep each culprit's total and each victim's own wait:
+    a Ledger on them gives what one on the same rows as plain dicts gives."""
+    words = culprits_of({(victim, culprit): ns for victim, row in random_pairs(seed).items()
+                         for culprit, ns in row.items()}).words
+    kept = CulpritPairs({}, words, WORDS)
+    plain = {victim: dict(row) for victim, row in kept.items()}
+    assert charges(kept, service_of, RESERVED) == charges(plain, service_of, RESERVED)
+    assert reserved_totals(kept, RESERVED) == reserved_totals(plain, RESERVED)
+    assert pair_cgroups(kept, RESERVED) == pair_cgroups(plain, RESERVED)

@@ -72,10 +72,11 @@ def kernel_like(switch_has_state=True, state=("__state", 4), free_argument="task
 
 class TestSyntheticBlobs:
     def test_a_current_kernel_layout(self):
-        assert raw_layout(Btf(kernel_like().blob())) == RawLayout(state_offset=24, state_size=4)
+        assert raw_layout(Btf(kernel_like().blob())) == RawLayout(state_offset=24, state_size=4,
+                                                                  switch_state_argument=True)
 
     def test_a_kernel_before_5_14_has_a_long_state(self):
-        assert raw_layout(Btf(kernel_like(state=("state", 8)).blob())) == RawLayout(24, 8)
+        assert raw_layout(Btf(kernel_like(state=("state", 8)).blob())) == RawLayout(24, 8, True)
 
     def test_a_kernel_before_5_18_has_no_prev_state_argument(self):
         assert raw_layout(Btf(kernel_like(switch_has_state=False).blob())) == RawLayout(24, 4)

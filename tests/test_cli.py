@@ -159,6 +159,7 @@ class TestWithBpf:
                          r"-DMAX_CGROUPS=4096 -DCULPRITS=1 "
                          r"-DLINUX_VERSION_CODE=\d+ -DGSENDER_PAGE_SIZE=\d+ "
                          r"-DRAW_TRACEPOINTS -DSTATE_OFFSET=\d+ -DSTATE_SIZE=[48] "
+                         r"-DPREV_STATE_ARGUMENT=[01] "
                          r"\*/", result.stdout)
         assert re.search(r"include tree \(BCC_KERNEL_SOURCE\): \S+/bpf/kernel-stubs; no kernel "
                          r"headers are read", result.stdout)

@@ -3,7 +3,8 @@
 Busy loops pinned to one CPU are always runnable, so while one of them waits the CPU runs the
 others. Over a window, loop V's wait behind service X is the CPU time X's loops (other than V)
 got in it, taken from schedstat's first field (sum_exec_runtime), which neither the wait
-accounting nor the program's timeline touches.
+accounting nor the program's timeline touches, plus at most what the hypervisor took from that
+CPU meanwhile (tests/stolen.py).
 """
 
 import os
@@ -37,11 +38,11 @@ def cpu_ns(cgroup):
 
 def charged_to(pairs, victim):
     """What each culprit was charged of ``victim``'s wait."""
-    return {culprit: ns for (waiting, culprit), ns in pairs.items() if waiting == victim}
+    return pairs.get(victim, {})
 
 
 def between(probe, before, after):
-    """The (victim, culprit) pairs charged between two readings."""
+    """What each victim waited behind each culprit between two readings."""
     return delta(probe.layout, before, after, 1.0).culprits
 
 
@@ -50,9 +51,11 @@ def needs_two_cpus():
         pytest.skip("needs a second CPU for the loops")
 
 
-def within(measured, truth, what):
-    assert abs(measured - truth) <= TOLERANCE * truth, (
-        f"{what}: {measured / 1e9:.3f}s by the program, {truth / 1e9:.3f}s by CPU time")
+def within(measured, truth, what, lost=0):
+    """``measured`` is ``truth`` CPU time, to which up to ``lost`` ns may add (stolen)."""
+    assert (1 - TOLERANCE) * truth <= measured <= (1 + TOLERANCE) * (truth + lost), (
+        f"{what}: {measured / 1e9:.3f}s by the program, {truth / 1e9:.3f}s by CPU time, "
+        f"{lost / 1e9:.3f}s stolen")
 
 
 def assert_every_wait_is_split_exactly(reading, cgroups):
@@ -64,7 +67,7 @@ def assert_every_wait_is_split_exactly(reading, cgroups):
 
 
 @pytest.mark.parametrize("kind", ["raw", "classic"])
-def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory):
+def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory, stolen_ns):
     """Two loops in service A (one in each of its cgroups a/one and a/two) and one in B, all on
     one CPU. Each loop waits behind each other one for that one's CPU time. So B waits behind
     A for A's CPU time, A behind B for twice B's (both of A's loops wait while B runs), and A
@@ -82,9 +85,11 @@ def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory)
     with Probe(Config(), culprit_settings(kind)) as probe:
         time.sleep(0.2)
         before, cpu_before = probe.read_snapshot(), [cpu_ns(cgroup) for cgroup in loops]
+        lost = stolen_ns(CPU)
         time.sleep(WINDOW_S)
         after = probe.read_snapshot()
         cpu = {cgroup.id: cpu_ns(cgroup) - ns for cgroup, ns in zip(loops, cpu_before)}
+        lost = stolen_ns(CPU) - lost
         for cgroup in loops:
             cgroup.pause()
         stopped = probe.read_snapshot()
@@ -92,15 +97,15 @@ def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory)
     for victim in loops:
         for culprit in loops:
             if culprit is not victim:
-                within(pairs.get((victim.id, culprit.id), 0), cpu[culprit.id],
-                       f"{kind}: {victim.path.name} behind {culprit.path.name}")
+                within(charged_to(pairs, victim.id).get(culprit.id, 0), cpu[culprit.id],
+                       f"{kind}: {victim.path.name} behind {culprit.path.name}", lost)
     a = (one.id, two.id)
 
     def service_pair(victims, culprits):
-        return sum(pairs.get((v, c), 0) for v in victims for c in culprits)
-    within(service_pair((b.id,), a), cpu[one.id] + cpu[two.id], f"{kind}: B behind A")
-    within(service_pair(a, (b.id,)), 2 * cpu[b.id], f"{kind}: A behind B")
-    within(service_pair(a, a), cpu[one.id] + cpu[two.id], f"{kind}: A behind itself")
+        return sum(charged_to(pairs, v).get(c, 0) for v in victims for c in culprits)
+    within(service_pair((b.id,), a), cpu[one.id] + cpu[two.id], f"{kind}: B behind A", lost)
+    within(service_pair(a, (b.id,)), 2 * cpu[b.id], f"{kind}: A behind B", 2 * lost)
+    within(service_pair(a, a), cpu[one.id] + cpu[two.id], f"{kind}: A behind itself", lost)
     assert_every_wait_is_split_exactly(stopped, loops)
 
 
@@ -133,7 +138,8 @@ def test_a_sleeper_beside_a_hog_waits_behind_the_hog(kind, cgroup_factory):
 
 
 @pytest.mark.parametrize("kind", ["raw", "classic"])
-def test_a_wait_begun_on_another_cpu_is_charged_to_migrated_for_that_part(kind, cgroup_factory):
+def test_a_wait_begun_on_another_cpu_is_charged_to_migrated_for_that_part(kind, cgroup_factory,
+                                                                        stolen_ns):
     """A loop that keeps being moved between CPU 1 (where another loop runs) and CPU 0: each
     move while it waits leaves part of that wait on the CPU it left, charged to ``migrated``,
     never to the new CPU's occupants. It can wait behind the other loop only while both are on
@@ -145,16 +151,17 @@ def test_a_wait_begun_on_another_cpu_is_charged_to_migrated_for_that_part(kind, 
     time.sleep(0.3)
     with Probe(Config(), culprit_settings(kind)) as probe:
         time.sleep(0.2)
-        before, cpu_still = probe.read_snapshot(), cpu_ns(still)
+        before, cpu_still, lost = probe.read_snapshot(), cpu_ns(still), stolen_ns(CPU)
         for flip in range(60):  # 3 s: 50 ms on each side in turn
             os.sched_setaffinity(mover.pid, {CPU} if flip % 2 else {0})
             time.sleep(0.05)
         still.pause(), moving.pause()
-        cpu_still = cpu_ns(still) - cpu_still
+        cpu_still, lost = cpu_ns(still) - cpu_still, stolen_ns(CPU) - lost
         stopped = probe.read_snapshot()
     behind = charged_to(between(probe, before, stopped), moving.id)
     assert behind.get(NAMES["migrated"], 0) > 0, (kind, behind)
-    assert behind.get(still.id, 0) <= (1 + TOLERANCE) * cpu_still, (kind, behind, cpu_still)
+    assert behind.get(still.id, 0) <= (1 + TOLERANCE) * (cpu_still + lost), (
+        kind, behind, cpu_still, lost)
     assert_every_wait_is_split_exactly(stopped, (still, moving))
 
 

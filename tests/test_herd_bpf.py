@@ -7,7 +7,7 @@ CPU 1, 20 victim services take turns, each beside a hog service of its own: two
 always-runnable loops on one CPU, the victim running before the hog starts and until after
 it stops, so the victim waits exactly while the hog runs. Its wait behind the hog is the
 hog's CPU time (schedstat's sum_exec_runtime), which neither the program nor its timeline
-touches.
+touches, plus at most what the hypervisor took from CPU 1 meanwhile (tests/stolen.py).
 """
 
 import contextlib
@@ -65,7 +65,7 @@ def herd():
         made.remove()
 
 
-def test_in_a_herd_each_victim_s_first_culprit_is_its_hog(herd, cgroup_factory):
+def test_in_a_herd_each_victim_s_first_culprit_is_its_hog(herd, cgroup_factory, stolen_ns):
     needs_two_cpus()
     pairs = [(cgroup_factory(f"herd-victim-{n}"), cgroup_factory(f"herd-hog-{n}"))
              for n in range(VICTIMS)]
@@ -81,11 +81,11 @@ def test_in_a_herd_each_victim_s_first_culprit_is_its_hog(herd, cgroup_factory):
         for victim, hog in pairs:
             # The victim runs throughout the hog's run: it waits while the hog runs.
             victim.resume()
-            ran = cpu_ns(hog)
+            ran, lost = cpu_ns(hog), stolen_ns(CPU)
             hog.resume()
             time.sleep(WINDOW_S)
             hog.pause()
-            physics[victim.id] = cpu_ns(hog) - ran
+            physics[victim.id] = cpu_ns(hog) - ran, stolen_ns(CPU) - lost
             victim.pause()
         after = probe.read_snapshot()
     herd_ids = herd.ids()
@@ -97,8 +97,8 @@ def test_in_a_herd_each_victim_s_first_culprit_is_its_hog(herd, cgroup_factory):
         ranked = sorted(((ns, culprit) for culprit, ns in behind.items()
                          if culprit != victim.id), reverse=True)
         assert ranked and ranked[0][1] == hog.id, (victim.path.name, ranked[:3], hog.id)
-        share, truth = behind[hog.id], physics[victim.id]
-        assert abs(share - truth) <= TOLERANCE * truth, (
+        share, (truth, lost) = behind[hog.id], physics[victim.id]
+        assert (1 - TOLERANCE) * truth <= share <= (1 + TOLERANCE) * (truth + lost), (
             f"{victim.path.name}: {share / 1e6:.1f} ms behind its hog by the program, "
-            f"{truth / 1e6:.1f} ms of the hog's CPU time")
+            f"{truth / 1e6:.1f} ms of the hog's CPU time, {lost / 1e6:.1f} ms stolen")
         assert not set(behind) & herd_ids - reserved  # the herd ran on the other CPU

@@ -2,8 +2,9 @@
 
 import pytest
 
-from peers import (agreement, bpftrace_rows, percentile_row, row_of, rows_apart, rows_of_log2, runqlat_rows,
-                   share_apart)
+from peers import (agreement, bpftrace_rows, medians_agree, percentile_row, row_of, rows_apart,
+                   rows_of_log2, runqlat_rows, share_apart)
+from stolen import clocks_apart_ns
 
 RUNQLAT_OUTPUT = """Tracing run queue latency... Hit Ctrl-C to end.
 
@@ -76,6 +77,42 @@ def test_bpftrace_rows_fold_into_runqlats():
     ({4: 900, 8: 100}, {8: 900, 16: 100}, False),           # one row down throughout
     ({4: 940, 2048: 60}, {4: 940, 8: 60}, False),            # the p99 far apart
     ({}, {}, False),
+    ({16: 43, 32: 40}, {16: 40, 32: 39}, True),             # 5 % and the edges' 2 waits
+    ({16: 45, 32: 40}, {16: 40, 32: 39}, False),            # one more than that
 ])
 def test_agreement(mine, theirs, ok):
     assert agreement(mine, theirs)[0] is ok
+
+
+@pytest.mark.parametrize("mine, theirs, ok", [
+    ({4: 620, 8: 380}, {4: 500, 8: 500}, True),     # one row
+    ({4: 450, 8: 550}, {4: 500, 8: 500}, True),     # neighbours, 45 % below the edge
+    ({4: 390, 8: 610}, {4: 500, 8: 500}, False),    # 39 %
+    ({4: 480, 8: 520}, {4: 620, 8: 380}, False),    # either side
+    ({4: 500, 16: 500}, {4: 490, 16: 510}, False),  # two rows apart, however split
+])
+def test_medians_agree(mine, theirs, ok):
+    assert medians_agree(mine, theirs) is ok
+
+
+SCHED_DEBUG = """Sched Debug Version: v0.11, 6.18.0 #1
+cpu#0, 2596.124 MHz
+  .nr_running                    : 0
+  .clock                         : 34020015.325125
+  .clock_task                    : 34003502.755510
+cpu#1, 2596.124 MHz
+  .clock                         : 12.000001
+  .clock_task                    : 11.500000
+cfs_rq[1]:/autogroup-1934
+  .exec_clock                    : 3.000000
+"""
+
+
+@pytest.mark.parametrize("cpu, apart", [(0, 16_512_569_615), (1, 500_001)])
+def test_what_the_hypervisor_took_is_clock_less_clock_task(cpu, apart):
+    assert clocks_apart_ns(SCHED_DEBUG, cpu) == apart
+
+
+def test_a_cpu_missing_from_sched_debug_is_an_error():
+    with pytest.raises(ValueError):
+        clocks_apart_ns(SCHED_DEBUG, 2)

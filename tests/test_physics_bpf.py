@@ -3,6 +3,8 @@
 Busy loops pinned to one CPU are always runnable, so over a window each one waits for exactly
 the time it did not run. N loops over a window of W seconds wait N·W minus the CPU time they
 got, taken from schedstat's first field (sum_exec_runtime), which no wait accounting touches.
+What the hypervisor takes from a loop while it holds the CPU is neither its CPU time nor a wait,
+so the truth lies up to that much (tests/stolen.py) below N·W minus the CPU time.
 (Waits that start at a wakeup: tests/test_wakeup_bpf.py.)
 """
 
@@ -43,8 +45,8 @@ def waited_ns(before, after):
                for pid in before)
 
 
-@pytest.mark.parametrize("kind", ["raw", "classic"])
-def test_busy_loops_wait_for_the_time_they_did_not_run(kind, cgroup_factory):
+@pytest.mark.parametrize("kind", ["raw", "raw-read", "classic"])
+def test_busy_loops_wait_for_the_time_they_did_not_run(kind, cgroup_factory, stolen_ns):
     if os.cpu_count() < 2:
         pytest.skip("needs a second CPU for the loops")
     busy = cgroup_factory("physics")
@@ -54,10 +56,10 @@ def test_busy_loops_wait_for_the_time_they_did_not_run(kind, cgroup_factory):
     with Probe(Config(), settings_for(kind)) as services, \
             Probe(Config(max_services=0), settings_for(kind, per_cgroup=False)) as host_only:
         time.sleep(0.2)
-        cpu_before = clock_and_cpu(busy.pids)
+        cpu_before, lost = clock_and_cpu(busy.pids), stolen_ns(CPU)
         by_service_before, host_before = services.read_snapshot(), host_only.read_snapshot()
         time.sleep(WINDOW_S)
-        cpu_after = clock_and_cpu(busy.pids)
+        cpu_after, lost = clock_and_cpu(busy.pids), stolen_ns(CPU) - lost
         by_service_after, host_after = services.read_snapshot(), host_only.read_snapshot()
     physics = waited_ns(cpu_before, cpu_after)
     # Four loops sharing one CPU wait about three quarters of the time each.
@@ -65,17 +67,19 @@ def test_busy_loops_wait_for_the_time_they_did_not_run(kind, cgroup_factory):
 
     changed = delta(services.layout, by_service_before, by_service_after, WINDOW_S)
     service = changed.cgroups[busy.id].sum_ns
-    assert abs(service - physics) <= TOLERANCE * physics, (
+    assert (1 - TOLERANCE) * (physics - lost) <= service <= (1 + TOLERANCE) * physics, (
         f"{kind}: the loops' service waited {service / 1e9:.3f}s by the agent, "
-        f"{physics / 1e9:.3f}s by their CPU time")
+        f"{physics / 1e9:.3f}s by their CPU time, {lost / 1e9:.3f}s stolen")
 
     # The host-only probe counts every task: the loops, and the rest of the machine, which the
     # other probe's breakdown gives as all its cgroups but the loops'.
     others = sum(counts.sum_ns for cgroup, counts in changed.cgroups.items() if cgroup != busy.id)
     host = delta(host_only.layout, host_before, host_after, WINDOW_S).host.sum_ns
-    assert abs(host - (physics + others)) <= TOLERANCE * (physics + others), (
+    expected = physics + others
+    assert (1 - TOLERANCE) * (expected - lost) <= host <= (1 + TOLERANCE) * expected, (
         f"{kind}: host-only total {host / 1e9:.3f}s, expected the loops' {physics / 1e9:.3f}s "
-        f"by their CPU time plus {others / 1e9:.3f}s for the rest of the machine")
+        f"by their CPU time plus {others / 1e9:.3f}s for the rest of the machine, less up to "
+        f"{lost / 1e9:.3f}s stolen")
 
 
 SLEEPER = "import time\nwhile True: time.sleep(0.002)"

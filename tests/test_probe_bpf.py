@@ -2,6 +2,7 @@
 loops, and leaves."""
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -22,8 +23,13 @@ WAIT_TOLERANCE = 0.05
 
 
 def settings_for(kind, per_cgroup=True):
-    if kind == "raw":
-        return ProgramSettings(raw=btf.read_raw_layout(), per_cgroup=per_cgroup)
+    """raw: as the agent loads them here; raw-read: raw, prev's state read from task_struct
+    (as on kernels before 6.16) whatever this kernel's sched_switch hands over; classic."""
+    if kind in ("raw", "raw-read"):
+        layout = btf.read_raw_layout()
+        if kind == "raw-read":
+            layout = replace(layout, switch_state_argument=False)
+        return ProgramSettings(raw=layout, per_cgroup=per_cgroup)
     return ProgramSettings(preempted_state=tracefs.read_preempted_state_bit(tracefs.tracefs_root()),
                            per_cgroup=per_cgroup)
 

@@ -128,11 +128,28 @@ class TestSettings:
         assert settings.cflags(tmp_path) == (
             f"-I{tmp_path}", "-DSTART_ENTRIES=32768", "-DPER_CGROUP=1", "-DMAX_CGROUPS=100",
             "-DCULPRITS=1", "-DLINUX_VERSION_CODE=1", "-DGSENDER_PAGE_SIZE=65536",
-            "-DRAW_TRACEPOINTS", "-DSTATE_OFFSET=24", "-DSTATE_SIZE=4")
+            "-DRAW_TRACEPOINTS", "-DSTATE_OFFSET=24", "-DSTATE_SIZE=4",
+            "-DPREV_STATE_ARGUMENT=0")
         assert settings.kind == "raw tracepoints"
         # With culprits, migrations too.
         assert settings.tracepoints == ("sched_wakeup", "sched_wakeup_new", "sched_switch",
                                         "sched_process_free", "sched_migrate_task")
+
+    @pytest.mark.parametrize("argument, release, used", [
+        (True, "6.16.0", True), (True, "6.18.44-fc-v1300", True), (True, "7.0.1", True),
+        # 6.15 and older may report a task that stays runnable (a signal pending) as asleep.
+        (True, "6.15.9", False), (True, "6.1.0-50-cloud-amd64", False),
+        (False, "6.18.0", False),  # a BTF without the argument
+    ])
+    def test_the_prev_state_argument_where_the_kernel_sets_it_right(self, tmp_path, argument,
+                                                                     release, used):
+        settings = program.ProgramSettings(raw=RawLayout(24, 4, argument),
+                                           version_code=program.linux_version_code(release))
+        assert settings.prev_state_argument is used
+        assert f"-DPREV_STATE_ARGUMENT={int(used)}" in settings.cflags(tmp_path)
+        classic = program.ProgramSettings(preempted_state=0x100)
+        assert not classic.prev_state_argument
+        assert not any("PREV_STATE" in flag for flag in classic.cflags(tmp_path))
 
     @pytest.mark.parametrize("pid_max, entries", [("32768\n", 32768), ("4194304\n", 65536),
                                                   ("", 65536), ("0\n", 1)])

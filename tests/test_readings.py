@@ -4,6 +4,8 @@ import pytest
 
 from gsender_bcc.histogram import Counts, add_counts
 from gsender_bcc.readings import Culprits, CulpritWords, Measured, Snapshot, culprit_pairs, delta
+
+from culprit_words import by_victim
 from test_histogram import LAYOUT, SMALL, c, counts, packed
 
 
@@ -37,6 +39,18 @@ class TestDelta:
             delta(SMALL, snap(zero, cgroups={7: make(SMALL, [(1, 2)], 9000)}),
                   snap(zero, cgroups={7: make(SMALL, pairs, sum_ns)}), 1.0)
 
+    @pytest.mark.parametrize("make", [c, packed])
+    def test_a_cgroup_s_slot_going_back_is_refused_once_looked_at(self, make):
+        """Beside a cgroup that grew more, the host's total still grows: the slots of the
+        one that went back are refused when they are read."""
+        zero = c(SMALL, [], 0)
+        measured = delta(SMALL, snap(zero, cgroups={7: make(SMALL, [(1, 2)], 9000)}),
+                         snap(zero, cgroups={7: make(SMALL, [(1, 1)], 9500),
+                                             8: make(SMALL, [(1, 5)], 100)}), 1.0)
+        assert measured.cgroups[7].sum_ns == 500
+        with pytest.raises(ValueError, match="went backwards"):
+            tuple(measured.cgroups[7].slots)
+
     def test_packed_counts_unpack_to_the_same_slots(self):
         assert packed(SMALL, [(1, 2), (16, 7)], 5) == c(SMALL, [(1, 2), (16, 7)], 5)
         assert tuple(packed(SMALL, [(1, 2), (16, 7)], 5).slots) == counts(SMALL, [(1, 2), (16, 7)])
@@ -45,13 +59,15 @@ class TestDelta:
         with pytest.raises(ValueError, match="different slot counts"):
             delta(LAYOUT, snap(c(SMALL, [], 0)), snap(c(LAYOUT, [], 0)), 1.0)
 
+    @pytest.mark.parametrize("idle", [0, 5])  # most cgroups counted, or a few
     @pytest.mark.parametrize("make", [c, packed])
-    def test_the_host_is_the_sum_of_the_cgroups(self, make):
+    def test_the_host_is_the_sum_of_the_cgroups(self, make, idle):
         zero = c(SMALL, [], 0)
+        still = {100 + n: make(SMALL, [(n, 1)], 1000 * n) for n in range(idle)}
         before = snap(zero, cgroups={7: make(SMALL, [(1, 2)], 3000), 8: make(SMALL, [(2, 1)], 2000),
-                                     9: make(SMALL, [(4, 4)], 20000)})
+                                     9: make(SMALL, [(4, 4)], 20000), **still})
         after = snap(zero, cgroups={7: make(SMALL, [(1, 5)], 9000), 8: make(SMALL, [(2, 1)], 2000),
-                                    10: make(SMALL, [(3, 1), (4, 1)], 8000)})
+                                    10: make(SMALL, [(3, 1), (4, 1)], 8000), **still})
         measured = delta(SMALL, before, after, 1.0)
         # 8 did not change; 9 was removed after its last reading; 10 is new.
         assert measured.cgroups == {7: c(SMALL, [(1, 3)], 6000),
@@ -104,7 +120,7 @@ def words(self_ns=0, reserved=(0, 0, 0), other=0, slots=((0, 0, 0), (0, 0, 0))):
 ])
 def test_culprit_counters_become_the_interval_s_pairs(before, now, pairs):
     previous = {} if before is None else {V: before}
-    assert culprit_pairs(previous, {V: now}, W) == pairs
+    assert culprit_pairs(previous, {V: now}, W) == by_victim(pairs)
     grown = sum(now[:5]) + sum(now[6::4]) - (sum(before[:5]) + sum(before[6::4]) if before else 0)
     assert sum(pairs.values()) == grown  # every nanosecond once
 
@@ -120,5 +136,5 @@ def test_an_interval_s_culprit_pairs_come_from_the_two_readings():
     zero = Counts.from_packed(0, LAYOUT.slots, 0)
     first = Snapshot(zero, 0, {}, Culprits(W, {V: words(3)}))
     second = Snapshot(zero, 0, {}, Culprits(W, {V: words(5), 8: words(other=1)}))
-    assert delta(LAYOUT, first, second, 1.0).culprits == {(V, V): 2, (8, 0): 1}
+    assert delta(LAYOUT, first, second, 1.0).culprits == {V: {V: 2}, 8: {0: 1}}
     assert delta(LAYOUT, snap(zero), snap(zero), 1.0).culprits is None

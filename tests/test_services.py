@@ -1,5 +1,8 @@
 """The services sent one by one: cgroups merged by service, the top ones by wait, the rest other."""
 
+import pytest
+
+from gsender_bcc.histogram import sum_counts
 from gsender_bcc.services import by_service, top_services
 from test_histogram import SMALL, c
 
@@ -31,3 +34,22 @@ class TestServices:
     def test_zero_services_is_all_other(self):
         top = top_services(SMALL, {"a": c(SMALL, [(1, 1)], 5), "b": c(SMALL, [(1, 2)], 6)}, 0)
         assert top == [("other", c(SMALL, [(1, 3)], 11))]
+
+
+CASES = [
+    ({"a": c(SMALL, [(1, 10)], 100), "b": c(SMALL, [(2, 1)], 900), "c": c(SMALL, [(3, 2)], 500),
+      "d": c(SMALL, [(4, 3)], 50), "idle": c(SMALL, [], 0)}, 2, None),
+    ({"a": c(SMALL, [(1, 1)], 5)}, 20, None),
+    ({"a": c(SMALL, [(1, 1)], 5), "other": c(SMALL, [(2, 1)], 900)}, 5, None),
+    ({"a": c(SMALL, [(1, 1)], 5), "other": c(SMALL, [(2, 1)], 900)}, 0, None),
+    ({"a": c(SMALL, [(1, 1)], 5), "b": c(SMALL, [(1, 2)], 6)}, 0, None),
+    # With attribution: a service that only caused wait is ranked, with empty counts.
+    ({"a": c(SMALL, [(1, 1)], 5), "b": c(SMALL, [(1, 2)], 6)}, 1, {"z": 10**6, "a": 1}),
+]
+
+
+@pytest.mark.parametrize("services, limit, caused", CASES)
+def test_other_from_the_total_less_the_chosen_is_the_rest_summed(services, limit, caused):
+    total = sum_counts(SMALL, services.values())
+    assert top_services(SMALL, services, limit, caused=caused, total=total) == \
+        top_services(SMALL, services, limit, caused=caused)

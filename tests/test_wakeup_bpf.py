@@ -11,7 +11,7 @@ idle CPU is queued there, and sched_wakeup fires only after the interrupt and th
 (Linux 6.0 and later), which is no part of the wait that runqlat or the agent measures. So
 the lower side comes from a peer timing the same waits over the same seconds, libbpf-tools'
 runqlat following the wakee's pid: the agent's exact sum lies within the bounds runqlat's log2
-rows put on the same samples, and the medians share a row.
+rows put on the same samples, the samples sit in the same rows and the medians agree.
 """
 
 import contextlib
@@ -26,8 +26,8 @@ from gsender_bcc.config import Config
 from gsender_bcc.histogram import log2_counts
 from gsender_bcc.readings import delta
 from gsender_bcc.probe import Probe
-from peers import (ROWS_APART, Runqlat, agreement, percentile_row, rows_apart,
-                   rows_of_log2, runqlat_path, share_apart)
+from peers import (ROWS_APART, Runqlat, agreement, medians_agree, rows_of_log2, runqlat_path,
+                   share_apart)
 from test_probe_bpf import settings_for
 
 pytestmark = pytest.mark.bpf
@@ -79,7 +79,7 @@ def round_trips(wakeup, cgroup, rounds, on_start):
 
 
 @pytest.mark.parametrize("case", ["idle", "hog"])
-@pytest.mark.parametrize("kind", ["raw", "classic"])
+@pytest.mark.parametrize("kind", ["raw", "raw-read", "classic"])
 def test_a_woken_tasks_wait_is_bounded_by_the_write_and_agrees_with_runqlat(
         kind, case, wakeup, cgroup_factory):
     needs_peer_and_cpus()
@@ -88,14 +88,18 @@ def test_a_woken_tasks_wait_is_bounded_by_the_write_and_agrees_with_runqlat(
         cgroup_factory("hog").spin(WAKEE_CPU)
         time.sleep(0.3)
     readings = {}
-    with Probe(Config(), settings_for(kind)) as probe, contextlib.ExitStack() as peers:
+    with contextlib.ExitStack() as tracers:
 
         def start(wakee):
-            readings["peer"] = peers.enter_context(
+            # The peer attaches first, so on every hook its program runs before the agent's:
+            # its times are the waits as they are, not lengthened by the agent's run time.
+            readings["peer"] = tracers.enter_context(
                 Runqlat(seconds=int(ROUNDS * GAP_US / 1e6) + 6, pid=wakee))
             readings["peer"].attached()
-            readings["first"] = probe.read_snapshot()
+            readings["probe"] = tracers.enter_context(Probe(Config(), settings_for(kind)))
+            readings["first"] = readings["probe"].read_snapshot()
         trips = round_trips(wakeup, wakee_group, ROUNDS, start)
+        probe = readings["probe"]
         readings["last"] = probe.read_snapshot()
         theirs = readings["peer"].rows()
     ours = delta(probe.layout, readings["first"], readings["last"], 1.0).cgroups[wakee_group.id]
@@ -111,13 +115,12 @@ def test_a_woken_tasks_wait_is_bounded_by_the_write_and_agrees_with_runqlat(
     # Physics: one wait per write, none longer than from the write to the resume.
     assert abs(ours.count - ROUNDS) <= 0.01 * ROUNDS, report
     assert ours.sum_ns <= bound, report
-    # The peer, on the same waits: as many, no shorter, and the same median row.
+    # The peer, on the same waits: as many, no shorter, in the same rows, the medians agreeing.
     assert abs(ours.count - their_count) <= 0.01 * ROUNDS, report
     assert ours.sum_ns >= their_low * (1 - EDGE_SHARE), report
-    assert share_apart(mine, theirs) <= ROWS_APART, report
-    assert rows_apart(percentile_row(mine, 50), percentile_row(theirs, 50)) == 0 or \
-        abs(sum(n for low, n in mine.items() if low <= percentile_row(theirs, 50)) / ours.count
-            - 0.5) <= EDGE_SHARE, report
+    apart = share_apart(mine, theirs)
+    assert apart <= ROWS_APART, f"{report}; {apart:.1%} of the samples in other rows"
+    assert medians_agree(mine, theirs), report
 
 
 SLEEPER = "import time\nwhile True: time.sleep(0.002)"
@@ -148,8 +151,9 @@ def test_the_host_series_agree_with_runqlat_over_the_same_seconds(load, wakeup, 
         with Probe(Config()) as probe, Runqlat(seconds=PEER_SECONDS) as peer:
             peer.attached()
             first = probe.read_snapshot()
-            theirs = peer.rows()
+            peer.ended()
             last = probe.read_snapshot()
+            theirs = peer.rows()
     finally:
         if pipe is not None:
             pipe.kill()
