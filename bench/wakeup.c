@@ -8,9 +8,13 @@
  *
  * It forks the wakee, prints "wakee PID", and starts once a line arrives on stdin (so the
  * caller can move the wakee into a cgroup first). The waker writes every GAP_US µs, long
- * enough for the wakee to block again. At the end it prints "rounds N sum_ns S min_ns A":
- * the wakee keeps only running figures, so that after its last read it has next to nothing
- * left to do (and nothing to wait for) before it exits.
+ * enough for the wakee to block again. At the end it prints "rounds N blocked B preempted P
+ * sum_ns S min_ns A": the wakee keeps only running figures, so that after its last read it has
+ * next to nothing left to do (and nothing to wait for) before it exits. B and P are the
+ * wakee's voluntary and involuntary context switches over the rounds, so B + P is the number
+ * of its waits: a read that blocks waits once from its wakeup, a preemption once from the
+ * switch-out. B falls short of N when the wakee is held off its CPU past the gap: the next
+ * stamp is then already in the pipe, and its read returns without sleeping.
  */
 #define _GNU_SOURCE
 #include "pin.h"
@@ -20,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,11 +71,13 @@ int main(int argc, char **argv)
 	}
 	if (child == 0) {
 		uint64_t sum = 0, least = UINT64_MAX;
+		struct rusage before, after;
 
 		/* Killed with the waker: a test that stops the waker stops both. */
 		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1)
 			exit(1);
 		pin(wakee_cpu);
+		getrusage(RUSAGE_SELF, &before);
 		for (long i = 0; i < rounds; i++) {
 			uint64_t took = take(stamps[0]);
 
@@ -78,7 +85,9 @@ int main(int argc, char **argv)
 			if (took < least)
 				least = took;
 		}
-		dprintf(results[1], "rounds %ld sum_ns %llu min_ns %llu\n", rounds,
+		getrusage(RUSAGE_SELF, &after);
+		dprintf(results[1], "rounds %ld blocked %ld preempted %ld sum_ns %llu min_ns %llu\n",
+			rounds, after.ru_nvcsw - before.ru_nvcsw, after.ru_nivcsw - before.ru_nivcsw,
 			(unsigned long long)sum, (unsigned long long)least);
 		_exit(0);
 	}
