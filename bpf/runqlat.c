@@ -123,6 +123,7 @@ struct timeline {
 	u64 pending_moved;	/* when the pending sample's task moved CPU, or 0 */
 	struct occupant slots[TIMELINE_SLOTS];
 	u64 pieces;		/* the parts of the wait being split, in piece[] */
+	u64 slot;		/* the culprit slot a search stopped at */
 	struct piece piece[PIECES];
 };
 
@@ -141,12 +142,14 @@ static __always_inline void charge_slot(struct culprit_slot *slot, u64 ns, u64 e
  * culprit takes), or other_ns where every slot was charged this epoch. Two CPUs taking one
  * slot at once may leave one's first charge with the other's culprit.
  *
- * Every path through the slots ends in its own charge and returns: the verifier walks each
- * once, and they leave nothing behind that would keep it from merging them after.
+ * Each search notes the slot it stops at through memory (volatile, t->slot), so that the
+ * verifier knows it as any slot, not as each constant it can be: every stop leads into one
+ * charge, which it walks once.
  */
-static __always_inline void charge_culprit(struct cgroup_stats *c, u64 victim, u64 culprit,
-					   u64 ns, u64 epoch)
+static __always_inline void charge_culprit(struct timeline *t, struct cgroup_stats *c,
+					   u64 victim, u64 culprit, u64 ns, u64 epoch)
 {
+	u64 n;
 	u32 i;
 
 	if (culprit == victim) {
@@ -162,37 +165,51 @@ static __always_inline void charge_culprit(struct cgroup_stats *c, u64 victim, u
 			__sync_fetch_and_add(&c->reserved_ns[reserved], ns);
 		return;
 	}
+	*(volatile u64 *)&t->slot = CULPRIT_SLOTS;
 #pragma unroll
 	for (i = 0; i < CULPRIT_SLOTS; i++) {
 		if (c->culprits[i].culprit == culprit) {
-			charge_slot(&c->culprits[i], ns, epoch);
-			return;
+			*(volatile u64 *)&t->slot = i;
+			break;
 		}
+	}
+	n = *(volatile u64 *)&t->slot;
+	if (n < CULPRIT_SLOTS) {
+		charge_slot(&c->culprits[n], ns, epoch);
+		return;
 	}
 #pragma unroll
 	for (i = 0; i < CULPRIT_SLOTS; i++) {
-		struct culprit_slot *slot = &c->culprits[i];
-
-		if (slot->epoch != epoch) {
-			slot->claimed_at = slot->ns;
-			slot->culprit = culprit;
-			charge_slot(slot, ns, epoch);
-			return;
+		if (c->culprits[i].epoch != epoch) {
+			*(volatile u64 *)&t->slot = i;
+			break;
 		}
+	}
+	n = *(volatile u64 *)&t->slot;
+	if (n < CULPRIT_SLOTS) {
+		struct culprit_slot *slot = &c->culprits[n];
+
+		slot->claimed_at = slot->ns;
+		slot->culprit = culprit;
+		charge_slot(slot, ns, epoch);
+		return;
 	}
 	__sync_fetch_and_add(&c->other_ns, ns);
 }
 
 /*
- * Note a part of the wait being split. The count goes through memory (volatile), so that
- * the verifier knows it as any value below PIECES, not as each constant it can be: one
- * path through what follows, not one per count.
+ * Note a part of the wait being split: ns behind culprit, added to the last part where that
+ * has the same culprit (a run of one culprit makes one part). The parts go through memory
+ * (volatile), so that the verifier knows their count as any value below PIECES, not as each
+ * constant it can be: one path through what follows, not one per count.
  */
 static __always_inline void add_piece(struct timeline *t, u64 culprit, u64 ns)
 {
 	u64 n = *(volatile u64 *)&t->pieces;
 
-	if (n < PIECES) {
+	if (n - 1 < PIECES && t->piece[n - 1].culprit == culprit) {
+		t->piece[n - 1].ns += ns;
+	} else if (n < PIECES) {
 		t->piece[n].culprit = culprit;
 		t->piece[n].ns = ns;
 		*(volatile u64 *)&t->pieces = n + 1;
@@ -206,12 +223,14 @@ static __always_inline void add_piece(struct timeline *t, u64 culprit, u64 ns)
  * is left: a CPU goes idle only while nothing waits on it, so a wait overlaps idle time only
  * at its start (a task woken onto an idle CPU). What the walk does not reach goes to
  * CULPRIT_UNTRACKED. Runs of one culprit make one part. The walk notes the parts; a second
- * loop charges them, so the charge is written (and inlined) once.
+ * loop charges them, so the charge is written (and inlined) once. Both loops keep what they
+ * gather in the timeline (add_piece), not in registers: the verifier then walks each pass
+ * through them once, not once per value it could work out for a run or a count.
  */
 static __always_inline void split_wait(struct timeline *t, struct cgroup_stats *c, u64 victim,
 				       u64 end, u64 on_cpu, u64 migrated)
 {
-	u64 left = on_cpu, culprit = 0, run = 0, epoch;
+	u64 left = on_cpu, epoch;
 	u32 i, zero = 0;
 	u64 *moved_on = culprit_epoch.lookup(&zero);
 
@@ -230,25 +249,18 @@ static __always_inline void split_wait(struct timeline *t, struct cgroup_stats *
 			break;
 		take = o->culprit == CULPRIT_IDLE || end - o->start > left ? left : end - o->start;
 		if (take) {
-			if (run && o->culprit != culprit) {
-				add_piece(t, culprit, run);
-				run = 0;
-			}
-			culprit = o->culprit;
-			run += take;
+			add_piece(t, o->culprit, take);
 			left -= take;
 		}
 		end = o->start;
 	}
-	if (run)
-		add_piece(t, culprit, run);
 	if (left)
 		add_piece(t, CULPRIT_UNTRACKED, left);
 #pragma clang loop unroll(disable)
 	for (i = 0; i < PIECES; i++) {
 		if (i >= *(volatile u64 *)&t->pieces)
 			break;
-		charge_culprit(c, victim, t->piece[i].culprit, t->piece[i].ns, epoch);
+		charge_culprit(t, c, victim, t->piece[i].culprit, t->piece[i].ns, epoch);
 	}
 }
 

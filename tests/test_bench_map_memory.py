@@ -43,7 +43,7 @@ def test_the_program_as_built_by_default_is_read():
     text = map_memory.preprocessed(program.ProgramSettings(raw=raw, per_cgroup=True, culprits=True))
     sizes = map_memory.struct_sizes(text)
     slots = program.installed_constants()
-    assert sizes["timeline"] == 8 * 4 + 16 * slots["TIMELINE_SLOTS"] + 16 * (slots["TIMELINE_SLOTS"] + 2)
+    assert sizes["timeline"] == 8 * 5 + 16 * slots["TIMELINE_SLOTS"] + 16 * (slots["TIMELINE_SLOTS"] + 2)
     assert sizes["culprit_slot"] == 32 and sizes["start_time"] == 16
     assert sizes["cgroup_stats"] == 8 * (slots["HIST_SLOTS"] + 1 + 2 + slots["RESERVED_CULPRITS"]) \
         + 32 * slots["CULPRIT_SLOTS"]

@@ -14,6 +14,7 @@ import pytest
 
 from gsender_bcc.config import Config
 from gsender_bcc.probe import Probe, overflow_cgroup, reserved_culprits
+from gsender_bcc.program import linux_version_code, running_version_code
 from gsender_bcc.readings import culprit_pairs, delta
 from test_physics_bpf import CPU, exec_runtime_ns
 from test_probe_bpf import settings_for
@@ -192,3 +193,33 @@ def test_culprits_beyond_the_slots_are_charged_to_other(cgroup_factory):
         first = readings[0].cgroups.get(cgroup.id)
         assert total == readings[-1].cgroups[cgroup.id].sum_ns - (first.sum_ns if first else 0)
     assert_every_wait_is_split_exactly(readings[-1], loops)
+
+
+# The verifier's walk over sched_switch grows with every path it cannot merge: the culprit
+# split keeps its runs, counts and stops in memory so that it walks each loop once (about
+# 24000 instructions on Linux 6.18; kept in registers, about 86000). That walk is most of the
+# attach time the split adds; this bound keeps a change from bringing it back unnoticed.
+MOST_VERIFIED = 40000
+
+
+def verified_instructions():
+    """Each of this process's BPF programs' verified_insns (Linux 5.16 and later), by tag."""
+    walked = {}
+    for info in os.scandir("/proc/self/fdinfo"):
+        try:
+            fields = dict(line.split(":", 1) for line in open(info.path).read().splitlines()
+                          if ":" in line)
+        except OSError:
+            continue  # closed meanwhile
+        if "verified_insns" in fields:
+            walked[fields["prog_tag"].strip()] = int(fields["verified_insns"])
+    return walked
+
+
+@pytest.mark.parametrize("kind", ["raw", "classic"])
+def test_the_verifier_walks_the_split_in_a_bounded_number_of_instructions(kind):
+    if running_version_code() < linux_version_code("5.16"):
+        pytest.skip("the kernel reports verified_insns from 5.16")
+    with Probe(Config(), culprit_settings(kind)):
+        walked = verified_instructions()
+    assert walked and max(walked.values()) <= MOST_VERIFIED, walked
