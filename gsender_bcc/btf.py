@@ -48,32 +48,59 @@ _HEAD_WORDS = [3 + _FIXED_EXTRA.get(kind, 0) // 4 if kind in _KNOWN_KINDS else N
 _ITEM_WORDS = [width // 4 for width in _ITEM]
 
 
-def _type_positions(words: memoryview) -> List[int]:
-    """Return where each type starts, in words from the first; type id 0 (void) is at -1.
+class _Positions:
+    """Where each type starts, in words from the first (type id 0, void, is at -1), found by
+    walking the records in order only as far as a lookup needs: the kernel has over 100000
+    types, and the few read here come early on the kernels seen so far. A record of a kind not
+    known, or running past the end, is refused when the walk reaches it."""
 
-    This loop visits every type of the kernel (over 100000), so it does no more than it must.
-    """
-    positions = [-1]
-    append, head_words, item_words = positions.append, _HEAD_WORDS, _ITEM_WORDS
-    at, end = 0, len(words)
-    while at < end:
-        if at + 3 > end:
-            raise ValueError(f"BTF type {len(positions)} is cut short")
-        info = words[at + 1]
-        kind = (info >> 24) & 0x1F
-        head = head_words[kind]
-        if head is None:
-            raise ValueError(f"BTF type {len(positions)} has kind {kind}, which this reader "
-                             f"does not know; it cannot find the fields it needs")
-        append(at)
-        at += head + item_words[kind] * (info & 0xFFFF)
-    if at != end:
-        raise ValueError(f"BTF type {len(positions) - 1} is cut short")
-    return positions
+    def __init__(self, words: memoryview):
+        self.starts = [-1]
+        self._words, self._at = words, 0
+
+    def _walk(self, done) -> None:
+        """Walk on until done() or the end; each step does no more than it must."""
+        starts, words, at, end = self.starts, self._words, self._at, len(self._words)
+        append, head_words, item_words = starts.append, _HEAD_WORDS, _ITEM_WORDS
+        while at < end and not done():
+            for _ in range(256):  # done() is asked between batches, not at every record
+                if at + 3 > end:
+                    raise ValueError(f"BTF type {len(starts)} is cut short")
+                info = words[at + 1]
+                kind = (info >> 24) & 0x1F
+                head = head_words[kind]
+                if head is None:
+                    raise ValueError(f"BTF type {len(starts)} has kind {kind}, which this "
+                                     f"reader does not know; it cannot find the fields it needs")
+                append(at)
+                at += head + item_words[kind] * (info & 0xFFFF)
+                if at >= end:
+                    break
+            self._at = at
+        if at > end:
+            raise ValueError(f"BTF type {len(starts) - 1} is cut short")
+
+    def of(self, type_id: int) -> int:
+        """Where type_id starts; LookupError if the BTF has no such type."""
+        self._walk(lambda: len(self.starts) > type_id)
+        if type_id >= len(self.starts):
+            raise LookupError(f"BTF has no type {type_id}")
+        return self.starts[type_id]
+
+    def id_at(self, word: int) -> int:
+        """The id of the type that starts at word, or -1 if none does."""
+        self._walk(lambda: self.starts[-1] >= word)
+        index = bisect.bisect_left(self.starts, word)
+        return index if index < len(self.starts) and self.starts[index] == word else -1
+
+    def count(self) -> int:
+        """How many types there are, void included: the whole walk."""
+        self._walk(lambda: False)
+        return len(self.starts)
 
 
 class Btf:
-    """One BTF blob: every type's position, decoded only when asked for."""
+    """One BTF blob: its types found and decoded only when asked for."""
 
     def __init__(self, blob: bytes):
         if len(blob) < 24:
@@ -88,9 +115,8 @@ class Btf:
             raise ValueError("BTF types are not little-endian 4-byte words on this machine")
         self._blob = blob
         self._strings = blob[hdr_len + str_off: hdr_len + str_off + str_len]
-        self._types_at = hdr_len + type_off
-        self._positions = _type_positions(
-            memoryview(blob)[self._types_at:self._types_at + type_len].cast("I"))
+        self._types_at, self._types_end = hdr_len + type_off, hdr_len + type_off + type_len
+        self._positions = _Positions(memoryview(blob)[self._types_at:self._types_end].cast("I"))
 
     def string(self, offset: int) -> str:
         end = self._strings.index(b"\0", offset)
@@ -104,7 +130,7 @@ class Btf:
         return found + 1
 
     def type(self, type_id: int) -> BtfType:
-        pos = self._types_at + 4 * self._positions[type_id]
+        pos = self._types_at + 4 * self._positions.of(type_id)
         name_off, info, size_or_type = _HEADER.unpack_from(self._blob, pos)
         kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
         width = _ITEM[kind]
@@ -120,16 +146,15 @@ class Btf:
         the hits that are the start of a type of the right kind.
         """
         needle = struct.pack("<I", self._string_offset(name))
-        positions, at = self._positions, self._types_at
-        hit = self._blob.find(needle, at)
+        at, end = self._types_at, self._types_end
+        hit = self._blob.find(needle, at, end)
         while hit >= 0:
-            word = (hit - at) // 4
-            index = bisect.bisect_left(positions, word)
-            if (hit - at) % 4 == 0 and index < len(positions) and positions[index] == word:
+            index = self._positions.id_at((hit - at) // 4) if (hit - at) % 4 == 0 else -1
+            if index >= 0:
                 found = self.type(index)
                 if found.kind == kind:
                     return found
-            hit = self._blob.find(needle, hit + 1)
+            hit = self._blob.find(needle, hit + 1, end)
         raise LookupError(f"BTF has no {name}")
 
     def member_offset(self, struct_name: str, member: str) -> Tuple[int, int]:
@@ -152,6 +177,10 @@ class Btf:
                 return 8
             type_id = t.size_or_type
         raise LookupError("type chain too long")
+
+    def count(self) -> int:
+        """How many types the blob holds, void included (a walk over all of them)."""
+        return self._positions.count()
 
     def tracepoint_argument_sizes(self, event: str) -> List[int]:
         """Return the byte size of each argument of a raw tracepoint (btf_trace_<event>)."""
