@@ -32,7 +32,10 @@ pytestmark = pytest.mark.bpf
 
 HERD = 1000
 VICTIMS = 20
-WINDOW_S = 0.3
+# A victim's figure and its physics part by up to about 12 ms here, whatever the window (most
+# agree to 0.1 ms): over 1 s of hog (about 500 ms of its CPU time) that is under half of
+# TOLERANCE; over 0.3 s (150 ms) it exceeds TOLERANCE in about one run of five.
+WINDOW_S = 1.0
 TOLERANCE = 0.05  # what the issue asks for
 
 
@@ -92,6 +95,9 @@ def test_in_a_herd_each_victim_s_first_culprit_is_its_hog(herd, cgroup_factory, 
     assert len(herd_ids & set(after.cgroups)) > 0.9 * HERD  # the herd is in the map
     charged = between(probe, before, after)
     reserved = set(reserved_culprits())
+    print("\n" + "; ".join(f"{v.path.name}: {charged_to(charged, v.id).get(h.id, 0) / 1e6:.1f} ms "
+                           f"behind its hog, {physics[v.id][0] / 1e6:.1f} ms of its CPU time, "
+                           f"{physics[v.id][1] / 1e6:.1f} ms stolen" for v, h in pairs))
     for victim, hog in pairs:
         behind = charged_to(charged, victim.id)
         ranked = sorted(((ns, culprit) for culprit, ns in behind.items()
