@@ -77,17 +77,22 @@ def loaded_program_ids():
     return {p["id"] for p in loaded_programs()}
 
 
-def program_ids_of(pid):
-    """Return the ids of the BPF programs that process ``pid`` holds, from its fdinfo."""
-    ids = set()
+def program_fdinfo(pid="self"):
+    """The fdinfo fields (name: text) of each BPF program file descriptor ``pid`` holds."""
     for info in Path(f"/proc/{pid}/fdinfo").glob("*"):
         try:
-            for line in info.read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-        except (OSError, ValueError):
-            pass  # closed meanwhile
-    return ids
+            text = info.read_text()
+        except OSError:
+            continue  # closed meanwhile
+        fields = dict((name, value.strip()) for name, _, value in
+                      (line.partition(":") for line in text.splitlines()))
+        if "prog_id" in fields:
+            yield fields
+
+
+def program_ids_of(pid):
+    """Return the ids of the BPF programs that process ``pid`` holds, from its fdinfo."""
+    return {int(fields["prog_id"]) for fields in program_fdinfo(pid)}
 
 
 def agent_program_count():

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import program_fdinfo
 from gsender_bcc.config import Config
 from gsender_bcc.probe import Probe, overflow_cgroup, reserved_culprits
 from gsender_bcc.program import linux_version_code, running_version_code
@@ -204,16 +205,8 @@ MOST_VERIFIED = 40000
 
 def verified_instructions():
     """Each of this process's BPF programs' verified_insns (Linux 5.16 and later), by tag."""
-    walked = {}
-    for info in os.scandir("/proc/self/fdinfo"):
-        try:
-            fields = dict(line.split(":", 1) for line in open(info.path).read().splitlines()
-                          if ":" in line)
-        except OSError:
-            continue  # closed meanwhile
-        if "verified_insns" in fields:
-            walked[fields["prog_tag"].strip()] = int(fields["verified_insns"])
-    return walked
+    return {fields["prog_tag"]: int(fields["verified_insns"]) for fields in program_fdinfo()
+            if "verified_insns" in fields}
 
 
 @pytest.mark.parametrize("kind", ["raw", "classic"])

@@ -33,7 +33,9 @@ from test_probe_bpf import settings_for
 pytestmark = pytest.mark.bpf
 
 ROUNDS = 3000
-GAP_US = 1000  # between writes: the wakee is back in read() long before the next one
+# Between writes: the wakee is back in read() long before the next one, unless it is held
+# off its CPU that long (wakeup.c then counts the read that did not block).
+GAP_US = 1000
 WAKEE_CPU, WAKER_CPU = 1, 0
 # A wait both tracers time lands on either side of a row's edge at most this often.
 EDGE_SHARE = 0.05
