@@ -77,6 +77,12 @@ def loaded_program_ids():
     return {p["id"] for p in loaded_programs()}
 
 
+def thread_capabilities() -> int:
+    """The calling thread's effective capabilities (they are per thread)."""
+    from gsender_bcc.probe import effective_capabilities
+    return effective_capabilities(Path("/proc/thread-self/status").read_text())
+
+
 def program_fdinfo(pid="self"):
     """The fdinfo fields (name: text) of each BPF program file descriptor ``pid`` holds."""
     for info in Path(f"/proc/{pid}/fdinfo").glob("*"):

@@ -1,7 +1,10 @@
-"""Pre-flight checks that need no privileges."""
+"""Pre-flight checks, and the capabilities the compile runs with."""
+
+import threading
 
 import pytest
 
+from conftest import thread_capabilities
 from gsender_bcc import probe
 
 ROOT_STATUS = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n"
@@ -90,3 +93,37 @@ def test_other_load_failures_are_a_missing_feature(failure, lines, settings):
     error = probe.load_failure(failure, lines, settings, 3)
     assert error.exit_code == 69
     assert str(error) == f"compiling or loading the BPF program failed: {failure} ({lines[-1]})"
+
+
+def syslog_held() -> bool:
+    return bool(thread_capabilities() >> probe.CAP_SYSLOG & 1)
+
+
+def test_a_capability_is_left_out_only_inside_and_only_for_this_thread():
+    if not syslog_held():
+        pytest.skip("needs CAP_SYSLOG in the effective set (root)")
+    inside, go_on, other = threading.Event(), threading.Event(), []
+
+    def look():  # started before the capability is left out, as any other thread would be
+        inside.wait(10)
+        other.append(syslog_held())
+        go_on.set()
+
+    looker = threading.Thread(target=look)
+    looker.start()
+    with probe.without_effective(probe.CAP_SYSLOG) as taken_out:
+        assert taken_out and not syslog_held()
+        inside.set()
+        go_on.wait(10)
+    looker.join()
+    assert syslog_held() and other == [True]
+
+
+def test_a_capability_not_held_is_left_as_it_is():
+    if not syslog_held():
+        pytest.skip("needs CAP_SYSLOG in the effective set (root)")
+    with probe.without_effective(probe.CAP_SYSLOG):
+        with probe.without_effective(probe.CAP_SYSLOG) as taken_out:
+            assert not taken_out
+        assert not syslog_held()  # the inner one put back nothing it did not take
+    assert syslog_held()
