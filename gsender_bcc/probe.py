@@ -271,8 +271,8 @@ class Probe:
         folder = program.source_dir()
         # Without CAP_SYSLOG, as under the packaged unit. BCC's compile reads /proc/kallsyms
         # whole only to learn whether bpf_probe_read_kernel exists; without CAP_SYSLOG the
-        # kernel hides the addresses, BCC skips every line (60 ms less here) and takes the
-        # older bpf_probe_read, which reads kernel memory alike on x86-64 and arm64.
+        # kernel hides the addresses, BCC skips every line and takes the older
+        # bpf_probe_read, which reads kernel memory alike on x86-64 and arm64.
         with captured_stderr() as messages, compiling_against(self.settings.include_tree), \
                 without_effective(CAP_SYSLOG):
             try:

@@ -83,7 +83,7 @@ def test_a_header_missing_from_the_tree_is_one_line_naming_bcc_and_the_file(kind
 
 def test_the_program_compiles_without_cap_syslog(monkeypatch):
     """Then the kernel hides /proc/kallsyms' addresses from BCC's compile, which skips the
-    lines it would otherwise read whole (about 60 ms here); the agent keeps it after."""
+    lines it would otherwise read whole; the agent keeps the capability after."""
     import bcc
     compiled_with, real = [], bcc.BPF.__init__
 
