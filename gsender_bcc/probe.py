@@ -90,7 +90,7 @@ def without_effective(cap: int) -> Iterator[bool]:
 
     The permitted set keeps it, so raising it again needs no privilege. Capabilities are
     per thread: other threads keep theirs."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = ctypes.CDLL(None)
     header = _CapHeader(_CAPABILITY_VERSION_3, 0)
     sets = (_CapSet * 2)()
     word, bit = divmod(cap, 32)
