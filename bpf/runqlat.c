@@ -339,10 +339,26 @@ static __always_inline void split_pending(struct timeline *t, struct cgroup_stat
 					  u64 waited, u64 end)
 {
 	u64 moved = t->pending_moved, migrated = 0;
+	/* The occupant the wait ended behind: the newest but one, after the task leaving now. */
+	struct occupant *o = &t->slots[(t->written - 2) & (TIMELINE_SLOTS - 1)];
 
 	/* end < waited: the CPU's first switch seen; the walk finds nothing, all is untracked. */
 	if (end >= waited && moved > end - waited && moved < end)
 		migrated = moved - (end - waited);
+	/*
+	 * Most waits lie inside one occupant's run. Behind the waiting cgroup itself or behind
+	 * idle, that is one counter, found without the walk (split_wait charges it the same).
+	 */
+	if (!migrated && end >= waited && o->start != 0 && o->start <= end - waited) {
+		if (o->culprit == victim) {
+			__sync_fetch_and_add(&c->self_ns, waited);
+			return;
+		}
+		if (o->culprit == CULPRIT_IDLE) {
+			__sync_fetch_and_add(&c->reserved_ns[0], waited);	/* CULPRIT_IDLE - 0 */
+			return;
+		}
+	}
 	split_wait(t, c, victim, end, waited - migrated, migrated);
 }
 #endif
@@ -360,7 +376,8 @@ static __always_inline void on_switch(u64 prev, int runnable, int idle, u64 next
 	u32 zero = 0;
 #if CULPRITS
 	struct timeline *t = this_timeline();
-	u64 cgroup = bpf_get_current_cgroup_id(), end;
+	/* The idle task never waits, so it has no pending sample: it needs no cgroup. */
+	u64 cgroup = idle ? CULPRIT_IDLE : bpf_get_current_cgroup_id(), end;
 
 	if (!t)
 		return;
@@ -378,10 +395,12 @@ static __always_inline void on_switch(u64 prev, int runnable, int idle, u64 next
 	 * walk meets the task leaving as the newest occupant, on since the wait ended: none of it.
 	 */
 	end = t->current_start;
-	record_occupant(t, idle ? CULPRIT_IDLE : cgroup, now);
+	record_occupant(t, cgroup, now);
 	if (s->pending) {
-		struct cgroup_stats *c = charge_cgroup(cgroup, s->pending_ns);
+		struct cgroup_stats *c = 0;
 
+		if (cgroup != CULPRIT_IDLE)
+			c = charge_cgroup(cgroup, s->pending_ns);
 		if (c)
 			split_pending(t, c, cgroup, s->pending_ns, end);
 		s->pending = 0;
@@ -466,12 +485,30 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new)
 	return 0;
 }
 
+/*
+ * Whether prev, the task leaving this CPU, is the CPU's idle task. That is pid 0, the
+ * current task's, asked of a helper until the CPU is first seen going from idle. A CPU's
+ * idle task never changes, so from then on its pointer answers without the call.
+ */
+static __always_inline int leaving_idle(u64 prev)
+{
+	u32 zero = 0;
+	struct latency_stats *s = stats.lookup(&zero);
+
+	if (s && s->idle_task)
+		return prev == s->idle_task;
+	if ((u32)bpf_get_current_pid_tgid() != 0)
+		return 0;
+	if (s)
+		s->idle_task = prev;
+	return 1;
+}
+
 /* (bool preempt, struct task_struct *prev, struct task_struct *next[, prev_state]) */
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
 	u64 prev = ctx->args[1];
-	/* The task leaving is still the current one; pid 0 is the idle task. */
-	int idle = (u32)bpf_get_current_pid_tgid() == 0;
+	int idle = leaving_idle(prev);
 
 	on_switch(prev, !idle && still_runnable(ctx), idle, ctx->args[2]);
 	return 0;

@@ -49,7 +49,8 @@
  * One per CPU. The number of samples is the sum of the slots, which stays exact
  * even when a read catches a CPU between two of these increments. With the
  * per-cgroup breakdown the slots stay empty (each cgroup has its own), and
- * pending_ns holds this CPU's last sample until it can be charged.
+ * pending_ns holds this CPU's last sample until it can be charged. idle_task is the
+ * CPU's idle task (raw tracepoints: its task_struct pointer) once it has been seen.
  */
 struct latency_stats {
 	u64 slots[HIST_SLOTS];
@@ -57,6 +58,7 @@ struct latency_stats {
 	u64 lost;
 	u64 pending_ns;
 	u64 pending;
+	u64 idle_task;
 };
 
 /*
