@@ -84,26 +84,29 @@ _CAPABILITY_VERSION_3 = 0x20080522
 
 
 @contextlib.contextmanager
-def without_effective(cap: int) -> Iterator[bool]:
+def without_effective(cap: int, libc: Optional[object] = None) -> Iterator[bool]:
     """Leave one capability out of this thread's effective set, and put it back after; yield
-    whether it was taken out (False: not held, or the calls failed; nothing changed).
+    whether it was taken out (False: not held, or the calls failed or are missing from the C
+    library; nothing changed).
 
     The permitted set keeps it, so raising it again needs no privilege. Capabilities are
     per thread: other threads keep theirs."""
-    libc = ctypes.CDLL(None)
+    libc = ctypes.CDLL(None) if libc is None else libc
+    capget, capset = getattr(libc, "capget", None), getattr(libc, "capset", None)
     header = _CapHeader(_CAPABILITY_VERSION_3, 0)
     sets = (_CapSet * 2)()
     word, bit = divmod(cap, 32)
-    held = libc.capget(ctypes.byref(header), sets) == 0 and sets[word].effective >> bit & 1
+    held = capget is not None and capset is not None and \
+        capget(ctypes.byref(header), sets) == 0 and sets[word].effective >> bit & 1
     if held:
         sets[word].effective &= ~(1 << bit)
-        held = libc.capset(ctypes.byref(header), sets) == 0
+        held = capset(ctypes.byref(header), sets) == 0
     try:
         yield bool(held)
     finally:
         if held:
             sets[word].effective |= 1 << bit
-            libc.capset(ctypes.byref(header), sets)
+            capset(ctypes.byref(header), sets)
 
 
 def import_bcc():

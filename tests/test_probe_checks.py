@@ -127,3 +127,12 @@ def test_a_capability_not_held_is_left_as_it_is():
             assert not taken_out
         assert not syslog_held()  # the inner one put back nothing it did not take
     assert syslog_held()
+
+
+def test_a_c_library_without_the_capability_calls_changes_nothing():
+    """musl and glibc have capget and capset; a C library without them leaves the compile
+    with the capability it has, not a traceback."""
+    held = syslog_held()
+    with probe.without_effective(probe.CAP_SYSLOG, libc=object()) as taken_out:
+        assert not taken_out and syslog_held() == held
+    assert syslog_held() == held
