@@ -68,6 +68,25 @@ def assert_every_wait_is_split_exactly(reading, cgroups):
         assert sum(charged_to(pairs, cgroup.id).values()) == reading.cgroups[cgroup.id].sum_ns
 
 
+def sleeper_window(kind, sleeper, code, *others):
+    """Start ``code`` in ``sleeper`` on the loops' CPU, beside the ``others`` cgroups' tasks
+    (started already), for a window; return what the sleeper's wait in it was charged to, how
+    long it waited in all, and a reading taken with every task stopped."""
+    sleeper.start(code, CPU)
+    time.sleep(0.3)
+    with Probe(Config(), culprit_settings(kind)) as probe:
+        # Right after the attach, this process (loading the program) may hold the CPU.
+        time.sleep(0.2)
+        before = probe.read_snapshot()
+        time.sleep(WINDOW_S)
+        for cgroup in (sleeper, *others):
+            cgroup.pause()
+        stopped = probe.read_snapshot()
+    waited = stopped.cgroups[sleeper.id].sum_ns - before.cgroups[sleeper.id].sum_ns
+    assert stopped.cgroups[sleeper.id].count - before.cgroups[sleeper.id].count > 100
+    return charged_to(between(probe, before, stopped), sleeper.id), waited, stopped
+
+
 @pytest.mark.parametrize("kind", ["raw", "classic"])
 def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory, stolen_ns):
     """Two loops in service A (one in each of its cgroups a/one and a/two) and one in B, all on
@@ -143,18 +162,8 @@ def test_a_sleeper_beside_a_hog_waits_behind_the_hog(kind, cgroup_factory):
     needs_two_cpus()
     sleeper, hog = cgroup_factory("culprit-sleeper"), cgroup_factory("culprit-hog")
     hog.spin(CPU)
-    sleeper.start("import os, time\nos.nice(19)\nwhile True: time.sleep(0.002)", CPU)
-    time.sleep(0.3)
-    with Probe(Config(), culprit_settings(kind)) as probe:
-        # Right after the attach, this process (loading the program) may hold the CPU.
-        time.sleep(0.2)
-        before = probe.read_snapshot()
-        time.sleep(WINDOW_S)
-        sleeper.pause(), hog.pause()
-        stopped = probe.read_snapshot()
-    waited = stopped.cgroups[sleeper.id].sum_ns - before.cgroups[sleeper.id].sum_ns
-    assert stopped.cgroups[sleeper.id].count - before.cgroups[sleeper.id].count > 100
-    behind = charged_to(between(probe, before, stopped), sleeper.id)
+    behind, waited, stopped = sleeper_window(
+        kind, sleeper, "import os, time\nos.nice(19)\nwhile True: time.sleep(0.002)", hog)
     assert behind.get(hog.id, 0) >= 0.9 * waited, (kind, behind, waited)
     assert behind.get(NAMES["idle"], 0) <= 0.02 * waited, (kind, behind, waited)
     assert_every_wait_is_split_exactly(stopped, (sleeper, hog))
@@ -169,17 +178,8 @@ def test_a_sleeper_alone_on_its_cpu_waits_behind_idle(kind, cgroup_factory):
     waits behind itself: it has one thread."""
     needs_two_cpus()
     sleeper = cgroup_factory("culprit-alone")
-    sleeper.start("import time\nwhile True: time.sleep(0.002)", CPU)
-    time.sleep(0.3)
-    with Probe(Config(), culprit_settings(kind)) as probe:
-        time.sleep(0.2)
-        before = probe.read_snapshot()
-        time.sleep(WINDOW_S)
-        sleeper.pause()
-        stopped = probe.read_snapshot()
-    waited = stopped.cgroups[sleeper.id].sum_ns - before.cgroups[sleeper.id].sum_ns
-    assert stopped.cgroups[sleeper.id].count - before.cgroups[sleeper.id].count > 100
-    behind = charged_to(between(probe, before, stopped), sleeper.id)
+    behind, waited, stopped = sleeper_window(kind, sleeper,
+                                             "import time\nwhile True: time.sleep(0.002)")
     assert behind.get(NAMES["idle"], 0) >= 0.5 * waited, (kind, behind, waited)
     assert behind.get(sleeper.id, 0) == 0, (kind, behind, waited)
     assert_every_wait_is_split_exactly(stopped, (sleeper,))
