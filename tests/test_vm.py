@@ -377,6 +377,8 @@ OOPS_AT_DETACH = """[  103.117782] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
 
 
 # At boot (trixie, 6.12): the breakpoint was at +0x14, where the patched jump (eb 57) is now.
+# The lines from RIP on are the kernel's; CI's log had cut the oops line, written here as the
+# kernel words it for a trap at a breakpoint.
 OOPS_AT_BOOT = """[    9.030012] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
 [    9.031088] RIP: 0010:devcgroup_check_permission+0x15/0xc0
 [    9.031341] Code: 1e fa 0f 1f 44 00 00 41 55 41 54 41 89 d4 55 89 f5 53 eb <57> 0f bf d9 44 0f bf ef
