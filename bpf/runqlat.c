@@ -137,6 +137,30 @@ static __always_inline void charge_slot(struct culprit_slot *slot, u64 ns, u64 e
 }
 
 /*
+ * Add ns of the waiting cgroup's wait (its entry c, its id victim) behind culprit where that
+ * has a counter of its own: self_ns (the victim itself) or a reserved one. Return whether it
+ * did; the other culprits take a slot (charge_culprit).
+ */
+static __always_inline int charge_counter(struct cgroup_stats *c, u64 victim, u64 culprit,
+					  u64 ns)
+{
+	if (culprit == victim) {
+		__sync_fetch_and_add(&c->self_ns, ns);
+		return 1;
+	}
+	if (culprit >= CULPRIT_UNTRACKED) {
+		u64 reserved = CULPRIT_IDLE - culprit;
+
+		/* Hide the known range from the compiler so the check the verifier needs stays. */
+		asm volatile("" : "+r"(reserved));
+		if (reserved < RESERVED_CULPRITS)
+			__sync_fetch_and_add(&c->reserved_ns[reserved], ns);
+		return 1;
+	}
+	return 0;
+}
+
+/*
  * Add ns of the waiting cgroup's wait (its entry c, its id victim) behind culprit: to self_ns,
  * a reserved counter, the culprit's slot, the first slot not charged this epoch (which the
  * culprit takes), or other_ns where every slot was charged this epoch. Two CPUs taking one
@@ -152,19 +176,8 @@ static __always_inline void charge_culprit(struct timeline *t, struct cgroup_sta
 	u64 n;
 	u32 i;
 
-	if (culprit == victim) {
-		__sync_fetch_and_add(&c->self_ns, ns);
+	if (charge_counter(c, victim, culprit, ns))
 		return;
-	}
-	if (culprit >= CULPRIT_UNTRACKED) {
-		u64 reserved = CULPRIT_IDLE - culprit;
-
-		/* Hide the known range from the compiler so the check the verifier needs stays. */
-		asm volatile("" : "+r"(reserved));
-		if (reserved < RESERVED_CULPRITS)
-			__sync_fetch_and_add(&c->reserved_ns[reserved], ns);
-		return;
-	}
 	*(volatile u64 *)&t->slot = CULPRIT_SLOTS;
 #pragma unroll
 	for (i = 0; i < CULPRIT_SLOTS; i++) {
@@ -349,16 +362,9 @@ static __always_inline void split_pending(struct timeline *t, struct cgroup_stat
 	 * Most waits lie inside one occupant's run. Behind the waiting cgroup itself or behind
 	 * idle, that is one counter, found without the walk (split_wait charges it the same).
 	 */
-	if (!migrated && end >= waited && o->start != 0 && o->start <= end - waited) {
-		if (o->culprit == victim) {
-			__sync_fetch_and_add(&c->self_ns, waited);
-			return;
-		}
-		if (o->culprit == CULPRIT_IDLE) {
-			__sync_fetch_and_add(&c->reserved_ns[0], waited);	/* CULPRIT_IDLE - 0 */
-			return;
-		}
-	}
+	if (!migrated && end >= waited && o->start != 0 && o->start <= end - waited &&
+	    charge_counter(c, victim, o->culprit, waited))
+		return;
 	split_wait(t, c, victim, end, waited - migrated, migrated);
 }
 #endif
