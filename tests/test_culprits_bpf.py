@@ -68,6 +68,25 @@ def assert_every_wait_is_split_exactly(reading, cgroups):
         assert sum(charged_to(pairs, cgroup.id).values()) == reading.cgroups[cgroup.id].sum_ns
 
 
+def loops_window(kind, loops, stolen_ns):
+    """With the ``loops`` cgroups' loops started on the CPU, take a window: return what each
+    victim waited behind each culprit in it, each cgroup's CPU time in it (by id), what the
+    hypervisor took from the CPU meanwhile, and a reading taken with every loop stopped."""
+    time.sleep(0.3)  # the interpreters have started and spin
+    with Probe(Config(), culprit_settings(kind)) as probe:
+        time.sleep(0.2)
+        before, cpu_before = probe.read_snapshot(), [cpu_ns(cgroup) for cgroup in loops]
+        lost = stolen_ns(CPU)
+        time.sleep(WINDOW_S)
+        after = probe.read_snapshot()
+        cpu = {cgroup.id: cpu_ns(cgroup) - ns for cgroup, ns in zip(loops, cpu_before)}
+        lost = stolen_ns(CPU) - lost
+        for cgroup in loops:
+            cgroup.pause()
+        stopped = probe.read_snapshot()
+    return between(probe, before, after), cpu, lost, stopped
+
+
 def sleeper_window(kind, sleeper, code, *others):
     """Start ``code`` in ``sleeper`` on the loops' CPU, beside the ``others`` cgroups' tasks
     (started already), for a window; return what the sleeper's wait in it was charged to, how
@@ -102,19 +121,7 @@ def test_each_loop_waits_behind_the_cpu_time_of_the_others(kind, cgroup_factory,
     loops = (one, two, b)
     for cgroup in loops:
         cgroup.spin(CPU)
-    time.sleep(0.3)  # the interpreters have started and spin
-    with Probe(Config(), culprit_settings(kind)) as probe:
-        time.sleep(0.2)
-        before, cpu_before = probe.read_snapshot(), [cpu_ns(cgroup) for cgroup in loops]
-        lost = stolen_ns(CPU)
-        time.sleep(WINDOW_S)
-        after = probe.read_snapshot()
-        cpu = {cgroup.id: cpu_ns(cgroup) - ns for cgroup, ns in zip(loops, cpu_before)}
-        lost = stolen_ns(CPU) - lost
-        for cgroup in loops:
-            cgroup.pause()
-        stopped = probe.read_snapshot()
-    pairs = between(probe, before, after)
+    pairs, cpu, lost, stopped = loops_window(kind, loops, stolen_ns)
     for victim in loops:
         for culprit in loops:
             if culprit is not victim:
@@ -137,16 +144,8 @@ def test_two_loops_of_one_cgroup_wait_behind_it(kind, cgroup_factory, stolen_ns)
     needs_two_cpus()
     pair = cgroup_factory("culprit-pair")
     pair.spin(CPU), pair.spin(CPU)
-    time.sleep(0.3)
-    with Probe(Config(), culprit_settings(kind)) as probe:
-        time.sleep(0.2)
-        before, cpu_before, lost = probe.read_snapshot(), cpu_ns(pair), stolen_ns(CPU)
-        time.sleep(WINDOW_S)
-        after = probe.read_snapshot()
-        cpu, lost = cpu_ns(pair) - cpu_before, stolen_ns(CPU) - lost
-        pair.pause()
-        stopped = probe.read_snapshot()
-    within(charged_to(between(probe, before, after), pair.id).get(pair.id, 0), cpu,
+    pairs, cpu, lost, stopped = loops_window(kind, (pair,), stolen_ns)
+    within(charged_to(pairs, pair.id).get(pair.id, 0), cpu[pair.id],
            f"{kind}: the pair behind itself", lost)
     assert_every_wait_is_split_exactly(stopped, (pair,))
 
