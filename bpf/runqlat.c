@@ -382,7 +382,7 @@ static __always_inline void on_switch(u64 prev, int runnable, int idle, u64 next
 	u32 zero = 0;
 #if CULPRITS
 	struct timeline *t = this_timeline();
-	/* The idle task never waits, so it has no pending sample: it needs no cgroup. */
+	/* The idle task never waits: as an occupant it is idle, not its cgroup. */
 	u64 cgroup = idle ? CULPRIT_IDLE : bpf_get_current_cgroup_id(), end;
 
 	if (!t)
@@ -403,12 +403,16 @@ static __always_inline void on_switch(u64 prev, int runnable, int idle, u64 next
 	end = t->current_start;
 	record_occupant(t, cgroup, now);
 	if (s->pending) {
-		struct cgroup_stats *c = 0;
+		/*
+		 * The idle task leaving with a sample pending: the switch-out of the task that
+		 * waited was never reported. The sample still counts, as the idle task's cgroup's
+		 * (the root), as it counts as any task's that leaves after an unreported switch.
+		 */
+		u64 victim = idle ? bpf_get_current_cgroup_id() : cgroup;
+		struct cgroup_stats *c = charge_cgroup(victim, s->pending_ns);
 
-		if (cgroup != CULPRIT_IDLE)
-			c = charge_cgroup(cgroup, s->pending_ns);
 		if (c)
-			split_pending(t, c, cgroup, s->pending_ns, end);
+			split_pending(t, c, victim, s->pending_ns, end);
 		s->pending = 0;
 	}
 #elif PER_CGROUP
