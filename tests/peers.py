@@ -97,7 +97,10 @@ def rows_apart(a: Optional[int], b: Optional[int]) -> int:
 # Host-wide, over the same seconds: how far the agent's count may be from the peer's, and the
 # share of the samples the two may place in different rows (those on an edge, and the few
 # the machine adds at either end while one side reads and the other does not yet).
+# COUNT_APART holds in the guests, whose peers end their interval seconds before the agent's
+# last reading under TCG; on the build host the two read within a write of each other.
 COUNT_APART = 0.05
+HOST_COUNT_APART = 0.01
 ROWS_APART = 0.15
 # Waits only one side can count, whatever the load: at each end of the interval, the test's
 # own wakeup on the peer's line ("Tracing", then its first line after the interval) ends
@@ -105,14 +108,15 @@ ROWS_APART = 0.15
 EDGE_WAITS = 2
 
 
-def agreement(mine: Mapping[int, int], theirs: Mapping[int, int]) -> Tuple[bool, str]:
-    """Whether two histograms of the same seconds agree: as many samples (within COUNT_APART
+def agreement(mine: Mapping[int, int], theirs: Mapping[int, int],
+              count_apart: float = COUNT_APART) -> Tuple[bool, str]:
+    """Whether two histograms of the same seconds agree: as many samples (within count_apart
     and EDGE_WAITS), the median and the 99th percentile in the same or a neighbouring row, and all but
     ROWS_APART of the samples in the same rows. Returns the verdict and what was compared."""
     count, their_count = sum(mine.values()), sum(theirs.values())
     medians = [(percentile_row(mine, p), percentile_row(theirs, p)) for p in (50, 99)]
     apart = share_apart(mine, theirs)
-    ok = (their_count > 0 and abs(count - their_count) <= COUNT_APART * their_count + EDGE_WAITS
+    ok = (their_count > 0 and abs(count - their_count) <= count_apart * their_count + EDGE_WAITS
           and all(rows_apart(a, b) <= 1 for a, b in medians) and apart <= ROWS_APART)
     detail = (f"agent {count} waits, p50 row {medians[0][0]}, p99 row {medians[1][0]}; peer "
               f"{their_count} waits, p50 row {medians[0][1]}, p99 row {medians[1][1]}; "

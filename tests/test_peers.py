@@ -2,8 +2,8 @@
 
 import pytest
 
-from peers import (agreement, bpftrace_rows, medians_agree, percentile_row, row_of, rows_apart,
-                   rows_of_log2, runqlat_rows, share_apart)
+from peers import (HOST_COUNT_APART, agreement, bpftrace_rows, medians_agree, percentile_row,
+                   row_of, rows_apart, rows_of_log2, runqlat_rows, share_apart)
 from stolen import clocks_apart_ns
 
 RUNQLAT_OUTPUT = """Tracing run queue latency... Hit Ctrl-C to end.
@@ -82,6 +82,14 @@ def test_bpftrace_rows_fold_into_runqlats():
 ])
 def test_agreement(mine, theirs, ok):
     assert agreement(mine, theirs)[0] is ok
+
+
+@pytest.mark.parametrize("mine, ok", [
+    ({16: 41, 32: 40}, True),       # 1 % and the edges' 2 waits
+    ({16: 43, 32: 40}, False),      # 5 %: within COUNT_APART, not within one in a hundred
+])
+def test_agreement_on_the_build_host_counts_closer(mine, ok):
+    assert agreement(mine, {16: 40, 32: 39}, HOST_COUNT_APART)[0] is ok
 
 
 @pytest.mark.parametrize("mine, theirs, ok", [

@@ -26,8 +26,8 @@ from gsender_bcc.config import Config
 from gsender_bcc.histogram import log2_counts
 from gsender_bcc.readings import delta
 from gsender_bcc.probe import Probe
-from peers import (ROWS_APART, Runqlat, agreement, medians_agree, rows_of_log2, runqlat_path,
-                   share_apart)
+from peers import (HOST_COUNT_APART, ROWS_APART, Runqlat, agreement, medians_agree, rows_of_log2,
+                   runqlat_path, share_apart)
 from test_probe_bpf import settings_for
 
 pytestmark = pytest.mark.bpf
@@ -137,9 +137,10 @@ PEER_SECONDS = 5
 @pytest.mark.parametrize("load", ["idle", "mixed"])
 def test_the_host_series_agree_with_runqlat_over_the_same_seconds(load, wakeup, cgroup_factory):
     """The agent at its defaults and runqlat, attached at once, agree (peers.agreement: as many
-    waits, the median and the 99th percentile in the same or a neighbouring log2 row, the
-    samples in the same rows). Mixed: a busy loop and two sleepers on each CPU, and the pipe's
-    round trips beside them."""
+    waits, within one in a hundred and the edges' two, the median and the 99th percentile in
+    the same or a neighbouring log2 row, the samples in the same rows). Mixed: a busy loop and
+    two sleepers on each CPU, and the pipe's round trips beside them. Idle, a sample whose
+    task's switch-out goes unreported (docs/design.md) weighs in the count."""
     needs_peer_and_cpus()
     pipe = None
     if load == "mixed":
@@ -166,6 +167,7 @@ def test_the_host_series_agree_with_runqlat_over_the_same_seconds(load, wakeup, 
             pipe.kill()
             pipe.wait()
     host = delta(probe.layout, first, last, PEER_SECONDS).host
-    ok, detail = agreement(rows_of_log2(log2_counts(probe.layout, host.slots)), theirs)
+    ok, detail = agreement(rows_of_log2(log2_counts(probe.layout, host.slots)), theirs,
+                           HOST_COUNT_APART)
     print(f"{load}: {detail}")
     assert ok, f"{load}: {detail}"
