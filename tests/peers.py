@@ -87,6 +87,29 @@ def share_apart(a: Mapping[int, int], b: Mapping[int, int]) -> float:
                for row in set(a) | set(b)) / 2
 
 
+def shift_apart(fine: Sequence[Tuple[int, Optional[int], int]], theirs: Mapping[int, int]) -> float:
+    """How far the peer's rows lie from the agent's samples once each of these may move by one
+    of the agent's own slots (``fine``: (low µs, high µs or None, count), a slot 1 µs wide below
+    8 µs, an eighth of its low above): the most, over the edges between the peer's rows, by
+    which the peer's share below the edge lies outside the agent's shares below the slot that
+    ends there and below the slot that starts there. 0: the peer's rows hold the agent's
+    samples, each timed within one slot. Two tracers that stamp a wait a fraction of a µs
+    apart agree by it where the waits crowd a row's edge; share_apart does not."""
+    total, their_total = sum(n for _, _, n in fine) or 1, sum(theirs.values()) or 1
+    worst = 0.0
+    for edge in sorted(low for low in set(theirs) | {row_of(low) for low, _, n in fine if n}
+                       if low):
+        theirs_below = sum(n for low, n in theirs.items() if low < edge) / their_total
+        ends = max((low for low, high, _ in fine if high is not None and high <= edge), default=0)
+        starts = min((high for low, high, _ in fine if low >= edge and high is not None),
+                     default=None)
+        low_share = sum(n for _, high, n in fine if high is not None and high <= ends) / total
+        high_share = (sum(n for _, high, n in fine if high is not None and high <= starts) / total
+                      if starts is not None else 1.0)
+        worst = max(worst, low_share - theirs_below, theirs_below - high_share)
+    return worst
+
+
 def rows_apart(a: Optional[int], b: Optional[int]) -> int:
     """How many rows lie between two rows' lower bounds (0: the same row)."""
     if a is None or b is None:
@@ -101,6 +124,9 @@ def rows_apart(a: Optional[int], b: Optional[int]) -> int:
 # last reading under TCG; on the build host the two read within a write of each other.
 COUNT_APART = 0.05
 HOST_COUNT_APART = 0.01
+# One wakee's waits, the agent's samples free to move by one of its slots (shift_apart): the
+# counts' own difference (at most 1 %) and as much again.
+SHIFT_APART = 0.02
 ROWS_APART = 0.15
 # Waits only one side can count, whatever the load: at each end of the interval, the test's
 # own wakeup on the peer's line ("Tracing", then its first line after the interval) ends

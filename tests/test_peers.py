@@ -3,7 +3,7 @@
 import pytest
 
 from peers import (HOST_COUNT_APART, agreement, bpftrace_rows, medians_agree, percentile_row,
-                   row_of, rows_apart, rows_of_log2, runqlat_rows, share_apart)
+                   row_of, rows_apart, rows_of_log2, runqlat_rows, share_apart, shift_apart)
 from stolen import clocks_apart_ns
 
 RUNQLAT_OUTPUT = """Tracing run queue latency... Hit Ctrl-C to end.
@@ -49,6 +49,27 @@ def test_rows_apart(a, b, apart):
     ({0: 1, 2: 3}, {0: 3, 2: 1}, 0.5)])
 def test_share_apart(a, b, share):
     assert share_apart(a, b) == pytest.approx(share)
+
+
+# The agent's 1 µs slots from 1 to 8 µs, and the overflow slot.
+SLOTS = [(low, low + 1) for low in range(1, 8)] + [(1 << 32, None)]
+
+
+def fine(**counts):
+    """The agent's slots with counts given by low bound: fine(s3=500) puts 500 in [3, 4)."""
+    return [(low, high, counts.get(f"s{low}", 0)) for low, high in SLOTS]
+
+
+@pytest.mark.parametrize("mine, theirs, apart", [
+    (fine(s4=700, s5=300), {4: 1000}, 0.0),                 # the same row
+    (fine(s3=500, s4=500), {2: 0, 4: 1000}, 0.0),           # crowding the edge, half a µs on
+    (fine(s3=500, s4=500), {2: 500, 4: 500}, 0.0),          # the same, counted the other way
+    (fine(s2=500, s3=500), {4: 1000}, 0.5),                 # a whole row down
+    (fine(s1=900, s4=100), {4: 1000}, 0.9),                 # most under 2 µs instead
+    (fine(s5=990, s6=10), {4: 990, 2: 10}, 0.01),           # 1 % more than a slot apart
+])
+def test_shift_apart(mine, theirs, apart):
+    assert shift_apart(mine, theirs) == pytest.approx(apart)
 
 
 BPFTRACE_OUTPUT = """Attaching 5 probes...

@@ -11,7 +11,8 @@ idle CPU is queued there, and sched_wakeup fires only after the interrupt and th
 (Linux 6.0 and later), which is no part of the wait that runqlat or the agent measures. So
 the lower side comes from a peer timing the same waits over the same seconds, libbpf-tools'
 runqlat following the wakee's pid: the agent's exact sum lies within the bounds runqlat's log2
-rows put on the same samples, the samples sit in the same rows and the medians agree.
+rows put on the same samples, the samples sit in the same rows give or take one of the agent's
+slots, and the medians agree.
 """
 
 import contextlib
@@ -23,11 +24,11 @@ from pathlib import Path
 import pytest
 
 from gsender_bcc.config import Config
-from gsender_bcc.histogram import log2_counts
+from gsender_bcc.histogram import log2_counts, slot_bounds
 from gsender_bcc.readings import delta
 from gsender_bcc.probe import Probe
-from peers import (HOST_COUNT_APART, ROWS_APART, Runqlat, agreement, medians_agree, rows_of_log2,
-                   runqlat_path, share_apart)
+from peers import (HOST_COUNT_APART, SHIFT_APART, Runqlat, agreement, medians_agree,
+                   rows_of_log2, runqlat_path, shift_apart)
 from test_probe_bpf import settings_for
 
 pytestmark = pytest.mark.bpf
@@ -125,8 +126,13 @@ def test_a_woken_tasks_wait_is_bounded_by_the_write_and_agrees_with_runqlat(
     # The peer, on the same waits: as many, no shorter, in the same rows, the medians agreeing.
     assert abs(ours.count - their_count) <= 0.01 * ROUNDS, report
     assert ours.sum_ns >= their_low * (1 - EDGE_SHARE), report
-    apart = share_apart(mine, theirs)
-    assert apart <= ROWS_APART, f"{report}; {apart:.1%} of the samples in other rows"
+    # Where the waits crowd a row's edge, stamps a fraction of a µs apart put many on either
+    # side of it: the rows are compared with each of the agent's samples free to move by one
+    # of its slots (1 µs here), not row by row.
+    fine = [slot_bounds(probe.layout, slot) + (n,) for slot, n in enumerate(ours.slots)]
+    apart = shift_apart(fine, theirs)
+    assert apart <= SHIFT_APART, (f"{report}; {apart:.1%} of the samples in other rows even "
+                                  f"one slot on")
     assert medians_agree(mine, theirs), report
 
 
