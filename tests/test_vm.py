@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -420,6 +421,32 @@ LOCKUP_AT_ATTACH = """[  240.784206] watchdog: BUG: soft lockup - CPU#0 stuck fo
 ])
 def test_only_the_emulated_patching_crash_earns_a_second_boot(console, excused):
     assert (emulated_patching_crash(console) is not None) is excused
+
+
+@pytest.mark.parametrize("console, ended", [
+    (LOCKUP_AT_ATTACH, True),
+    (LOCKUP_AT_ATTACH.replace("text_poke_bp", "htab_map_update_elem"), False),
+    (OOPS_AT_BOOT, False),  # a panic ends the guest itself
+])
+def test_the_console_watcher_ends_a_guest_stuck_patching_its_code(tmp_path, console, ended):
+    """tests/vm/watch-console.sh ends qemu (here a sleep) at a soft lockup in text_poke_bp, and
+    leaves any other guest to its end; it returns within seconds of that end either way."""
+    log = tmp_path / "console.log"
+    log.write_text("[    1.0] booting\n")
+    guest, watcher = subprocess.Popen(["sleep", "8"]), None
+    try:
+        watcher = subprocess.Popen([str(ROOT / "tests" / "vm" / "watch-console.sh"), str(log),
+                                    str(guest.pid)], stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        log.write_text(log.read_text() + console)
+        code = guest.wait(timeout=20)
+        assert watcher.wait(timeout=5) == 0
+    finally:
+        for process in (guest, watcher):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert (code == -signal.SIGTERM) is ended, watcher.stderr.read()
 
 
 def test_scheduler_clock_from_proc(tmp_path):

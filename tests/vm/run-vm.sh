@@ -244,8 +244,12 @@ code=0
 timeout "$boot_timeout" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -nographic \
 	-nic none -no-reboot -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
 	-append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false" \
-	-drive "file=$work/disk.img,format=raw,if=virtio" < /dev/null > "$work/console.log" 2>&1 \
-	|| code=$?
+	-drive "file=$work/disk.img,format=raw,if=virtio" < /dev/null > "$work/console.log" 2>&1 &
+qemu=$!
+"$here/watch-console.sh" "$work/console.log" "$qemu" &
+watcher=$!
+wait "$qemu" || code=$?
+wait "$watcher" || true
 [ $code -eq 0 ] || say "qemu ended with $code (124 means the $boot_timeout s time limit)"
 phase_done boot
 rm -f "$work/disk.img"
